@@ -1,0 +1,435 @@
+"""Configuration: one table of defaults, overridden by a TOML file, the environment, then flags.
+
+Every key lives in the dataclasses below, with its default and a comment (the ``doc`` metadata,
+also shown by ``finews-feeds config``). ``config/finews.toml`` documents the same keys; a test
+keeps the two in step. Values from the environment are ``FINEWS_<SECTION>_<KEY>`` strings,
+parsed by the key's type. Secrets come only from the environment (:data:`SECRET_VARIABLES`).
+
+A key of the site section left at ``None`` means "take it from the Jekyll site's
+``_config.yml``, else Jekyll's own default" (see :func:`finews_feeds.site.resolve_site`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import sys
+import tomllib
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Union
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from .errors import ConfigError
+
+#: Environment variables read for secrets; they are never accepted in a file or a flag.
+SECRET_VARIABLES = ("FINEWS_SMTP_PASSWORD", "FINEWS_SECRET_KEY")
+#: Environment variable naming the config file when ``--config`` is not given.
+CONFIG_VARIABLE = "FINEWS_CONFIG"
+DEFAULT_CONFIG_PATH = Path("config/finews.toml")
+
+
+def _key(default: Any, doc: str, choices: tuple[str, ...] = ()) -> Any:
+    """A config key: its default, what it is for, and (for enumerations) its choices."""
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata={"doc": doc, "choices": choices})
+    return field(default=default, metadata={"doc": doc, "choices": choices})
+
+
+@dataclass(frozen=True)
+class SiteConfig:
+    source: str = _key(".", "Folder of the Jekyll site (holds _config.yml and _posts/).")
+    url: str | None = _key(None, "Public URL of the site, e.g. https://finews.withounder.com; default: _config.yml `url`.")
+    baseurl: str | None = _key(None, "Path prefix of the site under url; default: _config.yml `baseurl`, else empty.")
+    title: str | None = _key(None, "Site title used in feeds and the digest; default: _config.yml `title`.")
+    timezone: str | None = _key(None, "Zone for dates without offset and for day boundaries; default: _config.yml `timezone`, else Asia/Shanghai.")
+    language: str = _key("zh-CN", "Language of the feeds and the digest (BCP 47).")
+    permalink: str | None = _key(None, "Jekyll permalink style or pattern; default: _config.yml `permalink`, else `date`.")
+    category_url: str = _key("/category/{slug}.html", "Path of a category's page on the site; {slug} is the category slug.")
+    tag_url: str = _key("", "Path of a tag's page on the site ({slug}); empty: tag feeds link to the site's home page.")
+    future: bool | None = _key(None, "Publish posts dated in the future; default: _config.yml `future`, else false.")
+    encoding: str | None = _key(None, "Text encoding of post files; default: _config.yml `encoding`, else utf-8.")
+    summary_chars: int = _key(120, "Target length of a post's plain-text summary, in characters (cut at a sentence end).")
+    extensions: list[str] = _key([".md", ".markdown", ".html"], "File name endings read as posts.")
+    cache_dir: str = _key(".finews-cache", "Folder for the collector's cache, relative to the working folder.")
+
+
+@dataclass(frozen=True)
+class CategoryConfig:
+    title: str = _key("", "Display name of the category, e.g. 财联社新闻; empty: the slug.")
+    order: int = _key(1000, "Position of the category in the digest and listings (lower first).")
+
+
+@dataclass(frozen=True)
+class FeedsConfig:
+    output: str = _key("_feeds", "Folder the feeds are written to.")
+    base_url: str = _key("", "Public URL of the output folder; empty: <site url>/feeds.")
+    limit: int = _key(50, "Entries per feed.")
+    category_limit: int = _key(0, "Entries per category feed; 0: same as limit.")
+    tag_limit: int = _key(0, "Entries per tag feed; 0: same as limit.")
+    formats: list[str] = _key(["rss", "atom", "json"], "Formats written: rss, atom, json.", ("rss", "atom", "json"))
+    full_content: bool = _key(True, "Put each post's full HTML in the feed; false: summary only.")
+    websub_hub: str = _key("", "URL of a WebSub hub announced in every feed (rel=hub); empty: none.")
+    tags: bool = _key(True, "Write a feed for every tag.")
+    stylesheet: bool = _key(True, "Write an XSL stylesheet and reference it from RSS and Atom files.")
+
+
+@dataclass(frozen=True)
+class DigestConfig:
+    send_at: str = _key("07:30", "Local time (HH:MM) the daily digest is sent.")
+    timezone: str | None = _key(None, "Zone of send_at and of the digest's day; default: the site's time zone.")
+    covers: str = _key("previous_day", "Day a digest covers: previous_day or same_day (relative to the send time).", ("previous_day", "same_day"))
+    subject: str = _key("{site_title} 每日精选 · {date} · {count}篇", "Subject template; fields: {site_title}, {date} (2022年4月20日), {count}.")
+    from_: str = _key("finews <digest@localhost>", "From header, e.g. `finews <digest@example.com>`.")
+    reply_to: str = _key("", "Reply-To header; empty: none.")
+    postal_address: str = _key("", "Sender's postal address shown in the footer (required by anti-spam law).")
+    max_per_category: int = _key(10, "Articles shown per category; the rest become an `and N more` link.")
+    send_empty: bool = _key(False, "Send a digest on a day without articles.")
+    templates: str = _key("", "Folder with digest.html.j2 and digest.txt.j2 overriding the bundled ones; empty: bundled.")
+    list_id: str = _key("", "List-Id header value, e.g. `finews digest <digest.finews.example>`; empty: derived from the site.")
+
+
+@dataclass(frozen=True)
+class SmtpConfig:
+    host: str = _key("localhost", "SMTP server host.")
+    port: int = _key(0, "SMTP server port; 0: 25, 587 or 465 by security.")
+    security: str = _key("starttls", "Connection security: none, starttls or tls.", ("none", "starttls", "tls"))
+    username: str = _key("", "Login user; empty: no login. The password comes from FINEWS_SMTP_PASSWORD.")
+    rate_per_second: float = _key(10.0, "Most messages sent per second; 0: no limit.")
+    max_retries: int = _key(5, "Retries of a temporary failure (4xx, dropped connection) before giving up for this run.")
+    retry_backoff: float = _key(1.0, "First wait before a retry, in seconds; doubled at each retry.")
+    timeout: float = _key(30.0, "Seconds to wait for the server before treating it as a connection error.")
+    bounce_after: int = _key(3, "Permanent failures (5xx) after which a subscriber is marked bounced.")
+    dkim_selector: str = _key("", "DKIM selector; DKIM signing is on when selector, domain and key_file are set.")
+    dkim_domain: str = _key("", "DKIM signing domain (d=).")
+    dkim_key_file: str = _key("", "Path of the DKIM private key (PEM).")
+
+
+@dataclass(frozen=True)
+class DatabaseConfig:
+    url: str = _key("sqlite:///var/finews.sqlite3", "SQLAlchemy URL: sqlite:///path or postgresql+psycopg://user@host/db.")
+
+
+@dataclass(frozen=True)
+class WebConfig:
+    host: str = _key("127.0.0.1", "Address the web app listens on.")
+    port: int = _key(8080, "Port the web app listens on.")
+    public_url: str = _key("", "Public URL of the web app, used in confirm and unsubscribe links; empty: http://host:port.")
+    subscribe_per_minute: int = _key(5, "Subscribe requests accepted per client address per minute.")
+    max_body_bytes: int = _key(16384, "Largest request body accepted.")
+
+
+@dataclass(frozen=True)
+class SchedulerConfig:
+    rebuild_every_minutes: int = _key(10, "Rebuild the feeds every N minutes; 0: only on start and on file changes.")
+    watch: bool = _key(False, "Rebuild as soon as a post file appears or changes (watchdog).")
+    misfire_grace_minutes: int = _key(720, "How late a missed digest run may still start (minutes).")
+
+
+@dataclass(frozen=True)
+class Config:
+    site: SiteConfig = field(default_factory=SiteConfig)
+    categories: dict[str, CategoryConfig] = field(default_factory=dict)
+    feeds: FeedsConfig = field(default_factory=FeedsConfig)
+    digest: DigestConfig = field(default_factory=DigestConfig)
+    smtp: SmtpConfig = field(default_factory=SmtpConfig)
+    database: DatabaseConfig = field(default_factory=DatabaseConfig)
+    web: WebConfig = field(default_factory=WebConfig)
+    scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
+    #: Secrets, from the environment only.
+    smtp_password: str = field(default="", repr=False)
+    secret_key: str = field(default="", repr=False)
+    #: The file the values came from, if any.
+    path: Path | None = None
+
+    def category_title(self, slug: str) -> str:
+        category = self.categories.get(slug)
+        return category.title if category and category.title else slug
+
+    def category_order(self, slug: str) -> int:
+        category = self.categories.get(slug)
+        return category.order if category else CategoryConfig().order
+
+
+SECTIONS: dict[str, type] = {
+    "site": SiteConfig,
+    "feeds": FeedsConfig,
+    "digest": DigestConfig,
+    "smtp": SmtpConfig,
+    "database": DatabaseConfig,
+    "web": WebConfig,
+    "scheduler": SchedulerConfig,
+}
+
+
+def _toml_name(field_name: str) -> str:
+    # `from` is a Python keyword; the dataclass field is `from_`.
+    return field_name.rstrip("_")
+
+
+def section_keys(section_cls: type) -> dict[str, dataclasses.Field[Any]]:
+    """The keys of a section by their name in TOML."""
+    return {_toml_name(f.name): f for f in dataclasses.fields(section_cls)}
+
+
+def _convert(where: str, value: Any, annotation: Any, choices: tuple[str, ...], from_text: bool) -> Any:
+    """Check (and, for environment strings, parse) one value against its key's type."""
+    origin = typing.get_origin(annotation)
+    if origin in (Union, types.UnionType):
+        inner = [a for a in typing.get_args(annotation) if a is not type(None)]
+        if value is None or (from_text and value == ""):
+            return None
+        return _convert(where, value, inner[0], choices, from_text)
+    if origin is list:
+        if from_text and isinstance(value, str):
+            value = [part.strip() for part in value.split(",") if part.strip()]
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise ConfigError(f"{where} = {value!r}: expected a list of strings")
+        for item in value:
+            if choices and item not in choices:
+                raise ConfigError(f"{where} = {value!r}: {item!r} is not one of {', '.join(choices)}")
+        return list(value)
+    if annotation is bool:
+        if from_text and isinstance(value, str):
+            lowered = value.strip().lower()
+            if lowered in ("1", "true", "yes", "on"):
+                return True
+            if lowered in ("0", "false", "no", "off"):
+                return False
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{where} = {value!r}: expected true or false")
+    if annotation is int:
+        if from_text and isinstance(value, str):
+            try:
+                value = int(value.strip())
+            except ValueError:
+                raise ConfigError(f"{where} = {value!r}: expected a whole number") from None
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{where} = {value!r}: expected a whole number")
+        if value < 0:
+            raise ConfigError(f"{where} = {value!r}: must not be negative")
+        return value
+    if annotation is float:
+        if from_text and isinstance(value, str):
+            try:
+                value = float(value.strip())
+            except ValueError:
+                raise ConfigError(f"{where} = {value!r}: expected a number") from None
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{where} = {value!r}: expected a number")
+        if value < 0:
+            raise ConfigError(f"{where} = {value!r}: must not be negative")
+        return float(value)
+    if annotation is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{where} = {value!r}: expected a string")
+        if choices and value not in choices:
+            raise ConfigError(f"{where} = {value!r}: expected one of {', '.join(choices)}")
+        return value
+    raise AssertionError(f"unsupported config type {annotation!r}")  # pragma: no cover
+
+
+def _section(name: str, cls: type, values: Mapping[str, Any], where_prefix: str, from_text: bool) -> Any:
+    keys = section_keys(cls)
+    hints = typing.get_type_hints(cls)
+    kwargs: dict[str, Any] = {}
+    for key, value in values.items():
+        where = f"{where_prefix}{name}.{key}"
+        if key not in keys:
+            known = ", ".join(sorted(keys))
+            raise ConfigError(f"unknown key {where} = {value!r}", hint=f"keys of [{name}]: {known}")
+        f = keys[key]
+        kwargs[f.name] = _convert(where, value, hints[f.name], f.metadata.get("choices", ()), from_text)
+    return cls(**kwargs)
+
+
+def _validate(config: Config) -> None:
+    def zone(where: str, value: str | None) -> None:
+        if value:
+            try:
+                ZoneInfo(value)
+            except (ZoneInfoNotFoundError, ValueError):
+                raise ConfigError(f"{where} = {value!r}: not a known time zone (e.g. Asia/Shanghai)") from None
+
+    zone("site.timezone", config.site.timezone)
+    zone("digest.timezone", config.digest.timezone)
+    if not re.fullmatch(r"([01]?\d|2[0-3]):[0-5]\d", config.digest.send_at):
+        raise ConfigError(f"digest.send_at = {config.digest.send_at!r}: expected HH:MM, e.g. 07:30")
+    if not config.site.extensions or not all(e.startswith(".") for e in config.site.extensions):
+        raise ConfigError(f"site.extensions = {config.site.extensions!r}: expected endings like \".md\"")
+    if config.web.port > 65535:
+        raise ConfigError(f"web.port = {config.web.port!r}: expected a port number up to 65535")
+    if config.smtp.port > 65535:
+        raise ConfigError(f"smtp.port = {config.smtp.port!r}: expected a port number up to 65535")
+    if config.site.summary_chars < 10:
+        raise ConfigError(f"site.summary_chars = {config.site.summary_chars!r}: expected at least 10")
+    for key in ("limit", "category_limit", "tag_limit"):
+        if key == "limit" and config.feeds.limit < 1:
+            raise ConfigError(f"feeds.limit = {config.feeds.limit!r}: expected at least 1")
+    try:
+        config.digest.subject.format(site_title="", date="", count=0)
+    except (KeyError, IndexError, ValueError) as exc:
+        raise ConfigError(
+            f"digest.subject = {config.digest.subject!r}: bad template field {exc}",
+            hint="fields: {site_title}, {date}, {count}",
+        ) from None
+
+
+def _merge(base: dict[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
+    merged = {k: dict(v) if isinstance(v, dict) else v for k, v in base.items()}
+    for section, values in override.items():
+        if isinstance(values, Mapping):
+            merged.setdefault(section, {})
+            if not isinstance(merged[section], dict):
+                merged[section] = {}
+            for key, value in values.items():
+                if isinstance(value, Mapping) and isinstance(merged[section].get(key), dict):
+                    merged[section][key] = {**merged[section][key], **value}
+                else:
+                    merged[section][key] = value
+        else:
+            merged[section] = values
+    return merged
+
+
+def read_file(path: Path) -> dict[str, Any]:
+    """Read a TOML config file; a missing or broken file is a :class:`ConfigError`."""
+    try:
+        with path.open("rb") as handle:
+            return tomllib.load(handle)
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} not found", hint="pass --config FILE or create config/finews.toml") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {path}: {exc}") from None
+    except OSError as exc:
+        raise ConfigError(f"config file {path}: {exc.strerror}") from None
+
+
+def env_overrides(environ: Mapping[str, str]) -> dict[str, dict[str, str]]:
+    """``FINEWS_<SECTION>_<KEY>`` variables as a nested mapping of strings."""
+    out: dict[str, dict[str, str]] = {}
+    for name, value in environ.items():
+        if not name.startswith("FINEWS_") or name in SECRET_VARIABLES or name == CONFIG_VARIABLE:
+            continue
+        rest = name[len("FINEWS_"):].lower()
+        for section in SECTIONS:
+            if rest.startswith(section + "_"):
+                out.setdefault(section, {})[rest[len(section) + 1:]] = value
+                break
+        else:
+            raise ConfigError(
+                f"unknown environment variable {name} = {value!r}",
+                hint=f"expected FINEWS_<SECTION>_<KEY> with a section of: {', '.join(SECTIONS)}",
+            )
+    return out
+
+
+def build_config(
+    file_values: Mapping[str, Any] | None = None,
+    environ: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Mapping[str, Any]] | None = None,
+    path: Path | None = None,
+) -> Config:
+    """Layer file values, then environment variables, then flags over the defaults.
+
+    ``overrides`` holds typed values from flags, as ``{"site": {"source": "..."}}``.
+    """
+    file_values = dict(file_values or {})
+    environ = environ or {}
+    for secret in ("password",):
+        if secret in file_values.get("smtp", {}):
+            raise ConfigError("smtp.password must not be in a file", hint="set FINEWS_SMTP_PASSWORD in the environment")
+    if "secret_key" in file_values.get("web", {}) or "secret_key" in file_values:
+        raise ConfigError("secret_key must not be in a file", hint="set FINEWS_SECRET_KEY in the environment")
+
+    sections: dict[str, Any] = {}
+    env = env_overrides(environ)
+    for name, cls in SECTIONS.items():
+        raw = file_values.pop(name, {})
+        if not isinstance(raw, Mapping):
+            raise ConfigError(f"[{name}] = {raw!r}: expected a table")
+        typed = _section(name, cls, raw, "", from_text=False)
+        values = {_toml_name(f.name): getattr(typed, f.name) for f in dataclasses.fields(cls) if _toml_name(f.name) in raw}
+        if name in env:
+            from_env = _section(name, cls, env[name], "FINEWS_ env: ", from_text=True)
+            values.update({k: getattr(from_env, section_keys(cls)[k].name) for k in env[name]})
+        if overrides and name in overrides:
+            values.update(overrides[name])
+        sections[name] = _section(name, cls, values, "", from_text=False)
+
+    categories_raw = file_values.pop("categories", {})
+    if not isinstance(categories_raw, Mapping):
+        raise ConfigError(f"[categories] = {categories_raw!r}: expected tables like [categories.cailianshe]")
+    categories: dict[str, CategoryConfig] = {}
+    for slug, values in categories_raw.items():
+        if not isinstance(values, Mapping):
+            raise ConfigError(f"categories.{slug} = {values!r}: expected a table with title and order")
+        categories[slug] = _section(f"categories.{slug}", CategoryConfig, values, "", from_text=False)
+
+    if file_values:
+        unknown = next(iter(file_values))
+        raise ConfigError(
+            f"unknown section [{unknown}]",
+            hint=f"sections: {', '.join([*SECTIONS, 'categories'])}",
+        )
+    config = Config(
+        categories=categories,
+        smtp_password=environ.get("FINEWS_SMTP_PASSWORD", ""),
+        secret_key=environ.get("FINEWS_SECRET_KEY", ""),
+        path=path,
+        **sections,
+    )
+    _validate(config)
+    return config
+
+
+def load_config(
+    path: Path | None,
+    environ: Mapping[str, str],
+    overrides: Mapping[str, Mapping[str, Any]] | None = None,
+) -> Config:
+    """Load the config the CLI uses: ``path``, else ``$FINEWS_CONFIG``, else
+    ``config/finews.toml`` when it exists, else the defaults alone."""
+    if path is None and environ.get(CONFIG_VARIABLE):
+        path = Path(environ[CONFIG_VARIABLE])
+    if path is None and DEFAULT_CONFIG_PATH.is_file():
+        path = DEFAULT_CONFIG_PATH
+    file_values = read_file(path) if path is not None else {}
+    return build_config(file_values, environ, overrides, path)
+
+
+def describe() -> str:
+    """Every key with its default and comment, as TOML (the `config` command prints it)."""
+    lines: list[str] = []
+    for name, cls in SECTIONS.items():
+        lines.append(f"[{name}]")
+        for f in dataclasses.fields(cls):
+            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+            lines.append(f"# {f.metadata['doc']}")
+            shown = "(unset)" if default is None else _toml_value(default)
+            lines.append(f"{'# ' if default is None else ''}{_toml_name(f.name)} = {shown}")
+        lines.append("")
+    lines.append("[categories.cailianshe]")
+    for f in dataclasses.fields(CategoryConfig):
+        lines.append(f"# {f.metadata['doc']}")
+        lines.append(f"{f.name} = {_toml_value(f.default)}")
+    return "\n".join(lines) + "\n"
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    text = str(value).replace("\\", "\\\\").replace('"', '\\"')
+    return f'"{text}"'
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.stdout.write(describe())
