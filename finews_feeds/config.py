@@ -53,7 +53,7 @@ class SiteConfig:
     future: bool | None = _key(None, "Publish posts dated in the future; default: _config.yml `future`, else false.")
     encoding: str | None = _key(None, "Text encoding of post files; default: _config.yml `encoding`, else utf-8.")
     summary_chars: int = _key(120, "Target length of a post's plain-text summary, in characters (cut at a sentence end).")
-    extensions: list[str] = _key([".md", ".markdown", ".html"], "File name endings read as posts.")
+    extensions: list[str] = _key([".md", ".markdown", ".html"], "File name endings read as posts.")  # noqa: RUF009
     cache_dir: str = _key(".finews-cache", "Folder for the collector's cache, relative to the working folder.")
 
 
@@ -70,7 +70,7 @@ class FeedsConfig:
     limit: int = _key(50, "Entries per feed.")
     category_limit: int = _key(0, "Entries per category feed; 0: same as limit.")
     tag_limit: int = _key(0, "Entries per tag feed; 0: same as limit.")
-    formats: list[str] = _key(["rss", "atom", "json"], "Formats written: rss, atom, json.", ("rss", "atom", "json"))
+    formats: list[str] = _key(["rss", "atom", "json"], "Formats written: rss, atom, json.", ("rss", "atom", "json"))  # noqa: RUF009
     full_content: bool = _key(True, "Put each post's full HTML in the feed; false: summary only.")
     websub_hub: str = _key("", "URL of a WebSub hub announced in every feed (rel=hub); empty: none.")
     tags: bool = _key(True, "Write a feed for every tag.")
@@ -408,7 +408,7 @@ def describe() -> str:
     for name, cls in SECTIONS.items():
         lines.append(f"[{name}]")
         for f in dataclasses.fields(cls):
-            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+            default = f.default if f.default_factory is dataclasses.MISSING else f.default_factory()
             lines.append(f"# {f.metadata['doc']}")
             shown = "(unset)" if default is None else _toml_value(default)
             lines.append(f"{'# ' if default is None else ''}{_toml_name(f.name)} = {shown}")

@@ -1,0 +1,142 @@
+"""The config table: defaults, the TOML file, the environment and flags, in that order."""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from finews_feeds.config import (
+    SECTIONS,
+    CategoryConfig,
+    Config,
+    build_config,
+    describe,
+    load_config,
+    section_keys,
+)
+from finews_feeds.errors import ConfigError
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_defaults_need_no_file() -> None:
+    config = build_config()
+    assert config.feeds.limit == 50
+    assert config.feeds.formats == ["rss", "atom", "json"]
+    assert config.digest.send_at == "07:30"
+    assert config.site.timezone is None  # taken from the Jekyll site later
+    assert config.smtp.security == "starttls"
+    assert config.database.url == "sqlite:///var/finews.sqlite3"
+
+
+def test_file_overrides_defaults() -> None:
+    config = build_config({"feeds": {"limit": 20}, "categories": {"cailianshe": {"title": "财联社新闻", "order": 1}}})
+    assert config.feeds.limit == 20
+    assert config.categories == {"cailianshe": CategoryConfig(title="财联社新闻", order=1)}
+    assert config.category_title("cailianshe") == "财联社新闻"
+    assert config.category_title("other") == "other"
+
+
+def test_environment_overrides_file_and_flags_override_environment() -> None:
+    env = {"FINEWS_FEEDS_LIMIT": "30", "FINEWS_SMTP_HOST": "mail.example", "FINEWS_FEEDS_FULL_CONTENT": "false"}
+    config = build_config({"feeds": {"limit": 20}}, env)
+    assert config.feeds.limit == 30
+    assert config.feeds.full_content is False
+    assert config.smtp.host == "mail.example"
+    config = build_config({"feeds": {"limit": 20}}, env, {"feeds": {"limit": 5}})
+    assert config.feeds.limit == 5
+
+
+def test_environment_lists_are_comma_separated() -> None:
+    config = build_config({}, {"FINEWS_FEEDS_FORMATS": "rss, atom"})
+    assert config.feeds.formats == ["rss", "atom"]
+
+
+def test_secrets_come_from_the_environment_only() -> None:
+    config = build_config({}, {"FINEWS_SMTP_PASSWORD": "hunter2", "FINEWS_SECRET_KEY": "k" * 32})
+    assert config.smtp_password == "hunter2"
+    assert config.secret_key == "k" * 32
+    assert "hunter2" not in repr(config)
+    with pytest.raises(ConfigError, match=r"smtp\.password must not be in a file"):
+        build_config({"smtp": {"password": "x"}})
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        ({"feeds": {"limt": 5}}, "unknown key feeds.limt = 5"),
+        ({"feeds": {"limit": "many"}}, "feeds.limit = 'many': expected a whole number"),
+        ({"feeds": {"limit": -1}}, "feeds.limit = -1: must not be negative"),
+        ({"feeds": {"formats": ["rss", "rdf"]}}, "feeds.formats = ['rss', 'rdf']: 'rdf' is not one of rss, atom, json"),
+        ({"smtp": {"security": "ssl"}}, "smtp.security = 'ssl': expected one of none, starttls, tls"),
+        ({"site": {"timezone": "Mars/Olympus"}}, "site.timezone = 'Mars/Olympus': not a known time zone"),
+        ({"digest": {"send_at": "7h30"}}, "digest.send_at = '7h30': expected HH:MM"),
+        ({"digest": {"subject": "{nope}"}}, "digest.subject = '{nope}': bad template field"),
+        ({"site": {"future": "yes"}}, "site.future = 'yes': expected true or false"),
+        ({"categories": {"x": {"colour": "red"}}}, "unknown key categories.x.colour = 'red'"),
+        ({"nonsense": {}}, "unknown section [nonsense]"),
+    ],
+)
+def test_bad_values_name_the_key_and_the_value(values: dict[str, object], message: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        build_config(values)
+    assert info.value.message.startswith(message)
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"FINEWS_FEEDS_LIMIT": "ten"}, "FINEWS_ env: feeds.limit = 'ten': expected a whole number"),
+        ({"FINEWS_FEEDS_NOPE": "1"}, "unknown key FINEWS_ env: feeds.nope = '1'"),
+        ({"FINEWS_BOGUS": "1"}, "unknown environment variable FINEWS_BOGUS = '1'"),
+    ],
+)
+def test_bad_environment_values_name_the_variable(env: dict[str, str], message: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        build_config({}, env)
+    assert info.value.message.startswith(message)
+
+
+def test_missing_config_file_is_a_config_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(tmp_path / "nope.toml", {})
+
+
+def test_broken_toml_is_a_config_error(tmp_path: Path) -> None:
+    path = tmp_path / "bad.toml"
+    path.write_text("[feeds\nlimit = 1\n", encoding="utf-8")
+    with pytest.raises(ConfigError, match=r"bad\.toml"):
+        load_config(path, {})
+
+
+def test_config_file_path_from_environment(tmp_path: Path) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text("[feeds]\nlimit = 7\n", encoding="utf-8")
+    config = load_config(None, {"FINEWS_CONFIG": str(path)})
+    assert config.feeds.limit == 7
+    assert config.path == path
+
+
+def test_bundled_config_file_documents_every_key_and_loads() -> None:
+    """config/finews.toml is the operators' reference: every key of the table appears in it."""
+    path = ROOT / "config" / "finews.toml"
+    text = path.read_text(encoding="utf-8")
+    data = tomllib.loads(text)
+    config = build_config(data, {}, path=path)
+    assert isinstance(config, Config)
+    for section, cls in SECTIONS.items():
+        assert f"[{section}]" in text
+        for key in section_keys(cls):
+            assert f"\n{key} = " in text or f"\n# {key} = " in text, f"{section}.{key} is not documented"
+    for f in dataclasses.fields(CategoryConfig):
+        assert f"{f.name} = " in text
+
+
+def test_every_key_has_a_comment() -> None:
+    for cls in [*SECTIONS.values(), CategoryConfig]:
+        for f in dataclasses.fields(cls):
+            assert f.metadata.get("doc"), f"{cls.__name__}.{f.name} has no comment"
+    assert describe().count("\n# ") >= sum(len(dataclasses.fields(c)) for c in SECTIONS.values())
