@@ -110,5 +110,37 @@ def check_command(state: State, site_dir: Path | None, as_json: bool) -> None:
     sys.exit(1 if collection.errors else 0)
 
 
+@cli.command("digest")
+@click.option("--site", "site_dir", type=click.Path(path_type=Path), help="The Jekyll site folder (site.source).")
+@click.option("--date", "day", type=click.DateTime(["%Y-%m-%d"]), default=None,
+              help="Day of the digest (YYYY-MM-DD); default: the previous day in the site's time zone.")
+@click.option("--html", "html_path", type=click.Path(path_type=Path, dir_okay=False), help="Write the preview's HTML here.")
+@click.option("--text", "text_path", type=click.Path(path_type=Path, dir_okay=False), help="Write the preview's text part here.")
+@click.option("--eml", "eml_path", type=click.Path(path_type=Path, dir_okay=False), help="Write the whole preview message (.eml) here.")
+@click.option("--out", "out_dir", type=click.Path(path_type=Path, file_okay=False),
+              help="Folder of the web copy digests/YYYY-MM-DD.html (default: feeds.output).")
+@click.pass_obj
+@handle_errors
+def digest_command(state: State, site_dir: Path | None, day: Any, html_path: Path | None, text_path: Path | None,
+                   eml_path: Path | None, out_dir: Path | None) -> None:
+    """Render the digest of a day: its web copy, and a preview for a sample recipient."""
+    from datetime import UTC, datetime
+
+    from .digest import digest_day, write_preview
+
+    config = state.config(site={"source": str(site_dir) if site_dir else None})
+    now = datetime.now(UTC)
+    the_day = day.date() if day is not None else digest_day(config, now)
+    report = write_preview(config, the_day, now=now, html_path=html_path, text_path=text_path, eml_path=eml_path,
+                           out_dir=out_dir)
+    if not report.written:
+        click.echo(f"{the_day}: no articles, no digest (set digest.send_empty = true to send one anyway)")
+        return
+    click.echo(f"{the_day}: {report.count} articles, {report.html_bytes} bytes of HTML")
+    click.echo(f"subject: {report.subject}")
+    for path in report.written:
+        click.echo(f"wrote {path}")
+
+
 def main() -> None:
     cli(prog_name="finews-feeds")

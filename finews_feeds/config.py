@@ -82,7 +82,7 @@ class DigestConfig:
     send_at: str = _key("07:30", "Local time (HH:MM) the daily digest is sent.")
     timezone: str | None = _key(None, "Zone of send_at and of the digest's day; default: the site's time zone.")
     covers: str = _key("previous_day", "Day a digest covers: previous_day or same_day (relative to the send time).", ("previous_day", "same_day"))
-    subject: str = _key("{site_title} 每日精选 · {date} · {count}篇", "Subject template; fields: {site_title}, {date} (2022年4月20日), {count}.")
+    subject: str = _key("{site_title} 每日精选 · {date} · {count}篇", "Subject template; fields: {site_title}, {date} (2022年4月20日), {count}, {top_title} (first article's title).")
     from_: str = _key("finews <digest@localhost>", "From header, e.g. `finews <digest@example.com>`.")
     reply_to: str = _key("", "Reply-To header; empty: none.")
     postal_address: str = _key("", "Sender's postal address shown in the footer (required by anti-spam law).")
@@ -271,11 +271,11 @@ def _validate(config: Config) -> None:
         if key == "limit" and config.feeds.limit < 1:
             raise ConfigError(f"feeds.limit = {config.feeds.limit!r}: expected at least 1")
     try:
-        config.digest.subject.format(site_title="", date="", count=0)
+        config.digest.subject.format(site_title="", date="", count=0, top_title="")
     except (KeyError, IndexError, ValueError) as exc:
         raise ConfigError(
             f"digest.subject = {config.digest.subject!r}: bad template field {exc}",
-            hint="fields: {site_title}, {date}, {count}",
+            hint="fields: {site_title}, {date}, {count}, {top_title}",
         ) from None
 
 
