@@ -1,0 +1,156 @@
+"""The versioned schema of the subscriber store.
+
+The database records its schema version in ``finews_schema``; :func:`upgrade` applies the steps
+it has not seen, in order, inside one locked transaction, so two daemons starting at once on one
+PostgreSQL database do not both create the tables. A later version appends a step (ALTER
+statements written out in full) and never edits an earlier one: a database created by any
+release can be brought forward.
+
+The :data:`METADATA` tables describe the current schema and are what :mod:`store` queries.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    Column,
+    Connection,
+    Date,
+    DateTime,
+    Dialect,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    TypeDecorator,
+    select,
+    text,
+)
+
+from .errors import StoreError
+
+
+class UtcDateTime(TypeDecorator[datetime]):
+    """Aware datetimes stored as UTC on both databases (SQLite keeps no zone of its own)."""
+
+    impl = DateTime
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError(f"naive datetime {value!r}: the store keeps aware times only")
+        return value.astimezone(UTC).replace(tzinfo=None)
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        assert isinstance(value, datetime)
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+METADATA = MetaData()
+
+schema_table = Table(
+    "finews_schema",
+    METADATA,
+    Column("version", Integer, nullable=False),
+)
+
+subscribers = Table(
+    "subscribers",
+    METADATA,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("email", String(320), nullable=False),
+    # Lower-cased address: the unique key, so Ann@X.org and ann@x.org are one subscriber.
+    Column("email_key", String(320), nullable=False, unique=True),
+    Column("name", String(200), nullable=False, default=""),
+    Column("status", String(16), nullable=False),
+    Column("categories", Text, nullable=False, default=""),
+    Column("tags", Text, nullable=False, default=""),
+    Column("created_at", UtcDateTime, nullable=False),
+    Column("confirmed_at", UtcDateTime),
+    Column("unsubscribed_at", UtcDateTime),
+    Column("bounced_at", UtcDateTime),
+    # Permanent (5xx) failures since the last successful send.
+    Column("permanent_failures", Integer, nullable=False, default=0),
+    Index("ix_subscribers_status", "status"),
+)
+
+runs = Table(
+    "runs",
+    METADATA,
+    Column("day", Date, primary_key=True),
+    # host:pid:random of the process sending this day's digest now; NULL when none is.
+    Column("owner", String(200)),
+    Column("started_at", UtcDateTime, nullable=False),
+    Column("heartbeat_at", UtcDateTime),
+    Column("finished_at", UtcDateTime),
+    Column("attempts", Integer, nullable=False, default=0),
+)
+
+deliveries = Table(
+    "deliveries",
+    METADATA,
+    Column("day", Date, primary_key=True),
+    Column("subscriber_id", Integer, ForeignKey("subscribers.id", ondelete="CASCADE"), primary_key=True),
+    Column("email", String(320), nullable=False),
+    Column("state", String(20), nullable=False),
+    Column("attempts", Integer, nullable=False, default=0),
+    Column("last_error", Text, nullable=False, default=""),
+    Column("message_id", String(255), nullable=False, default=""),
+    # The run (owner) that last claimed this row: a run claims each row at most once.
+    Column("run_owner", String(200)),
+    Column("created_at", UtcDateTime, nullable=False),
+    Column("updated_at", UtcDateTime, nullable=False),
+    Column("sent_at", UtcDateTime),
+    Index("ix_deliveries_day_state", "day", "state"),
+)
+
+
+def _v1(conn: Connection) -> None:
+    """Subscribers, per-day runs and the delivery ledger."""
+    METADATA.create_all(conn, tables=[subscribers, runs, deliveries])
+
+
+#: (version, step); append only.
+MIGRATIONS: list[tuple[int, Callable[[Connection], None]]] = [
+    (1, _v1),
+]
+LATEST = MIGRATIONS[-1][0]
+
+
+def current_version(conn: Connection) -> int:
+    """The schema version recorded in the database; 0 for an empty one."""
+    if not conn.dialect.has_table(conn, "finews_schema"):
+        return 0
+    version = conn.execute(select(schema_table.c.version)).scalar()
+    return int(version or 0)
+
+
+def upgrade(conn: Connection) -> int:
+    """Bring the schema to :data:`LATEST` inside the caller's transaction; returns the version before."""
+    if conn.dialect.name == "postgresql":
+        # Serialises concurrent first starts; released at the end of the transaction.
+        conn.execute(text("SELECT pg_advisory_xact_lock(4662871, 0)"))
+    before = current_version(conn)
+    if before > LATEST:
+        raise StoreError(
+            f"the database schema is version {before}, newer than this finews-feeds knows ({LATEST})",
+            hint="upgrade finews-feeds, or point database.url at another database",
+        )
+    if before == 0:
+        METADATA.create_all(conn, tables=[schema_table])
+        conn.execute(schema_table.insert().values(version=0))
+    for version, step in MIGRATIONS:
+        if version > before:
+            step(conn)
+            conn.execute(schema_table.update().values(version=version))
+    return before

@@ -1,0 +1,575 @@
+"""The subscriber store and the delivery ledger (SQLAlchemy 2, SQLite or PostgreSQL).
+
+Every method is one short transaction, so a process killed at any point leaves the database
+in the state of its last commit, and the ledger says exactly who has been sent what.
+
+On SQLite every transaction starts with ``BEGIN IMMEDIATE``: a read that later writes would
+otherwise fail with "database is locked" when another process wrote in between, instead of
+waiting ``busy_timeout`` for its turn.
+
+Run claims (one sender per digest day): on PostgreSQL a session advisory lock held on its own
+connection, which the server releases when the process dies; on SQLite the ``runs`` row names
+its owner (host, pid) and a claim by someone else is taken over once that process is gone.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import secrets
+import socket
+import threading
+import zlib
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Connection, Engine, Row, and_, create_engine, event, func, or_, select, text
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError, IntegrityError, OperationalError, SQLAlchemyError
+
+from .errors import StoreError, SubscriberError
+from .migrations import deliveries, runs, subscribers, upgrade
+from .subscribers import normalize_email, normalize_names
+
+log = logging.getLogger(__name__)
+
+STATUSES = ("pending", "active", "unsubscribed", "bounced")
+#: Ledger states of one (day, subscriber).
+LEDGER_STATES = ("pending", "sending", "sent", "failed-temporary", "failed-permanent", "skipped")
+#: States a run still has work for: `sending` is a message a crashed run may or may not have sent.
+OPEN_STATES = ("pending", "sending", "failed-temporary")
+#: A SQLite run claim whose owner has not written for this long is taken over even if its pid lives
+#: (the pid may have been reused, or the owner is on another host sharing the file).
+STALE_CLAIM = timedelta(minutes=15)
+SQLITE_BUSY_TIMEOUT_MS = 30_000
+
+
+def _now(now: datetime | None) -> datetime:
+    if now is None:
+        return datetime.now(UTC)
+    if now.tzinfo is None:
+        raise ValueError("now must be an aware datetime")
+    return now
+
+
+def _join(values: Sequence[str]) -> str:
+    return json.dumps(list(values), ensure_ascii=False) if values else ""
+
+
+def _split(value: str) -> tuple[str, ...]:
+    return tuple(json.loads(value)) if value else ()
+
+
+@dataclass(frozen=True, slots=True)
+class Subscriber:
+    id: int
+    email: str
+    name: str
+    status: str  #: pending, active, unsubscribed or bounced
+    categories: tuple[str, ...]  #: chosen categories; with tags both empty = everything
+    tags: tuple[str, ...]
+    created_at: datetime
+    confirmed_at: datetime | None
+    unsubscribed_at: datetime | None
+    bounced_at: datetime | None = None
+    permanent_failures: int = 0
+
+    def as_dict(self) -> dict[str, Any]:
+        def iso(value: datetime | None) -> str | None:
+            return value.isoformat() if value else None
+
+        return {
+            "email": self.email,
+            "name": self.name,
+            "status": self.status,
+            "categories": list(self.categories),
+            "tags": list(self.tags),
+            "created_at": iso(self.created_at),
+            "confirmed_at": iso(self.confirmed_at),
+            "unsubscribed_at": iso(self.unsubscribed_at),
+            "bounced_at": iso(self.bounced_at),
+            "permanent_failures": self.permanent_failures,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    """One ledger row: what happened to one subscriber's digest of one day."""
+
+    day: date
+    subscriber_id: int
+    email: str
+    state: str
+    attempts: int
+    last_error: str
+    message_id: str
+    created_at: datetime
+    updated_at: datetime
+    sent_at: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    """A ledger row a run has taken, with its subscriber as it is now."""
+
+    delivery: Delivery
+    subscriber: Subscriber
+
+
+def _subscriber(row: Row[Any]) -> Subscriber:
+    m = row._mapping
+    return Subscriber(
+        id=m["id"], email=m["email"], name=m["name"], status=m["status"],
+        categories=_split(m["categories"]), tags=_split(m["tags"]),
+        created_at=m["created_at"], confirmed_at=m["confirmed_at"], unsubscribed_at=m["unsubscribed_at"],
+        bounced_at=m["bounced_at"], permanent_failures=m["permanent_failures"],
+    )
+
+
+def _delivery(row: Row[Any]) -> Delivery:
+    m = row._mapping
+    return Delivery(
+        day=m["day"], subscriber_id=m["subscriber_id"], email=m["email"], state=m["state"],
+        attempts=m["attempts"], last_error=m["last_error"], message_id=m["message_id"],
+        created_at=m["created_at"], updated_at=m["updated_at"], sent_at=m["sent_at"],
+    )
+
+
+def new_owner() -> str:
+    """A name for one run of one process: host, pid and a random part (a pid is reused)."""
+    return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
+
+
+def _owner_alive(owner: str) -> bool:
+    host, _, rest = owner.partition(":")
+    pid_text = rest.partition(":")[0]
+    if host != socket.gethostname() or not pid_text.isdigit():
+        return True  # cannot tell from here; the staleness limit decides
+    try:
+        os.kill(int(pid_text), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class Store:
+    """Subscribers and the delivery ledger. Open with :meth:`Store.open`; safe to share between threads."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self.dialect = engine.dialect.name
+        self._run_connections: dict[date, Connection] = {}
+        self._lock = threading.Lock()
+        self._schema_name = ""
+
+    # -- opening -------------------------------------------------------------------------------
+
+    @classmethod
+    def open(cls, url: str) -> Store:
+        """Open the database at ``url``, creating the SQLite folder and the schema, upgrading an old one."""
+        try:
+            parsed = make_url(url)
+        except ArgumentError:
+            raise StoreError(f"database.url = {url!r} is not a database URL",
+                             hint="use sqlite:///var/finews.sqlite3 or postgresql+psycopg://user@host/db") from None
+        backend = parsed.get_backend_name()
+        if backend not in ("sqlite", "postgresql"):
+            raise StoreError(f"database.url = {url!r}: only sqlite and postgresql are supported")
+        kwargs: dict[str, Any] = {}
+        if backend == "sqlite":
+            database = parsed.database or ""
+            if database and database != ":memory:" and not database.startswith("file:"):
+                try:
+                    Path(database).parent.mkdir(parents=True, exist_ok=True)
+                except OSError as exc:
+                    raise StoreError(f"cannot create the folder of {database}: {exc.strerror}") from None
+            kwargs["connect_args"] = {"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000, "check_same_thread": False}
+        else:
+            kwargs["pool_pre_ping"] = True
+        try:
+            engine = create_engine(parsed, **kwargs)
+        except (ArgumentError, ImportError) as exc:
+            raise StoreError(f"database.url = {url!r}: {exc}") from None
+        if backend == "sqlite":
+            _sqlite_setup(engine)
+        store = cls(engine)
+        try:
+            with engine.begin() as conn:
+                before = upgrade(conn)
+                if store.dialect == "postgresql":
+                    store._schema_name = str(conn.execute(text("SELECT current_schema()")).scalar() or "")
+        except OperationalError as exc:
+            engine.dispose()
+            raise StoreError(f"cannot open the database {parsed.render_as_string(hide_password=True)}: "
+                             f"{str(exc.orig).strip().splitlines()[0] if exc.orig else exc}") from None
+        if before == 0:
+            log.info("created the subscriber database %s", parsed.render_as_string(hide_password=True))
+        return store
+
+    def close(self) -> None:
+        for conn in list(self._run_connections.values()):
+            conn.close()
+        self._run_connections.clear()
+        self.engine.dispose()
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @contextmanager
+    def _tx(self) -> Iterator[Connection]:
+        try:
+            with self.engine.begin() as conn:
+                yield conn
+        except OperationalError as exc:
+            raise StoreError(f"database error: {str(exc.orig).strip().splitlines()[0] if exc.orig else exc}") from None
+
+    # -- subscribers ---------------------------------------------------------------------------
+
+    def add_subscriber(
+        self,
+        email: str,
+        name: str = "",
+        categories: Iterable[str] = (),
+        tags: Iterable[str] = (),
+        confirmed: bool = False,
+        now: datetime | None = None,
+    ) -> Subscriber:
+        """Add a subscriber (``pending``, or ``active`` when ``confirmed``).
+
+        An address that unsubscribed or bounced is taken back with the new choices, since its owner
+        asked again; an address already pending or active is a :class:`SubscriberError`.
+        """
+        now = _now(now)
+        address = normalize_email(email)
+        values = {
+            "email": address,
+            "name": _clean_name(name),
+            "categories": _join(normalize_names(categories, "category")),
+            "tags": _join(normalize_names(tags, "tag")),
+            "status": "active" if confirmed else "pending",
+            "confirmed_at": now if confirmed else None,
+            "unsubscribed_at": None,
+            "bounced_at": None,
+            "permanent_failures": 0,
+        }
+        with self._tx() as conn:
+            existing = conn.execute(
+                select(subscribers).where(subscribers.c.email_key == address.lower())
+            ).first()
+            if existing is None:
+                try:
+                    conn.execute(subscribers.insert().values(email_key=address.lower(), created_at=now, **values))
+                except IntegrityError:
+                    raise SubscriberError(f"{address} is already a subscriber") from None
+            elif existing.status in ("pending", "active"):
+                raise SubscriberError(f"{address} is already a subscriber (status {existing.status})")
+            else:
+                conn.execute(subscribers.update().where(subscribers.c.id == existing.id).values(**values))
+            row = conn.execute(select(subscribers).where(subscribers.c.email_key == address.lower())).one()
+        return _subscriber(row)
+
+    def get_subscriber(self, email: str) -> Subscriber | None:
+        with self._tx() as conn:
+            row = conn.execute(select(subscribers).where(subscribers.c.email_key == email.strip().lower())).first()
+        return _subscriber(row) if row else None
+
+    def _require(self, conn: Connection, email: str) -> Row[Any]:
+        row = conn.execute(select(subscribers).where(subscribers.c.email_key == email.strip().lower())).first()
+        if row is None:
+            raise SubscriberError(f"{email.strip()} is not a subscriber")
+        return row
+
+    def confirm(self, email: str, now: datetime | None = None) -> Subscriber:
+        """Make a pending subscriber active (double opt-in); other states stay as they are."""
+        now = _now(now)
+        with self._tx() as conn:
+            row = self._require(conn, email)
+            if row.status == "pending":
+                conn.execute(subscribers.update().where(subscribers.c.id == row.id)
+                             .values(status="active", confirmed_at=now))
+            row = conn.execute(select(subscribers).where(subscribers.c.id == row.id)).one()
+        return _subscriber(row)
+
+    def unsubscribe(self, email: str, now: datetime | None = None) -> Subscriber | None:
+        """Unsubscribe; idempotent (the first time is kept). None when the address is unknown."""
+        now = _now(now)
+        with self._tx() as conn:
+            row = conn.execute(select(subscribers).where(subscribers.c.email_key == email.strip().lower())).first()
+            if row is None:
+                return None
+            if row.status != "unsubscribed":
+                conn.execute(subscribers.update().where(subscribers.c.id == row.id)
+                             .values(status="unsubscribed", unsubscribed_at=now))
+            row = conn.execute(select(subscribers).where(subscribers.c.id == row.id)).one()
+        return _subscriber(row)
+
+    def set_selection(self, email: str, categories: Iterable[str] = (), tags: Iterable[str] = ()) -> Subscriber:
+        """Change what a subscriber receives (both empty = everything)."""
+        cats = _join(normalize_names(categories, "category"))
+        tag_text = _join(normalize_names(tags, "tag"))
+        with self._tx() as conn:
+            row = self._require(conn, email)
+            conn.execute(subscribers.update().where(subscribers.c.id == row.id).values(categories=cats, tags=tag_text))
+            row = conn.execute(select(subscribers).where(subscribers.c.id == row.id)).one()
+        return _subscriber(row)
+
+    def remove_subscriber(self, email: str) -> Subscriber:
+        """Delete a subscriber and their ledger rows (erasure); :class:`SubscriberError` if unknown."""
+        with self._tx() as conn:
+            row = self._require(conn, email)
+            conn.execute(deliveries.delete().where(deliveries.c.subscriber_id == row.id))
+            conn.execute(subscribers.delete().where(subscribers.c.id == row.id))
+        return _subscriber(row)
+
+    def list_subscribers(self, status: str | None = None) -> list[Subscriber]:
+        if status is not None and status not in STATUSES:
+            raise SubscriberError(f"unknown status {status!r}; expected one of {', '.join(STATUSES)}")
+        query = select(subscribers).order_by(subscribers.c.id)
+        if status is not None:
+            query = query.where(subscribers.c.status == status)
+        with self._tx() as conn:
+            return [_subscriber(row) for row in conn.execute(query)]
+
+    def active_subscribers(self) -> list[Subscriber]:
+        return self.list_subscribers("active")
+
+    def count_subscribers(self) -> dict[str, int]:
+        with self._tx() as conn:
+            rows = conn.execute(select(subscribers.c.status, func.count()).group_by(subscribers.c.status)).all()
+        counts = dict.fromkeys(STATUSES, 0)
+        counts.update({status: int(n) for status, n in rows})
+        return counts
+
+    def import_subscribers(self, rows: Sequence[Subscriber], now: datetime | None = None) -> tuple[int, int]:
+        """Insert the subscribers whose address is not yet known, in one transaction.
+
+        Known addresses are left exactly as they are (an old file must not resubscribe someone who
+        left), which also makes importing a file twice change nothing. Returns (added, already present).
+        """
+        now = _now(now)
+        added = present = 0
+        with self._tx() as conn:
+            known = {key for (key,) in conn.execute(select(subscribers.c.email_key))}
+            for sub in rows:
+                key = sub.email.lower()
+                if key in known:
+                    present += 1
+                    continue
+                known.add(key)
+                conn.execute(subscribers.insert().values(
+                    email=sub.email, email_key=key, name=_clean_name(sub.name), status=sub.status,
+                    categories=_join(sub.categories), tags=_join(sub.tags),
+                    created_at=sub.created_at or now, confirmed_at=sub.confirmed_at,
+                    unsubscribed_at=sub.unsubscribed_at, bounced_at=sub.bounced_at, permanent_failures=0,
+                ))
+                added += 1
+        return added, present
+
+    # -- run claims ----------------------------------------------------------------------------
+
+    def _advisory_key(self, day: date) -> tuple[int, int]:
+        # Two ints: a constant for "finews digest day" mixed with the schema (tests and sites
+        # sharing one PostgreSQL database use separate schemas), and the day.
+        namespace = zlib.crc32(f"finews-digest:{self._schema_name}".encode()) & 0x7FFFFFFF
+        return namespace, day.toordinal()
+
+    def try_claim_run(self, day: date, owner: str, now: datetime | None = None) -> str | None:
+        """Become the one sender of ``day``'s digest. None on success, else who holds it now."""
+        now = _now(now)
+        if self.dialect == "postgresql":
+            with self._lock:
+                if day in self._run_connections:
+                    return "another run in this process"
+                conn = self.engine.connect()
+                try:
+                    got = conn.execute(text("SELECT pg_try_advisory_lock(:a, :b)"),
+                                       dict(zip("ab", self._advisory_key(day), strict=True))).scalar()
+                    conn.commit()
+                except SQLAlchemyError:
+                    conn.close()
+                    raise
+                if not got:
+                    conn.close()
+                    with self._tx() as tx:
+                        holder = tx.execute(select(runs.c.owner).where(runs.c.day == day)).scalar()
+                    return str(holder or "another process")
+                self._run_connections[day] = conn
+        with self._tx() as conn:
+            row = conn.execute(select(runs).where(runs.c.day == day)).first()
+            if row is None:
+                conn.execute(runs.insert().values(day=day, owner=owner, started_at=now, heartbeat_at=now, attempts=1))
+                return None
+            if self.dialect != "postgresql" and row.owner and row.owner != owner:
+                beat = row.heartbeat_at or row.started_at
+                if _owner_alive(row.owner) and now - beat < STALE_CLAIM:
+                    return str(row.owner)
+                log.warning("taking over the %s digest run from %s, which is gone", day, row.owner)
+            conn.execute(runs.update().where(runs.c.day == day).values(
+                owner=owner, heartbeat_at=now, finished_at=None, attempts=runs.c.attempts + 1))
+        return None
+
+    def heartbeat(self, day: date, owner: str, now: datetime | None = None) -> None:
+        with self._tx() as conn:
+            conn.execute(runs.update().where(and_(runs.c.day == day, runs.c.owner == owner))
+                         .values(heartbeat_at=_now(now)))
+
+    def release_run(self, day: date, owner: str, now: datetime | None = None, finished: bool = True) -> None:
+        """Give up the claim; ``finished`` records that the run went through its whole list."""
+        now = _now(now)
+        values: dict[str, Any] = {"owner": None, "heartbeat_at": now}
+        if finished:
+            values["finished_at"] = now
+        try:
+            with self._tx() as conn:
+                conn.execute(runs.update().where(and_(runs.c.day == day, runs.c.owner == owner)).values(**values))
+        finally:
+            with self._lock:
+                conn2 = self._run_connections.pop(day, None)
+            if conn2 is not None:
+                try:
+                    conn2.execute(text("SELECT pg_advisory_unlock(:a, :b)"),
+                                  dict(zip("ab", self._advisory_key(day), strict=True)))
+                    conn2.commit()
+                finally:
+                    conn2.close()
+
+    def run_info(self, day: date) -> dict[str, Any] | None:
+        with self._tx() as conn:
+            row = conn.execute(select(runs).where(runs.c.day == day)).first()
+        return dict(row._mapping) if row else None
+
+    # -- ledger --------------------------------------------------------------------------------
+
+    def prepare_day(self, day: date, now: datetime | None = None) -> int:
+        """Give every active subscriber without one a `pending` row for ``day``; returns how many were added."""
+        now = _now(now)
+        with self._tx() as conn:
+            have = select(deliveries.c.subscriber_id).where(deliveries.c.day == day)
+            missing = conn.execute(
+                select(subscribers.c.id, subscribers.c.email)
+                .where(subscribers.c.status == "active", subscribers.c.id.not_in(have))
+                .order_by(subscribers.c.id)
+            ).all()
+            if missing:
+                conn.execute(deliveries.insert(), [
+                    {"day": day, "subscriber_id": sid, "email": email, "state": "pending", "attempts": 0,
+                     "last_error": "", "message_id": "", "run_owner": None, "created_at": now, "updated_at": now}
+                    for sid, email in missing
+                ])
+        return len(missing)
+
+    def claim_next(self, day: date, owner: str, now: datetime | None = None) -> Claim | None:
+        """Take the next open row of ``day`` this run has not taken yet (each row at most once per run)."""
+        now = _now(now)
+        query = (
+            select(deliveries)
+            .where(
+                deliveries.c.day == day,
+                deliveries.c.state.in_(OPEN_STATES),
+                or_(deliveries.c.run_owner.is_(None), deliveries.c.run_owner != owner),
+            )
+            .order_by(deliveries.c.subscriber_id)
+            .limit(1)
+        )
+        if self.dialect == "postgresql":
+            query = query.with_for_update(skip_locked=True)
+        with self._tx() as conn:
+            row = conn.execute(query).first()
+            if row is None:
+                return None
+            conn.execute(deliveries.update().where(_key(day, row.subscriber_id)).values(run_owner=owner))
+            sub = conn.execute(select(subscribers).where(subscribers.c.id == row.subscriber_id)).one()
+            conn.execute(runs.update().where(and_(runs.c.day == day, runs.c.owner == owner)).values(heartbeat_at=now))
+        return Claim(_delivery(row), _subscriber(sub))
+
+    def mark_sending(self, day: date, subscriber_id: int, message_id: str, now: datetime | None = None) -> None:
+        """Recorded and committed before DATA: if we die now, the next run resends with this Message-ID."""
+        self._set(day, subscriber_id, now, state="sending", message_id=message_id)
+
+    def mark_sent(self, day: date, subscriber_id: int, now: datetime | None = None) -> None:
+        now = _now(now)
+        with self._tx() as conn:
+            conn.execute(deliveries.update().where(_key(day, subscriber_id)).values(
+                state="sent", attempts=deliveries.c.attempts + 1, last_error="", sent_at=now, updated_at=now))
+            conn.execute(subscribers.update().where(subscribers.c.id == subscriber_id).values(permanent_failures=0))
+
+    def mark_temporary(self, day: date, subscriber_id: int, error: str, now: datetime | None = None) -> None:
+        self._set(day, subscriber_id, now, state="failed-temporary", last_error=error,
+                  attempts=deliveries.c.attempts + 1)
+
+    def mark_permanent(self, day: date, subscriber_id: int, error: str, bounce_after: int,
+                       now: datetime | None = None) -> bool:
+        """Record a 5xx; returns True when this failure made the subscriber `bounced`."""
+        now = _now(now)
+        with self._tx() as conn:
+            conn.execute(deliveries.update().where(_key(day, subscriber_id)).values(
+                state="failed-permanent", attempts=deliveries.c.attempts + 1, last_error=error, updated_at=now))
+            conn.execute(subscribers.update().where(subscribers.c.id == subscriber_id)
+                         .values(permanent_failures=subscribers.c.permanent_failures + 1))
+            row = conn.execute(select(subscribers.c.status, subscribers.c.permanent_failures)
+                               .where(subscribers.c.id == subscriber_id)).one()
+            if bounce_after > 0 and row.permanent_failures >= bounce_after and row.status == "active":
+                conn.execute(subscribers.update().where(subscribers.c.id == subscriber_id)
+                             .values(status="bounced", bounced_at=now))
+                return True
+        return False
+
+    def mark_skipped(self, day: date, subscriber_id: int, reason: str, now: datetime | None = None) -> None:
+        self._set(day, subscriber_id, now, state="skipped", last_error=reason)
+
+    def _set(self, day: date, subscriber_id: int, now: datetime | None, **values: Any) -> None:
+        with self._tx() as conn:
+            conn.execute(deliveries.update().where(_key(day, subscriber_id)).values(updated_at=_now(now), **values))
+
+    def ledger(self, day: date) -> list[Delivery]:
+        with self._tx() as conn:
+            rows = conn.execute(select(deliveries).where(deliveries.c.day == day).order_by(deliveries.c.subscriber_id))
+            return [_delivery(row) for row in rows]
+
+    def ledger_counts(self, day: date) -> dict[str, int]:
+        with self._tx() as conn:
+            rows = conn.execute(select(deliveries.c.state, func.count()).where(deliveries.c.day == day)
+                                .group_by(deliveries.c.state)).all()
+        counts = dict.fromkeys(LEDGER_STATES, 0)
+        counts.update({state: int(n) for state, n in rows})
+        return counts
+
+
+def _key(day: date, subscriber_id: int) -> Any:
+    return and_(deliveries.c.day == day, deliveries.c.subscriber_id == subscriber_id)
+
+
+def _clean_name(name: str) -> str:
+    # Names end up in a To header: no line breaks or other control characters.
+    cleaned = "".join(ch if ch.isprintable() else " " for ch in name).strip()
+    if len(cleaned) > 200:
+        raise SubscriberError(f"name {cleaned[:20]!r}… is longer than 200 characters")
+    return cleaned
+
+
+def _sqlite_setup(engine: Engine) -> None:
+    @event.listens_for(engine, "connect")
+    def _connect(dbapi_connection: Any, _record: Any) -> None:
+        # Let SQLAlchemy's "begin" event below issue BEGIN itself, as IMMEDIATE.
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        # FULL: a commit of `sent` survives a power cut too, keeping duplicates to the one in-flight message.
+        cursor.execute("PRAGMA synchronous=FULL")
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _begin(conn: Connection) -> None:
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
