@@ -1,0 +1,530 @@
+"""Read the posts of a Jekyll site as Jekyll 4 would publish them.
+
+The walk and the per-file parse are separate so the cache (:mod:`finews_feeds.cache`) can skip
+the parse for files whose size and mtime it has seen. :func:`parse_post` is pure: bytes and
+settings in, a post (or the reason it is not one) out; the clock only matters afterwards, when
+future posts are left out, so a cached post stays valid as time passes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import re
+from collections import Counter
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, time, timedelta, timezone, tzinfo
+from pathlib import Path
+from typing import Any, ClassVar
+from zoneinfo import ZoneInfo
+
+import yaml
+from frontmatter.default_handlers import YAMLHandler
+
+from .config import Config
+from .markup import (
+    absolute_url,
+    clean_line,
+    encode_path,
+    html_to_text,
+    render_body,
+    slugify,
+    summarize_text,
+    titleize,
+)
+from .models import Collection, FileError, Post, Site
+from .site import YamlLoader, resolve_site
+
+log = logging.getLogger(__name__)
+
+#: Jekyll's DATE_FILENAME_MATCHER, on the file name alone.
+FILENAME = re.compile(r"^(\d{2,4})-(\d{1,2})-(\d{1,2})-(.+)(\.[^.]+)$")
+_DATE = re.compile(
+    r"^\s*(\d{4})-(\d{1,2})-(\d{1,2})"
+    r"(?:(?:[Tt]|\s+)(\d{1,2}):(\d{2})(?::(\d{2})(?:[.,](\d{1,9}))?)?)?"
+    r"\s*(?:([Zz])|(?:UTC|GMT)?\s*([+-])(\d{1,2})(?::?(\d{2}))?)?\s*$"
+)
+_OUTPUT_EXT = {".md": ".html", ".markdown": ".html", ".mkdown": ".html", ".mkd": ".html", ".mdown": ".html", ".html": ".html", ".htm": ".html"}
+_PLACEHOLDER = re.compile(r":([a-z_]+)")
+
+
+class _Loader(YamlLoader):  # type: ignore[misc]
+    """The C YAML loader without implicit timestamps: PyYAML would read `2022-04-20T16:30:00+08:00`
+    as a datetime but leave `2022-04-20 09:15:40 +0800` a string; we parse every date ourselves,
+    one way, keeping its offset."""
+
+    yaml_implicit_resolvers: ClassVar[dict[Any, Any]] = {
+        first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:timestamp"]
+        for first, resolvers in YamlLoader.yaml_implicit_resolvers.items()
+    }
+
+
+class _Handler(YAMLHandler):
+    def load(self, fm: str, **kwargs: object) -> Any:
+        return yaml.load(fm, Loader=_Loader)
+
+
+_HANDLER = _Handler()
+
+
+class Rejected(Exception):
+    """A file that is not a post, and why (becomes a :class:`FileError`)."""
+
+
+class NotPublished(Exception):
+    """A post Jekyll would not publish (`published: false`): left out silently."""
+
+
+@dataclass(frozen=True, slots=True)
+class Parsed:
+    """A parsed post and its rendered body."""
+
+    post: Post
+    html: str
+
+
+# ---------------------------------------------------------------- dates
+
+
+def parse_date(value: object, zone: tzinfo) -> datetime:
+    """A front-matter or file-name date as an aware datetime in ``zone``; times without offset are
+    in ``zone``. Raises ValueError for anything impossible or unreadable."""
+    if isinstance(value, datetime):
+        moment = value if value.tzinfo is not None else value.replace(tzinfo=zone)
+        return moment.astimezone(zone)
+    if isinstance(value, date):
+        return datetime.combine(value, time(), zone)
+    if not isinstance(value, str):
+        raise ValueError(f"{value!r} is not a date")
+    match = _DATE.match(value)
+    if not match:
+        raise ValueError(f"{value.strip()!r} is not a date (expected e.g. 2022-04-20 09:15:40 +0800)")
+    year, month, day, hour, minute, second, fraction, zulu, sign, off_h, off_m = match.groups()
+    micro = int((fraction or "0")[:6].ljust(6, "0"))
+    try:
+        moment = datetime(int(year), int(month), int(day), int(hour or 0), int(minute or 0), int(second or 0), micro)
+        if zulu:
+            offset: tzinfo = UTC
+        elif sign:
+            delta = timedelta(hours=int(off_h), minutes=int(off_m or 0))
+            offset = timezone(-delta if sign == "-" else delta)
+        else:
+            offset = zone
+    except ValueError:
+        raise ValueError(f"{value.strip()!r} is an impossible date") from None
+    return moment.replace(tzinfo=offset).astimezone(zone)
+
+
+# ---------------------------------------------------------------- front matter values
+
+
+def _scalars(value: object) -> list[str]:
+    """A front-matter list value flattened to strings; None, empty and mappings dropped."""
+    out: list[str] = []
+    stack = [value]
+    while stack:
+        item = stack.pop(0)
+        if isinstance(item, (list, tuple)):
+            stack[0:0] = list(item)
+        elif item is None or isinstance(item, (dict, set)):
+            continue
+        else:
+            text = ("true" if item else "false") if isinstance(item, bool) else str(item)
+            text = clean_line(text)
+            if text:
+                out.append(text)
+    return out
+
+
+def _plural(data: Mapping[str, Any], singular: str, plural: str) -> list[str]:
+    """Jekyll's ``pluralized_array_from_hash``: the singular key if present (as one value), else the
+    plural key (a string split on whitespace, a list as is)."""
+    if singular in data:
+        return _scalars(data[singular])
+    if plural in data:
+        value = data[plural]
+        if isinstance(value, str):
+            return _scalars(value.split())
+        if isinstance(value, (list, tuple)):
+            return _scalars(value)
+    return []
+
+
+def categories_of(folders: list[str], data: Mapping[str, Any]) -> tuple[str, ...]:
+    """Folder categories first, then `categories` (string split on whitespace), then `category`."""
+    merged = list(folders)
+    plural = data.get("categories")
+    if isinstance(plural, str):
+        merged.extend(_scalars(plural.split()))
+    elif plural is not None:
+        merged.extend(_scalars(plural))
+    merged.extend(_plural(data, "category", "categories"))
+    return tuple(dict.fromkeys(c for c in merged if c))
+
+
+def tags_of(data: Mapping[str, Any]) -> tuple[str, ...]:
+    return tuple(dict.fromkeys(_plural(data, "tag", "tags")))
+
+
+def _author(value: object) -> str | None:
+    if isinstance(value, Mapping):
+        value = value.get("name")
+    if isinstance(value, (list, tuple)):
+        names = [_author(v) for v in value]
+        return ", ".join(n for n in names if n) or None
+    if value is None or isinstance(value, (dict, set)):
+        return None
+    return clean_line(str(value)) or None
+
+
+def _image(value: object) -> str | None:
+    if isinstance(value, Mapping):
+        value = value.get("path") or value.get("url")
+    if isinstance(value, str) and value.strip():
+        return value.strip()
+    return None
+
+
+def _optional_text(value: object) -> str | None:
+    if value is None or isinstance(value, (dict, list, set, tuple)):
+        return None
+    text = html_to_text(str(value))
+    return text or None
+
+
+# ---------------------------------------------------------------- permalinks
+
+
+def permalink_of(pattern: str, *, categories: tuple[str, ...], moment: datetime, slug: str, name: str, ext: str) -> str:
+    """Expand a Jekyll permalink pattern and sanitise it as Jekyll's ``URL#sanitize_url`` does;
+    the result is percent-encoded."""
+    output_ext = _OUTPUT_EXT.get(ext.lower(), ext)
+    values = {
+        "categories": "/".join(dict.fromkeys(c.lower() for c in categories)),
+        "year": f"{moment.year:04d}",
+        "month": f"{moment.month:02d}",
+        "i_month": str(moment.month),
+        "day": f"{moment.day:02d}",
+        "i_day": str(moment.day),
+        "short_year": f"{moment.year % 100:02d}",
+        "hour": f"{moment.hour:02d}",
+        "minute": f"{moment.minute:02d}",
+        "second": f"{moment.second:02d}",
+        "y_day": f"{moment.timetuple().tm_yday:03d}",
+        "week": f"{moment.isocalendar()[1]:02d}",
+        "short_day": moment.strftime("%a"),
+        "long_day": moment.strftime("%A"),
+        "short_month": moment.strftime("%b"),
+        "long_month": moment.strftime("%B"),
+        "title": slugify(slug, "pretty", cased=True),
+        "slug": slugify(slug),
+        "name": slugify(name),
+        "output_ext": output_ext,
+        "collection": "posts",
+    }
+
+    def replace(match: re.Match[str]) -> str:
+        key = match.group(1)
+        # Jekyll matches greedily, then lets `:title_` mean `:title` followed by `_`.
+        for candidate in (key, key.rstrip("_")):
+            if candidate in values:
+                return values[candidate] + key[len(candidate) :]
+        return match.group(0)
+
+    path = _PLACEHOLDER.sub(replace, pattern)
+    path = "/" + path
+    path = path.replace("..", "/").replace("./", "")
+    path = re.sub(r"/{2,}", "/", path)
+    return encode_path(path)
+
+
+# ---------------------------------------------------------------- one file
+
+
+def decode(raw: bytes, encoding: str) -> str:
+    """File bytes as text: a UTF-8 BOM always wins; CRLF becomes LF. Raises :class:`Rejected`."""
+    if raw.startswith(b"\xef\xbb\xbf"):
+        encoding, raw = "utf-8", raw[3:]
+    try:
+        text = raw.decode(encoding)
+    except UnicodeDecodeError as exc:
+        bad = raw[exc.start : exc.start + 1].hex()
+        hint = " (set site.encoding if the site's files use another encoding)" if encoding.lower().replace("_", "-") in ("utf-8", "utf8") else ""
+        raise Rejected(f"cannot decode as {encoding}: byte 0x{bad} at offset {exc.start}{hint}") from None
+    if text.startswith("\ufeff"):
+        text = text[1:]
+    return text.replace("\r\n", "\n").replace("\r", "\n")
+
+
+def split_front_matter(text: str) -> tuple[dict[str, Any], str]:
+    """The front matter (a mapping) and the body. Raises :class:`Rejected`."""
+    if not text.strip():
+        raise Rejected("empty file: not a post")
+    first_line = text.split("\n", 1)[0]
+    if first_line.rstrip() != "---":
+        raise Rejected("no front matter: Jekyll treats this file as a static file, not a post (start it with a '---' line)")
+    try:
+        fm, body = _HANDLER.split(text)
+    except ValueError:
+        raise Rejected("front matter is not closed: add a '---' line after it") from None
+    try:
+        data = _HANDLER.load(fm)
+    except yaml.MarkedYAMLError as exc:
+        # The context mark is where the broken construct starts (an unclosed quote), which is
+        # the line to fix.
+        mark = exc.context_mark or exc.problem_mark
+        first = text[: text.find(fm)].count("\n") if fm else 1
+        line = f" at line {first + mark.line + 1}" if mark is not None else ""
+        problem = "; ".join(p for p in (exc.context, exc.problem) if p) or "syntax error"
+        raise Rejected(f"invalid YAML in front matter{line}: {problem}") from None
+    except yaml.YAMLError as exc:
+        raise Rejected(f"invalid YAML in front matter: {exc}") from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise Rejected(f"front matter is a {type(data).__name__}, not a mapping of keys to values")
+    return {str(k): v for k, v in data.items()}, body
+
+
+def parse_post(path: str, raw: bytes, site: Site) -> Parsed:
+    """Parse one file (``path`` relative to the site, with `/`) into a post and its HTML.
+
+    Raises :class:`Rejected` for a file that cannot be a post, :class:`NotPublished` for
+    `published: false`. Future posts are returned: the caller decides with its clock.
+    """
+    parts = path.split("/")
+    match = FILENAME.match(parts[-1])
+    if not match:
+        raise Rejected("file name does not match YYYY-MM-DD-slug.ext")
+    year, month, day, file_slug, ext = match.groups()
+    text = decode(raw, site.encoding)
+    data, body = split_front_matter(text)
+
+    published = data.get("published", True)
+    if published is False or (isinstance(published, str) and published.strip().lower() == "false"):
+        raise NotPublished(path)
+
+    zone = site.timezone
+    if data.get("date") not in (None, ""):
+        try:
+            moment = parse_date(data["date"], zone)
+        except ValueError as exc:
+            raise Rejected(f"date: {exc}") from None
+    else:
+        try:
+            moment = datetime(int(year), int(month), int(day), tzinfo=zone)
+        except ValueError:
+            raise Rejected(f"file name date {year}-{month}-{day} is an impossible date") from None
+
+    slug_value = data.get("slug")
+    slug = clean_line(str(slug_value)) if isinstance(slug_value, (str, int, float)) and str(slug_value).strip() else file_slug
+    raw_title = data.get("title")
+    title = clean_line(str(raw_title)) if raw_title is not None and not isinstance(raw_title, (dict, list)) else ""
+    if not title:
+        title = clean_line(titleize(file_slug))
+
+    folders = [p for p in parts[: parts.index("_posts")] if p] if "_posts" in parts else []
+    categories = categories_of(folders, data)
+    tags = tags_of(data)
+
+    pattern = data.get("permalink")
+    if not isinstance(pattern, str) or not pattern.strip():
+        pattern = site.permalink
+    permalink = permalink_of(
+        pattern.strip(), categories=categories, moment=moment, slug=slug, name=parts[-1][: -len(ext)], ext=ext
+    )
+    url = site.url + permalink
+
+    rendered = render_body(body, url)
+    excerpt = _optional_text(data.get("excerpt"))
+    description = _optional_text(data.get("description"))
+    summary = excerpt or description or summarize_text(rendered.text, site.summary_chars)
+    image = _image(data.get("image"))
+    image = absolute_url(image, url) if image else rendered.image
+    source = rendered.source or (site.category_title(categories[0]) if categories else site.title)
+
+    updated: datetime | None = None
+    if data.get("last_modified_at") not in (None, ""):
+        try:
+            updated = parse_date(data["last_modified_at"], zone)
+        except ValueError:
+            log.warning("%s: last_modified_at %r is not a date; ignored", path, data["last_modified_at"])
+
+    post = Post(
+        path=path,
+        slug=slug,
+        title=title,
+        date=moment,
+        updated=updated,
+        categories=categories,
+        tags=tags,
+        permalink=permalink,
+        url=url,
+        id=url,
+        summary=summary,
+        image=image,
+        author=_author(data.get("author")),
+        source=source,
+        excerpt=excerpt,
+        description=description,
+        content_hash=hashlib.blake2b(rendered.html.encode("utf-8"), digest_size=12).hexdigest(),
+    )
+    return Parsed(post, rendered.html)
+
+
+# ---------------------------------------------------------------- the walk
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """A candidate post file: path relative to the site, absolute path, size, mtime."""
+
+    path: str
+    full: str
+    size: int
+    mtime_ns: int
+
+
+def walk(site: Site) -> Iterator[Entry]:
+    """Every file Jekyll would read as a post: under any `_posts/` folder (and its subfolders),
+    outside `_site`, `_drafts`, dot-folders and other `_` folders, named YYYY-MM-DD-slug.ext."""
+    extensions = tuple(e.lower() for e in site.extensions)
+    root = site.source
+
+    def scan(folder: str, rel: str, in_posts: bool) -> Iterator[Entry]:
+        try:
+            entries = sorted(os.scandir(folder), key=lambda e: e.name)
+        except OSError as exc:
+            log.warning("%s: cannot list folder: %s", folder, exc.strerror)
+            return
+        for entry in entries:
+            name = entry.name
+            if name.startswith(".") or name.endswith("~") or name.startswith("#"):
+                continue
+            try:
+                is_dir = entry.is_dir()
+            except OSError:
+                continue
+            if is_dir:
+                if name == "_posts":
+                    yield from scan(entry.path, rel + name + "/", True)
+                elif name.startswith("_") or (not rel and name in ("node_modules", "vendor")):
+                    continue
+                else:
+                    yield from scan(entry.path, rel + name + "/", in_posts)
+            elif in_posts and name.lower().endswith(extensions) and FILENAME.match(name):
+                try:
+                    stat = entry.stat()
+                except OSError:
+                    continue
+                yield Entry(rel + name, entry.path, stat.st_size, stat.st_mtime_ns)
+
+    yield from scan(root, "", False)
+
+
+def read_entry(entry: Entry, site: Site) -> Parsed | FileError | None:
+    """Parse one walked file: a post, the reason it was rejected, or None when unpublished."""
+    try:
+        with open(entry.full, "rb") as handle:
+            raw = handle.read()
+    except OSError as exc:
+        return FileError(entry.path, f"cannot read: {exc.strerror}")
+    try:
+        return parse_post(entry.path, raw, site)
+    except Rejected as exc:
+        return FileError(entry.path, str(exc))
+    except NotPublished:
+        return None
+    except RecursionError:
+        return FileError(entry.path, "front matter or body nested too deeply to read")
+
+
+def sort_key(post: Post) -> tuple[float, str]:
+    return (-post.date.timestamp(), post.path)
+
+
+def is_visible(post: Post, site: Site, now: datetime) -> bool:
+    return site.future or post.date <= now
+
+
+def collect(site: Site, cache_dir: Path | None = None, now: datetime | None = None) -> Collection:
+    """Collect the posts of ``site``; with ``cache_dir``, unchanged files are not read again."""
+    from .cache import collect_cached, collect_uncached
+
+    moment = now if now is not None else datetime.now(UTC)
+    if cache_dir is None:
+        return collect_uncached(site, moment)
+    return collect_cached(site, cache_dir, moment)
+
+
+def collect_site(config: Config, now: datetime | None = None) -> Collection:
+    """Resolve the site from ``config`` and collect it, with the cache folder from config."""
+    site = resolve_site(config)
+    cache_dir = Path(config.site.cache_dir) if config.site.cache_dir else None
+    return collect(site, cache_dir, now)
+
+
+def rerender(site: Site, post: Post) -> str:
+    """A post's HTML read again from its file (when the cache has none)."""
+    try:
+        with open(os.path.join(site.source, post.path), "rb") as handle:
+            raw = handle.read()
+        return parse_post(post.path, raw, site).html
+    except (OSError, Rejected, NotPublished):
+        return ""
+
+
+def content_from_files(site: Site) -> Callable[[Post], str]:
+    def content(post: Post) -> str:
+        return rerender(site, post)
+
+    return content
+
+
+def summarize(collection: Collection) -> dict[str, Any]:
+    """What `check` prints: posts, errors, categories and tags with counts, date range."""
+    posts = collection.posts
+    categories: Counter[str] = Counter()
+    tags: Counter[str] = Counter()
+    for post in posts:
+        categories.update(post.categories)
+        tags.update(post.tags)
+    order = collection.site.category_order
+    return {
+        "posts": [
+            {
+                "path": p.path,
+                "url": p.url,
+                "id": p.id,
+                "title": p.title,
+                "date": p.date.isoformat(),
+                "categories": list(p.categories),
+                "tags": list(p.tags),
+                "summary": p.summary,
+                "image": p.image,
+                "source": p.source,
+            }
+            for p in posts
+        ],
+        "errors": [{"path": e.path, "message": e.message} for e in collection.errors],
+        "categories": dict(sorted(categories.items(), key=lambda kv: (order.get(kv[0], 1000), -kv[1], kv[0]))),
+        "tags": dict(sorted(tags.items(), key=lambda kv: (-kv[1], kv[0]))),
+        "first_date": min(p.date for p in posts).isoformat() if posts else None,
+        "last_date": max(p.date for p in posts).isoformat() if posts else None,
+    }
+
+
+__all__ = [
+    "Entry",
+    "NotPublished",
+    "Parsed",
+    "Rejected",
+    "ZoneInfo",
+    "collect",
+    "collect_site",
+    "parse_post",
+    "summarize",
+    "walk",
+]

@@ -1,0 +1,325 @@
+"""Turn a post's body into what feeds and mail clients need: HTML with absolute URLs, plain text,
+a summary, the news source and the first image.
+
+Everything here is pure: text in, text out. Feed readers and mail clients have no base URL to
+resolve ``/x`` or ``//host/x`` against, so every link and image leaves this module absolute.
+"""
+
+from __future__ import annotations
+
+import html as html_lib
+import re
+import unicodedata
+from dataclasses import dataclass
+from functools import lru_cache
+from urllib.parse import quote, urljoin, urlsplit
+
+import lxml.etree
+import lxml.html
+from markdown_it import MarkdownIt
+
+#: Characters XML 1.0 forbids (C0 controls but tab/LF/CR, surrogates, U+FFFE/U+FFFF) and the
+#: C1/DEL controls, which are legal but render as garbage in every reader.
+_ILLEGAL = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x84\x86-\x9f\ud800-\udfff\ufffe\uffff]")
+_SPACE = re.compile(r"\s+")
+#: Characters a percent-encoded path keeps as they are (RFC 3986 pchar plus `/`).
+PATH_SAFE = "/:@!$&'()*+,;=-._~"
+_URL_SAFE = PATH_SAFE + "?#[]%"
+_ESCAPE = re.compile(r"(%[0-9A-Fa-f]{2})")
+_SOURCE = re.compile(r"[（(]\s*文章来源\s*[：:]\s*([^）)]*?)\s*[）)]")
+_SENTENCE_END = re.compile(r"[。！？!?…]+[”’」』）)\"']*|[.;；](?=\s)")
+#: Attributes that hold a URL, by element (srcset is handled apart: it holds a list).
+_URL_ATTRIBUTES = {
+    "a": ("href",),
+    "area": ("href",),
+    "link": ("href",),
+    "img": ("src", "longdesc"),
+    "source": ("src",),
+    "video": ("src", "poster"),
+    "audio": ("src",),
+    "track": ("src",),
+    "iframe": ("src",),
+    "embed": ("src",),
+    "object": ("data",),
+    "form": ("action",),
+    "blockquote": ("cite",),
+    "q": ("cite",),
+    "del": ("cite",),
+    "ins": ("cite",),
+    "input": ("src",),
+    "table": ("background",),
+    "td": ("background",),
+    "body": ("background",),
+}
+_HEADINGS = frozenset(("h1", "h2", "h3", "h4", "h5", "h6"))
+_BLOCKS = _HEADINGS | {
+    "p", "div", "ul", "ol", "li", "blockquote", "pre", "table", "tr", "center", "section", "article", "header",
+    "footer", "figure", "figcaption", "hr", "dl", "dt", "dd", "address", "aside", "nav", "main",
+}
+_LINK_SEPARATORS = re.compile(r"[\s|｜·•/、,，]*")
+
+
+def clean_text(text: str) -> str:
+    """Remove characters that would make a feed ill-formed or show as garbage."""
+    return _ILLEGAL.sub("", text)
+
+
+def clean_line(text: str) -> str:
+    """One line of plain text (a title, a name): no controls, whitespace runs collapsed."""
+    return _SPACE.sub(" ", clean_text(text)).strip()
+
+
+def encode_path(path: str) -> str:
+    """Percent-encode a path as a URI does (Chinese -> %E4...); valid %XX escapes are kept."""
+    parts = _ESCAPE.split(path)
+    return "".join(part if i % 2 else quote(part, safe=PATH_SAFE) for i, part in enumerate(parts))
+
+
+def encode_url(url: str) -> str:
+    """An IRI as a URI: non-ASCII and spaces percent-encoded, everything else untouched."""
+    if url.isascii() and " " not in url:
+        return url
+    parts = _ESCAPE.split(url.strip())
+    return "".join(part if i % 2 else quote(part, safe=_URL_SAFE.replace("%", "")) for i, part in enumerate(parts))
+
+
+def absolute_url(link: str, base: str) -> str:
+    """``link`` resolved against ``base``; `//host/x` takes the base's scheme; other schemes untouched."""
+    link = link.strip()
+    if not link or link.startswith("#"):
+        return link
+    scheme = urlsplit(link).scheme if ":" in link else ""
+    if scheme and scheme not in ("http", "https"):
+        return link  # mailto:, javascript:, data: ... (sanitising is the digest's business)
+    try:
+        return encode_url(urljoin(base, link))
+    except ValueError:  # e.g. an invalid IPv6 host: leave it as the author wrote it
+        return link
+
+
+@lru_cache(maxsize=1)
+def _markdown() -> MarkdownIt:
+    # The commonmark preset passes raw HTML through and renders <http://...> autolinks.
+    return MarkdownIt("commonmark", {"html": True})
+
+
+def render_markdown(text: str) -> str:
+    """Markdown (with raw HTML mixed in, as finews posts are) to HTML."""
+    html: str = _markdown().render(text)
+    return html
+
+
+@dataclass(frozen=True, slots=True)
+class Rendered:
+    """A body rendered for publication and the facts derived from it."""
+
+    html: str  #: absolutised HTML
+    text: str  #: plain text for the summary (source line and trailing link lines left out)
+    source: str | None  #: `财联社` from `（文章来源：财联社）`
+    image: str | None  #: absolute URL of the first image
+
+
+def _parse_fragment(html: str) -> lxml.html.HtmlElement | None:
+    if not html.strip():
+        return None
+    try:
+        return lxml.html.fragment_fromstring(html, create_parent="div")
+    except (lxml.etree.ParserError, ValueError):
+        return None
+
+
+def _absolutise(root: lxml.html.HtmlElement, base: str) -> str | None:
+    """Rewrite every URL attribute in place; returns the first image's URL."""
+    first_image: str | None = None
+    for element in root.iter():
+        tag = element.tag
+        if not isinstance(tag, str):
+            continue  # comments, processing instructions
+        attributes = _URL_ATTRIBUTES.get(tag)
+        if attributes:
+            for name in attributes:
+                value = element.get(name)
+                if value is not None:
+                    element.set(name, absolute_url(value, base))
+        srcset = element.get("srcset")
+        if srcset is not None:
+            element.set("srcset", _absolute_srcset(srcset, base))
+        if first_image is None and tag == "img":
+            src = element.get("src")
+            if src and urlsplit(src).scheme in ("http", "https"):
+                first_image = src
+    return first_image
+
+
+def _absolute_srcset(value: str, base: str) -> str:
+    candidates = []
+    for candidate in value.split(","):
+        bits = candidate.strip().split(None, 1)
+        if bits:
+            bits[0] = absolute_url(bits[0], base)
+            candidates.append(" ".join(bits))
+    return ", ".join(candidates)
+
+
+def _block_texts(root: lxml.html.HtmlElement) -> list[tuple[str, str, bool]]:
+    """The body as (tag, text, links only) blocks, in order; loose inline content makes its own blocks."""
+    blocks: list[tuple[str, str, bool]] = []
+    inline: list[str] = []
+    inline_links: list[str] = []
+
+    def flush() -> None:
+        text = "".join(inline)
+        if text.strip():
+            blocks.append(("", text, _only_links(text, "".join(inline_links))))
+        inline.clear()
+        inline_links.clear()
+
+    if root.text:
+        inline.append(root.text)
+    for child in root:
+        tag = child.tag if isinstance(child.tag, str) else ""
+        if tag in _BLOCKS:
+            flush()
+            text = _text_of(child)
+            if text.strip():
+                links = "".join(_text_of(a) for a in child.iter("a"))
+                blocks.append((tag, text, _only_links(text, links)))
+        elif tag in ("script", "style", "template"):
+            pass
+        elif tag:
+            if tag == "br":
+                inline.append("\n")
+            else:
+                inline.append(_text_of(child))
+                inline_links.extend(_text_of(a) for a in child.iter("a"))
+        if child.tail:
+            inline.append(child.tail)
+    flush()
+    return blocks
+
+
+def _text_of(element: lxml.html.HtmlElement) -> str:
+    parts: list[str] = []
+    for node in element.iter():
+        tag = node.tag if isinstance(node.tag, str) else ""
+        if tag in ("script", "style", "template"):
+            if node is not element and node.tail:
+                parts.append(node.tail)
+            continue
+        if tag and node.text:
+            parts.append(node.text)
+        if tag in _BLOCKS or tag == "br":
+            parts.append(" ")
+        if node is not element and node.tail:
+            parts.append(node.tail)
+    return "".join(parts)
+
+
+def _only_links(text: str, link_text: str) -> bool:
+    if not link_text.strip():
+        return False
+    rest = _SPACE.sub("", text)
+    for piece in _SPACE.sub(" ", link_text).split():
+        rest = rest.replace(piece, "", 1)
+    return _LINK_SEPARATORS.fullmatch(rest) is not None
+
+
+def render_body(markdown: str, base: str) -> Rendered:
+    """Render a post body, make its URLs absolute against ``base`` (the post's URL), and derive
+    the plain text, the source and the first image from the same tree."""
+    html = clean_text(render_markdown(clean_text(markdown)))
+    root = _parse_fragment(html)
+    if root is None:
+        return Rendered(html="", text="", source=None, image=None)
+    image = _absolutise(root, base)
+    serialized = lxml.html.tostring(root, encoding="unicode")
+    # Strip the <div> wrapper fragment_fromstring added.
+    out = clean_text(serialized[5:-6]).strip() if serialized.startswith("<div>") else clean_text(serialized).strip()
+
+    blocks = _block_texts(root)
+    source: str | None = None
+    kept: list[tuple[str, str, bool]] = []
+    for tag, text, links_only in blocks:
+        match = _SOURCE.search(text)
+        if match:
+            source = source or clean_line(match.group(1)) or None
+            text = _SOURCE.sub("", text)
+            if not text.strip():
+                continue
+        kept.append((tag, text, links_only))
+    # The tail of a finews post is navigation: related links, the original's URL, "back" links.
+    while kept and (kept[-1][2] or (kept[-1][0] in _HEADINGS)):
+        kept.pop()
+    text = " ".join(clean_line(t) for _, t, _ in kept).strip()
+    return Rendered(html=out, text=text, source=source, image=image)
+
+
+def html_to_text(fragment: str) -> str:
+    """Plain text of an HTML (or plain) fragment: tags dropped, entities decoded, whitespace collapsed."""
+    if "<" not in fragment and "&" not in fragment:
+        return clean_line(fragment)
+    root = _parse_fragment(clean_text(fragment))
+    if root is None:
+        return clean_line(html_lib.unescape(fragment))
+    return clean_line(_text_of(root))
+
+
+def summarize_text(text: str, chars: int) -> str:
+    """Cut ``text`` at the sentence end nearest ``chars`` characters; Latin text is never cut mid-word.
+
+    A sentence end up to half again past the target is preferred to one less than half the
+    target; without any, the text is cut at the target (at a space for Latin text) with `…`.
+    """
+    text = text.strip()
+    if len(text) <= chars or chars <= 0:
+        return text if chars > 0 else ""
+    best: int | None = None
+    for match in _SENTENCE_END.finditer(text, 0, min(len(text), chars + chars // 2 + 1)):
+        end = match.end()
+        if end <= chars:
+            best = end
+        else:
+            if best is None or (end - chars) < (chars - best) or best < chars // 2:
+                best = end
+            break
+    if best is not None and best >= chars // 2:
+        return text[:best].strip()
+    if best is not None and best > 0:
+        return text[:best].strip()
+    cut = text[:chars]
+    if text[chars - 1 : chars + 1].isascii() and text[chars : chars + 1].isalnum() and text[chars - 1].isalnum():
+        space = cut.rfind(" ")
+        if space > chars // 2:
+            cut = cut[:space]
+    return cut.rstrip(" ,，、;；:：") + "…"
+
+
+_SLUG_KEEP_PRETTY = frozenset("._~!$&'()+,;=@")
+
+
+def _keeps(char: str, pretty: bool) -> bool:
+    category = unicodedata.category(char)
+    return category[0] in "LM" or category == "Nd" or (pretty and char in _SLUG_KEEP_PRETTY)
+
+
+def slugify(text: str, mode: str = "default", cased: bool = False) -> str:
+    """Jekyll's ``Utils.slugify`` for the modes permalinks use: "default" keeps letters, marks and
+    digits (Chinese included); "pretty" also keeps ``._~!$&'()+,;=@``; other runs become `-`."""
+    pretty = mode == "pretty"
+    out: list[str] = []
+    dash = False
+    for char in text:
+        if _keeps(char, pretty):
+            if dash and out:
+                out.append("-")
+            dash = False
+            out.append(char)
+        else:
+            dash = True
+    slug = "".join(out)
+    return slug if cased else slug.lower()
+
+
+def titleize(slug: str) -> str:
+    """Jekyll's ``Utils.titleize_slug``: `big-news` -> `Big News`."""
+    return " ".join(word.capitalize() for word in slug.split("-"))
