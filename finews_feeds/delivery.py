@@ -1,0 +1,422 @@
+"""Send a day's digest to every active subscriber exactly once, whatever fails on the way.
+
+The ledger (see :mod:`store`) holds one row per (day, subscriber). A run:
+
+1. claims the day, so only one process sends it at a time (two daemons on one PostgreSQL
+   database wait for each other instead of both sending);
+2. gives each active subscriber without a row a `pending` one;
+3. takes the open rows one by one (each at most once per run), and for each: commits
+   `sending` before the message goes out, sends it, commits `sent` after the server's 250.
+   A 5xx is `failed-permanent`, never retried; a 4xx or a connection error is retried with
+   exponential backoff up to ``smtp.max_retries`` times, then left `failed-temporary` for the
+   next run.
+
+So a run sends only to those not yet sent, and running it again sends nothing. The one window
+for a duplicate is a crash between the server's 250 and the commit of `sent`: that message is
+still `sending`, and the next run sends it again with the same Message-ID (at most one message
+per crash, and mail clients show it once).
+"""
+
+from __future__ import annotations
+
+import html as html_lib
+import logging
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime
+from email.message import EmailMessage
+from email.policy import Policy
+from email.utils import make_msgid, parseaddr
+from typing import Protocol
+from urllib.parse import urlsplit
+from zoneinfo import ZoneInfo
+
+from .config import Config
+from .digest import DigestRenderer, Recipient, Selection, Variant, posts_of_day, web_base_url
+from .errors import DeliveryError, SubscriberError
+from .mailer import ConnectionFailure, PermanentFailure, SmtpTransport, TemporaryFailure
+from .message import build_message, domain_of, format_address, message_id
+from .models import Collection, Post, Site
+from .store import Claim, Store, new_owner
+from .tokens import make_token, secret_of
+
+log = logging.getLogger(__name__)
+
+#: How often a run waiting for another process's claim on the day looks again.
+CLAIM_POLL_SECONDS = 1.0
+
+
+class Renderer(Protocol):
+    """What delivery needs of :class:`DigestRenderer` (tests may pass their own)."""
+
+    def render(self, day: date, posts: Sequence[Post], selection: Selection) -> Variant | None: ...
+
+
+@dataclass
+class DeliveryReport:
+    day: date
+    #: Ledger rows of the day after this run prepared them.
+    total: int = 0
+    #: Rows this run found open (pending, sending, failed-temporary).
+    open: int = 0
+    sent: int = 0
+    #: Sent by an earlier run.
+    already_sent: int = 0
+    #: Messages left `sending` by a crashed run and sent again with their Message-ID.
+    resent: int = 0
+    #: Retries after a temporary failure.
+    retried: int = 0
+    skipped: Counter[str] = field(default_factory=Counter)
+    #: "permanent: <reply>" / "temporary: <reply>" -> count
+    failed: Counter[str] = field(default_factory=Counter)
+    permanent_failures: list[tuple[str, str]] = field(default_factory=list)
+    temporary_failures: list[tuple[str, str]] = field(default_factory=list)
+    bounced: list[str] = field(default_factory=list)
+    #: Set when a stop request ended the run early.
+    stopped: bool = False
+    #: Why the run gave up (the server unreachable), or "".
+    aborted: str = ""
+    #: Who held the day's claim when this run did not wait for it, or "".
+    busy: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return not self.permanent_failures and not self.aborted
+
+    def summary_lines(self) -> list[str]:
+        lines = [
+            f"digest {self.day}: sent {self.sent}, skipped {sum(self.skipped.values())}, "
+            f"retried {self.retried}, failed {sum(self.failed.values())}"
+            + (f", already sent before {self.already_sent}" if self.already_sent else "")
+            + (f", resent after a crash {self.resent}" if self.resent else ""),
+        ]
+        for reason, count in sorted(self.skipped.items()):
+            lines.append(f"  skipped {count}: {reason}")
+        for reason, count in sorted(self.failed.items()):
+            lines.append(f"  failed {count}: {reason}")
+        for email, error in self.permanent_failures:
+            lines.append(f"  permanent failure {email}: {error}")
+        for email, error in self.temporary_failures:
+            lines.append(f"  not sent yet (retried next run) {email}: {error}")
+        for email in self.bounced:
+            lines.append(f"  now bounced: {email}")
+        if self.stopped:
+            lines.append("  stopped before the end: run again to send the rest")
+        if self.aborted:
+            lines.append(f"  gave up: {self.aborted}; run again to send the rest")
+        if self.busy:
+            lines.append(f"  not sent: another process is sending this digest ({self.busy})")
+        return lines
+
+
+class RateLimiter:
+    """At most ``rate`` messages a second, on an injectable clock (seconds) and sleep."""
+
+    def __init__(self, rate: float, clock: Callable[[], float], sleep: Callable[[float], None]) -> None:
+        self.interval = 1.0 / rate if rate > 0 else 0.0
+        self.clock = clock
+        self.sleep = sleep
+        self.next_at: float | None = None
+
+    def wait(self) -> None:
+        if not self.interval:
+            return
+        now = self.clock()
+        if self.next_at is not None and self.next_at > now:
+            self.sleep(self.next_at - now)
+            now = self.next_at
+        self.next_at = now + self.interval
+
+
+def list_id(config: Config, site: Site) -> str:
+    """``digest.list_id``, else ``<site title> digest <digest.<site host>>``."""
+    if config.digest.list_id:
+        return config.digest.list_id
+    host = (urlsplit(site.url).hostname or "localhost").lower()
+    return f"{site.title} digest <digest.{host}>".strip()
+
+
+def unsubscribe_url(config: Config, token: str) -> str:
+    return f"{web_base_url(config)}/unsubscribe/{token}"
+
+
+def confirm_url(config: Config, token: str) -> str:
+    return f"{web_base_url(config)}/confirm/{token}"
+
+
+def list_headers(config: Config, site: Site, unsubscribe: str) -> dict[str, str]:
+    """The bulk-mail headers Gmail and Yahoo require (RFC 2369, RFC 8058, RFC 2919)."""
+    sender = parseaddr(config.digest.from_)[1] or "digest@localhost"
+    return {
+        "List-Unsubscribe": f"<{unsubscribe}>, <mailto:{sender}?subject=unsubscribe>",
+        "List-Unsubscribe-Post": "List-Unsubscribe=One-Click",
+        "List-Id": list_id(config, site),
+    }
+
+
+class FoldedHeader(str):
+    """A header written as given, folded only after its commas, never as RFC 2047 encoded-words.
+
+    The email package encodes any header word longer than a line, and a signed unsubscribe URL
+    is longer than a line: receivers read List-Unsubscribe URIs literally, so an encoded one is
+    no unsubscribe link at all.
+    """
+
+    name: str
+
+    def __new__(cls, name: str, value: str) -> FoldedHeader:
+        if not value.isascii() or "\r" in value or "\n" in value:
+            raise ValueError(f"{name}: expected one line of ASCII, got {value!r}")
+        header = super().__new__(cls, value)
+        header.name = name
+        return header
+
+    def fold(self, *, policy: Policy) -> str:
+        return f"{self.name}: " + f",{policy.linesep} ".join(self.split(", ")) + policy.linesep
+
+
+def digest_message(
+    config: Config, site: Site, variant: Variant, secret: str, email: str, name: str, msg_id: str, when: datetime
+) -> EmailMessage:
+    """The message of one subscriber: personal unsubscribe token in both the header and the body."""
+    unsubscribe = unsubscribe_url(config, make_token(secret, "unsubscribe", email))
+    html, text = variant.personalize(Recipient(email=email, name=name, unsubscribe_url=unsubscribe))
+    headers = list_headers(config, site, unsubscribe)
+    msg = build_message(
+        subject=variant.subject, html=html, text=text, sender=config.digest.from_, to=format_address(name, email),
+        reply_to=config.digest.reply_to, message_id=msg_id, date=when, headers=headers,
+    )
+    if headers["List-Unsubscribe"].isascii():
+        msg.replace_header("List-Unsubscribe", FoldedHeader("List-Unsubscribe", headers["List-Unsubscribe"]))
+    return msg
+
+
+def _sleeper(stop: threading.Event | None) -> Callable[[float], None]:
+    if stop is None:
+        return time.sleep
+
+    def sleep(seconds: float) -> None:
+        stop.wait(seconds)
+
+    return sleep
+
+
+class _Run:
+    """One run's state; :func:`send_digest` is its only user."""
+
+    def __init__(self, config: Config, store: Store, transport: SmtpTransport, day: date, site: Site,
+                 posts: list[Post], renderer: Renderer, now: Callable[[], datetime],
+                 stop: threading.Event | None, sleep: Callable[[float], None], report: DeliveryReport) -> None:
+        self.config = config
+        self.store = store
+        self.transport = transport
+        self.day = day
+        self.site = site
+        self.posts = posts
+        self.renderer = renderer
+        self.now = now
+        self.stop = stop
+        self.sleep = sleep
+        self.report = report
+        self.secret = secret_of(config)
+        self.domain = domain_of(config.digest.from_)
+        self.envelope_from = parseaddr(config.digest.from_)[1]
+        self.variants: dict[str, Variant | None] = {}
+        self.limiter = RateLimiter(config.smtp.rate_per_second, lambda: now().timestamp(), sleep)
+
+    def variant(self, selection: Selection) -> Variant | None:
+        key = selection.key()
+        if key not in self.variants:
+            self.variants[key] = self.renderer.render(self.day, self.posts, selection)
+        return self.variants[key]
+
+    def stopping(self) -> bool:
+        return self.stop is not None and self.stop.is_set()
+
+    def skip(self, claim: Claim, reason: str) -> None:
+        self.store.mark_skipped(self.day, claim.subscriber.id, reason, self.now())
+        self.report.skipped[reason] += 1
+
+    def deliver(self, claim: Claim) -> None:
+        sub, row = claim.subscriber, claim.delivery
+        if sub.status != "active":
+            self.skip(claim, f"subscriber is {sub.status}")
+            return
+        variant = self.variant(Selection(frozenset(sub.categories), frozenset(sub.tags)))
+        if variant is None:
+            self.skip(claim, "no article matches the subscriber's categories and tags")
+            return
+        if row.state == "sending":
+            # A crashed run may have had this accepted: same Message-ID, so it is recognisably one message.
+            log.warning("%s: resending the %s digest left `sending` by an interrupted run (%s)",
+                        sub.email, self.day, row.message_id)
+            self.report.resent += 1
+        msg_id = row.message_id or message_id(self.day, sub.email, self.domain)
+        msg = digest_message(self.config, self.site, variant, self.secret, sub.email, sub.name, msg_id, self.now())
+        retries = self.config.smtp.max_retries
+        for attempt in range(retries + 1):
+            self.limiter.wait()
+            self.store.mark_sending(self.day, sub.id, msg_id, self.now())
+            try:
+                self.transport.send(msg, sender=self.envelope_from, recipients=(sub.email,))
+            except PermanentFailure as exc:
+                bounced = self.store.mark_permanent(self.day, sub.id, exc.message, self.config.smtp.bounce_after,
+                                                    self.now())
+                log.error("%s: permanent failure, not retried: %s", sub.email, exc.message)
+                self.report.failed[f"permanent: {_reason(exc.message)}"] += 1
+                self.report.permanent_failures.append((sub.email, exc.message))
+                if bounced:
+                    log.warning("%s: marked bounced after %d permanent failures", sub.email,
+                                self.config.smtp.bounce_after)
+                    self.report.bounced.append(sub.email)
+                return
+            except TemporaryFailure as exc:
+                self.store.mark_temporary(self.day, sub.id, exc.message, self.now())
+                if attempt == retries or self.stopping():
+                    log.error("%s: temporary failure, left for the next run: %s", sub.email, exc.message)
+                    self.report.failed[f"temporary: {_reason(exc.message)}"] += 1
+                    self.report.temporary_failures.append((sub.email, exc.message))
+                    if isinstance(exc, ConnectionFailure) and not self.stopping():
+                        self.report.aborted = f"the SMTP server failed {retries + 1} times in a row: {exc.message}"
+                    return
+                wait = self.config.smtp.retry_backoff * 2**attempt
+                log.warning("%s: temporary failure (%s); retry %d of %d in %.1fs", sub.email, exc.message,
+                            attempt + 1, retries, wait)
+                self.report.retried += 1
+                self.sleep(wait)
+                continue
+            except DeliveryError as exc:
+                # The run cannot go on (login refused, no STARTTLS): nothing was sent to this one.
+                self.store.mark_temporary(self.day, sub.id, exc.message, self.now())
+                raise
+            self.store.mark_sent(self.day, sub.id, self.now())
+            self.report.sent += 1
+            return
+
+
+def _reason(message: str) -> str:
+    """A failure grouped by its reply: the code and text, without the stage and address."""
+    return message.split(" (at ", 1)[0][:120]
+
+
+def send_digest(
+    config: Config,
+    store: Store,
+    transport_factory: Callable[[], SmtpTransport],
+    day: date,
+    collection: Collection,
+    now: Callable[[], datetime],
+    stop: threading.Event | None = None,
+    progress: Callable[[int, int], None] | None = None,
+    *,
+    renderer: Renderer | None = None,
+    sleep: Callable[[float], None] | None = None,
+    wait: bool = True,
+) -> DeliveryReport:
+    """Send ``day``'s digest to every active subscriber who has not had it yet.
+
+    ``stop`` set: the message in flight is finished and recorded, then the run returns.
+    ``wait``: when another process is sending this day, wait for it (then send what it left);
+    otherwise return at once with ``report.busy`` naming it. ``progress(done, total)`` is called
+    after each subscriber. Raises :class:`DeliveryError` when the run cannot go on at all
+    (login refused, ...); the ledger keeps everything done until then.
+    """
+    secret_of(config)  # fail before claiming anything when FINEWS_SECRET_KEY is missing
+    sleep = sleep or _sleeper(stop)
+    report = DeliveryReport(day=day)
+    zone = ZoneInfo(config.digest.timezone) if config.digest.timezone else collection.site.timezone
+    posts = posts_of_day(collection.posts, day, zone)
+    renderer = renderer or DigestRenderer(config, collection.site, collection.content)
+
+    owner = new_owner()
+    announced = False
+    while True:
+        holder = store.try_claim_run(day, owner, now())
+        if holder is None:
+            break
+        if not wait:
+            report.busy = holder
+            return report
+        if not announced:
+            log.info("the %s digest is being sent by %s; waiting for it to finish", day, holder)
+            announced = True
+        sleep(CLAIM_POLL_SECONDS)
+        if stop is not None and stop.is_set():
+            report.stopped = True
+            return report
+
+    finished = False
+    transport = transport_factory()
+    try:
+        store.prepare_day(day, now())
+        counts = store.ledger_counts(day)
+        report.total = sum(counts.values())
+        report.already_sent = counts["sent"]
+        report.open = counts["pending"] + counts["sending"] + counts["failed-temporary"]
+        run = _Run(config, store, transport, day, collection.site, posts, renderer, now, stop, sleep, report)
+        done = 0
+        if progress is not None:
+            progress(0, report.open)
+        while True:
+            if run.stopping():
+                report.stopped = True
+                break
+            claim = store.claim_next(day, owner, now())
+            if claim is None:
+                finished = True
+                break
+            run.deliver(claim)
+            done += 1
+            if progress is not None:
+                progress(done, report.open)
+            if report.aborted:
+                break
+    finally:
+        transport.close()
+        store.release_run(day, owner, now(), finished=finished)
+    log.info("digest %s: sent %d, skipped %d, failed %d", day, report.sent, sum(report.skipped.values()),
+             sum(report.failed.values()))
+    return report
+
+
+def send_confirmation(
+    config: Config, store: Store | None, transport: SmtpTransport, email: str, now: datetime | None = None
+) -> str:
+    """Send the double opt-in message with a signed confirm link; returns its Message-ID.
+
+    With a store, only a known, pending subscriber gets one (the name comes from there).
+    Raises a :class:`SendFailure` from the transport when the server refuses it.
+    """
+    when = now or datetime.now(UTC)
+    secret = secret_of(config)
+    name = ""
+    if store is not None:
+        sub = store.get_subscriber(email)
+        if sub is None:
+            raise SubscriberError(f"{email} is not a subscriber")
+        if sub.status != "pending":
+            raise SubscriberError(f"{sub.email} is {sub.status}, not waiting for confirmation")
+        email, name = sub.email, sub.name
+    link = confirm_url(config, make_token(secret, "confirm", email))
+    title = config.site.title or "finews"
+    greeting = f"{name}，您好！" if name else "您好！"
+    text = (
+        f"{greeting}\n\n请打开下面的链接，确认订阅{title}每日精选：\n\n{link}\n\n"
+        "如果您没有订阅，请忽略这封邮件，我们不会再给您发信。\n"
+    )
+    html = (
+        f"<!doctype html><html><body><p>{html_lib.escape(greeting)}</p>"
+        f"<p>请点击下面的链接，确认订阅{html_lib.escape(title)}每日精选：</p>"
+        f'<p><a href="{html_lib.escape(link, quote=True)}">确认订阅</a></p>'
+        "<p>如果您没有订阅，请忽略这封邮件，我们不会再给您发信。</p></body></html>"
+    )
+    msg_id = make_msgid("confirm", domain=domain_of(config.digest.from_))
+    msg = build_message(
+        subject=f"请确认订阅 {title} 每日精选", html=html, text=text, sender=config.digest.from_,
+        to=format_address(name, email), reply_to=config.digest.reply_to, message_id=msg_id, date=when,
+    )
+    transport.send(msg, sender=parseaddr(config.digest.from_)[1], recipients=(email,))
+    return msg_id

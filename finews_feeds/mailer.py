@@ -1,0 +1,310 @@
+"""The SMTP transport: sends one message at a time over one reused connection, and says how a send failed.
+
+It knows nothing of subscribers or the ledger. Each failure is classified so delivery can
+decide what to do:
+
+- :class:`PermanentFailure`: a 5xx reply; sending the same message again will not help.
+- :class:`TemporaryFailure`: a 4xx reply; try again later.
+- :class:`ConnectionFailure`: no answer, refused or dropped connection, timeout. The message may
+  or may not have been accepted if this happened after DATA; delivery resends it with the same
+  Message-ID.
+
+The MAIL / RCPT / DATA steps are run one by one rather than through ``sendmail`` so that a
+connection the server closed while idle (found out at MAIL, before any data went out) is
+reopened and the message sent at once, without counting as a failure.
+"""
+
+from __future__ import annotations
+
+import logging
+import smtplib
+import ssl
+from dataclasses import dataclass
+from email.message import EmailMessage
+from email.utils import getaddresses, parseaddr
+from pathlib import Path
+
+from .config import Config
+from .errors import ConfigError, DeliveryError
+from .message import MESSAGE_POLICY
+
+log = logging.getLogger(__name__)
+
+#: Headers DKIM signs: the ones a receiver shows or acts on, the List-Unsubscribe pair included
+#: (RFC 8058 requires it be covered, or one-click unsubscribe is ignored).
+DKIM_HEADERS = (
+    b"From", b"To", b"Subject", b"Date", b"Message-ID", b"Reply-To", b"MIME-Version", b"Content-Type",
+    b"List-Unsubscribe", b"List-Unsubscribe-Post", b"List-Id",
+)
+DEFAULT_PORTS = {"none": 25, "starttls": 587, "tls": 465}
+
+
+class SendFailure(DeliveryError):
+    """One message was not accepted; ``code`` is the SMTP reply code (0 without one)."""
+
+    def __init__(self, message: str, code: int = 0) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class TemporaryFailure(SendFailure):
+    """A 4xx reply: the server asks to try again later."""
+
+
+class ConnectionFailure(TemporaryFailure):
+    """The connection failed, was refused, dropped or timed out."""
+
+
+class PermanentFailure(SendFailure):
+    """A 5xx reply: this message will never be accepted as it is."""
+
+
+@dataclass(frozen=True)
+class DkimKey:
+    selector: str
+    domain: str
+    private_key: bytes
+
+    @classmethod
+    def from_config(cls, config: Config) -> DkimKey | None:
+        smtp = config.smtp
+        given = [smtp.dkim_selector, smtp.dkim_domain, smtp.dkim_key_file]
+        if not any(given):
+            return None
+        if not all(given):
+            raise ConfigError("DKIM needs all of smtp.dkim_selector, smtp.dkim_domain and smtp.dkim_key_file",
+                              hint="set the three, or none to send unsigned")
+        try:
+            key = Path(smtp.dkim_key_file).read_bytes()
+        except OSError as exc:
+            raise ConfigError(f"smtp.dkim_key_file = {smtp.dkim_key_file!r}: {exc.strerror}") from None
+        if b"PRIVATE KEY" not in key:
+            raise ConfigError(f"smtp.dkim_key_file = {smtp.dkim_key_file!r} is not a PEM private key")
+        return cls(smtp.dkim_selector, smtp.dkim_domain, key)
+
+    def sign(self, data: bytes) -> bytes:
+        """``data`` with a DKIM-Signature header in front."""
+        import dkim
+
+        try:
+            header: bytes = dkim.sign(
+                data, self.selector.encode(), self.domain.encode(), self.private_key,
+                include_headers=[h for h in DKIM_HEADERS if _has_header(data, h)],
+            )
+        except dkim.DKIMException as exc:
+            raise ConfigError(f"DKIM signing failed: {exc}", hint="check smtp.dkim_key_file") from None
+        return header + data
+
+
+def _has_header(data: bytes, name: bytes) -> bool:
+    head = data.split(b"\r\n\r\n", 1)[0].lower()
+    return head.startswith(name.lower() + b":") or (b"\r\n" + name.lower() + b":") in head
+
+
+def _reply_text(reply: bytes | str) -> str:
+    text = reply.decode("utf-8", "replace") if isinstance(reply, bytes) else reply
+    return " ".join(text.split())
+
+
+def _failure(code: int, reply: bytes | str, stage: str) -> SendFailure:
+    message = f"{code} {_reply_text(reply)}".strip() + f" (at {stage})"
+    if 500 <= code < 600:
+        return PermanentFailure(message, code)
+    return TemporaryFailure(message, code)
+
+
+class SmtpTransport:
+    """One SMTP connection, opened on first use, reused across messages, reopened after a drop."""
+
+    def __init__(
+        self,
+        host: str,
+        port: int = 0,
+        security: str = "starttls",
+        username: str = "",
+        password: str = "",
+        timeout: float = 30.0,
+        dkim: DkimKey | None = None,
+        ssl_context: ssl.SSLContext | None = None,
+        local_hostname: str | None = None,
+    ) -> None:
+        if security not in DEFAULT_PORTS:
+            raise ConfigError(f"smtp.security = {security!r}: expected none, starttls or tls")
+        if username and not password:
+            raise ConfigError(f"smtp.username = {username!r} but FINEWS_SMTP_PASSWORD is not set",
+                              hint="set FINEWS_SMTP_PASSWORD in the environment, or clear smtp.username")
+        self.host = host
+        self.port = port or DEFAULT_PORTS[security]
+        self.security = security
+        self.username = username
+        self.password = password
+        self.timeout = timeout
+        self.dkim = dkim
+        self.ssl_context = ssl_context
+        self.local_hostname = local_hostname
+        self._smtp: smtplib.SMTP | None = None
+        #: Connections opened so far (the benchmark and tests read it).
+        self.connections = 0
+
+    # -- connection ----------------------------------------------------------------------------
+
+    def _context(self) -> ssl.SSLContext:
+        return self.ssl_context or ssl.create_default_context()
+
+    def connect(self) -> smtplib.SMTP:
+        if self._smtp is not None:
+            return self._smtp
+        where = f"{self.host}:{self.port}"
+        try:
+            smtp: smtplib.SMTP
+            if self.security == "tls":
+                smtp = smtplib.SMTP_SSL(self.host, self.port, timeout=self.timeout, context=self._context(),
+                                        local_hostname=self.local_hostname)
+            else:
+                smtp = smtplib.SMTP(self.host, self.port, timeout=self.timeout, local_hostname=self.local_hostname)
+            smtp.ehlo()
+            if self.security == "starttls":
+                if not smtp.has_extn("starttls"):
+                    smtp.close()
+                    raise DeliveryError(f"SMTP server {where} does not offer STARTTLS",
+                                        hint="set smtp.security = \"tls\" or \"none\" to match the server")
+                smtp.starttls(context=self._context())
+                smtp.ehlo()
+            if self.username:
+                smtp.login(self.username, self.password)
+        except smtplib.SMTPAuthenticationError as exc:
+            raise DeliveryError(f"SMTP server {where} refused the login of {self.username}: "
+                                f"{exc.smtp_code} {_reply_text(exc.smtp_error)}",
+                                hint="check smtp.username and FINEWS_SMTP_PASSWORD") from None
+        except smtplib.SMTPNotSupportedError as exc:
+            raise DeliveryError(f"SMTP server {where}: {exc}") from None
+        except ssl.SSLError as exc:
+            raise DeliveryError(f"TLS with SMTP server {where} failed: {exc.reason or exc}",
+                                hint="check smtp.security and the server's certificate") from None
+        except smtplib.SMTPResponseException as exc:
+            raise _failure(exc.smtp_code, exc.smtp_error, f"connect to {where}") from None
+        except (smtplib.SMTPException, OSError) as exc:
+            raise ConnectionFailure(f"cannot connect to SMTP server {where}: {exc or type(exc).__name__}") from None
+        self._smtp = smtp
+        self.connections += 1
+        return smtp
+
+    def close(self) -> None:
+        smtp, self._smtp = self._smtp, None
+        if smtp is None:
+            return
+        try:
+            smtp.quit()
+        except (smtplib.SMTPException, OSError):
+            smtp.close()
+
+    def _drop(self) -> None:
+        smtp, self._smtp = self._smtp, None
+        if smtp is not None:
+            smtp.close()
+
+    def __enter__(self) -> SmtpTransport:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- sending -------------------------------------------------------------------------------
+
+    def send(self, msg: EmailMessage | bytes, *, sender: str = "", recipients: tuple[str, ...] = ()) -> None:
+        """Send one message; the envelope comes from From and To unless given. Raises a :class:`SendFailure`."""
+        if isinstance(msg, EmailMessage):
+            if not sender:
+                sender = parseaddr(str(msg["From"] or ""))[1]
+            if not recipients:
+                recipients = tuple(a for _, a in getaddresses([str(v) for v in msg.get_all("To", [])]) if a)
+            data = msg.as_bytes(policy=MESSAGE_POLICY)
+        else:
+            data = msg
+        if not recipients:
+            raise PermanentFailure("the message has no recipient")
+        if self.dkim is not None:
+            data = self.dkim.sign(data)
+        try:
+            self._send_once(data, sender, recipients, retry_idle_drop=True)
+        except SendFailure:
+            raise
+        except (smtplib.SMTPException, OSError) as exc:
+            self._drop()
+            raise ConnectionFailure(f"connection to {self.host}:{self.port} failed: "
+                                    f"{exc or type(exc).__name__}") from None
+
+    def _send_once(self, data: bytes, sender: str, recipients: tuple[str, ...], retry_idle_drop: bool) -> None:
+        reused = self._smtp is not None
+        smtp = self.connect()
+        options: list[str] = []
+        if not data.isascii() or not (sender + "".join(recipients)).isascii():
+            if any(not a.isascii() for a in (sender, *recipients)):
+                if not smtp.has_extn("smtputf8"):
+                    raise PermanentFailure("the address is not ASCII and the server does not support SMTPUTF8")
+                options.append("SMTPUTF8")
+            if smtp.has_extn("8bitmime"):
+                options.append("BODY=8BITMIME")
+        try:
+            code, reply = smtp.mail(sender, options)
+        except smtplib.SMTPServerDisconnected:
+            # Nothing of this message went out: a server that closed an idle connection is no failure.
+            self._drop()
+            if reused and retry_idle_drop:
+                log.debug("SMTP connection was closed by the server while idle; reconnecting")
+                self._send_once(data, sender, recipients, retry_idle_drop=False)
+                return
+            raise
+        if code == 421:
+            self._drop()
+            raise _failure(code, reply, "MAIL FROM")
+        if code != 250:
+            self._reset()
+            raise _failure(code, reply, "MAIL FROM")
+        for rcpt in recipients:
+            code, reply = smtp.rcpt(rcpt)
+            if code == 421:
+                self._drop()
+                raise _failure(code, reply, f"RCPT TO {rcpt}")
+            if code not in (250, 251):
+                self._reset()
+                raise _failure(code, reply, f"RCPT TO {rcpt}")
+        try:
+            code, reply = smtp.data(data)
+        except smtplib.SMTPDataError as exc:  # DATA itself refused (no 354)
+            if exc.smtp_code == 421:
+                self._drop()
+            else:
+                self._reset()
+            raise _failure(exc.smtp_code, exc.smtp_error, "DATA") from None
+        if code == 421:
+            self._drop()
+            raise _failure(code, reply, "end of DATA")
+        if code != 250:
+            self._reset()
+            raise _failure(code, reply, "end of DATA")
+
+    def _reset(self) -> None:
+        smtp = self._smtp
+        if smtp is None:
+            return
+        try:
+            code, _ = smtp.rset()
+            if code != 250:
+                self._drop()
+        except (smtplib.SMTPException, OSError):
+            self._drop()
+
+
+def transport_from_config(config: Config) -> SmtpTransport:
+    """The transport ``[smtp]`` describes (password from FINEWS_SMTP_PASSWORD)."""
+    smtp = config.smtp
+    return SmtpTransport(
+        host=smtp.host,
+        port=smtp.port,
+        security=smtp.security,
+        username=smtp.username,
+        password=config.smtp_password,
+        timeout=smtp.timeout,
+        dkim=DkimKey.from_config(config),
+    )

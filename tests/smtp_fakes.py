@@ -1,0 +1,174 @@
+"""A real SMTP server on loopback (aiosmtpd) that can misbehave, and small fixtures for delivery tests.
+
+Shared by test_mailer.py, test_delivery.py and the subprocess the kill test starts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import datetime
+from email import message_from_bytes, policy
+from email.message import EmailMessage
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from aiosmtpd.controller import Controller
+
+from finews_feeds.config import Config, build_config
+from finews_feeds.models import Collection, Post, Site
+
+SECRET = "test-secret-key-0123456789"
+ZONE = ZoneInfo("Asia/Shanghai")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class Received:
+    mail_from: str
+    rcpt_tos: list[str]
+    data: bytes
+    peer: Any
+
+    @property
+    def message(self) -> EmailMessage:
+        msg = message_from_bytes(self.data, policy=policy.default)
+        assert isinstance(msg, EmailMessage)
+        return msg
+
+
+@dataclass
+class Sink:
+    """aiosmtpd handler: records what it accepts; the fields below make it misbehave."""
+
+    messages: list[Received] = field(default_factory=list)
+    #: address -> reply to RCPT TO (e.g. "550 5.1.1 no such user")
+    rcpt_replies: dict[str, str] = field(default_factory=dict)
+    #: replies given to the next DATA commands instead of accepting (consumed one by one)
+    data_replies: list[str] = field(default_factory=list)
+    #: close the connection at MAIL FROM once this many messages were accepted on it
+    drop_after: int | None = None
+    #: close the connection instead of answering the DATA of this message number (1-based, counted over
+    #: all accepted messages), after storing it: the client cannot know it was accepted
+    drop_data_of: set[int] = field(default_factory=set)
+    #: seconds to wait before answering each DATA
+    delay: float = 0.0
+    #: message number (1-based) whose 250 is held back for `hold_seconds` (the kill test kills meanwhile)
+    hold_message: int | None = None
+    hold_seconds: float = 0.0
+    connections: set[Any] = field(default_factory=set)
+    per_session: dict[Any, int] = field(default_factory=dict)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    async def handle_MAIL(self, server: Any, session: Any, envelope: Any, address: str, options: list[str]) -> str:
+        self.connections.add(session.peer)
+        if self.drop_after is not None and self.per_session.get(session.peer, 0) >= self.drop_after:
+            server.transport.close()
+            return "421 closing"
+        envelope.mail_from = address
+        envelope.mail_options.extend(options)
+        return "250 OK"
+
+    async def handle_RCPT(self, server: Any, session: Any, envelope: Any, address: str, options: list[str]) -> str:
+        reply = self.rcpt_replies.get(address.lower())
+        if reply:
+            return reply
+        envelope.rcpt_tos.append(address)
+        return "250 OK"
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        if self.data_replies:
+            return self.data_replies.pop(0)
+        if self.delay:
+            await asyncio.sleep(self.delay)
+        with self.lock:
+            self.messages.append(Received(envelope.mail_from, list(envelope.rcpt_tos), bytes(envelope.content),
+                                          session.peer))
+            number = len(self.messages)
+        self.per_session[session.peer] = self.per_session.get(session.peer, 0) + 1
+        if number in self.drop_data_of:
+            server.transport.close()
+            return "421 gone"
+        if number == self.hold_message:
+            await asyncio.sleep(self.hold_seconds)
+        return "250 Message accepted"
+
+    def by_recipient(self) -> dict[str, list[Received]]:
+        out: dict[str, list[Received]] = {}
+        for received in self.messages:
+            for rcpt in received.rcpt_tos:
+                out.setdefault(rcpt.lower(), []).append(received)
+        return out
+
+
+@contextmanager
+def running(sink: Sink) -> Iterator[int]:
+    """Serve ``sink`` on a free loopback port; yields the port."""
+    port = free_port()
+    controller = Controller(sink, hostname="127.0.0.1", port=port, enable_SMTPUTF8=True, ready_timeout=10)
+    controller.start()
+    try:
+        yield port
+    finally:
+        controller.stop()
+
+
+def make_config(port: int, db_url: str = "sqlite:///:memory:", **sections: dict[str, Any]) -> Config:
+    values: dict[str, dict[str, Any]] = {
+        "site": {"source": ".", "url": "https://news.example.org", "title": "finews 财经新闻",
+                 "timezone": "Asia/Shanghai"},
+        "smtp": {"host": "127.0.0.1", "port": port, "security": "none", "rate_per_second": 0.0,
+                 "retry_backoff": 0.01, "max_retries": 3, "timeout": 5.0, "bounce_after": 2},
+        "digest": {"from": "finews <digest@news.example.org>", "reply_to": "editor@news.example.org"},
+        "web": {"public_url": "https://subscribe.example.org"},
+        "database": {"url": db_url},
+    }
+    for name, keys in sections.items():
+        values.setdefault(name, {}).update(keys)
+    return build_config(values, {"FINEWS_SECRET_KEY": SECRET})
+
+
+def make_site() -> Site:
+    return Site(
+        source=".", url="https://news.example.org", title="finews 财经新闻", timezone=ZONE, language="zh-CN",
+        permalink="/:categories/:year/:month/:day/:title:output_ext", category_url="/category/{slug}.html",
+        tag_url="", future=False, encoding="utf-8", summary_chars=120, extensions=(".md",),
+    )
+
+
+def make_post(slug: str, title: str, when: datetime, category: str, tags: tuple[str, ...] = ()) -> Post:
+    url = f"https://news.example.org/{category}/{when:%Y/%m/%d}/{slug}.html"
+    return Post(
+        path=f"_posts/{when:%Y-%m-%d}-{slug}.md", slug=slug, title=title, date=when, updated=None,
+        categories=(category,), tags=tags, permalink=url.removeprefix("https://news.example.org"), url=url, id=url,
+        summary=f"{title}的摘要。", image=None, author=None, source=category,
+    )
+
+
+def make_collection() -> Collection:
+    """Three posts on 2022-04-20 (Shanghai): two in cailianshe (one tagged A股), one in yicai."""
+    posts = [
+        make_post("n1", "央行开展逆回购操作", datetime(2022, 4, 20, 9, 30, tzinfo=ZONE), "cailianshe", ("A股",)),
+        make_post("n2", "沪指收涨0.5%", datetime(2022, 4, 20, 15, 5, tzinfo=ZONE), "cailianshe"),
+        make_post("n3", "一财快讯：人民币汇率", datetime(2022, 4, 20, 20, 0, tzinfo=ZONE), "yicai"),
+    ]
+    return Collection(site=make_site(), posts=posts, errors=[], content=lambda post: f"<p>{post.title}正文。</p>")
+
+
+def wait_until(predicate: Any, timeout: float = 20.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.02)
+    return bool(predicate())
