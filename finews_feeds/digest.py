@@ -272,7 +272,7 @@ def inline_css(html: str) -> str:
             strip_important=False,
             disable_link_rewrites=True,
             cssutils_logging_level=logging.CRITICAL,
-            align_floating_images=False,
+            align_floating_images=True,  # float:right images also get align="right" for Outlook
         ).transform()
     )
 

@@ -16,7 +16,7 @@ from datetime import datetime
 from email import policy
 from email.headerregistry import Address
 from email.message import EmailMessage
-from email.utils import format_datetime, formataddr, parseaddr
+from email.utils import format_datetime, parseaddr
 
 #: CRLF line endings: the bytes are what goes on the wire and what DKIM signs.
 MESSAGE_POLICY = policy.SMTP
@@ -49,7 +49,14 @@ def format_address(name: str, email: str) -> str:
     """``"Name" <email>`` with the name cleaned for a header; just the address when there is no name."""
     name = header_text(name)
     email = header_text(email)
-    return formataddr((name, email)) if name else email
+    if not name:
+        return email
+    try:
+        # Not formataddr: it would RFC 2047-encode the name here, and the header would then
+        # show the encoded word literally; the header registry encodes it when serialising.
+        return str(Address(display_name=name, addr_spec=email))
+    except (ValueError, IndexError):
+        return email
 
 
 def message_id(day: Date, email: str, domain: str) -> str:
