@@ -26,7 +26,7 @@ from urllib.parse import quote, urljoin, urlsplit
 from zoneinfo import ZoneInfo
 
 import jinja2
-import lxml.html  # type: ignore[import-untyped]
+import lxml.html
 import nh3
 from markupsafe import Markup
 from premailer import Premailer
