@@ -172,3 +172,36 @@ def wait_until(predicate: Any, timeout: float = 20.0) -> bool:
             return True
         time.sleep(0.02)
     return bool(predicate())
+
+
+PG_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+
+
+def postgres_available() -> bool:
+    try:
+        import psycopg
+
+        with psycopg.connect("host=127.0.0.1 port=5432 user=postgres dbname=test", connect_timeout=3):
+            return True
+    except Exception:
+        return False
+
+
+@contextmanager
+def database_url(kind: str, folder: Any) -> Iterator[str]:
+    """A fresh, isolated database: a SQLite file under ``folder``, or a new PostgreSQL schema dropped afterwards."""
+    if kind == "sqlite":
+        yield f"sqlite:///{folder}/var/finews.sqlite3"
+        return
+    import secrets
+
+    import psycopg
+
+    schema = f"finews_test_{secrets.token_hex(6)}"
+    with psycopg.connect("host=127.0.0.1 port=5432 user=postgres dbname=test", autocommit=True) as conn:
+        conn.execute(f"CREATE SCHEMA {schema}")
+    try:
+        yield f"{PG_URL}?options=-csearch_path%3D{schema}"
+    finally:
+        with psycopg.connect("host=127.0.0.1 port=5432 user=postgres dbname=test", autocommit=True) as conn:
+            conn.execute(f"DROP SCHEMA {schema} CASCADE")

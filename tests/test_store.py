@@ -1,0 +1,237 @@
+"""The subscriber store and ledger: one suite, run on SQLite and on PostgreSQL."""
+
+from __future__ import annotations
+
+import sqlite3
+import subprocess
+import sys
+from collections.abc import Iterator
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from smtp_fakes import database_url, postgres_available
+from sqlalchemy import text
+
+from finews_feeds.errors import StoreError, SubscriberError
+from finews_feeds.migrations import LATEST
+from finews_feeds.store import Store, Subscriber, new_owner
+
+T0 = datetime(2026, 3, 1, 8, 0, tzinfo=UTC)
+DAY = date(2026, 2, 28)
+
+BACKENDS = [
+    "sqlite",
+    pytest.param("postgresql", marks=[
+        pytest.mark.postgres,
+        pytest.mark.skipif(not postgres_available(), reason="PostgreSQL at 127.0.0.1:5432 is not reachable"),
+    ]),
+]
+
+
+@pytest.fixture(params=BACKENDS)
+def url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    with database_url(request.param, tmp_path) as value:
+        yield value
+
+
+@pytest.fixture
+def store(url: str) -> Iterator[Store]:
+    with Store.open(url) as opened:
+        yield opened
+
+
+def test_open_creates_the_schema_at_the_latest_version_and_reopens_unchanged(url: str) -> None:
+    with Store.open(url) as first:
+        first.add_subscriber("a@example.org", now=T0)
+    with Store.open(url) as again:
+        with again.engine.connect() as conn:
+            assert conn.execute(text("SELECT version FROM finews_schema")).scalar() == LATEST
+            assert conn.execute(text("SELECT count(*) FROM finews_schema")).scalar() == 1
+        assert [s.email for s in again.list_subscribers()] == ["a@example.org"]
+
+
+def test_a_database_from_a_newer_release_is_refused(url: str) -> None:
+    with Store.open(url) as first, first.engine.begin() as conn:
+        conn.execute(text("UPDATE finews_schema SET version = :v"), {"v": LATEST + 1})
+    with pytest.raises(StoreError, match=f"schema is version {LATEST + 1}, newer"):
+        Store.open(url)
+
+
+def test_sqlite_default_creates_its_folder_and_uses_wal(tmp_path: Path) -> None:
+    path = tmp_path / "var" / "sub" / "finews.sqlite3"
+    with Store.open(f"sqlite:///{path}") as store:
+        store.add_subscriber("a@example.org", now=T0)
+    assert path.is_file()
+    assert sqlite3.connect(path).execute("PRAGMA journal_mode").fetchone() == ("wal",)
+
+
+def test_unsupported_url_is_a_store_error() -> None:
+    with pytest.raises(StoreError, match="only sqlite and postgresql"):
+        Store.open("mysql://localhost/x")
+    with pytest.raises(StoreError, match="is not a database URL"):
+        Store.open("not a url")
+
+
+def test_add_normalises_the_address_and_choices(store: Store) -> None:
+    sub = store.add_subscriber(" Ann@Example.COM ", name="Ann\r\nBcc: x", categories=["yicai", "cailianshe", "yicai"],
+                               tags=("A股",), now=T0)
+    assert sub == Subscriber(
+        id=sub.id, email="Ann@example.com", name="Ann  Bcc: x", status="pending", categories=("cailianshe", "yicai"),
+        tags=("A股",), created_at=T0, confirmed_at=None, unsubscribed_at=None,
+    )
+    assert store.get_subscriber("ann@EXAMPLE.com") == sub
+
+
+def test_email_is_unique_whatever_its_case(store: Store) -> None:
+    store.add_subscriber("ann@example.com", now=T0)
+    with pytest.raises(SubscriberError, match=r"Ann@example.com is already a subscriber \(status pending\)"):
+        store.add_subscriber("Ann@Example.com", now=T0)
+    assert len(store.list_subscribers()) == 1
+
+
+@pytest.mark.parametrize("bad", ["", "no-at-sign", "a b@example.org", "x@localhost", "x@foo.test"])
+def test_invalid_addresses_are_refused(store: Store, bad: str) -> None:
+    with pytest.raises(SubscriberError):
+        store.add_subscriber(bad, now=T0)
+    assert store.list_subscribers() == []
+
+
+def test_confirm_makes_pending_active_once(store: Store) -> None:
+    store.add_subscriber("a@example.org", now=T0)
+    sub = store.confirm("A@example.org", T0 + timedelta(hours=1))
+    assert (sub.status, sub.confirmed_at) == ("active", T0 + timedelta(hours=1))
+    assert store.confirm("a@example.org", T0 + timedelta(hours=2)).confirmed_at == T0 + timedelta(hours=1)
+    with pytest.raises(SubscriberError, match="nobody@example.org is not a subscriber"):
+        store.confirm("nobody@example.org", T0)
+
+
+def test_unsubscribe_is_idempotent_and_keeps_the_first_time(store: Store) -> None:
+    store.add_subscriber("a@example.org", confirmed=True, now=T0)
+    first = store.unsubscribe("a@example.org", T0 + timedelta(days=1))
+    again = store.unsubscribe("A@EXAMPLE.ORG", T0 + timedelta(days=2))
+    assert first is not None and again is not None
+    assert (again.status, again.unsubscribed_at) == ("unsubscribed", T0 + timedelta(days=1))
+    assert store.unsubscribe("nobody@example.org", T0) is None
+
+
+def test_adding_an_unsubscribed_address_again_resubscribes_it(store: Store) -> None:
+    store.add_subscriber("a@example.org", confirmed=True, now=T0)
+    store.unsubscribe("a@example.org", T0)
+    sub = store.add_subscriber("a@example.org", tags=["A股"], now=T0 + timedelta(days=3))
+    assert (sub.status, sub.tags, sub.unsubscribed_at, sub.created_at) == ("pending", ("A股",), None, T0)
+
+
+def test_list_filters_by_status_and_counts(store: Store) -> None:
+    store.add_subscriber("p@example.org", now=T0)
+    store.add_subscriber("a@example.org", confirmed=True, now=T0)
+    store.add_subscriber("u@example.org", confirmed=True, now=T0)
+    store.unsubscribe("u@example.org", T0)
+    assert [s.email for s in store.list_subscribers()] == ["p@example.org", "a@example.org", "u@example.org"]
+    assert [s.email for s in store.list_subscribers("active")] == ["a@example.org"]
+    assert [s.email for s in store.active_subscribers()] == ["a@example.org"]
+    assert store.count_subscribers() == {"pending": 1, "active": 1, "unsubscribed": 1, "bounced": 0}
+    with pytest.raises(SubscriberError, match="unknown status 'gone'"):
+        store.list_subscribers("gone")
+
+
+def test_remove_deletes_the_subscriber_and_their_ledger(store: Store) -> None:
+    store.add_subscriber("a@example.org", confirmed=True, now=T0)
+    store.prepare_day(DAY, T0)
+    store.remove_subscriber("A@example.org")
+    assert store.get_subscriber("a@example.org") is None
+    assert store.ledger(DAY) == []
+    with pytest.raises(SubscriberError, match="is not a subscriber"):
+        store.remove_subscriber("a@example.org")
+
+
+def test_prepare_day_gives_each_active_subscriber_one_pending_row(store: Store) -> None:
+    store.add_subscriber("a@example.org", confirmed=True, now=T0)
+    store.add_subscriber("p@example.org", now=T0)
+    assert store.prepare_day(DAY, T0) == 1
+    assert store.prepare_day(DAY, T0) == 0
+    store.add_subscriber("b@example.org", confirmed=True, now=T0)
+    assert store.prepare_day(DAY, T0) == 1
+    assert [(d.email, d.state, d.attempts) for d in store.ledger(DAY)] == [
+        ("a@example.org", "pending", 0), ("b@example.org", "pending", 0)]
+
+
+def test_a_run_claims_each_open_row_once_and_a_new_run_takes_what_is_left(store: Store) -> None:
+    for name in "abc":
+        store.add_subscriber(f"{name}@example.org", confirmed=True, now=T0)
+    store.prepare_day(DAY, T0)
+    run1 = new_owner()
+    claims = []
+    while (claim := store.claim_next(DAY, run1, T0)) is not None:
+        claims.append(claim)
+    assert [c.subscriber.email for c in claims] == ["a@example.org", "b@example.org", "c@example.org"]
+    a, b, c = (cl.subscriber.id for cl in claims)
+    store.mark_sending(DAY, a, "<m-a@x>", T0)
+    store.mark_sent(DAY, a, T0)
+    store.mark_sending(DAY, b, "<m-b@x>", T0)  # then the process dies
+    store.mark_temporary(DAY, c, "451 try later", T0)
+    run2 = new_owner()
+    again = [store.claim_next(DAY, run2, T0), store.claim_next(DAY, run2, T0), store.claim_next(DAY, run2, T0)]
+    assert [(cl.delivery.email, cl.delivery.state, cl.delivery.message_id) if cl else None for cl in again] == [
+        ("b@example.org", "sending", "<m-b@x>"), ("c@example.org", "failed-temporary", ""), None]
+    assert store.ledger_counts(DAY) == {"pending": 0, "sending": 1, "sent": 1, "failed-temporary": 1,
+                                        "failed-permanent": 0, "skipped": 0}
+
+
+def test_permanent_failures_bounce_the_subscriber_and_a_success_resets_the_count(store: Store) -> None:
+    sid = store.add_subscriber("a@example.org", confirmed=True, now=T0).id
+    days = [DAY + timedelta(days=i) for i in range(4)]
+    for day in days:
+        store.prepare_day(day, T0)
+    assert store.mark_permanent(days[0], sid, "550 no", bounce_after=2, now=T0) is False
+    store.mark_sent(days[1], sid, T0)
+    assert store.mark_permanent(days[2], sid, "550 no", bounce_after=2, now=T0) is False
+    assert store.mark_permanent(days[3], sid, "550 no", bounce_after=2, now=T0 + timedelta(days=3)) is True
+    sub = store.get_subscriber("a@example.org")
+    assert sub is not None
+    assert (sub.status, sub.bounced_at, sub.permanent_failures) == ("bounced", T0 + timedelta(days=3), 2)
+    assert [(d.state, d.last_error, d.attempts) for d in store.ledger(days[3])] == [("failed-permanent", "550 no", 1)]
+
+
+def test_only_one_owner_holds_a_day_until_it_releases_it(url: str) -> None:
+    with Store.open(url) as one, Store.open(url) as two:
+        first, second = new_owner(), new_owner()
+        assert one.try_claim_run(DAY, first, T0) is None
+        assert two.try_claim_run(DAY, second, T0) is not None
+        assert two.try_claim_run(DAY + timedelta(days=1), second, T0) is None
+        one.release_run(DAY, first, T0, finished=True)
+        assert two.try_claim_run(DAY, second, T0) is None
+        info = two.run_info(DAY)
+        assert info is not None and (info["owner"], info["attempts"]) == (second, 2)
+
+
+def test_a_claim_of_a_dead_process_is_taken_over(url: str) -> None:
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True,
+                          check=True)
+    import socket
+
+    owner = f"{socket.gethostname()}:{dead.stdout.strip()}:dead"
+    if url.startswith("postgresql"):
+        # The server frees a dead process's advisory lock with its connection.
+        holder = Store.open(url)
+        assert holder.try_claim_run(DAY, owner, T0) is None
+        holder.close()
+    else:
+        with Store.open(url) as holder:
+            assert holder.try_claim_run(DAY, owner, T0) is None
+    with Store.open(url) as store:
+        assert store.try_claim_run(DAY, new_owner(), T0) is None
+
+
+def test_import_adds_new_addresses_only_and_twice_changes_nothing(store: Store) -> None:
+    store.add_subscriber("old@example.org", confirmed=True, now=T0)
+    store.unsubscribe("old@example.org", T0)
+    rows = [
+        Subscriber(0, "new@example.org", "New", "active", ("yicai",), (), T0, T0, None),
+        Subscriber(0, "OLD@example.org", "", "active", (), (), T0, T0, None),
+    ]
+    assert store.import_subscribers(rows, T0) == (1, 1)
+    before = store.list_subscribers()
+    assert store.import_subscribers(rows, T0) == (0, 2)
+    assert store.list_subscribers() == before
+    assert [(s.email, s.status) for s in before] == [("old@example.org", "unsubscribed"), ("new@example.org", "active")]
