@@ -110,6 +110,26 @@ def check_command(state: State, site_dir: Path | None, as_json: bool) -> None:
     sys.exit(1 if collection.errors else 0)
 
 
+@cli.command("build")
+@click.option("--site", "site_dir", type=click.Path(path_type=Path), help="The Jekyll site folder (site.source).")
+@click.option("--out", "out_dir", type=click.Path(path_type=Path, file_okay=False), help="Folder the feeds are written to (feeds.output).")
+@click.option("--full", is_flag=True, help="Render every feed, not only the feeds whose posts changed.")
+@click.option("--strict", is_flag=True, help="Exit 1 when the collector rejected any post file.")
+@click.pass_obj
+@handle_errors
+def build_command(state: State, site_dir: Path | None, out_dir: Path | None, full: bool, strict: bool) -> None:
+    """Write RSS, Atom and JSON feeds for the site, each category and each tag (incrementally)."""
+    from .build import run_build
+
+    config = state.config(site={"source": str(site_dir) if site_dir else None},
+                          feeds={"output": str(out_dir) if out_dir else None})
+    report = run_build(config, full=full)
+    click.echo(report.summary())
+    for error in report.rejected:
+        click.echo(f"rejected {error.path}: {error.message}", err=True)
+    sys.exit(report.exit_code(strict))
+
+
 @cli.command("digest")
 @click.option("--site", "site_dir", type=click.Path(path_type=Path), help="The Jekyll site folder (site.source).")
 @click.option("--date", "day", type=click.DateTime(["%Y-%m-%d"]), default=None,

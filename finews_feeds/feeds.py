@@ -1,0 +1,537 @@
+"""Feed documents from posts: RSS 2.0 and Atom 1.0 (with feedgen), JSON Feed 1.1, OPML 2.0,
+an index page, the XSL stylesheet and the ``<head>`` discovery snippet.
+
+Pure: posts, the site and the options go in, ``{relative path: bytes}`` comes out. Nothing here
+reads the clock, so the same input gives the same bytes (readers and web caches rely on it).
+
+feedgen 1.0.0 is used for RSS and Atom, and its known faults are corrected here:
+
+- ``add_entry()`` prepends by default: entries are added with ``order="append"``.
+- Atom entry links lose every attribute but ``href`` (lkiesow/python-feedgen#135): ``rel`` and
+  ``type`` are set again and the enclosure link is added on the finished tree.
+- The RSS channel ``<link>`` is the href of the *last* ``link()`` call: the page link is set last.
+- ``updated``/``lastBuildDate`` default to now: always set from the newest entry.
+- ``entry.id()`` writes ``isPermaLink="false"``: ``guid(url, permalink=True)`` is used.
+- lxml raises on characters XML 1.0 forbids: every text is cleaned first.
+- No API for the ``xml-stylesheet`` instruction (#28): added to the finished tree.
+- Its RFC 822 dates call ``locale.setlocale`` for the whole process (unsafe with threads): it is
+  never given an RSS date; ``pubDate``/``lastBuildDate`` are added to the finished tree.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import mimetypes
+import re
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from email.utils import format_datetime
+from importlib import resources
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import jinja2
+from feedgen.feed import FeedGenerator
+from lxml import etree
+
+from .config import FeedsConfig
+from .models import ContentSource, Post, Site
+from .slugs import assign_slugs, join_url
+
+FORMATS = ("rss", "atom", "json")
+FILE_NAMES = {"rss": "rss.xml", "atom": "atom.xml", "json": "feed.json"}
+MEDIA_TYPES = {"rss": "application/rss+xml", "atom": "application/atom+xml", "json": "application/feed+json"}
+STYLESHEET = "feed.xsl"
+OPML = "feeds.opml"
+INDEX = "index.html"
+HEAD_SNIPPET = "_feeds_head.html"
+HEAD_SNIPPET_TAGS = "_feeds_head_tags.html"
+GENERATOR = "finews-feeds"
+GENERATOR_URI = "https://github.com/finews/finews-feeds"
+
+ATOM_NS = "http://www.w3.org/2005/Atom"
+MEDIA_NS = "http://search.yahoo.com/mrss/"
+_A = "{" + ATOM_NS + "}"
+
+# XML 1.0 "Char": tab, newline, carriage return and everything from space up, minus the
+# surrogates and U+FFFE/U+FFFF.
+_XML_ILLEGAL = re.compile("[^\t\n\r\u0020-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
+
+
+def clean_text(text: str) -> str:
+    """Remove the characters XML 1.0 forbids (the edge-case site has \\x0b, \\x08, \\x1b)."""
+    return _XML_ILLEGAL.sub("", text)
+
+
+# --------------------------------------------------------------------------- options and plan
+
+
+@dataclass(frozen=True, slots=True)
+class FeedOptions:
+    """What the renderers need from the site and the ``[feeds]`` config."""
+
+    site_title: str
+    site_url: str
+    base_url: str  #: public URL of the output folder, no trailing slash
+    language: str
+    timezone: ZoneInfo
+    formats: tuple[str, ...] = FORMATS
+    full_content: bool = True
+    websub_hub: str = ""
+    stylesheet: bool = True
+    limit: int = 50
+    category_limit: int = 50
+    tag_limit: int = 50
+    tags: bool = True
+
+    @classmethod
+    def from_config(cls, site: Site, feeds: FeedsConfig) -> FeedOptions:
+        formats = tuple(f for f in FORMATS if f in feeds.formats)
+        return cls(
+            site_title=clean_text(site.title),
+            site_url=site.url,
+            base_url=(feeds.base_url or site.url + "/feeds").rstrip("/"),
+            language=site.language,
+            timezone=site.timezone,
+            formats=formats,
+            full_content=feeds.full_content,
+            websub_hub=feeds.websub_hub,
+            stylesheet=feeds.stylesheet,
+            limit=feeds.limit,
+            category_limit=feeds.category_limit or feeds.limit,
+            tag_limit=feeds.tag_limit or feeds.limit,
+            tags=feeds.tags,
+        )
+
+    def fingerprint(self) -> str:
+        """Everything in the options that shows in a feed, as text (part of each feed's signature)."""
+        return repr((self.site_title, self.site_url, self.base_url, self.language, str(self.timezone),
+                     self.formats, self.full_content, self.websub_hub, self.stylesheet))
+
+
+@dataclass(frozen=True, slots=True)
+class FeedSpec:
+    """One feed (written in every configured format): the whole site, a category or a tag."""
+
+    kind: str  #: "site", "category" or "tag"
+    name: str  #: category or tag as the posts give it; "" for the site
+    slug: str  #: folder name; "" for the site
+    title: str
+    description: str
+    home_url: str  #: the page on the site this feed follows
+    folder: str  #: relative folder of its files: "", "categories/<slug>", "tags/<slug>"
+    limit: int
+
+    @property
+    def key(self) -> str:
+        return f"{self.kind}:{self.name}"
+
+    def path(self, fmt: str) -> str:
+        return f"{self.folder}/{FILE_NAMES[fmt]}" if self.folder else FILE_NAMES[fmt]
+
+    def url(self, options: FeedOptions, fmt: str) -> str:
+        return join_url(options.base_url, *self.folder.split("/"), FILE_NAMES[fmt]) if self.folder else \
+            join_url(options.base_url, FILE_NAMES[fmt])
+
+    def header(self) -> str:
+        """The feed-level fields as text (part of the feed's signature)."""
+        return "\x1f".join((self.kind, self.name, self.slug, self.title, self.description, self.home_url,
+                            self.folder, str(self.limit)))
+
+
+@dataclass(slots=True)
+class FeedPlan:
+    """Every feed of a build and the posts each one shows (newest first, cut at its limit)."""
+
+    specs: list[FeedSpec]
+    entries: dict[str, list[Post]]  #: spec key -> posts
+    slugs: dict[str, dict[str, str]] = field(default_factory=dict)  #: kind -> name -> slug
+    counts: dict[str, int] = field(default_factory=dict)  #: spec key -> posts in the category/tag
+
+
+def _page_url(site: Site, pattern: str, slug: str) -> str:
+    if not pattern:
+        return site.url + "/"
+    return site.url + "/" + join_url("", *pattern.format(slug=slug).lstrip("/").split("/")).lstrip("/")
+
+
+def plan_feeds(
+    posts: Sequence[Post],
+    site: Site,
+    options: FeedOptions,
+    previous_slugs: Mapping[str, Mapping[str, str]] | None = None,
+) -> FeedPlan:
+    """Which feeds exist and which posts each shows. One pass over the posts, so it stays fast
+    on a site of 100,000 posts; ``previous_slugs`` keeps feed URLs stable across builds."""
+    previous_slugs = previous_slugs or {}
+    # The collector gives newest first; a stable sort keeps its order for equal dates and is
+    # linear on sorted input.
+    ordered = sorted(posts, key=_post_date, reverse=True)
+    cat_limit, tag_limit, with_tags = options.category_limit, options.tag_limit, options.tags
+    by_cat: dict[str, list[Post]] = {}
+    by_tag: dict[str, list[Post]] = {}
+    cat_count: dict[str, int] = {}
+    tag_count: dict[str, int] = {}
+    for post in ordered:
+        for name in post.categories:
+            bucket = by_cat.get(name)
+            if bucket is None:
+                by_cat[name] = [post]
+                cat_count[name] = 1
+            elif bucket[-1] is not post:
+                cat_count[name] += 1
+                if len(bucket) < cat_limit:
+                    bucket.append(post)
+        if with_tags:
+            for name in post.tags:
+                bucket = by_tag.get(name)
+                if bucket is None:
+                    by_tag[name] = [post]
+                    tag_count[name] = 1
+                elif bucket[-1] is not post:
+                    tag_count[name] += 1
+                    if len(bucket) < tag_limit:
+                        bucket.append(post)
+
+    cat_slugs = assign_slugs(by_cat, "category", previous_slugs.get("category"))
+    tag_slugs = assign_slugs(by_tag, "tag", previous_slugs.get("tag"))
+    title = options.site_title
+    specs = [FeedSpec("site", "", "", title, f"{title}: 最新文章" if _is_zh(options) else f"{title}: latest posts",
+                      site.url + "/", "", options.limit)]
+    entries: dict[str, list[Post]] = {"site:": list(ordered[: options.limit])}
+    counts: dict[str, int] = {"site:": len(ordered)}
+    for name in sorted(by_cat, key=lambda n: (site.category_order.get(n, 1000), n)):
+        shown = clean_text(site.category_title(name))
+        slug = cat_slugs[name]
+        spec = FeedSpec("category", name, slug, f"{title} · {shown}", f"{title}: {shown}",
+                        _page_url(site, site.category_url, slug), f"categories/{slug}", cat_limit)
+        specs.append(spec)
+        entries[spec.key] = by_cat[name]
+        counts[spec.key] = cat_count[name]
+    for name in sorted(by_tag):
+        shown = clean_text(name)
+        slug = tag_slugs[name]
+        spec = FeedSpec("tag", name, slug, f"{title} · #{shown}", f"{title}: #{shown}",
+                        _page_url(site, site.tag_url, slug), f"tags/{slug}", tag_limit)
+        specs.append(spec)
+        entries[spec.key] = by_tag[name]
+        counts[spec.key] = tag_count[name]
+    return FeedPlan(specs, entries, {"category": cat_slugs, "tag": tag_slugs}, counts)
+
+
+def _post_date(post: Post) -> datetime:
+    return post.date
+
+
+def _is_zh(options: FeedOptions) -> bool:
+    return options.language.lower().startswith("zh")
+
+
+# --------------------------------------------------------------------------- entries
+
+
+@dataclass(frozen=True, slots=True)
+class EntryData:
+    """A post as every format shows it: cleaned text, dates in the site's zone, absolute URLs."""
+
+    id: str
+    url: str
+    title: str
+    published: datetime
+    updated: datetime
+    author: str
+    terms: tuple[str, ...]  #: categories then tags, without repeats
+    summary: str
+    content_html: str | None  #: None when the feeds are summary-only
+    image: str | None
+    image_type: str
+
+    @property
+    def newest(self) -> datetime:
+        return max(self.published, self.updated)
+
+
+def _local(moment: datetime, zone: ZoneInfo) -> datetime:
+    return moment.astimezone(zone).replace(microsecond=0)
+
+
+def _image_type(url: str) -> str:
+    guessed, _ = mimetypes.guess_type(url.split("?", 1)[0])
+    return guessed if guessed and guessed.startswith("image/") else "image/jpeg"
+
+
+def entry_data(post: Post, options: FeedOptions, content: ContentSource | None) -> EntryData:
+    """The fields of one entry; ``content`` is called only when the feeds carry full content."""
+    zone = options.timezone
+    published = _local(post.date, zone)
+    updated = _local(post.updated, zone) if post.updated else published
+    summary = clean_text(post.description or post.excerpt or post.summary or "")
+    body = clean_text(content(post)) if options.full_content and content is not None else None
+    return EntryData(
+        id=post.id,
+        url=post.url,
+        title=clean_text(post.title).strip() or post.slug,
+        published=published,
+        updated=max(updated, published),
+        author=clean_text(post.author or post.source or options.site_title),
+        terms=tuple(dict.fromkeys(clean_text(t) for t in (*post.categories, *post.tags) if clean_text(t))),
+        summary=summary,
+        content_html=body,
+        image=post.image,
+        image_type=_image_type(post.image) if post.image else "",
+    )
+
+
+EntryFactory = Callable[[Post], EntryData]
+
+
+# --------------------------------------------------------------------------- RSS and Atom
+
+
+def _rfc822(moment: datetime) -> str:
+    # Locale-free, unlike strftime("%a ...") which feedgen uses under setlocale.
+    return format_datetime(moment)
+
+
+def _epoch(options: FeedOptions) -> datetime:
+    return datetime(1970, 1, 1, tzinfo=options.timezone)
+
+
+def _generator(spec: FeedSpec, options: FeedOptions, entries: Sequence[EntryData], fmt: str) -> FeedGenerator:
+    fg = FeedGenerator()
+    fg.load_extension("media", atom=True, rss=True)
+    fg.load_extension("dc", atom=False, rss=True)
+    self_url = spec.url(options, fmt)
+    fg.id(self_url)
+    fg.title(spec.title)
+    fg.description(spec.description)
+    fg.subtitle(spec.description)
+    fg.author(name=options.site_title, uri=options.site_url + "/")
+    fg.language(options.language)
+    fg.generator(GENERATOR, uri=GENERATOR_URI)
+    fg.link(href=self_url, rel="self", type=MEDIA_TYPES[fmt])
+    if options.websub_hub:
+        fg.link(href=options.websub_hub, rel="hub")
+    # Last: feedgen makes the last link() the RSS channel <link>.
+    fg.link(href=spec.home_url, rel="alternate", type="text/html")
+    fg.updated(entries[0].newest if entries else _epoch(options))
+    for data in entries:
+        fe = fg.add_entry(order="append")  # the default, "prepend", reverses the entries
+        fe.guid(data.id, permalink=True)  # id() would write isPermaLink="false"
+        fe.title(data.title)
+        fe.link(href=data.url)
+        fe.updated(data.updated)
+        fe.published(data.published)
+        fe.author(name=data.author)
+        fe.dc.dc_creator(data.author)
+        for term in data.terms:
+            fe.category(term=term)
+        if data.summary:
+            fe.summary(data.summary)
+        if data.content_html is not None:
+            fe.content(data.content_html, type="html")
+        if data.image:
+            fe.media.thumbnail(url=data.image, group=None)
+        if fmt == "rss":
+            # RSS <description> holds HTML: the plain-text summary is escaped once more.
+            fe.description(html.escape(data.summary, quote=False) if data.summary else html.escape(data.title, quote=False),
+                           isSummary=True)
+            if data.image:
+                fe.enclosure(url=data.image, length="0", type=data.image_type)
+            fe._FeedEntry__rss_pubDate = None  # added to the tree without setlocale, see module doc
+    return fg
+
+
+def _stylesheet_pi(spec: FeedSpec) -> etree._Element:
+    depth = spec.folder.count("/") + 1 if spec.folder else 0
+    href = "../" * depth + STYLESHEET
+    return etree.ProcessingInstruction("xml-stylesheet", f'type="text/xsl" href="{href}"')
+
+
+def _serialize(root: etree._Element) -> bytes:
+    data: bytes = etree.tostring(root.getroottree(), encoding="UTF-8", xml_declaration=True, pretty_print=True)
+    return data
+
+
+def render_rss(spec: FeedSpec, options: FeedOptions, entries: Sequence[EntryData]) -> bytes:
+    fg = _generator(spec, options, entries, "rss")
+    fg._FeedGenerator__rss_lastBuildDate = None  # added below without setlocale, see module doc
+    root, _ = fg._create_rss()
+    channel = root.find("channel")
+    assert channel is not None
+    language = channel.find("language")
+    last_build = etree.Element("lastBuildDate")
+    last_build.text = _rfc822(entries[0].newest if entries else _epoch(options))
+    (language if language is not None else channel[2]).addnext(last_build)
+    for item, data in zip(channel.iter("item"), entries, strict=True):
+        pub = etree.SubElement(item, "pubDate")
+        pub.text = _rfc822(data.published)
+    if options.websub_hub:
+        # feedgen writes only the rel=self atom:link into RSS; WebSub needs rel=hub too.
+        hub = etree.Element(_A + "link", href=options.websub_hub, rel="hub")
+        self_link = channel.find(_A + "link")
+        assert self_link is not None
+        self_link.addnext(hub)
+    if options.stylesheet:
+        root.addprevious(_stylesheet_pi(spec))
+    return _serialize(root)
+
+
+def render_atom(spec: FeedSpec, options: FeedOptions, entries: Sequence[EntryData]) -> bytes:
+    fg = _generator(spec, options, entries, "atom")
+    root, _ = fg._create_atom()
+    # feedgen builds the Atom tree without a namespace and writes `xmlns` as a plain attribute,
+    # so its elements are found by their bare names.
+    for element, data in zip(root.iter("entry"), entries, strict=True):
+        # feedgen#135: entry links keep only href; restore rel/type and add the enclosure.
+        for link in element.iter("link"):
+            link.set("rel", "alternate")
+            link.set("type", "text/html")
+        if data.image:
+            enclosure = etree.Element("link", rel="enclosure", type=data.image_type, href=data.image)
+            last_link = list(element.iter("link"))[-1]
+            last_link.addnext(enclosure)
+    if options.stylesheet:
+        root.addprevious(_stylesheet_pi(spec))
+    return _serialize(root)
+
+
+# --------------------------------------------------------------------------- JSON Feed
+
+
+def render_json(spec: FeedSpec, options: FeedOptions, entries: Sequence[EntryData]) -> bytes:
+    """JSON Feed 1.1 (https://jsonfeed.org/version/1.1)."""
+    items: list[dict[str, Any]] = []
+    for data in entries:
+        item: dict[str, Any] = {"id": data.id, "url": data.url, "title": data.title}
+        if data.content_html is not None:
+            item["content_html"] = data.content_html
+        else:
+            item["content_text"] = data.summary or data.title
+        if data.summary:
+            item["summary"] = data.summary
+        if data.image:
+            item["image"] = data.image
+        item["date_published"] = data.published.isoformat()
+        if data.updated != data.published:
+            item["date_modified"] = data.updated.isoformat()
+        item["authors"] = [{"name": data.author}]
+        if data.terms:
+            item["tags"] = list(data.terms)
+        item["language"] = options.language
+        items.append(item)
+    document: dict[str, Any] = {
+        "version": "https://jsonfeed.org/version/1.1",
+        "title": spec.title,
+        "home_page_url": spec.home_url,
+        "feed_url": spec.url(options, "json"),
+        "description": spec.description,
+        "authors": [{"name": options.site_title, "url": options.site_url + "/"}],
+        "language": options.language,
+    }
+    if options.websub_hub:
+        document["hubs"] = [{"type": "WebSub", "url": options.websub_hub}]
+    document["items"] = items
+    return (json.dumps(document, ensure_ascii=False, indent=2) + "\n").encode("utf-8")
+
+
+RENDERERS: dict[str, Callable[[FeedSpec, FeedOptions, Sequence[EntryData]], bytes]] = {
+    "rss": render_rss,
+    "atom": render_atom,
+    "json": render_json,
+}
+
+
+def render_feed(spec: FeedSpec, options: FeedOptions, entries: Sequence[EntryData]) -> dict[str, bytes]:
+    """Every configured format of one feed, as ``{relative path: bytes}``."""
+    return {spec.path(fmt): RENDERERS[fmt](spec, options, entries) for fmt in options.formats}
+
+
+# --------------------------------------------------------------------------- listings
+
+
+def _template_env() -> jinja2.Environment:
+    return jinja2.Environment(
+        loader=jinja2.PackageLoader("finews_feeds", "templates/feeds"),
+        autoescape=True,
+        keep_trailing_newline=True,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Listed:
+    """A feed as the listings show it."""
+
+    spec: FeedSpec
+    urls: dict[str, str]  #: format -> URL
+    count: int  #: posts in the category or tag
+    updated: str  #: newest entry's date, YYYY-MM-DD HH:MM, or ""
+
+
+def _listed(specs: Iterable[FeedSpec], options: FeedOptions, counts: Mapping[str, int],
+            newest: Mapping[str, datetime | None]) -> list[Listed]:
+    out = []
+    for spec in specs:
+        moment = newest.get(spec.key)
+        out.append(Listed(spec, {fmt: spec.url(options, fmt) for fmt in options.formats}, counts.get(spec.key, 0),
+                          moment.strftime("%Y-%m-%d %H:%M") if moment else ""))
+    return out
+
+
+def render_listings(
+    specs: Sequence[FeedSpec],
+    options: FeedOptions,
+    counts: Mapping[str, int],
+    newest: Mapping[str, datetime | None],
+) -> dict[str, bytes]:
+    """``feeds.opml``, ``index.html``, the head snippets and the XSL stylesheet."""
+    listed = _listed(specs, options, counts, newest)
+    groups = {kind: [item for item in listed if item.spec.kind == kind] for kind in ("site", "category", "tag")}
+    env = _template_env()
+    context = {
+        "options": options,
+        "groups": groups,
+        "formats": options.formats,
+        "media_types": MEDIA_TYPES,
+        "zh": _is_zh(options),
+        "opml_url": join_url(options.base_url, OPML),
+    }
+    files: dict[str, bytes] = {
+        OPML: render_opml(groups, options),
+        INDEX: env.get_template("index.html.j2").render(context).encode("utf-8"),
+        HEAD_SNIPPET: env.get_template("head.html.j2").render(context, items=groups["site"] + groups["category"],
+                                                               opml=True).encode("utf-8"),
+        HEAD_SNIPPET_TAGS: env.get_template("head.html.j2").render(context, items=groups["tag"],
+                                                                    opml=False).encode("utf-8"),
+    }
+    if options.stylesheet:
+        files[STYLESHEET] = resources.files("finews_feeds").joinpath("templates/feeds/feed.xsl").read_bytes()
+    return files
+
+
+def render_opml(groups: Mapping[str, list[Listed]], options: FeedOptions) -> bytes:
+    """OPML 2.0: one outline per feed (its first format), categories and tags in folders."""
+    fmt = options.formats[0] if options.formats else "rss"
+    root = etree.Element("opml", version="2.0")
+    head = etree.SubElement(root, "head")
+    etree.SubElement(head, "title").text = options.site_title
+    etree.SubElement(head, "docs").text = "http://opml.org/spec2.opml"
+    body = etree.SubElement(root, "body")
+
+    def outline(parent: etree._Element, item: Listed) -> None:
+        etree.SubElement(parent, "outline", type="rss", text=item.spec.title, title=item.spec.title,
+                         xmlUrl=item.urls.get(fmt, ""), htmlUrl=item.spec.home_url, language=options.language)
+
+    for item in groups["site"]:
+        outline(body, item)
+    zh = _is_zh(options)
+    for kind, label in (("category", "分类" if zh else "Categories"), ("tag", "标签" if zh else "Tags")):
+        if groups[kind]:
+            folder = etree.SubElement(body, "outline", text=label, title=label)
+            for item in groups[kind]:
+                outline(folder, item)
+    return _serialize(root)
