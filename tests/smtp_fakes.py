@@ -112,10 +112,11 @@ class Sink:
 
 
 @contextmanager
-def running(sink: Sink) -> Iterator[int]:
-    """Serve ``sink`` on a free loopback port; yields the port."""
+def running(sink: Sink, **smtp_options: Any) -> Iterator[int]:
+    """Serve ``sink`` on a free loopback port (``smtp_options`` go to aiosmtpd's SMTP); yields the port."""
     port = free_port()
-    controller = Controller(sink, hostname="127.0.0.1", port=port, enable_SMTPUTF8=True, ready_timeout=10)
+    smtp_options.setdefault("enable_SMTPUTF8", True)
+    controller = Controller(sink, hostname="127.0.0.1", port=port, ready_timeout=10, **smtp_options)
     controller.start()
     try:
         yield port

@@ -102,7 +102,7 @@ def test_confirm_makes_pending_active_once(store: Store) -> None:
     sub = store.confirm("A@example.org", T0 + timedelta(hours=1))
     assert (sub.status, sub.confirmed_at) == ("active", T0 + timedelta(hours=1))
     assert store.confirm("a@example.org", T0 + timedelta(hours=2)).confirmed_at == T0 + timedelta(hours=1)
-    with pytest.raises(SubscriberError, match="nobody@example.org is not a subscriber"):
+    with pytest.raises(SubscriberError, match=r"nobody@example\.org is not a subscriber"):
         store.confirm("nobody@example.org", T0)
 
 

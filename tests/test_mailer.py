@@ -1,0 +1,192 @@
+"""The SMTP transport against a real SMTP server on loopback."""
+
+from __future__ import annotations
+
+import ssl
+import subprocess
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import dkim
+import pytest
+from aiosmtpd.smtp import AuthResult, LoginPassword
+from smtp_fakes import Sink, free_port, make_config, running
+
+from finews_feeds.errors import ConfigError, DeliveryError
+from finews_feeds.mailer import (
+    ConnectionFailure,
+    PermanentFailure,
+    SmtpTransport,
+    TemporaryFailure,
+    transport_from_config,
+)
+from finews_feeds.message import build_message
+
+
+def message(to: str = "reader@example.org", n: int = 1) -> Any:
+    return build_message(
+        subject=f"测试 {n}", html=f"<p>正文 {n}</p>", text=f"正文 {n}", sender="finews <digest@news.example.org>",
+        to=to, message_id=f"<m{n}@news.example.org>", date=datetime(2022, 4, 21, 7, 30, tzinfo=UTC),
+        headers={"List-Unsubscribe": "<https://x.example.org/u/t>", "List-Unsubscribe-Post": "List-Unsubscribe=One-Click",
+                 "List-Id": "finews <digest.news.example.org>"},
+    )
+
+
+def transport(port: int, **kwargs: Any) -> SmtpTransport:
+    kwargs.setdefault("security", "none")
+    kwargs.setdefault("timeout", 5.0)
+    return SmtpTransport("127.0.0.1", port, **kwargs)
+
+
+def test_sends_the_message_bytes_with_its_envelope_over_one_connection() -> None:
+    sink = Sink()
+    with running(sink) as port, transport(port) as smtp:
+        smtp.send(message("a@example.org", 1))
+        smtp.send(message("b@example.org", 2))
+        assert smtp.connections == 1
+    assert [(r.mail_from, r.rcpt_tos) for r in sink.messages] == [
+        ("digest@news.example.org", ["a@example.org"]), ("digest@news.example.org", ["b@example.org"])]
+    got = sink.messages[0].message
+    assert (got["Message-ID"], got["To"], got["Subject"]) == ("<m1@news.example.org>", "a@example.org", "测试 1")
+    assert len(sink.connections) == 1
+
+
+def test_a_550_for_one_recipient_is_permanent_and_the_connection_goes_on() -> None:
+    sink = Sink(rcpt_replies={"gone@example.org": "550 5.1.1 <gone@example.org>: no such user"})
+    with running(sink) as port, transport(port) as smtp:
+        with pytest.raises(PermanentFailure) as caught:
+            smtp.send(message("gone@example.org"))
+        smtp.send(message("ok@example.org"))
+        assert smtp.connections == 1
+    assert caught.value.code == 550
+    assert caught.value.message == "550 5.1.1 <gone@example.org>: no such user (at RCPT TO gone@example.org)"
+    assert [r.rcpt_tos for r in sink.messages] == [["ok@example.org"]]
+
+
+@pytest.mark.parametrize("reply", ["451 4.3.0 try again later", "452 4.2.2 mailbox full"])
+def test_a_4xx_reply_is_temporary(reply: str) -> None:
+    sink = Sink(data_replies=[reply])
+    with running(sink) as port, transport(port) as smtp:
+        with pytest.raises(TemporaryFailure) as caught:
+            smtp.send(message())
+        assert not isinstance(caught.value, ConnectionFailure)
+        smtp.send(message())
+        assert smtp.connections == 1
+    assert caught.value.code == int(reply[:3])
+    assert len(sink.messages) == 1
+
+
+def test_a_421_closes_the_connection_and_the_next_send_reconnects() -> None:
+    sink = Sink(data_replies=["421 4.7.0 too busy, closing"])
+    with running(sink) as port, transport(port) as smtp:
+        with pytest.raises(TemporaryFailure, match=r"421 4\.7\.0 too busy"):
+            smtp.send(message())
+        smtp.send(message())
+        assert smtp.connections == 2
+    assert len(sink.messages) == 1
+
+
+def test_a_connection_the_server_closed_while_idle_is_reopened_without_a_failure() -> None:
+    sink = Sink(drop_after=2)
+    with running(sink) as port, transport(port) as smtp:
+        for n in range(5):
+            smtp.send(message(f"r{n}@example.org", n))
+        assert smtp.connections == 3
+    assert [r.rcpt_tos[0] for r in sink.messages] == [f"r{n}@example.org" for n in range(5)]
+
+
+def test_a_connection_dropped_before_the_250_is_a_connection_failure() -> None:
+    sink = Sink(drop_data_of={1})
+    with running(sink) as port, transport(port) as smtp:
+        with pytest.raises(ConnectionFailure):
+            smtp.send(message())
+        smtp.send(message())
+    assert len(sink.messages) == 2  # the first was stored: the one window for a duplicate
+
+
+def test_no_server_is_a_connection_failure() -> None:
+    with transport(free_port()) as smtp, pytest.raises(ConnectionFailure, match="cannot connect to SMTP server"):
+        smtp.send(message())
+
+
+def test_a_server_slower_than_the_timeout_is_a_connection_failure() -> None:
+    sink = Sink(delay=2.0)
+    with running(sink) as port, transport(port, timeout=0.5) as smtp, pytest.raises(ConnectionFailure):
+        smtp.send(message())
+
+
+def test_starttls_is_required_when_configured() -> None:
+    with running(Sink()) as port, transport(port, security="starttls") as smtp, \
+            pytest.raises(DeliveryError, match="does not offer STARTTLS"):
+        smtp.send(message())
+
+
+@pytest.fixture(scope="module")
+def certificate(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    folder = tmp_path_factory.mktemp("tls")
+    cert, key = folder / "cert.pem", folder / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(cert),
+                    "-days", "1", "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"],
+                   check=True, capture_output=True)
+    return cert, key
+
+
+def _authenticator(server: Any, session: Any, envelope: Any, mechanism: str, data: Any) -> AuthResult:
+    ok = isinstance(data, LoginPassword) and (data.login, data.password) == (b"digest", b"pw")
+    return AuthResult(success=ok, handled=False)
+
+
+def test_starttls_and_login_with_the_password(certificate: tuple[Path, Path]) -> None:
+    cert, key = certificate
+    server_tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_tls.load_cert_chain(cert, key)
+    client_tls = ssl.create_default_context(cafile=str(cert))
+    sink = Sink()
+    with running(sink, tls_context=server_tls, require_starttls=True, auth_required=True,
+                 authenticator=_authenticator) as port:
+        with transport(port, security="starttls", username="digest", password="pw", ssl_context=client_tls) as smtp:
+            smtp.send(message())
+        with transport(port, security="starttls", username="digest", password="wrong", ssl_context=client_tls) as bad, \
+                pytest.raises(DeliveryError, match="refused the login of digest"):
+            bad.send(message())
+        untrusted = transport(port, security="starttls", username="digest", password="pw")
+        with pytest.raises(DeliveryError, match="TLS with SMTP server"):
+            untrusted.send(message())
+    assert len(sink.messages) == 1
+
+
+def test_dkim_signature_verifies_and_covers_the_list_unsubscribe_headers(tmp_path: Path) -> None:
+    key = tmp_path / "dkim.pem"
+    subprocess.run(["openssl", "genrsa", "-out", str(key), "2048"], check=True, capture_output=True)
+    public = subprocess.run(["openssl", "rsa", "-in", str(key), "-pubout", "-outform", "DER"], check=True,
+                            capture_output=True).stdout
+    import base64
+
+    record = b"v=DKIM1; k=rsa; p=" + base64.b64encode(public)
+    sink = Sink()
+    with running(sink) as port:
+        config = make_config(port, smtp={"dkim_selector": "s1", "dkim_domain": "news.example.org",
+                                         "dkim_key_file": str(key)})
+        with transport_from_config(config) as smtp:
+            smtp.send(message())
+    data = sink.messages[0].data
+
+    def dns(name: bytes, timeout: int = 5) -> bytes:
+        return record if name == b"s1._domainkey.news.example.org." else b""
+
+    assert dkim.verify(data, dnsfunc=dns)
+    signature = data.split(b"DKIM-Signature:", 1)[1].split(b"\r\n\r\n", 1)[0]
+    signed = signature.split(b"h=", 1)[1].split(b";", 1)[0].replace(b"\r\n", b"").replace(b" ", b"").lower()
+    for header in (b"list-unsubscribe", b"list-unsubscribe-post", b"list-id", b"from", b"subject", b"message-id"):
+        assert header in signed.split(b":")
+    tampered = data.replace(b"https://x.example.org/u/t", b"https://evil.example/u/t")
+    assert not dkim.verify(tampered, dnsfunc=dns)
+
+
+def test_config_errors_for_half_set_dkim_and_a_missing_password() -> None:
+    with pytest.raises(ConfigError, match="DKIM needs all of"):
+        transport_from_config(make_config(25, smtp={"dkim_selector": "s1"}))
+    with pytest.raises(ConfigError, match="FINEWS_SMTP_PASSWORD is not set"):
+        transport_from_config(make_config(25, smtp={"username": "digest"}))
+    assert transport_from_config(make_config(0, smtp={"security": "tls"})).port == 465
