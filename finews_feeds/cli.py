@@ -139,10 +139,11 @@ def build_command(state: State, site_dir: Path | None, out_dir: Path | None, ful
 @click.option("--eml", "eml_path", type=click.Path(path_type=Path, dir_okay=False), help="Write the whole preview message (.eml) here.")
 @click.option("--out", "out_dir", type=click.Path(path_type=Path, file_okay=False),
               help="Folder of the web copy digests/YYYY-MM-DD.html (default: feeds.output).")
+@click.option("--send", is_flag=True, help="Also send it to every active subscriber who has not had it yet (exactly once).")
 @click.pass_obj
 @handle_errors
 def digest_command(state: State, site_dir: Path | None, day: Any, html_path: Path | None, text_path: Path | None,
-                   eml_path: Path | None, out_dir: Path | None) -> None:
+                   eml_path: Path | None, out_dir: Path | None, send: bool = False) -> None:
     """Render the digest of a day: its web copy, and a preview for a sample recipient."""
     from datetime import UTC, datetime
 
@@ -155,11 +156,144 @@ def digest_command(state: State, site_dir: Path | None, day: Any, html_path: Pat
                            out_dir=out_dir)
     if not report.written:
         click.echo(f"{the_day}: no articles, no digest (set digest.send_empty = true to send one anyway)")
+    else:
+        click.echo(f"{the_day}: {report.count} articles, {report.html_bytes} bytes of HTML")
+        click.echo(f"subject: {report.subject}")
+        for path in report.written:
+            click.echo(f"wrote {path}")
+    if send:
+        sys.exit(_send_digest(config, the_day))
+
+
+# -- subscribers and sending (issue 5) --------------------------------------------------------
+
+
+def _send_digest(config: Config, day: Any) -> int:
+    """Send with a progress bar on a terminal and a summary; a stop signal ends after the message in flight."""
+    import signal
+    import threading
+    from datetime import UTC, datetime
+
+    from .delivery import send_day
+
+    stop = threading.Event()
+    bars: list[Any] = []
+
+    def on_signal(signum: int, _frame: Any) -> None:
+        click.echo(f"\nstopping after the message in flight ({signal.Signals(signum).name})", err=True)
+        stop.set()
+
+    def progress(done: int, total: int) -> None:
+        if not sys.stderr.isatty() or total < 1:
+            return
+        if not bars:
+            bars.append(click.progressbar(length=total, label="sending", file=sys.stderr, show_pos=True))
+        bars[0].update(done - bars[0].pos)
+
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        report = send_day(config, day, lambda: datetime.now(UTC), stop, progress)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        if bars:
+            bars[0].render_finish()
+    for line in report.summary_lines():
+        click.echo(line)
+    if report.aborted:
+        return 8
+    return 0 if report.ok and not report.stopped else 1
+
+
+@cli.group("subscribers")
+def subscribers_group() -> None:
+    """Add, remove, list, import and export subscribers."""
+
+
+def _store(state: State) -> Any:
+    from .store import Store
+
+    return Store.open(state.config().database.url)
+
+
+@subscribers_group.command("add")
+@click.argument("email")
+@click.option("--name", default="", help="Name used in the greeting and the To header.")
+@click.option("--categories", default="", help="Comma-separated categories to receive (default: everything).")
+@click.option("--tags", default="", help="Comma-separated tags to receive (default: everything).")
+@click.option("--confirmed", is_flag=True, help="Add as active (already confirmed) instead of pending.")
+@click.pass_obj
+@handle_errors
+def subscribers_add(state: State, email: str, name: str, categories: str, tags: str, confirmed: bool) -> None:
+    """Add a subscriber (pending until confirmed, unless --confirmed)."""
+    from .subscribers import normalize_names
+
+    with _store(state) as store:
+        sub = store.add_subscriber(email, name=name, categories=normalize_names(categories, "category"),
+                                   tags=normalize_names(tags, "tag"), confirmed=confirmed)
+    click.echo(f"added {sub.email} ({sub.status})")
+
+
+@subscribers_group.command("remove")
+@click.argument("email")
+@click.pass_obj
+@handle_errors
+def subscribers_remove(state: State, email: str) -> None:
+    """Delete a subscriber and their delivery records."""
+    with _store(state) as store:
+        sub = store.remove_subscriber(email)
+    click.echo(f"removed {sub.email}")
+
+
+@subscribers_group.command("list")
+@click.option("--status", type=click.Choice(["pending", "active", "unsubscribed", "bounced"]), default=None)
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON array.")
+@click.pass_obj
+@handle_errors
+def subscribers_list(state: State, status: str | None, as_json: bool) -> None:
+    """List subscribers, oldest first."""
+    with _store(state) as store:
+        subs = store.list_subscribers(status)
+    if as_json:
+        click.echo(json.dumps([s.as_dict() for s in subs], ensure_ascii=False, indent=2))
         return
-    click.echo(f"{the_day}: {report.count} articles, {report.html_bytes} bytes of HTML")
-    click.echo(f"subject: {report.subject}")
-    for path in report.written:
-        click.echo(f"wrote {path}")
+    for s in subs:
+        choice = ",".join(s.categories + tuple(f"#{t}" for t in s.tags)) or "everything"
+        name = f" ({s.name})" if s.name else ""
+        click.echo(f"{s.email}{name}\t{s.status}\t{choice}\t{s.created_at:%Y-%m-%d %H:%M}")
+    click.echo(f"{len(subs)} subscriber{'s' if len(subs) != 1 else ''}", err=True)
+
+
+@subscribers_group.command("import")
+@click.argument("file", type=click.Path(path_type=Path, dir_okay=False))
+@click.option("--confirmed", is_flag=True, help="Rows without a status column become active, not pending.")
+@click.pass_obj
+@handle_errors
+def subscribers_import(state: State, file: Path, confirmed: bool) -> None:
+    """Import a CSV file (column email required; name, status, categories, tags optional)."""
+    from datetime import UTC, datetime
+
+    from .subscribers import import_csv
+
+    with _store(state) as store:
+        report = import_csv(store, file, datetime.now(UTC), confirmed=confirmed)
+    for bad in report.bad_rows:
+        click.echo(f"{file}:{bad.line}: {bad.message}", err=True)
+    click.echo(f"imported {report.added}, already present {report.already_present}, bad rows {len(report.bad_rows)}")
+    sys.exit(1 if report.bad_rows else 0)
+
+
+@subscribers_group.command("export")
+@click.argument("file", type=click.Path(path_type=Path, dir_okay=False))
+@click.pass_obj
+@handle_errors
+def subscribers_export(state: State, file: Path) -> None:
+    """Write every subscriber to a CSV file that `import` reads back."""
+    from .subscribers import export_csv
+
+    with _store(state) as store:
+        count = export_csv(store, file)
+    click.echo(f"exported {count} subscribers to {file}")
 
 
 def main() -> None:

@@ -37,7 +37,7 @@ from zoneinfo import ZoneInfo
 from .config import Config
 from .digest import DigestRenderer, Recipient, Selection, Variant, posts_of_day, web_base_url
 from .errors import DeliveryError, SubscriberError
-from .mailer import ConnectionFailure, PermanentFailure, SmtpTransport, TemporaryFailure
+from .mailer import ConnectionFailure, PermanentFailure, SmtpTransport, TemporaryFailure, transport_from_config
 from .message import build_message, domain_of, format_address, message_id
 from .models import Collection, Post, Site
 from .store import Claim, Store, new_owner
@@ -420,3 +420,22 @@ def send_confirmation(
     )
     transport.send(msg, sender=parseaddr(config.digest.from_)[1], recipients=(email,))
     return msg_id
+
+
+def send_day(
+    config: Config,
+    day: date,
+    now: Callable[[], datetime],
+    stop: threading.Event | None = None,
+    progress: Callable[[int, int], None] | None = None,
+    collect: Callable[[Config], Collection] | None = None,
+) -> DeliveryReport:
+    """Collect the site, open the store and SMTP from config, and send ``day``'s digest (the CLI's ``--send``)."""
+    if collect is None:
+        from .collector import collect_site
+
+        collect = collect_site
+    secret_of(config)
+    collection = collect(config)
+    with Store.open(config.database.url) as store:
+        return send_digest(config, store, lambda: transport_from_config(config), day, collection, now, stop, progress)
