@@ -19,26 +19,28 @@ import contextlib
 import dataclasses
 import hashlib
 import logging
+import marshal
 import multiprocessing
 import os
-import pickle
 import sqlite3
 import tempfile
 import threading
 import zlib
 from collections.abc import Iterable, Iterator, Sequence
-from datetime import datetime
+from datetime import datetime, tzinfo
 from pathlib import Path
 from typing import Any
 
 from . import collector, markup
-from .collector import Entry, Parsed, is_visible, read_entry, rerender, sort_key, walk
-from .models import Collection, FileError, Post, Site
+from .collector import Entry, Parsed, read_entry, rerender, sort_key, walk
+from .models import Collection, ContentSource, FileError, Post, Site
 
 log = logging.getLogger(__name__)
 
 #: Bump when the layout of the index changes.
-FORMAT = 1
+FORMAT = 2
+INDEX = "index.marshal"
+BODIES = "bodies.sqlite3"
 #: Parse in worker processes from this many changed files on (below it, start-up costs more).
 PARALLEL_FROM = 1500
 _CHUNK = 256
@@ -83,30 +85,66 @@ def site_folder(cache_dir: Path, site: Site) -> Path:
 
 # ---------------------------------------------------------------- index
 
+#: A post as stored: plain values only, so marshal (several times faster than pickle for
+#: dataclasses) can load 100,000 of them in a fraction of a second. Dates are POSIX timestamps.
+Row = tuple[Any, ...]
+#: What the index keeps per file: size, mtime_ns, kind, payload (a Row, an error message, None).
+Known = tuple[int, int, int, Any]
+POST, ERROR, UNPUBLISHED = 0, 1, 2
 
-def load_index(folder: Path, expected: str) -> dict[str, tuple[int, int, Outcome]]:
-    path = folder / "index.pickle"
+
+def _stamp(moment: datetime) -> int | float:
+    value = moment.timestamp()
+    return int(value) if value.is_integer() else value
+
+
+def to_row(post: Post) -> Row:
+    return (
+        post.path, post.slug, post.title, _stamp(post.date), None if post.updated is None else _stamp(post.updated),
+        post.categories, post.tags, post.permalink, post.url, post.summary, post.image, post.author, post.source,
+        post.excerpt, post.description, post.content_hash,
+    )
+
+
+def from_row(row: Row, zone: tzinfo) -> Post:
+    (path, slug, title, stamp, updated, categories, tags, permalink, url, summary, image, author, source,
+     excerpt, description, content_hash) = row
+    return Post(
+        path, slug, title, _fromtimestamp(stamp, zone), None if updated is None else _fromtimestamp(updated, zone),
+        categories, tags, permalink, url, url, summary, image, author, source, excerpt, description, content_hash,
+    )
+
+
+_fromtimestamp = datetime.fromtimestamp
+
+
+def load_index(folder: Path, expected: str) -> dict[str, Known]:
+    path = folder / INDEX
     try:
-        with open(path, "rb") as handle:
-            data = pickle.load(handle)
+        data = marshal.loads(path.read_bytes())
     except FileNotFoundError:
         return {}
     except Exception as exc:  # a corrupt cache must never stop a run
         log.warning("%s: unreadable cache index (%s); rebuilding", path, exc.__class__.__name__)
         return {}
-    if not (isinstance(data, tuple) and len(data) == 2 and data[0] == expected and isinstance(data[1], dict)):
-        log.info("%s: cache is for other settings or another version; rebuilding", path)
+    if not (isinstance(data, tuple) and len(data) == 3 and data[0] == FORMAT and isinstance(data[2], dict)):
+        log.info("%s: cache from another version; rebuilding", path)
         return {}
-    return data[1]
+    if data[1] != expected:
+        log.info("%s: cache made with other site settings; rebuilding", path)
+        return {}
+    files: dict[str, Known] = data[2]
+    return files
 
 
-def save_index(folder: Path, print_: str, index: dict[str, tuple[int, int, Outcome]]) -> None:
+def save_index(folder: Path, print_: str, files: dict[str, Known]) -> None:
+    """Write the index atomically: a reader sees the old file or the new one, never a mix."""
     folder.mkdir(parents=True, exist_ok=True)
     fd, temp = tempfile.mkstemp(prefix=".index-", dir=folder)
     try:
         with os.fdopen(fd, "wb") as handle:
-            pickle.dump((print_, index), handle, protocol=pickle.HIGHEST_PROTOCOL)
-        os.replace(temp, folder / "index.pickle")
+            handle.write(marshal.dumps((FORMAT, print_, files)))
+        os.replace(temp, folder / INDEX)
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(temp)
@@ -205,26 +243,37 @@ def parse_all(entries: Sequence[Entry], site: Site, workers: int | None = None) 
             yield _pack(entry, site)
         return
     chunks = [entries[i : i + _CHUNK] for i in range(0, len(entries), _CHUNK)]
-    # spawn, not fork: the daemon calls this with scheduler and server threads running.
-    context = multiprocessing.get_context("spawn")
-    with concurrent.futures.ProcessPoolExecutor(count, mp_context=context, initializer=_init_worker, initargs=(site,)) as pool:
-        for batch in pool.map(_work, chunks):
-            yield from batch
+    # fork is cheapest, but forking a process with other threads running (the daemon's scheduler
+    # and web server) can deadlock the child: spawn then.
+    method = "fork" if threading.active_count() == 1 else "spawn"
+    done = 0
+    try:
+        context = multiprocessing.get_context(method)
+        with concurrent.futures.ProcessPoolExecutor(count, mp_context=context, initializer=_init_worker, initargs=(site,)) as pool:
+            for batch in pool.map(_work, chunks):
+                yield from batch
+                done += 1
+    except (concurrent.futures.process.BrokenProcessPool, OSError, RuntimeError) as exc:
+        # e.g. spawn from a script without a `__main__` guard: slower, but never fatal.
+        log.warning("parallel parse failed (%s); parsing in this process", exc.__class__.__name__)
+        for chunk in chunks[done:]:
+            for entry in chunk:
+                yield _pack(entry, site)
 
 
 # ---------------------------------------------------------------- collect
 
+#: Per process, per site cache folder: the fingerprint, the index and the posts built from it,
+#: so a daemon's repeated runs reuse post objects instead of loading them again.
+_MEMO: dict[str, tuple[str, dict[str, Known], dict[str, Post]]] = {}
+_MEMO_LOCK = threading.Lock()
 
-def _collection(site: Site, outcomes: Iterable[Outcome], now: datetime, content: Any) -> Collection:
-    posts: list[Post] = []
-    errors: list[FileError] = []
-    for outcome in outcomes:
-        if isinstance(outcome, Post):
-            if is_visible(outcome, site, now):
-                posts.append(outcome)
-        elif isinstance(outcome, FileError):
-            errors.append(outcome)
-    posts.sort(key=sort_key)
+
+def _finish(site: Site, posts: list[Post], errors: list[FileError], now: datetime, content: ContentSource) -> Collection:
+    if not site.future:
+        limit = now.timestamp()
+        if posts and posts[0].date.timestamp() > limit:  # newest first: only the head can be future
+            posts = [p for p in posts if p.date.timestamp() <= limit]
     errors.sort(key=lambda e: e.path)
     for error in errors:
         log.warning("%s: %s", error.path, error.message)
@@ -233,70 +282,154 @@ def _collection(site: Site, outcomes: Iterable[Outcome], now: datetime, content:
 
 def collect_uncached(site: Site, now: datetime) -> Collection:
     """Read every file; bodies are rendered again from the files when asked for."""
-    outcomes = [read_entry(entry, site) for entry in walk(site)]
-    return _collection(
-        site,
-        (o.post if isinstance(o, Parsed) else o for o in outcomes),
-        now,
-        CachedContent(site, None),
-    )
+    posts: list[Post] = []
+    errors: list[FileError] = []
+    for entry in walk(site):
+        outcome = read_entry(entry, site)
+        if isinstance(outcome, Parsed):
+            posts.append(outcome.post)
+        elif isinstance(outcome, FileError):
+            errors.append(outcome)
+    posts.sort(key=sort_key)
+    return _finish(site, posts, errors, now, CachedContent(site, None))
 
 
 def collect_cached(site: Site, cache_dir: Path, now: datetime, workers: int | None = None) -> Collection:
     """Read only files whose size or mtime changed since the last run; keep the cache in step."""
     folder = site_folder(cache_dir, site)
     print_ = fingerprint(site)
-    old = load_index(folder, print_)
-    index: dict[str, tuple[int, int, Outcome]] = {}
+    key = str(folder.resolve()) if folder.exists() else str(folder.absolute())
+    with _MEMO_LOCK:
+        memo = _MEMO.get(key)
+    if memo is not None and memo[0] == print_ and (folder / INDEX).exists():
+        old, built = memo[1], memo[2]
+    else:
+        old, built = load_index(folder, print_), {}
+    try:
+        return _collect(site, folder, print_, key, old, built, now, workers)
+    except (TypeError, ValueError, IndexError, OverflowError, AttributeError) as exc:
+        if not old:
+            raise
+        # An index that unpickles but holds rows of another shape: start over.
+        log.warning("%s: cache index is inconsistent (%s); rebuilding", folder, exc)
+        return _collect(site, folder, print_, key, {}, {}, now, workers)
+
+
+def _collect(
+    site: Site,
+    folder: Path,
+    print_: str,
+    key: str,
+    old: dict[str, Known],
+    built: dict[str, Post],
+    now: datetime,
+    workers: int | None,
+) -> Collection:
+    entries = walk(site)
     changed: list[Entry] = []
-    for entry in walk(site):
-        known = old.get(entry.path)
+    unchanged = 0
+    get = old.get
+    for entry in entries:
+        known = get(entry.path)
         if known is not None and known[0] == entry.size and known[1] == entry.mtime_ns:
-            index[entry.path] = known
+            unchanged += 1
         else:
             changed.append(entry)
-    removed = [path for path in old if path not in index]
-    bodies: Bodies | None = None
+    bodies = _open_bodies(folder, fresh=not old)
+    zone = site.timezone
+    errors: list[FileError] = []
+
+    if not changed and unchanged == len(old) and old:
+        # Nothing changed: the index is stored newest first, so no sort is needed either.
+        posts: list[Post] = []
+        append = posts.append
+        for path, (_size, _mtime, kind, payload) in old.items():
+            if kind == POST:
+                post = built.get(path)
+                append(post if post is not None else from_row(payload, zone))
+            elif kind == ERROR:
+                errors.append(FileError(path, payload))
+        _remember(key, print_, old, posts)
+        return _finish(site, posts, errors, now, CachedContent(site, bodies))
+
+    seen = {entry.path for entry in entries}
+    removed = [path for path in old if path not in seen]
+    files: dict[str, Known] = {path: old[path] for path in seen if path in old}
+    fresh: dict[str, Post] = {}
+    rows: list[tuple[str, str, bytes]] = []
+    gone: list[str] = list(removed)
+    for entry, outcome, html in parse_all(changed, site, workers):
+        if isinstance(outcome, Post):
+            files[entry.path] = (entry.size, entry.mtime_ns, POST, to_row(outcome))
+            fresh[entry.path] = outcome
+            if html is not None:
+                rows.append((entry.path, outcome.content_hash, html))
+        else:
+            if isinstance(outcome, FileError):
+                files[entry.path] = (entry.size, entry.mtime_ns, ERROR, outcome.message)
+            else:
+                files[entry.path] = (entry.size, entry.mtime_ns, UNPUBLISHED, None)
+            gone.append(entry.path)
+        if bodies is not None and len(rows) >= 1000:
+            bodies = _write_bodies(bodies, rows, ())
+            rows = []
+    if bodies is not None:
+        bodies = _write_bodies(bodies, rows, gone)
+
+    posts = []
+    others: dict[str, Known] = {}
+    for path, known in files.items():
+        kind = known[2]
+        if kind == POST:
+            post = fresh.get(path) or built.get(path) or from_row(known[3], zone)
+            posts.append(post)
+        else:
+            others[path] = known
+            if kind == ERROR:
+                errors.append(FileError(path, known[3]))
+    posts.sort(key=sort_key)
+    ordered = {post.path: files[post.path] for post in posts}
+    ordered.update(others)
+    if bodies is not None:
+        try:
+            save_index(folder, print_, ordered)
+        except OSError as exc:
+            log.warning("%s: cannot write the cache index (%s)", folder, exc)
+    _remember(key, print_, ordered, posts)
+    return _finish(site, posts, errors, now, CachedContent(site, bodies))
+
+
+def _remember(key: str, print_: str, files: dict[str, Known], posts: list[Post]) -> None:
+    with _MEMO_LOCK:
+        _MEMO[key] = (print_, files, {post.path: post for post in posts})
+
+
+def forget() -> None:
+    """Drop what this process remembers of earlier runs (tests; a daemon never needs it)."""
+    with _MEMO_LOCK:
+        _MEMO.clear()
+
+
+def _open_bodies(folder: Path, fresh: bool) -> Bodies | None:
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        bodies = Bodies(folder / "bodies.sqlite3")
-        if not old:
+        bodies = Bodies(folder / BODIES)
+        if fresh:
             _reset(bodies)
         bodies.connect()
+        return bodies
     except (OSError, sqlite3.Error) as exc:
         log.warning("%s: cache unusable (%s); reading without it", folder, exc)
-        bodies = None
-
-    if changed or removed or not old:
-        rows: list[tuple[str, str, bytes]] = []
-        gone: list[str] = list(removed)
-        for entry, outcome, html in parse_all(changed, site, workers):
-            index[entry.path] = (entry.size, entry.mtime_ns, outcome)
-            if isinstance(outcome, Post) and html is not None:
-                rows.append((entry.path, outcome.content_hash, html))
-            else:
-                gone.append(entry.path)
-            if bodies is not None and len(rows) >= 2000:
-                _write_bodies(bodies, rows, ())
-                rows = []
-        if bodies is not None:
-            if not _write_bodies(bodies, rows, gone):
-                bodies = None
-            else:
-                try:
-                    save_index(folder, print_, index)
-                except OSError as exc:
-                    log.warning("%s: cannot write the cache index (%s)", folder, exc)
-    return _collection(site, (value[2] for value in index.values()), now, CachedContent(site, bodies))
+        return None
 
 
-def _write_bodies(bodies: Bodies, rows: Sequence[tuple[str, str, bytes]], removed: Sequence[str]) -> bool:
+def _write_bodies(bodies: Bodies, rows: Sequence[tuple[str, str, bytes]], removed: Sequence[str]) -> Bodies | None:
     try:
         bodies.write(rows, removed)
-        return True
+        return bodies
     except sqlite3.Error as exc:
-        log.warning("%s: cannot write cached bodies (%s)", bodies.path, exc)
-        return False
+        log.warning("%s: cannot write cached bodies (%s); going on without the cache", bodies.path, exc)
+        return None
 
 
 def _reset(bodies: Bodies) -> None:

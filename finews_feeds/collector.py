@@ -13,11 +13,11 @@ import logging
 import os
 import re
 from collections import Counter
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta, timezone, tzinfo
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, NamedTuple
 from zoneinfo import ZoneInfo
 
 import yaml
@@ -377,9 +377,8 @@ def parse_post(path: str, raw: bytes, site: Site) -> Parsed:
 # ---------------------------------------------------------------- the walk
 
 
-@dataclass(frozen=True, slots=True)
-class Entry:
-    """A candidate post file: path relative to the site, absolute path, size, mtime."""
+class Entry(NamedTuple):
+    """A candidate post file: path relative to the site (with `/`), absolute path, size, mtime."""
 
     path: str
     full: str
@@ -387,41 +386,46 @@ class Entry:
     mtime_ns: int
 
 
-def walk(site: Site) -> Iterator[Entry]:
+def walk(site: Site) -> list[Entry]:
     """Every file Jekyll would read as a post: under any `_posts/` folder (and its subfolders),
     outside `_site`, `_drafts`, dot-folders and other `_` folders, named YYYY-MM-DD-slug.ext."""
     extensions = tuple(e.lower() for e in site.extensions)
-    root = site.source
-
-    def scan(folder: str, rel: str, in_posts: bool) -> Iterator[Entry]:
+    found: list[Entry] = []
+    add = found.append
+    match = FILENAME.match
+    # (folder, path relative to the site, inside a _posts folder)
+    pending: list[tuple[str, str, bool]] = [(site.source, "", False)]
+    while pending:
+        folder, rel, in_posts = pending.pop()
         try:
-            entries = sorted(os.scandir(folder), key=lambda e: e.name)
+            entries = list(os.scandir(folder))
         except OSError as exc:
             log.warning("%s: cannot list folder: %s", folder, exc.strerror)
-            return
+            continue
         for entry in entries:
             name = entry.name
-            if name.startswith(".") or name.endswith("~") or name.startswith("#"):
+            if name[0] in ".#" or name[-1] == "~":
                 continue
-            try:
-                is_dir = entry.is_dir()
-            except OSError:
-                continue
-            if is_dir:
-                if name == "_posts":
-                    yield from scan(entry.path, rel + name + "/", True)
-                elif name.startswith("_") or (not rel and name in ("node_modules", "vendor")):
-                    continue
-                else:
-                    yield from scan(entry.path, rel + name + "/", in_posts)
-            elif in_posts and name.lower().endswith(extensions) and FILENAME.match(name):
+            if in_posts and name.lower().endswith(extensions) and match(name):
                 try:
+                    if not entry.is_file():
+                        continue
                     stat = entry.stat()
                 except OSError:
                     continue
-                yield Entry(rel + name, entry.path, stat.st_size, stat.st_mtime_ns)
-
-    yield from scan(root, "", False)
+                add(Entry(rel + name, entry.path, stat.st_size, stat.st_mtime_ns))
+                continue
+            try:
+                is_dir = entry.is_dir(follow_symlinks=False)  # a symlinked folder could loop
+            except OSError:
+                continue
+            if not is_dir:
+                continue
+            if name == "_posts":
+                pending.append((entry.path, rel + name + "/", True))
+            elif not name.startswith("_") and not (not rel and name in ("node_modules", "vendor")):
+                pending.append((entry.path, rel + name + "/", in_posts))
+    return found
 
 
 def read_entry(entry: Entry, site: Site) -> Parsed | FileError | None:

@@ -17,6 +17,7 @@ from urllib.parse import quote, urljoin, urlsplit
 import lxml.etree
 import lxml.html
 from markdown_it import MarkdownIt
+from markdown_it.rules_block.html_block import HTML_SEQUENCES
 
 #: Characters XML 1.0 forbids (C0 controls but tab/LF/CR, surrogates, U+FFFE/U+FFFF) and the
 #: C1/DEL controls, which are legal but render as garbage in every reader.
@@ -88,6 +89,8 @@ def absolute_url(link: str, base: str) -> str:
     link = link.strip()
     if not link or link.startswith("#"):
         return link
+    if link.startswith(("https://", "http://")) and link.isascii() and " " not in link:
+        return link
     scheme = urlsplit(link).scheme if ":" in link else ""
     if scheme and scheme not in ("http", "https"):
         return link  # mailto:, javascript:, data: ... (sanitising is the digest's business)
@@ -103,10 +106,46 @@ def _markdown() -> MarkdownIt:
     return MarkdownIt("commonmark", {"html": True})
 
 
+_BLANK_LINE = re.compile(r"\n[ \t]*(?=\n|\Z)")
+_LEADING_BLANKS = re.compile(r"(?:[ \t]*\n)*")
+
+
+def _is_html_block_start(line: str) -> bool:
+    """True when CommonMark reads ``line`` (at the top level) as an HTML block that ends at the
+    next blank line (type 6: a block-level tag such as <p>, <div>, <center>)."""
+    for opening, _closing, _ in HTML_SEQUENCES:
+        if opening.search(line):
+            return opening is HTML_SEQUENCES[5][0]
+    return False
+
+
 def render_markdown(text: str) -> str:
-    """Markdown (with raw HTML mixed in, as finews posts are) to HTML."""
-    html: str = _markdown().render(text)
-    return html
+    """Markdown (with raw HTML mixed in, as finews posts are) to HTML.
+
+    finews bodies are mostly one long raw HTML block followed by a few Markdown lines. A block
+    of type 6 at the top level is copied through unchanged by CommonMark, so leading ones are
+    copied here without tokenizing them (markdown-it spends most of its time scanning their
+    inline content for nothing); the rest goes through markdown-it. The output is the same.
+    """
+    pos = 0
+    out: list[str] = []
+    while True:
+        pos = _LEADING_BLANKS.match(text, pos).end()  # type: ignore[union-attr]
+        end = text.find("\n", pos)
+        line = text[pos:] if end < 0 else text[pos:end]
+        if not line.startswith("<") or not _is_html_block_start(line):
+            break
+        blank = _BLANK_LINE.search(text, pos)
+        if blank is None:
+            out.append(text[pos:])  # the last line has no newline: neither has the output
+            pos = len(text)
+            break
+        out.append(text[pos : blank.start()] + "\n")
+        pos = blank.start() + 1
+    rest = text[pos:]
+    if rest.strip():
+        out.append(_markdown().render(rest))
+    return "".join(out)
 
 
 @dataclass(frozen=True, slots=True)
