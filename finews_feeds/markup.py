@@ -209,7 +209,7 @@ def _block_texts(root: lxml.html.HtmlElement) -> list[tuple[str, str, bool]]:
     def flush() -> None:
         text = "".join(inline)
         if text.strip():
-            blocks.append(("", text, _only_links(text, "".join(inline_links))))
+            blocks.append(("", text, _only_links(text, inline_links)))
         inline.clear()
         inline_links.clear()
 
@@ -221,45 +221,52 @@ def _block_texts(root: lxml.html.HtmlElement) -> list[tuple[str, str, bool]]:
             flush()
             text = _text_of(child)
             if text.strip():
-                links = "".join(_text_of(a) for a in child.iter("a"))
-                blocks.append((tag, text, _only_links(text, links)))
-        elif tag in ("script", "style", "template"):
-            pass
-        elif tag:
-            if tag == "br":
-                inline.append("\n")
-            else:
-                inline.append(_text_of(child))
-                inline_links.extend(_text_of(a) for a in child.iter("a"))
+                blocks.append((tag, text, _only_links(text, [_text_of(a) for a in child.iter("a")])))
+        elif tag == "br":
+            inline.append("\n")
+        elif tag and tag not in _INVISIBLE:
+            inline.append(_text_of(child))
+            inline_links.extend(_text_of(a) for a in child.iter("a"))
         if child.tail:
             inline.append(child.tail)
     flush()
     return blocks
 
 
+_INVISIBLE = frozenset(("script", "style", "template", "noscript"))
+
+
 def _text_of(element: lxml.html.HtmlElement) -> str:
+    """Text content with a space where blocks and line breaks separate words; scripts left out."""
     parts: list[str] = []
-    for node in element.iter():
-        tag = node.tag if isinstance(node.tag, str) else ""
-        if tag in ("script", "style", "template"):
-            if node is not element and node.tail:
-                parts.append(node.tail)
-            continue
-        if tag and node.text:
-            parts.append(node.text)
-        if tag in _BLOCKS or tag == "br":
+
+    def visit(node: lxml.html.HtmlElement) -> None:
+        tag = node.tag if isinstance(node.tag, str) else None
+        if tag is None or tag in _INVISIBLE:
+            return
+        block = tag in _BLOCKS or tag == "br"
+        if block:
             parts.append(" ")
-        if node is not element and node.tail:
-            parts.append(node.tail)
+        if node.text:
+            parts.append(node.text)
+        for child in node:
+            visit(child)
+            if child.tail:
+                parts.append(child.tail)
+        if block:
+            parts.append(" ")
+
+    visit(element)
     return "".join(parts)
 
 
-def _only_links(text: str, link_text: str) -> bool:
-    if not link_text.strip():
+def _only_links(text: str, link_texts: list[str]) -> bool:
+    """True when a block is navigation: nothing but links and separators."""
+    if not any(t.strip() for t in link_texts):
         return False
     rest = _SPACE.sub("", text)
-    for piece in _SPACE.sub(" ", link_text).split():
-        rest = rest.replace(piece, "", 1)
+    for link in link_texts:
+        rest = rest.replace(_SPACE.sub("", link), "", 1)
     return _LINK_SEPARATORS.fullmatch(rest) is not None
 
 
