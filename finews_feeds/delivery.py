@@ -189,9 +189,17 @@ def digest_message(
         subject=variant.subject, html=html, text=text, sender=config.digest.from_, to=format_address(name, email),
         reply_to=config.digest.reply_to, message_id=msg_id, date=when, headers=headers,
     )
-    if headers["List-Unsubscribe"].isascii():
-        msg.replace_header("List-Unsubscribe", FoldedHeader("List-Unsubscribe", headers["List-Unsubscribe"]))
+    _keep_whole(msg, "List-Unsubscribe", "Message-ID")
     return msg
+
+
+def _keep_whole(msg: EmailMessage, *names: str) -> None:
+    """Write these headers on one line each (plus folds after commas): a Message-ID folded onto its own line
+    is read with a leading space by some parsers, and an encoded List-Unsubscribe is no link at all."""
+    for name in names:
+        value = str(msg[name] or "")
+        if value and value.isascii():
+            msg.replace_header(name, FoldedHeader(name, value))
 
 
 def _sleeper(stop: threading.Event | None) -> Callable[[float], None]:
@@ -418,6 +426,7 @@ def send_confirmation(
         subject=f"请确认订阅 {title} 每日精选", html=html, text=text, sender=config.digest.from_,
         to=format_address(name, email), reply_to=config.digest.reply_to, message_id=msg_id, date=when,
     )
+    _keep_whole(msg, "Message-ID")
     transport.send(msg, sender=parseaddr(config.digest.from_)[1], recipients=(email,))
     return msg_id
 
