@@ -1,0 +1,643 @@
+"""The collector reads a Jekyll site as Jekyll 4 would: posts, categories, tags, dates, URLs, errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import pytest
+import yaml
+from click.testing import CliRunner
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from finews_feeds.cli import cli
+from finews_feeds.collector import collect, collect_site, parse_date, summarize
+from finews_feeds.config import build_config
+from finews_feeds.models import Collection, Post, Site
+from finews_feeds.site import resolve_site
+
+ROOT = Path(__file__).resolve().parent.parent
+DATA = Path(__file__).parent / "data" / "collector"
+MAKE_SITE = DATA / "make_site.py"
+SHANGHAI = ZoneInfo("Asia/Shanghai")
+NOW = datetime(2022, 5, 1, tzinfo=UTC)
+CONFIG_YML = "title: finews 财经新闻\nurl: https://finews.withounder.com\ntimezone: Asia/Shanghai\n"
+
+
+def make_site(root: Path, posts: dict[str, str | bytes], config_yml: str = CONFIG_YML) -> Path:
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "_config.yml").write_text(config_yml, encoding="utf-8")
+    for name, text in posts.items():
+        path = root / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if isinstance(text, bytes):
+            path.write_bytes(text)
+        else:
+            path.write_text(text, encoding="utf-8")
+    return root
+
+
+def site_of(source: Path, **values: Any) -> Site:
+    return resolve_site(build_config({"site": {"source": str(source), **values}}))
+
+
+def collect_dir(source: Path, now: datetime = NOW, **values: Any) -> Collection:
+    return collect(site_of(source, **values), None, now)
+
+
+def one(source: Path, **values: Any) -> Post:
+    collection = collect_dir(source, **values)
+    assert collection.errors == []
+    assert len(collection.posts) == 1
+    return collection.posts[0]
+
+
+def post(front: str, body: str = "<p>正文。</p>\n") -> str:
+    return f"---\n{front}---\n{body}"
+
+
+# ---------------------------------------------------------------- the sample post
+
+
+def test_sample_post_is_where_jekyll_puts_it() -> None:
+    site = site_of(ROOT / "demo-site")
+    collection = collect(site, None, NOW)
+    sample = next(p for p in collection.posts if p.slug == "NW202204202349219681")
+    assert sample.url == "https://finews.withounder.com/cailianshe/2022/04/20/NW202204202349219681.html"
+    assert sample.id == sample.url
+    assert sample.permalink == "/cailianshe/2022/04/20/NW202204202349219681.html"
+    assert sample.title == "中央深改委会议要求加强数字政府建设 万亿规模市场发展已到加速关键时刻？"
+    assert sample.date == datetime(2022, 4, 20, 9, 15, 40, tzinfo=SHANGHAI)
+    assert sample.date.utcoffset() is not None and sample.date.utcoffset().total_seconds() == 8 * 3600  # type: ignore[union-attr]
+    assert sample.categories == ("cailianshe",)
+    assert sample.tags == ("财联社新闻",)
+    assert sample.source == "财联社"
+    assert sample.image == "https://dfscdn.dfcfw.com/download/D25551193528588228507_w2381h1864.jpg"
+    assert sample.summary.startswith("昨日下午，中共中央总书记")
+    assert sample.summary.endswith("。")
+    assert len(sample.summary) <= 180
+    html = collection.content(sample)
+    assert '<a href="https://finews.withounder.com/category/cailianshe.html">返回财联社新闻</a>' in html
+    assert '<a href="https://finews.withounder.com/">返回首页</a>' in html
+    assert (
+        '<a href="http://finews.zning.xyz/html_News/NewsShare.html?infoCode=NW202204202349219681">'
+        in html
+    )
+    assert 'href="//' not in html and 'src="//' not in html
+
+
+def test_demo_site_check_json_matches_golden() -> None:
+    summary = summarize(collect(site_of(ROOT / "demo-site"), None, NOW))
+    golden = DATA / "demo-check.json"
+    text = json.dumps(summary, ensure_ascii=False, indent=2) + "\n"
+    if os.environ.get("UPDATE_GOLDEN"):
+        golden.write_text(text, encoding="utf-8")
+    assert text == golden.read_text(encoding="utf-8")
+
+
+# ---------------------------------------------------------------- walk
+
+
+def test_posts_are_found_in_nested_posts_folders_and_folders_become_categories(tmp_path: Path) -> None:
+    source = make_site(
+        tmp_path / "s",
+        {
+            "_posts/2022-04-20-top.md": post("title: top\n"),
+            "news/_posts/2022-04-20-one.md": post("title: one\ncategories: cailianshe\n"),
+            "a/B/_posts/2022-04-20-two.md": post("title: two\ncategories: [b, x]\n"),
+            "_posts/sub/2022-04-20-three.md": post("title: three\n"),
+        },
+    )
+    posts = {p.slug: p for p in collect_dir(source).posts}
+    assert posts["top"].categories == ()
+    assert posts["one"].categories == ("news", "cailianshe")
+    assert posts["two"].categories == ("a", "B", "b", "x")
+    assert posts["two"].permalink == "/a/b/x/2022/04/20/two.html"
+    assert posts["three"].categories == ()
+
+
+def test_drafts_site_dot_and_underscore_folders_and_odd_names_are_not_read(tmp_path: Path) -> None:
+    source = make_site(
+        tmp_path / "s",
+        {
+            "_posts/2022-04-20-ok.md": post("title: ok\n"),
+            "_drafts/2022-04-20-draft.md": post("title: draft\n"),
+            "_site/_posts/2022-04-20-built.md": post("title: built\n"),
+            ".git/_posts/2022-04-20-hidden.md": post("title: hidden\n"),
+            "_includes/_posts/2022-04-20-inc.md": post("title: inc\n"),
+            "_posts/.2022-04-20-dot.md": post("title: dot\n"),
+            "_posts/2022-04-20-backup.md~": post("title: backup\n"),
+            "_posts/notes.md": post("title: notes\n"),
+            "_posts/2022-04-20-image.jpg": b"\xff\xd8",
+            "_posts/2022-04-20-text.txt": post("title: text\n"),
+            "2022-04-20-outside.md": post("title: outside\n"),
+        },
+    )
+    collection = collect_dir(source)
+    assert [p.slug for p in collection.posts] == ["ok"]
+    assert collection.errors == []
+
+
+def test_extensions_setting_decides_which_files_are_posts(tmp_path: Path) -> None:
+    source = make_site(tmp_path / "s", {"_posts/2022-04-20-a.txt": post("title: a\n"), "_posts/2022-04-20-b.md": post("title: b\n")})
+    collection = collect_dir(source, extensions=[".txt"])
+    assert [(p.slug, p.permalink) for p in collection.posts] == [("a", "/2022/04/20/a.txt")]
+
+
+# ---------------------------------------------------------------- categories and tags
+
+
+@pytest.mark.parametrize(
+    ("front", "categories"),
+    [
+        ("categories: cailianshe\n", ("cailianshe",)),
+        ("categories: a b  c\n", ("a", "b", "c")),
+        ("categories: [a b, c]\n", ("a b", "c")),
+        ("category: a b\n", ("a b",)),
+        ("category: x\ncategories: [a, x, b]\n", ("a", "x", "b")),
+        ("categories: [a, a, 2022, null, '']\n", ("a", "2022")),
+        ("categories:\n", ()),
+        ("categories: [[a, b], c]\n", ("a", "b", "c")),
+    ],
+)
+def test_front_matter_categories_as_jekyll_merges_them(tmp_path: Path, front: str, categories: tuple[str, ...]) -> None:
+    source = make_site(tmp_path / "s", {"news/_posts/2022-04-20-p.md": post("title: t\n" + front)})
+    assert one(source).categories == ("news", *[c for c in categories if c != "news"])
+
+
+@pytest.mark.parametrize(
+    ("front", "tags"),
+    [
+        ("tags: 数字经济 数字政府 A股\n", ("数字经济", "数字政府", "A股")),
+        ("tags: [财联社新闻, 宁德时代]\n", ("财联社新闻", "宁德时代")),
+        ("tags:\n  - a b\n  - 5\n  - null\n", ("a b", "5")),
+        ("tag: a b\ntags: [x, y]\n", ("a b",)),
+        ("tags: [a, a, b]\n", ("a", "b")),
+        ("tags: true\n", ()),
+        ("", ()),
+    ],
+)
+def test_tags_as_jekyll_reads_them(tmp_path: Path, front: str, tags: tuple[str, ...]) -> None:
+    source = make_site(tmp_path / "s", {"_posts/2022-04-20-p.md": post("title: t\n" + front)})
+    assert one(source).tags == tags
+
+
+# ---------------------------------------------------------------- dates
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("2022-04-20 09:15:40 +0800", datetime(2022, 4, 20, 9, 15, 40, tzinfo=SHANGHAI)),
+        ("2022-04-20 09:15:40 +08:00", datetime(2022, 4, 20, 9, 15, 40, tzinfo=SHANGHAI)),
+        ("2022-04-20T16:30:00+08:00", datetime(2022, 4, 20, 16, 30, tzinfo=SHANGHAI)),
+        ("2022-04-20T01:30:00Z", datetime(2022, 4, 20, 9, 30, tzinfo=SHANGHAI)),
+        ("2022-04-20 01:30:00 -0500", datetime(2022, 4, 20, 14, 30, tzinfo=SHANGHAI)),
+        ("2022-04-20 09:15", datetime(2022, 4, 20, 9, 15, tzinfo=SHANGHAI)),
+        ("2022-04-20", datetime(2022, 4, 20, tzinfo=SHANGHAI)),
+        ("2022-04-20 09:15:40.250 +0800", datetime(2022, 4, 20, 9, 15, 40, 250000, tzinfo=SHANGHAI)),
+    ],
+)
+def test_front_matter_date_formats(tmp_path: Path, value: str, expected: datetime) -> None:
+    source = make_site(tmp_path / "s", {"_posts/2022-04-01-p.md": post(f"title: t\ndate: {value}\n")})
+    got = one(source).date
+    assert got == expected
+    assert got.tzinfo == SHANGHAI
+
+
+def test_time_without_offset_is_in_the_site_zone(tmp_path: Path) -> None:
+    source = make_site(tmp_path / "s", {"_posts/2022-04-01-p.md": post("title: t\ndate: 2022-04-20 09:00:00\n")})
+    got = one(source, timezone="Asia/Tokyo").date
+    assert got.isoformat() == "2022-04-20T09:00:00+09:00"
+
+
+def test_front_matter_date_wins_over_the_file_name(tmp_path: Path) -> None:
+    source = make_site(tmp_path / "s", {"_posts/2022-01-01-p.md": post("title: t\ndate: 2022-04-20 09:15:40 +0800\n")})
+    got = one(source)
+    assert got.date.isoformat() == "2022-04-20T09:15:40+08:00"
+    assert got.permalink == "/2022/04/20/p.html"
+
+
+def test_file_name_date_is_midnight_in_the_site_zone(tmp_path: Path) -> None:
+    source = make_site(tmp_path / "s", {"_posts/2022-4-5-p.md": post("title: t\n")})
+    assert one(source).date.isoformat() == "2022-04-05T00:00:00+08:00"
+
+
+def test_yaml_dates_keep_their_offsets() -> None:
+    assert parse_date(datetime(2022, 4, 20, 1, 0, tzinfo=UTC), SHANGHAI).isoformat() == "2022-04-20T09:00:00+08:00"
+    assert parse_date(datetime(2022, 4, 20, 1, 0), SHANGHAI).isoformat() == "2022-04-20T01:00:00+08:00"
+
+
+@pytest.mark.parametrize("value", ["2022-02-30 10:00:00 +0800", "2022-04-20 25:61:00 +0800", "yesterday", "2022-13-01"])
+def test_impossible_or_unreadable_dates_are_rejected(tmp_path: Path, value: str) -> None:
+    source = make_site(tmp_path / "s", {"_posts/2022-04-20-p.md": post(f"title: t\ndate: {value}\n")})
+    collection = collect_dir(source)
+    assert collection.posts == []
+    assert [(e.path, e.message.split(":")[0]) for e in collection.errors] == [("_posts/2022-04-20-p.md", "date")]
+    assert value.strip() in collection.errors[0].message
+
+
+def test_impossible_file_name_date_without_front_matter_date_is_rejected(tmp_path: Path) -> None:
+    source = make_site(tmp_path / "s", {"_posts/2022-02-30-p.md": post("title: t\n")})
+    collection = collect_dir(source)
+    assert [(e.path, e.message) for e in collection.errors] == [
+        ("_posts/2022-02-30-p.md", "file name date 2022-02-30 is an impossible date")
+    ]
+
+
+def test_last_modified_at_is_honoured(tmp_path: Path) -> None:
+    source = make_site(
+        tmp_path / "s",
+        {"_posts/2022-04-20-p.md": post("title: t\nlast_modified_at: 2022-04-21T08:00:00+08:00\n")},
+    )
+    assert one(source).updated == datetime(2022, 4, 21, 8, tzinfo=SHANGHAI)
+
+
+# ---------------------------------------------------------------- published and future
+
+
+def test_unpublished_posts_are_left_out_silently(tmp_path: Path) -> None:
+    source = make_site(tmp_path / "s", {"_posts/2022-04-20-p.md": post("title: t\npublished: false\n")})
+    collection = collect_dir(source)
+    assert (collection.posts, collection.errors) == ([], [])
+
+
+def test_future_posts_are_left_out_unless_the_site_publishes_them(tmp_path: Path) -> None:
+    source = make_site(
+        tmp_path / "s",
+        {
+            "_posts/2022-04-20-past.md": post("title: past\ndate: 2022-04-20 10:00:00 +0800\n"),
+            "_posts/2022-04-20-later.md": post("title: later\ndate: 2022-04-20 12:00:00 +0800\n"),
+        },
+    )
+    now = datetime(2022, 4, 20, 11, tzinfo=SHANGHAI)
+    assert [p.slug for p in collect_dir(source, now=now).posts] == ["past"]
+    assert [p.slug for p in collect_dir(source, now=now, future=True).posts] == ["later", "past"]
+    later = datetime(2022, 4, 20, 12, tzinfo=SHANGHAI)
+    assert [p.slug for p in collect_dir(source, now=later).posts] == ["later", "past"]
+
+
+def test_posts_are_newest_first_with_ties_broken_by_path(tmp_path: Path) -> None:
+    same = "date: 2022-04-20 10:00:00 +0800\n"
+    source = make_site(
+        tmp_path / "s",
+        {
+            "_posts/2022-04-20-b.md": post("title: b\n" + same),
+            "x/_posts/2022-04-20-a.md": post("title: a\n" + same),
+            "_posts/2022-04-20-a.md": post("title: a\n" + same),
+            "_posts/2022-04-21-new.md": post("title: new\n"),
+        },
+    )
+    assert [p.path for p in collect_dir(source).posts] == [
+        "_posts/2022-04-21-new.md",
+        "_posts/2022-04-20-a.md",
+        "_posts/2022-04-20-b.md",
+        "x/_posts/2022-04-20-a.md",
+    ]
+
+
+# ---------------------------------------------------------------- permalinks
+
+
+@pytest.mark.parametrize(
+    ("permalink", "expected"),
+    [
+        ("date", "/news/2022/04/20/NW-Big.html"),
+        ("pretty", "/news/2022/04/20/NW-Big/"),
+        ("none", "/news/NW-Big.html"),
+        ("ordinal", "/news/2022/110/NW-Big.html"),
+        ("weekdate", "/news/2022/W16/Wed/NW-Big.html"),
+        ("/:year/:i_month/:i_day/:short_year/:hour-:minute-:second/:slug:output_ext", "/2022/4/20/22/09-05-07/nw-big.html"),
+        ("/:categories/:name", "/news/2022-04-20-nw-big"),
+        ("/archive/:title_/:nope", "/archive/NW-Big_/:nope"),
+    ],
+)
+def test_permalink_styles_and_placeholders(tmp_path: Path, permalink: str, expected: str) -> None:
+    source = make_site(tmp_path / "s", {"News/_posts/2022-04-20-NW-Big.md": post("title: t\ndate: 2022-04-20 09:05:07 +0800\n")})
+    assert one(source, permalink=permalink).permalink == expected
+
+
+def test_chinese_slug_is_percent_encoded(tmp_path: Path) -> None:
+    source = make_site(tmp_path / "s", {"财经/_posts/2022-04-20-数字 政府!.md": post("title: t\n")})
+    got = one(source)
+    assert got.permalink == "/%E8%B4%A2%E7%BB%8F/2022/04/20/%E6%95%B0%E5%AD%97-%E6%94%BF%E5%BA%9C!.html"
+    assert got.url == "https://finews.withounder.com" + got.permalink
+    assert got.slug == "数字 政府!"
+
+
+def test_front_matter_slug_and_permalink_override(tmp_path: Path) -> None:
+    source = make_site(
+        tmp_path / "s",
+        {
+            "_posts/2022-04-20-a.md": post("title: a\nslug: 新的 slug\ncategories: X\n"),
+            "_posts/2022-04-20-b.md": post("title: b\npermalink: /special/:year/:title/\n"),
+        },
+    )
+    posts = {p.title: p for p in collect_dir(source).posts}
+    assert posts["a"].permalink == "/x/2022/04/20/%E6%96%B0%E7%9A%84-slug.html"
+    assert posts["b"].permalink == "/special/2022/b/"
+
+
+def test_categories_in_permalinks_are_lower_cased_and_cannot_climb_out(tmp_path: Path) -> None:
+    source = make_site(
+        tmp_path / "s",
+        {"_posts/2022-04-20-p.md": post("title: t\ncategories: [\"../../etc\", A, a, '']\n")},
+    )
+    got = one(source)
+    assert got.categories == ("../../etc", "A", "a")
+    assert got.permalink == "/etc/a/2022/04/20/p.html"
+
+
+def test_baseurl_is_part_of_the_url(tmp_path: Path) -> None:
+    source = make_site(tmp_path / "s", {"_posts/2022-04-20-p.md": post("title: t\n", "[home](/)\n")},
+                       CONFIG_YML + "baseurl: /news\n")
+    collection = collect_dir(source)
+    got = collection.posts[0]
+    assert got.url == "https://finews.withounder.com/news/2022/04/20/p.html"
+    assert collection.content(got) == '<p><a href="https://finews.withounder.com/">home</a></p>'
+
+
+# ---------------------------------------------------------------- title, summary, image, author, source
+
+
+def test_missing_title_comes_from_the_slug(tmp_path: Path) -> None:
+    source = make_site(tmp_path / "s", {"_posts/2022-04-20-big-news-TODAY.md": post("date: 2022-04-20\n")})
+    assert one(source).title == "Big News Today"
+
+
+def test_title_loses_control_characters_and_line_breaks(tmp_path: Path) -> None:
+    source = make_site(tmp_path / "s", {"_posts/2022-04-20-p.md": post('title: "控制\\x0b字符\\n标题\\t 测试"\n')})
+    assert one(source).title == "控制字符 标题 测试"
+
+
+def test_excerpt_and_description_win_over_the_body(tmp_path: Path) -> None:
+    source = make_site(
+        tmp_path / "s",
+        {
+            "_posts/2022-04-20-a.md": post("title: a\nexcerpt: '<b>摘要</b> 一'\ndescription: 描述\n"),
+            "_posts/2022-04-20-b.md": post("title: b\ndescription: 描述 &amp; 说明\n"),
+        },
+    )
+    posts = {p.title: p for p in collect_dir(source).posts}
+    assert (posts["a"].summary, posts["a"].excerpt, posts["a"].description) == ("摘要 一", "摘要 一", "描述")
+    assert (posts["b"].summary, posts["b"].excerpt, posts["b"].description) == ("描述 & 说明", None, "描述 & 说明")
+
+
+def test_front_matter_image_beats_the_first_image(tmp_path: Path) -> None:
+    body = '<p><img src="/body.jpg"></p>\n'
+    source = make_site(
+        tmp_path / "s",
+        {
+            "_posts/2022-04-20-a.md": post("title: a\nimage: /cover.jpg\n", body),
+            "_posts/2022-04-20-b.md": post("title: b\nimage:\n  path: //cdn.example/c.jpg\n", body),
+            "_posts/2022-04-20-c.md": post("title: c\n", body),
+            "_posts/2022-04-20-d.md": post("title: d\n"),
+        },
+    )
+    images = {p.title: p.image for p in collect_dir(source).posts}
+    assert images == {
+        "a": "https://finews.withounder.com/cover.jpg",
+        "b": "https://cdn.example/c.jpg",
+        "c": "https://finews.withounder.com/body.jpg",
+        "d": None,
+    }
+
+
+@pytest.mark.parametrize(
+    ("front", "author"),
+    [("author: 张三\n", "张三"), ("author:\n  name: 李四\n  email: x@y\n", "李四"), ("author: [甲, {name: 乙}]\n", "甲, 乙"), ("", None)],
+)
+def test_author(tmp_path: Path, front: str, author: str | None) -> None:
+    source = make_site(tmp_path / "s", {"_posts/2022-04-20-p.md": post("title: t\n" + front)})
+    assert one(source).author == author
+
+
+def test_source_falls_back_to_the_category_display_name(tmp_path: Path) -> None:
+    source = make_site(
+        tmp_path / "s",
+        {
+            "_posts/2022-04-20-a.md": post("title: a\ncategories: cailianshe\n"),
+            "_posts/2022-04-20-b.md": post("title: b\ncategories: cailianshe\n", "<p>x</p><p>（文章来源：新华社）</p>\n"),
+            "_posts/2022-04-20-c.md": post("title: c\n"),
+        },
+    )
+    config = build_config({"site": {"source": str(source)}, "categories": {"cailianshe": {"title": "财联社新闻"}}})
+    sources = {p.title: p.source for p in collect(resolve_site(config), None, NOW).posts}
+    assert sources == {"a": "财联社新闻", "b": "新华社", "c": "finews 财经新闻"}
+
+
+def test_content_hash_changes_with_the_body(tmp_path: Path) -> None:
+    source = make_site(tmp_path / "s", {"_posts/2022-04-20-a.md": post("title: a\n"), "_posts/2022-04-20-b.md": post("title: b\n", "<p>另一个</p>\n")})
+    hashes = {p.title: p.content_hash for p in collect_dir(source).posts}
+    assert len(hashes["a"]) == 24 and hashes["a"] != hashes["b"]
+
+
+# ---------------------------------------------------------------- encodings
+
+
+def test_bom_and_crlf_are_read(tmp_path: Path) -> None:
+    text = "\ufeff---\r\ntitle: 带BOM\r\ndate: 2022-04-20 11:00:00 +0800\r\ntags: a b\r\n---\r\n<p>正文\r\n第二行</p>\r\n"
+    source = make_site(tmp_path / "s", {"_posts/2022-04-20-p.md": text.encode("utf-8")})
+    collection = collect_dir(source)
+    got = collection.posts[0]
+    assert (got.title, got.tags, got.date.hour) == ("带BOM", ("a", "b"), 11)
+    assert collection.content(got) == "<p>正文\n第二行</p>"
+
+
+def test_site_encoding_decodes_other_encodings(tmp_path: Path) -> None:
+    data = post("title: 国务院发布数字政府建设指导意见\ntags: 财联社新闻\n").encode("gbk")
+    source = make_site(tmp_path / "s", {"_posts/2022-04-20-p.md": data})
+    rejected = collect_dir(source)
+    assert rejected.posts == []
+    assert rejected.errors[0].message == (
+        "cannot decode as utf-8: byte 0xb9 at offset 11 (set site.encoding if the site's files use another encoding)"
+    )
+    got = one(source, encoding="gbk")
+    assert (got.title, got.tags) == ("国务院发布数字政府建设指导意见", ("财联社新闻",))
+
+
+# ---------------------------------------------------------------- rejected files
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        (b"", "empty file: not a post"),
+        (b"  \n\n", "empty file: not a post"),
+        (b"<p>just a body</p>\n", "no front matter: Jekyll treats this file as a static file, not a post (start it with a '---' line)"),
+        (b"---\ntitle: x\n<p>no closing fence</p>\n", "front matter is not closed: add a '---' line after it"),
+        (b'---\ntitle: "unclosed\ndate: 2022-04-20\n---\n<p>x</p>\n',
+         "invalid YAML in front matter at line 2: while scanning a quoted scalar; found unexpected end of stream"),
+        (b"---\ntitle: a\nbad: [1, 2\n---\n", "invalid YAML in front matter at line 3: while parsing a flow sequence; did not find expected ',' or ']'"),
+        (b"---\ntitle: a\n  b: c\n---\n", "invalid YAML in front matter at line 3: mapping values are not allowed in this context"),
+        (b"---\n- a\n- b\n---\n", "front matter is a list, not a mapping of keys to values"),
+        (b"---\njust text\n---\n", "front matter is a str, not a mapping of keys to values"),
+        (b"---\ntitle: \xff\xfe\n---\n", "cannot decode as utf-8: byte 0xff at offset 11 (set site.encoding if the site's files use another encoding)"),
+    ],
+)
+def test_rejected_files_name_the_file_and_the_reason(tmp_path: Path, data: bytes, message: str) -> None:
+    source = make_site(tmp_path / "s", {"_posts/2022-04-20-bad.md": data, "_posts/2022-04-20-good.md": post("title: good\n")})
+    collection = collect_dir(source)
+    assert [p.title for p in collection.posts] == ["good"]
+    assert [(e.path, e.message) for e in collection.errors] == [("_posts/2022-04-20-bad.md", message)]
+
+
+def test_empty_front_matter_is_a_post(tmp_path: Path) -> None:
+    source = make_site(tmp_path / "s", {"_posts/2022-04-20-p.md": "---\n---\n正文\n"})
+    got = one(source)
+    assert (got.title, got.summary) == ("P", "正文")
+
+
+# ---------------------------------------------------------------- the edge-case site
+
+
+@pytest.fixture(scope="module")
+def edge_site(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("edge") / "site"
+    subprocess.run([sys.executable, str(MAKE_SITE), str(out), "--posts", "20", "--edge-cases", "--seed", "3"], check=True, capture_output=True)
+    return out
+
+
+def test_edge_case_site_behaves_as_edge_cases_md_says(edge_site: Path) -> None:
+    collection = collect(site_of(edge_site), None, datetime(2030, 1, 1, tzinfo=UTC))
+    listed = (edge_site / "EDGE_CASES.md").read_text(encoding="utf-8")
+    by_path = {p.path: p for p in collection.posts}
+    errors = {e.path: e.message for e in collection.errors}
+    assert errors == {
+        "_posts/2022-04-20-edge-bad-yaml.md": "invalid YAML in front matter at line 2: while scanning a quoted scalar; found unexpected end of stream",
+        "_posts/2022-04-20-edge-no-front-matter.md": "no front matter: Jekyll treats this file as a static file, not a post (start it with a '---' line)",
+        "_posts/2022-04-20-edge-unclosed-front-matter.md": "front matter is not closed: add a '---' line after it",
+        "_posts/2022-04-20-edge-gbk.md": "cannot decode as utf-8: byte 0xb9 at offset 11 (set site.encoding if the site's files use another encoding)",
+        "_posts/2022-04-20-edge-bad-date.md": "date: '2022-02-30 25:61:00 +0800' is an impossible date",
+        "_posts/2022-04-20-edge-empty-file.md": "empty file: not a post",
+    }
+    for path in errors:
+        assert f"`{path}`" in listed
+    edge = {path.rsplit("-edge-", 1)[1]: p for path, p in by_path.items() if "-edge-" in path}
+    assert sorted(edge) == sorted(
+        ["bom-crlf.md", "control-chars.md", "html-title.md", "traversal-tag.md", "date-from-filename.md",
+         "iso-date.md", "no-title.md", "empty-body.md", "string-lists.md", "huge.md"]
+    )
+    assert "unpublished" not in str(by_path) and "future" not in str(by_path) and "draft" not in str(by_path)
+    assert edge["bom-crlf.md"].title == "带BOM和CRLF的文章"
+    assert edge["control-chars.md"].title == "控制字符标题测试"
+    assert "\x0b" not in collection.content(edge["control-chars.md"])
+    assert edge["html-title.md"].title == "<script>alert(1)</script> A&B \"引号\" 'single' ]]>"
+    assert edge["traversal-tag.md"].tags == ("../../../tmp/pwned", "..", "/abs", "a/b", "CON", "！！！")
+    assert edge["traversal-tag.md"].permalink == "/etc/2022/04/20/edge-traversal-tag.html"
+    assert edge["date-from-filename.md"].date.isoformat() == "2022-04-20T00:00:00+08:00"
+    assert edge["iso-date.md"].date.isoformat() == "2022-04-20T16:30:00+08:00"
+    assert edge["no-title.md"].title == "Edge No Title"
+    assert (edge["empty-body.md"].summary, collection.content(edge["empty-body.md"])) == ("", "")
+    assert (edge["string-lists.md"].categories, edge["string-lists.md"].tags) == (("cailianshe",), ("数字经济", "数字政府", "A股"))
+    assert len(collection.content(edge["huge.md"]).encode()) > 1_000_000
+    assert len(edge["huge.md"].summary) <= 180
+
+
+def test_edge_case_site_with_gbk_encoding_reads_the_gbk_file(edge_site: Path) -> None:
+    collection = collect(site_of(edge_site, encoding="gbk"), None, NOW)
+    gbk = next(p for p in collection.posts if p.path.endswith("edge-gbk.md"))
+    assert gbk.title == "国务院发布数字政府建设指导意见"
+
+
+# ---------------------------------------------------------------- the CLI
+
+
+def run_check(*args: str) -> tuple[int, str]:
+    result = CliRunner().invoke(cli, ["check", *args], catch_exceptions=False)
+    return result.exit_code, result.output
+
+
+def test_check_json_lists_posts_and_errors_and_exits_1_on_rejected_files(edge_site: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    code, output = run_check("--site", str(edge_site), "--json")
+    assert code == 1
+    data = json.loads(output[output.index("{"):])
+    assert list(data) == ["posts", "errors", "categories", "tags", "first_date", "last_date"]
+    assert list(data["posts"][0]) == ["path", "url", "id", "title", "date", "categories", "tags", "summary", "image", "source"]
+    assert len(data["errors"]) == 6
+    assert all(list(e) == ["path", "message"] for e in data["errors"])
+    assert data["categories"]["cailianshe"] >= 10
+
+
+def test_check_exits_0_on_a_clean_site_and_prints_figures(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    source = make_site(
+        tmp_path / "s",
+        {
+            "_posts/2022-04-20-a.md": post("title: a\ndate: 2022-04-20 10:00:00 +0800\ncategories: x\ntags: t1 t2\n"),
+            "_posts/2022-04-19-b.md": post("title: b\ncategories: x y\ntags: t1\n"),
+        },
+    )
+    monkeypatch.chdir(tmp_path)
+    code, output = run_check("--site", str(source))
+    assert code == 0
+    assert output == (
+        "posts: 2\n"
+        "dates: 2022-04-19T00:00:00+08:00 .. 2022-04-20T10:00:00+08:00\n"
+        "categories (2):\n  x: 2\n  y: 1\n"
+        "tags: 2\n  t1: 2\n  t2: 1\n"
+        "rejected files: 0\n"
+    )
+    assert (tmp_path / ".finews-cache").is_dir()
+
+
+def test_check_of_a_missing_site_is_a_site_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(cli, ["check", "--site", str(tmp_path / "nope")])
+    assert result.exit_code == 3
+    assert "does not exist" in result.output
+
+
+def test_collect_site_uses_the_configured_cache_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    source = make_site(tmp_path / "s", {"_posts/2022-04-20-a.md": post("title: a\n")})
+    config = build_config({"site": {"source": str(source), "cache_dir": str(tmp_path / "c")}})
+    collection = collect_site(config, now=NOW)
+    assert [p.title for p in collection.posts] == ["a"]
+    assert any((tmp_path / "c").iterdir())
+
+
+# ---------------------------------------------------------------- never raises
+
+
+SCALARS = st.one_of(st.none(), st.booleans(), st.integers(), st.floats(allow_nan=False), st.text(max_size=30),
+                    st.sampled_from(["2022-04-20", "2022-02-30", "2022-04-20 10:00:00 +0800", "2022-04-20T10:00:00Z", "../x", ""]))
+VALUES = st.recursive(SCALARS, lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4), max_leaves=12)
+KEYS = st.sampled_from(["title", "date", "categories", "category", "tags", "tag", "published", "permalink", "slug",
+                        "excerpt", "description", "image", "author", "last_modified_at", "layout"])
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(
+    front=st.dictionaries(KEYS, VALUES, max_size=8),
+    body=st.text(max_size=200),
+    raw=st.binary(max_size=200),
+)
+def test_collect_never_raises_on_random_front_matter_and_bodies(tmp_path: Path, front: dict[str, Any], body: str, raw: bytes) -> None:
+    source = tmp_path / "h"
+    shutil.rmtree(source, ignore_errors=True)
+    try:
+        front_text = yaml.safe_dump(front, allow_unicode=True)
+    except yaml.YAMLError:
+        front_text = "{}\n"
+    make_site(
+        source,
+        {
+            "_posts/2022-04-20-random.md": ("---\n" + front_text + "---\n" + body).encode("utf-8", "surrogatepass"),
+            "_posts/2022-04-20-raw.md": raw,
+            "_posts/2022-04-20-raw-fm.md": b"---\n" + raw + b"\n---\n" + raw,
+        },
+    )
+    collection = collect_dir(source)
+    assert len(collection.posts) + len(collection.errors) <= 3
+    for got in collection.posts:
+        collection.content(got)
+        assert got.url.isascii() and " " not in got.url
+        assert got.date.tzinfo == SHANGHAI
