@@ -1,0 +1,271 @@
+"""The collector's cache: hits, misses, invalidation, corruption, bodies on demand."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from finews_feeds import cache
+from finews_feeds.cache import BODIES, INDEX, collect_cached, site_folder
+from finews_feeds.collector import Entry, collect
+from finews_feeds.config import build_config
+from finews_feeds.models import Collection, Site
+from finews_feeds.site import resolve_site
+
+NOW = datetime(2022, 5, 1, tzinfo=UTC)
+CONFIG_YML = "title: finews\nurl: https://finews.withounder.com\n"
+
+
+def write(root: Path, name: str, text: str, mtime: int | None = None) -> None:
+    path = root / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text, encoding="utf-8")
+    if mtime is not None:
+        os.utime(path, ns=(mtime, mtime))
+
+
+def post(title: str, body: str = "<p>正文。</p>") -> str:
+    return f"---\ntitle: {title}\ncategories: news\n---\n{body}\n"
+
+
+@pytest.fixture
+def source(tmp_path: Path) -> Path:
+    root = tmp_path / "site"
+    root.mkdir()
+    (root / "_config.yml").write_text(CONFIG_YML, encoding="utf-8")
+    for i in range(5):
+        write(root, f"_posts/2022-04-2{i}-p{i}.md", post(f"标题{i}", f"<p>正文{i}。</p>\n\n[首页](/)"))
+    write(root, "_posts/2022-04-20-bad.md", "---\ntitle: [\n---\n")
+    write(root, "_posts/2022-04-20-off.md", "---\ntitle: off\npublished: false\n---\n")
+    return root
+
+
+@pytest.fixture(autouse=True)
+def no_memo() -> Iterator[None]:
+    # Each collect in these tests should go through the files on disk unless a test says otherwise.
+    cache.forget()
+    yield
+    cache.forget()
+
+
+@pytest.fixture
+def parsed(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The paths parsed (cache misses), in the order parsed."""
+    seen: list[str] = []
+    original = cache._pack
+
+    def counting(entry: Entry, site: Site) -> Any:
+        seen.append(entry.path)
+        return original(entry, site)
+
+    monkeypatch.setattr(cache, "_pack", counting)
+    return seen
+
+
+def site_of(root: Path, **values: Any) -> Site:
+    return resolve_site(build_config({"site": {"source": str(root), **values}}))
+
+
+def run(root: Path, cache_dir: Path, memo: bool = False, **values: Any) -> Collection:
+    if not memo:
+        cache.forget()
+    return collect(site_of(root, **values), cache_dir, NOW)
+
+
+def same(a: Collection, b: Collection) -> None:
+    assert a.posts == b.posts
+    assert a.errors == b.errors
+    assert [a.content(p) for p in a.posts] == [b.content(p) for p in b.posts]
+
+
+def test_warm_run_reads_no_file_and_gives_the_same_collection(source: Path, tmp_path: Path, parsed: list[str]) -> None:
+    cold = run(source, tmp_path / "c")
+    assert len(parsed) == 7
+    parsed.clear()
+    warm = run(source, tmp_path / "c")
+    assert parsed == []
+    same(cold, warm)
+    same(warm, collect(site_of(source), None, NOW))
+    assert [p.title for p in warm.posts] == ["标题4", "标题3", "标题2", "标题1", "标题0"]
+    assert [e.path for e in warm.errors] == ["_posts/2022-04-20-bad.md"]
+
+
+def test_bodies_come_from_the_cache_not_the_files(source: Path, tmp_path: Path) -> None:
+    run(source, tmp_path / "c")
+    warm = run(source, tmp_path / "c")
+    first = warm.posts[0]
+    (source / first.path).unlink()
+    assert warm.content(first) == '<p>正文4。</p>\n<p><a href="https://finews.withounder.com/">首页</a></p>'
+
+
+def test_body_missing_from_the_cache_is_rendered_again(source: Path, tmp_path: Path) -> None:
+    warm = run(source, tmp_path / "c")
+    with sqlite3.connect(site_folder(tmp_path / "c", warm.site) / BODIES) as db:
+        db.execute("DELETE FROM bodies")
+    assert warm.content(warm.posts[0]) == '<p>正文4。</p>\n<p><a href="https://finews.withounder.com/">首页</a></p>'
+
+
+def test_edited_file_is_parsed_again(source: Path, tmp_path: Path, parsed: list[str]) -> None:
+    run(source, tmp_path / "c")
+    parsed.clear()
+    write(source, "_posts/2022-04-22-p2.md", post("新标题", "<p>新的正文。</p>"))
+    warm = run(source, tmp_path / "c")
+    assert parsed == ["_posts/2022-04-22-p2.md"]
+    edited = next(p for p in warm.posts if p.slug == "p2")
+    assert (edited.title, edited.summary) == ("新标题", "新的正文。")
+    assert warm.content(edited) == "<p>新的正文。</p>"
+    same(warm, collect(site_of(source), None, NOW))
+
+
+def test_same_size_edit_is_seen_through_the_mtime(source: Path, tmp_path: Path, parsed: list[str]) -> None:
+    write(source, "_posts/2022-04-22-p2.md", post("甲"), mtime=1_000_000_000_000_000_000)
+    run(source, tmp_path / "c")
+    parsed.clear()
+    write(source, "_posts/2022-04-22-p2.md", post("乙"), mtime=1_000_000_001_000_000_000)
+    warm = run(source, tmp_path / "c")
+    assert parsed == ["_posts/2022-04-22-p2.md"]
+    assert "乙" in [p.title for p in warm.posts]
+
+
+def test_deleted_and_new_files(source: Path, tmp_path: Path, parsed: list[str]) -> None:
+    run(source, tmp_path / "c")
+    parsed.clear()
+    (source / "_posts/2022-04-21-p1.md").unlink()
+    (source / "_posts/2022-04-20-bad.md").unlink()
+    write(source, "more/_posts/2022-04-30-new.md", post("新文章"))
+    warm = run(source, tmp_path / "c")
+    assert parsed == ["more/_posts/2022-04-30-new.md"]
+    assert [p.slug for p in warm.posts] == ["new", "p4", "p3", "p2", "p0"]
+    assert warm.errors == []
+    assert warm.posts[0].categories == ("more", "news")
+    with sqlite3.connect(site_folder(tmp_path / "c", warm.site) / BODIES) as db:
+        paths = sorted(row[0] for row in db.execute("SELECT path FROM bodies"))
+    assert paths == sorted(p.path for p in warm.posts)
+
+
+def test_a_fixed_file_leaves_the_errors(source: Path, tmp_path: Path) -> None:
+    run(source, tmp_path / "c")
+    write(source, "_posts/2022-04-20-bad.md", post("修好了"))
+    warm = run(source, tmp_path / "c")
+    assert warm.errors == []
+    assert "修好了" in [p.title for p in warm.posts]
+
+
+@pytest.mark.parametrize(
+    "change",
+    [{"url": "https://other.example"}, {"timezone": "Asia/Tokyo"}, {"permalink": "pretty"}, {"summary_chars": 12}],
+)
+def test_a_site_setting_that_shapes_posts_invalidates_the_cache(
+    source: Path, tmp_path: Path, parsed: list[str], change: dict[str, Any]
+) -> None:
+    run(source, tmp_path / "c")
+    parsed.clear()
+    changed = run(source, tmp_path / "c", **change)
+    assert len(parsed) == 7
+    same(changed, collect(site_of(source, **change), None, NOW))
+
+
+def test_future_setting_does_not_need_a_reparse(source: Path, tmp_path: Path, parsed: list[str]) -> None:
+    write(source, "_posts/2030-01-01-future.md", post("未来"))
+    run(source, tmp_path / "c")
+    parsed.clear()
+    with_future = run(source, tmp_path / "c", future=True)
+    assert parsed == []
+    assert with_future.posts[0].slug == "future"
+    assert "future" not in [p.slug for p in run(source, tmp_path / "c").posts]
+
+
+def test_category_title_change_reaches_the_source(source: Path, tmp_path: Path) -> None:
+    run(source, tmp_path / "c")
+    cache.forget()
+    config = build_config({"site": {"source": str(source)}, "categories": {"news": {"title": "新闻"}}})
+    titled = collect(resolve_site(config), tmp_path / "c", NOW)
+    assert {p.source for p in titled.posts} == {"新闻"}
+
+
+@pytest.mark.parametrize("garbage", [b"", b"not marshal at all", b"\x00" * 100])
+def test_a_corrupt_index_is_discarded(source: Path, tmp_path: Path, parsed: list[str], garbage: bytes) -> None:
+    cold = run(source, tmp_path / "c")
+    (site_folder(tmp_path / "c", cold.site) / INDEX).write_bytes(garbage)
+    parsed.clear()
+    again = run(source, tmp_path / "c")
+    assert len(parsed) == 7
+    same(cold, again)
+
+
+def test_an_index_with_rows_of_another_shape_is_discarded(source: Path, tmp_path: Path, parsed: list[str]) -> None:
+    import marshal
+
+    cold = run(source, tmp_path / "c")
+    index = site_folder(tmp_path / "c", cold.site) / INDEX
+    fmt, print_, files = marshal.loads(index.read_bytes())
+    files = {path: (size, mtime, kind, ("short",) if kind == 0 else payload) for path, (size, mtime, kind, payload) in files.items()}
+    index.write_bytes(marshal.dumps((fmt, print_, files)))
+    parsed.clear()
+    again = run(source, tmp_path / "c")
+    assert len(parsed) == 7
+    same(cold, again)
+
+
+def test_a_corrupt_bodies_file_is_discarded(source: Path, tmp_path: Path) -> None:
+    cold = run(source, tmp_path / "c")
+    folder = site_folder(tmp_path / "c", cold.site)
+    (folder / INDEX).unlink()
+    for name in os.listdir(folder):
+        (folder / name).write_bytes(b"garbage" * 100)
+    again = run(source, tmp_path / "c")
+    same(cold, again)
+
+
+def test_an_unwritable_cache_folder_is_not_fatal(source: Path, tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    collection = run(source, blocker / "c")
+    assert len(collection.posts) == 5
+    assert collection.content(collection.posts[0]).startswith("<p>正文4。</p>")
+
+
+def test_no_temporary_files_are_left_behind(source: Path, tmp_path: Path) -> None:
+    cold = run(source, tmp_path / "c")
+    names = sorted(os.listdir(site_folder(tmp_path / "c", cold.site)))
+    assert [n for n in names if n.startswith(".")] == []
+    assert INDEX in names and BODIES in names
+
+
+def test_sites_sharing_a_cache_folder_do_not_mix(source: Path, tmp_path: Path) -> None:
+    other = tmp_path / "other"
+    (other / "_posts").mkdir(parents=True)
+    (other / "_config.yml").write_text(CONFIG_YML, encoding="utf-8")
+    write(other, "_posts/2022-04-20-x.md", post("别的"))
+    run(source, tmp_path / "c")
+    assert [p.title for p in run(other, tmp_path / "c").posts] == ["别的"]
+    assert len(run(source, tmp_path / "c").posts) == 5
+
+
+def test_memo_in_one_process_sees_edits(source: Path, tmp_path: Path, parsed: list[str]) -> None:
+    first = run(source, tmp_path / "c", memo=True)
+    parsed.clear()
+    second = run(source, tmp_path / "c", memo=True)
+    assert parsed == []
+    assert second.posts[1] is first.posts[1]
+    write(source, "_posts/2022-04-22-p2.md", post("改", "<p>改。</p>"))
+    third = run(source, tmp_path / "c", memo=True)
+    assert parsed == ["_posts/2022-04-22-p2.md"]
+    assert [p.title for p in third.posts] == ["标题4", "标题3", "改", "标题1", "标题0"]
+
+
+def test_parallel_cold_parse_gives_the_same_collection(source: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    for i in range(40):
+        write(source, f"_posts/2022-03-{i % 28 + 1:02d}-bulk{i}.md", post(f"批量{i}"))
+    serial = run(source, tmp_path / "serial")
+    monkeypatch.setattr(cache, "PARALLEL_FROM", 10)
+    monkeypatch.setattr(cache, "_CHUNK", 8)
+    cache.forget()
+    parallel = collect_cached(site_of(source), tmp_path / "parallel", NOW, workers=2)
+    same(serial, parallel)
