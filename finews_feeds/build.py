@@ -23,7 +23,7 @@ from pathlib import Path
 from . import feeds as feedmod
 from .config import Config
 from .feeds import EntryData, FeedOptions, FeedPlan, FeedSpec
-from .models import Collection, ContentSource, FileError, Post
+from .models import Collection, ContentSource, FileError, Post, Site
 from .writer import FeedRecord, Manifest, OutputDir, load_manifest, save_manifest
 
 log = logging.getLogger(__name__)
@@ -48,7 +48,8 @@ class BuildReport:
     files_unchanged: int = 0
     files_removed: int = 0
     rejected: list[FileError] = field(default_factory=list)  #: files the collector rejected
-    seconds: float = 0.0
+    seconds: float = 0.0  #: the whole build
+    collect_seconds: float = 0.0  #: of which reading the site
     written: list[str] = field(default_factory=list)  #: relative paths written, sorted
 
     def exit_code(self, strict: bool = False) -> int:
@@ -60,7 +61,8 @@ class BuildReport:
             f"posts: {self.posts}, feeds: {self.feeds} ({self.feeds_written} written, "
             f"{self.feeds_unchanged} unchanged, {self.feeds_removed} removed), "
             f"files: {self.files_written} written, {self.files_unchanged} unchanged, {self.files_removed} removed, "
-            f"rejected files: {len(self.rejected)}, {self.seconds:.2f} s, output: {self.output}"
+            f"rejected files: {len(self.rejected)}, {self.seconds:.2f} s (collect {self.collect_seconds:.2f} s), "
+            f"output: {self.output}"
         )
 
 
@@ -137,9 +139,9 @@ class _Renderer:
 _WORKER: _Renderer | None = None
 
 
-def _init_worker(job: _Job) -> None:
+def _init_worker(options: FeedOptions, out_root: str, site: Site, bodies: str | None) -> None:
     global _WORKER
-    _WORKER = _Renderer(job)
+    _WORKER = _Renderer(_Job(options, out_root, _open_content(site, bodies)))
 
 
 def _work(batch: list[tuple[FeedSpec, list[Post]]]) -> list[_Result]:
@@ -147,14 +149,21 @@ def _work(batch: list[tuple[FeedSpec, list[Post]]]) -> list[_Result]:
     return [_WORKER.run(spec, posts) for spec, posts in batch]
 
 
-def _portable_content(content: ContentSource) -> ContentSource | None:
-    """A content source a spawned worker can use, or None. The collector's cached source holds a
-    SQLite connection per thread, which must not cross processes: the worker opens its own."""
-    from .cache import Bodies, CachedContent
+def _portable_content(content: ContentSource) -> tuple[Site, str | None] | None:
+    """How a spawned worker opens the same content source, or None when it cannot. The
+    collector's cached source holds a SQLite connection per thread, which must not cross
+    processes: the worker opens its own on the same file."""
+    from .cache import CachedContent
 
     if isinstance(content, CachedContent):
-        return CachedContent(content.site, Bodies(content.bodies.path) if content.bodies is not None else None)
+        return content.site, str(content.bodies.path) if content.bodies is not None else None
     return None
+
+
+def _open_content(site: Site, bodies: str | None) -> ContentSource:
+    from .cache import Bodies, CachedContent
+
+    return CachedContent(site, Bodies(Path(bodies)) if bodies is not None else None)
 
 
 def _batches(work: Sequence[tuple[FeedSpec, list[Post]]], count: int) -> list[list[tuple[FeedSpec, list[Post]]]]:
@@ -176,9 +185,8 @@ def render_all(work: Sequence[tuple[FeedSpec, list[Post]]], job: _Job, workers: 
         return
     # spawn, not fork: the daemon runs builds while its scheduler and web threads hold locks.
     context = multiprocessing.get_context("spawn")
-    worker_job = _Job(job.options, job.out_root, portable)
     with concurrent.futures.ProcessPoolExecutor(count, mp_context=context, initializer=_init_worker,
-                                                initargs=(worker_job,)) as pool:
+                                                initargs=(job.options, job.out_root, *portable)) as pool:
         for results in pool.map(_work, _batches(work, count)):
             yield from results
 
@@ -252,7 +260,9 @@ def run_build(config: Config, *, full: bool = False, now: datetime | None = None
 
     started = time.perf_counter()
     collection = collect_site(config, now)
+    collected = time.perf_counter()
     report = build_feeds(collection, config, full=full, workers=workers)
     report.seconds = time.perf_counter() - started
+    report.collect_seconds = collected - started
     log.info("feeds built: %s", report.summary())
     return report
