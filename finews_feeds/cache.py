@@ -2,8 +2,9 @@
 
 One folder per site under ``cache_dir`` holds
 
-- ``index.pickle``: a fingerprint (code + the site settings that shape a post) and, per file
-  relative path, its size, mtime and what parsing gave (a post, a rejection, or "unpublished");
+- ``index.marshal``: a fingerprint (code + the site settings that shape a post) and, per file
+  relative path, its size, mtime and what parsing gave (a post as plain values, a rejection, or
+  "unpublished"), posts stored newest first so an unchanged site needs no sort;
 - ``bodies.sqlite3``: the rendered HTML of each post, zlib-compressed, read on demand by
   :class:`CachedContent` so bodies never sit in memory.
 
@@ -275,8 +276,6 @@ def _finish(site: Site, posts: list[Post], errors: list[FileError], now: datetim
         if posts and posts[0].date.timestamp() > limit:  # newest first: only the head can be future
             posts = [p for p in posts if p.date.timestamp() <= limit]
     errors.sort(key=lambda e: e.path)
-    for error in errors:
-        log.warning("%s: %s", error.path, error.message)
     return Collection(site=site, posts=posts, errors=errors, content=content)
 
 
@@ -289,6 +288,7 @@ def collect_uncached(site: Site, now: datetime) -> Collection:
         if isinstance(outcome, Parsed):
             posts.append(outcome.post)
         elif isinstance(outcome, FileError):
+            log.warning("%s: %s", outcome.path, outcome.message)
             errors.append(outcome)
     posts.sort(key=sort_key)
     return _finish(site, posts, errors, now, CachedContent(site, None))
@@ -366,6 +366,8 @@ def _collect(
                 rows.append((entry.path, outcome.content_hash, html))
         else:
             if isinstance(outcome, FileError):
+                # Logged when found, not at every run: a daemon would repeat it every few minutes.
+                log.warning("%s: %s", outcome.path, outcome.message)
                 files[entry.path] = (entry.size, entry.mtime_ns, ERROR, outcome.message)
             else:
                 files[entry.path] = (entry.size, entry.mtime_ns, UNPUBLISHED, None)

@@ -18,7 +18,6 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta, timezone, tzinfo
 from pathlib import Path
 from typing import Any, ClassVar, NamedTuple
-from zoneinfo import ZoneInfo
 
 import yaml
 from frontmatter.default_handlers import YAMLHandler
@@ -525,7 +524,6 @@ __all__ = [
     "NotPublished",
     "Parsed",
     "Rejected",
-    "ZoneInfo",
     "collect",
     "collect_site",
     "parse_post",

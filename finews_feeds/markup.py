@@ -311,33 +311,38 @@ def html_to_text(fragment: str) -> str:
 
 
 def summarize_text(text: str, chars: int) -> str:
-    """Cut ``text`` at the sentence end nearest ``chars`` characters; Latin text is never cut mid-word.
+    """Cut ``text`` at the sentence end nearest ``chars`` characters (Chinese has no spaces, so
+    never by words); Latin text is never cut mid-word.
 
-    A sentence end up to half again past the target is preferred to one less than half the
-    target; without any, the text is cut at the target (at a space for Latin text) with `…`.
+    The nearest end at most ``chars`` and the first one after it (up to half again as long)
+    compete on distance; an end before a third of the target is too short to stand for the
+    post, and without a usable end the text is cut at the target with `…`.
     """
     text = text.strip()
-    if len(text) <= chars or chars <= 0:
-        return text if chars > 0 else ""
-    best: int | None = None
-    for match in _SENTENCE_END.finditer(text, 0, min(len(text), chars + chars // 2 + 1)):
-        end = match.end()
-        if end <= chars:
-            best = end
+    if chars <= 0:
+        return ""
+    if len(text) <= chars:
+        return text
+    before: int | None = None
+    after: int | None = None
+    for match in _SENTENCE_END.finditer(text, 0, min(len(text), chars + chars // 2)):
+        if match.end() <= chars:
+            before = match.end()
         else:
-            if best is None or (end - chars) < (chars - best) or best < chars // 2:
-                best = end
+            after = match.end()
             break
-    if best is not None and best >= chars // 2:
-        return text[:best].strip()
-    if best is not None and best > 0:
-        return text[:best].strip()
+    if before is not None and before < chars // 3:
+        before = None
+    if before is not None and (after is None or chars - before <= after - chars):
+        return text[:before].rstrip()
+    if after is not None:
+        return text[:after].rstrip()
     cut = text[:chars]
-    if text[chars - 1 : chars + 1].isascii() and text[chars : chars + 1].isalnum() and text[chars - 1].isalnum():
+    if text[chars - 1].isascii() and text[chars - 1].isalnum() and text[chars].isascii() and text[chars].isalnum():
         space = cut.rfind(" ")
-        if space > chars // 2:
+        if space > 0:
             cut = cut[:space]
-    return cut.rstrip(" ,，、;；:：") + "…"
+    return cut.rstrip(" ,，、;；:：-") + "…"
 
 
 _SLUG_KEEP_PRETTY = frozenset("._~!$&'()+,;=@")
