@@ -44,21 +44,27 @@ class OutputDir:
 
     def target(self, rel: str) -> Path:
         """The absolute path of ``rel``; a :class:`BuildError` if it could lead outside the folder."""
-        pure = PurePosixPath(rel)
-        parts = pure.parts
-        if (not parts or pure.is_absolute() or "\\" in rel or "\x00" in rel
+        parts = rel.split("/")
+        if (PurePosixPath(rel).is_absolute() or "\\" in rel or "\x00" in rel
                 or any(part in ("", ".", "..") for part in parts)):
             raise BuildError(f"refusing to write {rel!r}: not a plain path inside the output folder")
-        path = self.root.joinpath(*parts)
-        parent = path.parent
-        if parent not in self._checked:
-            parent.mkdir(parents=True, exist_ok=True)
-            # A symbolic link inside the output folder must not lead the write elsewhere.
-            real = parent.resolve()
-            if real != self.root and self.root not in real.parents:
-                raise BuildError(f"refusing to write {rel!r}: {parent} leads outside the output folder")
-            self._checked.add(parent)
-        return path
+        folder = self.root
+        for part in parts[:-1]:
+            folder = folder / part
+            if folder in self._checked:
+                continue
+            # A symbolic link inside the output folder must not lead the write elsewhere:
+            # each folder is checked before anything is created through it.
+            if folder.is_symlink():
+                real = folder.resolve()
+                if real != self.root and self.root not in real.parents:
+                    raise BuildError(f"refusing to write {rel!r}: {folder} leads outside the output folder")
+            try:
+                folder.mkdir(exist_ok=True)
+            except OSError as exc:
+                raise BuildError(f"cannot create {folder}: {exc.strerror}") from None
+            self._checked.add(folder)
+        return folder / parts[-1]
 
     def write(self, rel: str, data: bytes) -> bool:
         """Write ``data`` to ``rel`` atomically unless the file already holds exactly these bytes.

@@ -1,0 +1,359 @@
+from __future__ import annotations
+
+import json
+import locale
+from collections.abc import Sequence
+from datetime import UTC, datetime
+
+import feedparser
+import pytest
+from feed_checks import SITE_URL, TZ, atom_problems, body_of, json_feed_problems, make_post, make_site, rss_problems
+from lxml import etree
+
+from finews_feeds.config import FeedsConfig
+from finews_feeds.feeds import (
+    FeedOptions,
+    FeedPlan,
+    FeedSpec,
+    clean_text,
+    entry_data,
+    plan_feeds,
+    render_feed,
+    render_listings,
+)
+from finews_feeds.models import Post
+
+ATOM = "{http://www.w3.org/2005/Atom}"
+
+
+def options(**feeds: object) -> FeedOptions:
+    return FeedOptions.from_config(make_site(), FeedsConfig(**feeds))  # type: ignore[arg-type]
+
+
+def render(posts: Sequence[Post], kind: str = "category", name: str = "cailianshe", **feeds: object) -> dict[str, bytes]:
+    opts = options(**feeds)
+    plan = plan_feeds(posts, make_site(), opts)
+    spec = next(s for s in plan.specs if s.kind == kind and s.name == name)
+    entries = [entry_data(p, opts, body_of) for p in plan.entries[spec.key]]
+    return render_feed(spec, opts, entries)
+
+
+def rss_of(files: dict[str, bytes]) -> etree._Element:
+    return etree.fromstring(next(v for k, v in files.items() if k.endswith("rss.xml")))
+
+
+def atom_of(files: dict[str, bytes]) -> etree._Element:
+    return etree.fromstring(next(v for k, v in files.items() if k.endswith("atom.xml")))
+
+
+def json_of(files: dict[str, bytes]) -> dict[str, object]:
+    return json.loads(next(v for k, v in files.items() if k.endswith("feed.json")))  # type: ignore[no-any-return]
+
+
+POSTS = [make_post(2), make_post(5, image="https://img.example/a.png"), make_post(1), make_post(4), make_post(3)]
+
+
+# --------------------------------------------------------------------------- feedgen pitfalls
+
+
+def test_entries_come_out_newest_first_in_every_format() -> None:
+    files = render(POSTS)
+    newest_first = [make_post(n).id for n in (5, 4, 3, 2, 1)]
+    assert [g.text for g in rss_of(files).iter("guid")] == newest_first
+    assert [e.findtext(f"{ATOM}id") for e in atom_of(files).iter(f"{ATOM}entry")] == newest_first
+    assert [i["id"] for i in json_of(files)["items"]] == newest_first  # type: ignore[index, union-attr]
+
+
+def test_rss_guid_is_the_permalink_and_says_so() -> None:
+    guids = rss_of(render(POSTS)).findall("channel/item/guid")
+    assert (guids[0].get("isPermaLink"), guids[0].text) == ("true", f"{SITE_URL}/cailianshe/2022/04/20/NW0005.html")
+    assert all(g.get("isPermaLink") == "true" for g in guids)
+
+
+def test_rss_channel_link_is_the_category_page_not_the_feed_itself() -> None:
+    channel = rss_of(render(POSTS, websub_hub="https://hub.example/")).find("channel")
+    assert channel is not None
+    assert channel.findtext("link") == f"{SITE_URL}/category/cailianshe.html"
+    links = [(link.get("rel"), link.get("href"), link.get("type")) for link in channel.findall(f"{ATOM}link")]
+    assert links == [
+        ("self", f"{SITE_URL}/feeds/categories/cailianshe/rss.xml", "application/rss+xml"),
+        ("hub", "https://hub.example/", None),
+    ]
+
+
+def test_atom_entry_links_keep_rel_and_type_and_the_image_is_an_enclosure() -> None:
+    entry = next(atom_of(render(POSTS)).iter(f"{ATOM}entry"))
+    links = [dict(link.attrib) for link in entry.findall(f"{ATOM}link")]
+    assert links == [
+        {"href": f"{SITE_URL}/cailianshe/2022/04/20/NW0005.html", "rel": "alternate", "type": "text/html"},
+        {"rel": "enclosure", "type": "image/png", "href": "https://img.example/a.png"},
+    ]
+    thumbnail = entry.find("{http://search.yahoo.com/mrss/}thumbnail")
+    assert thumbnail is not None and thumbnail.get("url") == "https://img.example/a.png"
+
+
+def test_rss_image_is_an_enclosure_and_a_media_thumbnail() -> None:
+    item = rss_of(render(POSTS)).find("channel/item")
+    assert item is not None
+    enclosure = item.find("enclosure")
+    assert enclosure is not None and dict(enclosure.attrib) == {"url": "https://img.example/a.png", "length": "0", "type": "image/png"}
+    assert item.find("{http://search.yahoo.com/mrss/}thumbnail") is not None
+
+
+def test_updated_and_last_build_date_are_the_newest_entry_time_not_the_clock() -> None:
+    files = render(POSTS)
+    assert rss_of(files).findtext("channel/lastBuildDate") == "Wed, 20 Apr 2022 09:05:00 +0800"
+    assert atom_of(files).findtext(f"{ATOM}updated") == "2022-04-20T09:05:00+08:00"
+
+
+def test_an_edited_older_post_makes_the_feed_updated() -> None:
+    edited = make_post(3, updated=datetime(2022, 4, 21, 1, 0, tzinfo=UTC))
+    files = render([*POSTS[:4], edited])
+    assert rss_of(files).findtext("channel/lastBuildDate") == "Thu, 21 Apr 2022 09:00:00 +0800"
+    assert atom_of(files).findtext(f"{ATOM}updated") == "2022-04-21T09:00:00+08:00"
+    # the edited post: its own updated time, converted to the site's zone
+    entry = next(e for e in atom_of(files).iter(f"{ATOM}entry") if e.findtext(f"{ATOM}id") == edited.id)
+    assert entry.findtext(f"{ATOM}updated") == "2022-04-21T09:00:00+08:00"
+    assert entry.findtext(f"{ATOM}published") == "2022-04-20T09:03:00+08:00"
+
+
+def test_same_input_gives_byte_identical_files() -> None:
+    assert render(POSTS) == render(list(POSTS))
+
+
+def test_rendering_never_calls_setlocale(monkeypatch: pytest.MonkeyPatch) -> None:
+    def forbidden(*args: object) -> str:
+        raise AssertionError("setlocale changes the locale of every thread")
+
+    monkeypatch.setattr(locale, "setlocale", forbidden)
+    files = render(POSTS)
+    assert rss_of(files).findtext("channel/item/pubDate") == "Wed, 20 Apr 2022 09:05:00 +0800"
+
+
+def test_dates_carry_the_site_offset_whatever_zone_the_post_has() -> None:
+    post = make_post(1, date=datetime(2022, 4, 20, 1, 15, 40, 123456, tzinfo=UTC))
+    files = render([post])
+    assert rss_of(files).findtext("channel/item/pubDate") == "Wed, 20 Apr 2022 09:15:40 +0800"
+    assert atom_of(files).findtext(f"{ATOM}entry/{ATOM}published") == "2022-04-20T09:15:40+08:00"
+    assert json_of(files)["items"][0]["date_published"] == "2022-04-20T09:15:40+08:00"  # type: ignore[index]
+
+
+def test_xml_stylesheet_instruction_points_at_the_stylesheet_relative_to_the_feed() -> None:
+    files = render(POSTS)
+    rss = files["categories/cailianshe/rss.xml"]
+    assert rss.split(b"\n")[1] == b'<?xml-stylesheet type="text/xsl" href="../../feed.xsl"?>'
+    assert b"xml-stylesheet" not in render(POSTS, stylesheet=False)["categories/cailianshe/rss.xml"]
+    site = render(POSTS, kind="site", name="")
+    assert site["atom.xml"].split(b"\n")[1] == b'<?xml-stylesheet type="text/xsl" href="feed.xsl"?>'
+
+
+# --------------------------------------------------------------------------- hostile text
+
+
+def test_control_characters_are_removed_and_markup_and_cdata_end_stay_text() -> None:
+    title = "控制\x0b字符\x08<script>alert(1)</script> A&B ]]> \x1b"
+    post = make_post(1, title=title, summary="摘要\x1f]]>")
+
+    def content(p: Post) -> str:
+        return "<p>正文\x0b]]></p>"
+
+    opts = options()
+    plan = plan_feeds([post], make_site(), opts)
+    spec = plan.specs[1]
+    files = render_feed(spec, opts, [entry_data(post, opts, content)])
+    clean = "控制字符<script>alert(1)</script> A&B ]]>"
+    assert rss_of(files).findtext("channel/item/title") == clean
+    assert atom_of(files).findtext(f"{ATOM}entry/{ATOM}title") == clean
+    assert atom_of(files).findtext(f"{ATOM}entry/{ATOM}content") == "<p>正文]]></p>"
+    assert json_of(files)["items"][0]["title"] == clean  # type: ignore[index]
+    # The RSS description is HTML: the plain-text summary is escaped once more.
+    assert rss_of(files).findtext("channel/item/description") == "摘要]]&gt;"
+    for path, data in files.items():
+        assert b"\x0b" not in data and b"\\u000b" not in data
+        if path.endswith(".xml"):
+            assert b"<script>" not in data
+
+
+def test_clean_text_keeps_every_character_xml_allows() -> None:
+    allowed = "\t\n\r 中文 😀 \ud7ff\ue000\ufffd"
+    assert clean_text(allowed) == allowed
+    assert clean_text("\x00\x01\x08\x0b\x0c\x1b\x1f\ufffe\uffff") == ""
+
+
+# --------------------------------------------------------------------------- content and options
+
+
+def test_summary_only_feeds_carry_no_full_content() -> None:
+    files = render(POSTS, full_content=False)
+    assert b"content:encoded" not in files["categories/cailianshe/rss.xml"]
+    assert atom_of(files).find(f"{ATOM}entry/{ATOM}content") is None
+    assert atom_of(files).findtext(f"{ATOM}entry/{ATOM}summary") == "摘要。"
+    item = json_of(files)["items"][0]  # type: ignore[index]
+    assert "content_html" not in item and item["content_text"] == "摘要。"
+
+
+def test_full_content_is_in_content_encoded_atom_html_content_and_content_html() -> None:
+    files = render(POSTS)
+    assert rss_of(files).findtext("channel/item/{http://purl.org/rss/1.0/modules/content/}encoded") == "<p>标题5 正文</p>"
+    content = atom_of(files).find(f"{ATOM}entry/{ATOM}content")
+    assert content is not None and content.get("type") == "html" and content.text == "<p>标题5 正文</p>"
+    assert json_of(files)["items"][0]["content_html"] == "<p>标题5 正文</p>"  # type: ignore[index]
+
+
+def test_json_feed_1_1_fields() -> None:
+    files = render([make_post(1, image="https://img.example/a.jpg")], kind="tag", name="财联社新闻")
+    tag = "%E8%B4%A2%E8%81%94%E7%A4%BE%E6%96%B0%E9%97%BB"
+    assert json_of(files) == {
+        "version": "https://jsonfeed.org/version/1.1",
+        "title": "finews 财经新闻 · #财联社新闻",
+        "home_page_url": f"{SITE_URL}/",
+        "feed_url": f"{SITE_URL}/feeds/tags/{tag}/feed.json",
+        "description": "finews 财经新闻: #财联社新闻",
+        "authors": [{"name": "finews 财经新闻", "url": f"{SITE_URL}/"}],
+        "language": "zh-CN",
+        "items": [{
+            "id": f"{SITE_URL}/cailianshe/2022/04/20/NW0001.html",
+            "url": f"{SITE_URL}/cailianshe/2022/04/20/NW0001.html",
+            "title": "标题1",
+            "content_html": "<p>标题1 正文</p>",
+            "summary": "摘要。",
+            "image": "https://img.example/a.jpg",
+            "date_published": "2022-04-20T09:01:00+08:00",
+            "authors": [{"name": "财联社"}],
+            "tags": ["cailianshe", "财联社新闻"],
+            "language": "zh-CN",
+        }],
+    }
+
+
+def test_feed_titles_use_display_names_and_name_the_tag() -> None:
+    plan = plan_feeds(POSTS, make_site(), options())
+    assert [(s.key, s.title, s.home_url, s.folder) for s in plan.specs] == [
+        ("site:", "finews 财经新闻", f"{SITE_URL}/", ""),
+        ("category:cailianshe", "finews 财经新闻 · 财联社新闻", f"{SITE_URL}/category/cailianshe.html", "categories/cailianshe"),
+        ("tag:财联社新闻", "finews 财经新闻 · #财联社新闻", f"{SITE_URL}/", "tags/财联社新闻"),
+    ]
+
+
+def test_tag_pages_follow_the_configured_pattern_percent_encoded() -> None:
+    site = make_site(tag_url="/tag/{slug}/")
+    plan = plan_feeds(POSTS, site, options())
+    assert plan.specs[2].home_url == f"{SITE_URL}/tag/%E8%B4%A2%E8%81%94%E7%A4%BE%E6%96%B0%E9%97%BB/"
+
+
+def test_per_kind_limits_and_counts() -> None:
+    posts = [make_post(n, tags=("财联社新闻",) if n % 2 else ()) for n in range(1, 31)]
+    plan = plan_feeds(posts, make_site(), options(limit=10, category_limit=5, tag_limit=3))
+    assert [len(plan.entries[s.key]) for s in plan.specs] == [10, 5, 3]
+    assert plan.counts == {"site:": 30, "category:cailianshe": 30, "tag:财联社新闻": 15}
+    assert [p.slug for p in plan.entries["tag:财联社新闻"]] == ["NW0029", "NW0027", "NW0025"]
+
+
+def test_no_tag_feeds_when_tags_are_off() -> None:
+    plan = plan_feeds(POSTS, make_site(), options(tags=False))
+    assert [s.kind for s in plan.specs] == ["site", "category"]
+
+
+def test_categories_are_ordered_by_configured_order_then_name() -> None:
+    posts = [make_post(1, categories=("zz",)), make_post(2, categories=("aa",)), make_post(3, categories=("cailianshe",))]
+    plan = plan_feeds(posts, make_site(), options())
+    assert [s.name for s in plan.specs if s.kind == "category"] == ["cailianshe", "aa", "zz"]
+
+
+def test_edge_case_tags_give_folders_inside_tags() -> None:
+    post = make_post(1, categories=("../../etc",), tags=("../../../tmp/pwned", "..", "/abs", "a/b", "CON", "！！！"))
+    plan = plan_feeds([post], make_site(), options())
+    for spec in plan.specs[1:]:
+        kind, slug = spec.folder.split("/")
+        assert kind in ("categories", "tags") and slug not in ("", ".", "..")
+        for fmt in ("rss", "atom", "json"):
+            assert spec.url(options(), fmt).isascii()
+
+
+# --------------------------------------------------------------------------- validity
+
+
+@pytest.mark.parametrize("full_content", [True, False])
+def test_every_file_is_valid_and_parses_without_bozo(full_content: bool) -> None:
+    posts = [*POSTS, make_post(9, title="", summary="")]
+    for kind, name in (("site", ""), ("category", "cailianshe"), ("tag", "财联社新闻")):
+        files = render(posts, kind=kind, name=name, full_content=full_content, websub_hub="https://hub.example/")
+        for path, data in files.items():
+            ids = [make_post(n).id for n in (9, 5, 4, 3, 2, 1)]
+            if path.endswith(".json"):
+                assert json_feed_problems(data) == []
+                assert [item["id"] for item in json.loads(data)["items"]] == ids
+                continue
+            parsed = feedparser.parse(data)
+            assert parsed.bozo == 0, (path, parsed.get("bozo_exception"))
+            assert [e.id for e in parsed.entries] == ids
+            if path.endswith("atom.xml"):
+                assert atom_problems(data) == []
+            elif path.endswith("rss.xml"):
+                assert rss_problems(data) == []
+
+
+def test_the_checks_catch_broken_feeds() -> None:
+    assert rss_problems(b'<rss version="2.0"><channel><title>t</title></channel></rss>') == [
+        "channel <link> missing, repeated or empty",
+        "channel <description> missing, repeated or empty",
+    ]
+    broken_atom = (b'<feed xmlns="http://www.w3.org/2005/Atom"><id>x</id><title>t</title>'
+                   b'<updated>2022-04-20</updated><link rel="self" href="https://x/%E8"/></feed>')
+    assert atom_problems(broken_atom) != []
+    iri = b'<rss version="2.0"><channel><title>t</title><link>https://x/\xe8\xb4\xa2</link><description>d</description></channel></rss>'
+    assert rss_problems(iri) == ["<link> holds an IRI, not a URI: https://x/财"]
+
+
+# --------------------------------------------------------------------------- listings
+
+
+def _listings(posts: Sequence[Post]) -> tuple[FeedPlan, dict[str, bytes]]:
+    opts = options()
+    plan = plan_feeds(posts, make_site(), opts)
+    newest = {s.key: plan.entries[s.key][0].date for s in plan.specs}
+    return plan, render_listings(plan.specs, opts, plan.counts, newest)
+
+
+def test_opml_lists_every_feed_with_title_and_url() -> None:
+    plan, files = _listings(POSTS)
+    root = etree.fromstring(files["feeds.opml"])
+    assert root.get("version") == "2.0"
+    outlines = [(o.get("title"), o.get("xmlUrl")) for o in root.iter("outline") if o.get("xmlUrl")]
+    assert outlines == [(s.title, s.url(options(), "rss")) for s in plan.specs]
+    assert [o.get("text") for o in root.findall("body/outline") if not o.get("xmlUrl")] == ["分类", "标签"]
+
+
+def test_head_snippet_announces_site_and_category_feeds_and_the_opml() -> None:
+    _, files = _listings(POSTS)
+    head = files["_feeds_head.html"].decode()
+    assert head.count('rel="alternate"') == 6  # site and category, three formats each
+    assert f'href="{SITE_URL}/feeds/categories/cailianshe/atom.xml"' in head
+    assert 'type="text/x-opml"' in head
+    tags = files["_feeds_head_tags.html"].decode()
+    assert tags.count('rel="alternate"') == 3
+
+
+def test_index_page_escapes_names_and_links_every_feed() -> None:
+    post = make_post(1, tags=("<b>粗</b>",))
+    _, files = _listings([post])
+    page = files["index.html"].decode()
+    assert "&lt;b&gt;粗&lt;/b&gt;" in page and "<b>粗</b>" not in page
+    assert page.count(".xml\">RSS</a>") == 3
+
+
+def test_stylesheet_is_valid_xslt_that_renders_both_formats() -> None:
+    _, listings = _listings(POSTS)
+    transform = etree.XSLT(etree.fromstring(listings["feed.xsl"]))
+    files = render(POSTS)
+    for name in ("categories/cailianshe/rss.xml", "categories/cailianshe/atom.xml"):
+        html = str(transform(etree.fromstring(files[name])))
+        assert "标题5" in html and "finews 财经新闻 · 财联社新闻" in html
+        assert f"{SITE_URL}/cailianshe/2022/04/20/NW0005.html" in html
+
+
+def test_feed_spec_paths() -> None:
+    spec = FeedSpec("tag", "a/b", "a-b", "t", "d", "h", "tags/a-b", 50)
+    assert [spec.path(f) for f in ("rss", "atom", "json")] == ["tags/a-b/rss.xml", "tags/a-b/atom.xml", "tags/a-b/feed.json"]
+    assert spec.url(options(), "rss") == f"{SITE_URL}/feeds/tags/a-b/rss.xml"
+    assert TZ.key == "Asia/Shanghai"
