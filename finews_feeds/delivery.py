@@ -47,6 +47,8 @@ log = logging.getLogger(__name__)
 
 #: How often a run waiting for another process's claim on the day looks again.
 CLAIM_POLL_SECONDS = 1.0
+#: Rows claimed per transaction; each still gets its own `sending` and `sent` commits.
+CLAIM_BATCH = 50
 
 
 class Renderer(Protocol):
@@ -267,7 +269,10 @@ class _Run:
         retries = self.config.smtp.max_retries
         for attempt in range(retries + 1):
             self.limiter.wait()
-            self.store.mark_sending(self.day, sub.id, msg_id, self.now())
+            status = self.store.start_sending(self.day, sub.id, msg_id, self.now())
+            if status != "active":
+                self.report.skipped[f"subscriber is {status}"] += 1
+                return
             try:
                 self.transport.send(msg, sender=self.envelope_from, recipients=(sub.email,))
             except PermanentFailure as exc:
@@ -368,20 +373,19 @@ def send_digest(
         done = 0
         if progress is not None:
             progress(0, report.open)
-        while True:
-            if run.stopping():
-                report.stopped = True
-                break
-            claim = store.claim_next(day, owner, now())
-            if claim is None:
-                finished = True
-                break
-            run.deliver(claim)
-            done += 1
-            if progress is not None:
-                progress(done, report.open)
-            if report.aborted:
-                break
+        while not finished and not report.stopped and not report.aborted:
+            claims = store.claim_batch(day, owner, now(), limit=CLAIM_BATCH)
+            finished = not claims
+            for claim in claims:
+                if run.stopping():
+                    report.stopped = True
+                    break
+                run.deliver(claim)
+                done += 1
+                if progress is not None:
+                    progress(done, report.open)
+                if report.aborted:
+                    break
     finally:
         transport.close()
         store.release_run(day, owner, now(), finished=finished)

@@ -470,6 +470,15 @@ class Store:
 
     def claim_next(self, day: date, owner: str, now: datetime | None = None) -> Claim | None:
         """Take the next open row of ``day`` this run has not taken yet (each row at most once per run)."""
+        claims = self.claim_batch(day, owner, now, limit=1)
+        return claims[0] if claims else None
+
+    def claim_batch(self, day: date, owner: str, now: datetime | None = None, limit: int = 50) -> list[Claim]:
+        """Take up to ``limit`` open rows of ``day`` this run has not taken yet, in subscriber order.
+
+        Claiming marks a row as seen by this run (so a failed one is not retried in a loop); its
+        state changes only in :meth:`start_sending`, which checks the subscriber again.
+        """
         now = _now(now)
         query = (
             select(deliveries)
@@ -479,22 +488,42 @@ class Store:
                 or_(deliveries.c.run_owner.is_(None), deliveries.c.run_owner != owner),
             )
             .order_by(deliveries.c.subscriber_id)
-            .limit(1)
+            .limit(limit)
         )
         if self.dialect == "postgresql":
             query = query.with_for_update(skip_locked=True)
         with self._tx() as conn:
-            row = conn.execute(query).first()
-            if row is None:
-                return None
-            conn.execute(deliveries.update().where(_key(day, row.subscriber_id)).values(run_owner=owner))
-            sub = conn.execute(select(subscribers).where(subscribers.c.id == row.subscriber_id)).one()
+            rows = conn.execute(query).all()
+            if not rows:
+                return []
+            ids = [row.subscriber_id for row in rows]
+            conn.execute(deliveries.update().where(deliveries.c.day == day, deliveries.c.subscriber_id.in_(ids))
+                         .values(run_owner=owner))
+            subs = {row.id: _subscriber(row) for row in conn.execute(select(subscribers)
+                                                                      .where(subscribers.c.id.in_(ids)))}
             conn.execute(runs.update().where(and_(runs.c.day == day, runs.c.owner == owner)).values(heartbeat_at=now))
-        return Claim(_delivery(row), _subscriber(sub))
+        return [Claim(_delivery(row), subs[row.subscriber_id]) for row in rows if row.subscriber_id in subs]
 
     def mark_sending(self, day: date, subscriber_id: int, message_id: str, now: datetime | None = None) -> None:
         """Recorded and committed before DATA: if we die now, the next run resends with this Message-ID."""
         self._set(day, subscriber_id, now, state="sending", message_id=message_id)
+
+    def start_sending(self, day: date, subscriber_id: int, message_id: str, now: datetime | None = None) -> str:
+        """:meth:`mark_sending` if the subscriber is still active, else record the row `skipped`.
+
+        One transaction, so someone who unsubscribed a moment ago is not sent to. Returns the
+        subscriber's status (``"active"`` when the message may go).
+        """
+        now = _now(now)
+        with self._tx() as conn:
+            status = conn.execute(select(subscribers.c.status).where(subscribers.c.id == subscriber_id)).scalar()
+            status = str(status or "removed")
+            if status == "active":
+                values: dict[str, Any] = {"state": "sending", "message_id": message_id}
+            else:
+                values = {"state": "skipped", "last_error": f"subscriber is {status}"}
+            conn.execute(deliveries.update().where(_key(day, subscriber_id)).values(updated_at=now, **values))
+        return status
 
     def mark_sent(self, day: date, subscriber_id: int, now: datetime | None = None) -> None:
         now = _now(now)
