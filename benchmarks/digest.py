@@ -92,13 +92,14 @@ def main() -> int:
           f"{len({s.key() for s in chosen})} distinct selections")
 
     # Grouped: one render per variant, then personalise + build + serialise per subscriber.
-    start = time.perf_counter()
+    # Wall and CPU time both: on a shared machine the wall clock also counts other processes.
+    start, cpu_start = time.perf_counter(), time.process_time()
     renderer = DigestRenderer(config, collection.site, collection.content)
     variants: dict[str, Variant | None] = {}
     for selection in chosen:
         if selection.key() not in variants:
             variants[selection.key()] = renderer.render(args.date, day_posts, selection)
-    rendered = time.perf_counter()
+    cpu_rendered = time.process_time()
     sent = 0
     total_bytes = 0
     for selection, person in zip(chosen, people, strict=True):
@@ -107,15 +108,16 @@ def main() -> int:
             continue  # nothing they chose appeared that day: no message
         total_bytes += len(message_bytes(config, variant, person, args.date))
         sent += 1
-    grouped = time.perf_counter() - start
-    rate = sent / grouped
-    build_rate = sent / (grouped - (rendered - start))
-    print(f"grouped: {sent} messages in {grouped:.2f} s, of which {rendered - start:.2f} s rendering "
-          f"{sum(v is not None for v in variants.values())} variants: {rate:,.0f} messages/s all in, "
-          f"{build_rate:,.0f}/s personalise + build + as_bytes; average {total_bytes / max(sent, 1) / 1024:.1f} KiB")
+    grouped, cpu_grouped = time.perf_counter() - start, time.process_time() - cpu_start
+    rate, cpu_rate = sent / grouped, sent / cpu_grouped
+    build_rate = sent / (cpu_grouped - (cpu_rendered - cpu_start))
+    print(f"grouped: {sent} messages in {grouped:.2f} s wall, {cpu_grouped:.2f} s CPU, of which "
+          f"{cpu_rendered - cpu_start:.2f} s CPU rendering {sum(v is not None for v in variants.values())} variants")
+    print(f"         {rate:,.0f} messages/s wall, {cpu_rate:,.0f}/s CPU all in; {build_rate:,.0f}/s CPU for "
+          f"personalise + build + as_bytes alone; average message {total_bytes / max(sent, 1) / 1024:.1f} KiB")
 
     # Naive: render and inline for every subscriber (a fresh renderer, as a naive loop would).
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     naive_sent = 0
     for selection, person in list(zip(chosen, people, strict=True))[: args.naive]:
         variant = DigestRenderer(config, collection.site, collection.content).render(args.date, day_posts, selection)
@@ -123,13 +125,14 @@ def main() -> int:
             continue
         message_bytes(config, variant, person, args.date)
         naive_sent += 1
-    naive = time.perf_counter() - start
-    naive_rate = naive_sent / naive
-    print(f"naive:   {naive_sent} messages in {naive:.2f} s = {naive_rate:,.1f} messages/s "
-          f"(10,000 would take {args.subscribers / naive_rate / 60:.1f} min)")
-    ratio = rate / naive_rate
-    ok = ratio >= 50 and rate >= 2000
-    print(f"speed-up: {ratio:,.0f}x (target >= 50x); rate {rate:,.0f}/s (target >= 2,000/s): {'PASS' if ok else 'FAIL'}")
+    naive, cpu_naive = time.perf_counter() - start, time.process_time() - cpu_start
+    naive_rate, cpu_naive_rate = naive_sent / naive, naive_sent / cpu_naive
+    print(f"naive:   {naive_sent} messages in {naive:.2f} s wall, {cpu_naive:.2f} s CPU = {naive_rate:,.1f} messages/s "
+          f"wall, {cpu_naive_rate:,.1f}/s CPU ({args.subscribers:,} would take {args.subscribers / naive_rate / 60:.1f} min)")
+    ratio, cpu_ratio = rate / naive_rate, cpu_rate / cpu_naive_rate
+    ok = min(ratio, cpu_ratio) >= 50 and cpu_rate >= 2000
+    print(f"speed-up: {ratio:,.0f}x wall, {cpu_ratio:,.0f}x CPU (target >= 50x); {rate:,.0f}/s wall, "
+          f"{cpu_rate:,.0f}/s CPU (target >= 2,000/s): {'PASS' if ok else 'FAIL'}")
     return 0 if ok else 1
 
 
