@@ -1,0 +1,274 @@
+"""End to end: the demo site, the sample post (golden files) and the edge-case site through
+collector, feeds and writer; incremental rebuilds; the `build` command."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import feedparser
+import pytest
+from click.testing import CliRunner
+from feed_checks import atom_problems, json_feed_problems, rss_problems
+
+from finews_feeds import build as buildmod
+from finews_feeds.cli import cli
+from finews_feeds.collector import collect_site
+from finews_feeds.config import Config, build_config
+from finews_feeds.writer import MANIFEST
+
+ROOT = Path(__file__).resolve().parent.parent
+DATA = Path(__file__).parent / "data"
+DEMO = ROOT / "demo-site"
+SAMPLE = DATA / "feeds" / "sample-site"
+GOLDEN = DATA / "feeds" / "golden"
+MAKE_SITE = next((p for p in (DATA / "collector" / "make_site.py", Path("/work/shared/corpus/make_site.py")) if p.exists()),
+                 DATA / "collector" / "make_site.py")
+CATEGORIES = {"cailianshe": {"title": "财联社新闻", "order": 10}}
+NEW_POST = """---
+title: "新文章"
+date: 2022-04-21 08:00:00 +0800
+categories: cailianshe
+tags: [财联社新闻, 全新标签]
+---
+<p>新文章正文。<img src="/img/a.jpg"></p>
+"""
+
+
+def config_for(site: Path, tmp: Path, **feeds: object) -> Config:
+    return build_config({"site": {"source": str(site), "cache_dir": str(tmp / "cache")},
+                         "feeds": {"output": str(tmp / "out"), **feeds}, "categories": CATEGORIES})
+
+
+def files_under(root: Path) -> dict[str, tuple[int, bytes]]:
+    return {p.relative_to(root).as_posix(): (p.stat().st_mtime_ns, p.read_bytes())
+            for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def parse(data: bytes) -> feedparser.FeedParserDict:
+    # Sanitizing is feedparser's slow part and no part of well-formedness (bozo).
+    return feedparser.parse(data, sanitize_html=False, resolve_relative_uris=False)
+
+
+def check_every_file(out: Path) -> dict[str, list[str]]:
+    """Parse and validate every feed under ``out``: {relative path: entry ids}."""
+    ids: dict[str, list[str]] = {}
+    for path in sorted(out.rglob("*")):
+        data = path.read_bytes() if path.is_file() else b""
+        rel = path.relative_to(out).as_posix()
+        if path.name in ("rss.xml", "atom.xml"):
+            parsed = parse(data)
+            assert parsed.bozo == 0, (path, parsed.get("bozo_exception"))
+            problems = rss_problems(data) if path.name == "rss.xml" else atom_problems(data)
+            assert problems == [], path
+            ids[rel] = [e.id for e in parsed.entries]
+        elif path.name == "feed.json":
+            assert json_feed_problems(data) == [], path
+            ids[rel] = [item["id"] for item in json.loads(data)["items"]]
+    return ids
+
+
+@pytest.fixture(scope="module")
+def demo_build(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, buildmod.BuildReport, Config]]:
+    tmp = tmp_path_factory.mktemp("demo")
+    config = config_for(DEMO, tmp)
+    yield tmp / "out", buildmod.run_build(config), config
+
+
+@pytest.fixture(scope="module")
+def edge_site(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    site = tmp_path_factory.mktemp("edge") / "site"
+    subprocess.run([sys.executable, str(MAKE_SITE), str(site), "--posts", "40", "--edge-cases"], check=True,
+                   stdout=subprocess.DEVNULL)
+    return site
+
+
+# --------------------------------------------------------------------------- demo site
+
+
+def test_demo_site_feeds_hold_the_right_entries_in_every_format(demo_build: tuple[Path, buildmod.BuildReport, Config]) -> None:
+    out, report, config = demo_build
+    posts = collect_site(config).posts
+    manifest = json.loads((out / MANIFEST).read_bytes())
+    slugs = manifest["slugs"]
+    expected: dict[str, list[str]] = {"": [p.id for p in posts[:50]]}
+    for kind, folder in (("category", "categories"), ("tag", "tags")):
+        for name, slug in slugs[kind].items():
+            chosen = [p.id for p in posts if name in (p.categories if kind == "category" else p.tags)]
+            expected[f"{folder}/{slug}"] = chosen[:50]
+    assert report.feeds == len(expected) == 94
+    assert report.posts == 301 and report.rejected == []
+    found = check_every_file(out)
+    assert found == {f"{folder}/{name}".lstrip("/"): ids for folder, ids in expected.items()
+                     for name in ("rss.xml", "atom.xml", "feed.json")}
+
+
+def test_demo_site_writes_listings_and_category_display_names(demo_build: tuple[Path, buildmod.BuildReport, Config]) -> None:
+    out, report, _ = demo_build
+    assert sorted(p.name for p in out.iterdir()) == [
+        MANIFEST, "_feeds_head.html", "_feeds_head_tags.html", "atom.xml", "categories", "feed.json", "feed.xsl",
+        "feeds.opml", "index.html", "rss.xml", "tags",
+    ]
+    parsed = parse((out / "categories" / "cailianshe" / "atom.xml").read_bytes())
+    assert parsed.feed.title == "finews 财经新闻 · 财联社新闻"
+    assert report.files_written == 94 * 3 + 5
+
+
+def test_a_rebuild_without_changes_writes_nothing_and_keeps_mtimes(demo_build: tuple[Path, buildmod.BuildReport, Config]) -> None:
+    out, _, config = demo_build
+    before = files_under(out)
+    report = buildmod.run_build(config)
+    assert (report.feeds_written, report.feeds_unchanged, report.files_written, report.files_removed) == (0, 94, 0, 0)
+    assert files_under(out) == before
+    full = buildmod.run_build(config, full=True)
+    assert (full.feeds_written, full.files_written) == (0, 0)
+    assert files_under(out) == before
+
+
+# --------------------------------------------------------------------------- incremental
+
+
+def test_one_new_post_rewrites_only_the_feeds_that_contain_it_then_its_removal_removes_its_tag(tmp_path: Path) -> None:
+    site = tmp_path / "site"
+    shutil.copytree(DEMO, site)
+    config = config_for(site, tmp_path)
+    buildmod.run_build(config)
+    post = site / "_posts" / "2022-04-21-new.md"
+    post.write_text(NEW_POST, encoding="utf-8")
+
+    report = buildmod.run_build(config)
+    feeds = ["", "categories/cailianshe/", "tags/财联社新闻/", "tags/全新标签/"]
+    assert report.written == sorted(
+        [f"{f}{n}" for f in feeds for n in ("atom.xml", "feed.json", "rss.xml")]
+        + ["_feeds_head_tags.html", "feeds.opml", "index.html"]
+    )
+    assert (report.feeds_written, report.feeds_unchanged, report.feeds_removed) == (4, 91, 0)
+    newest = parse((tmp_path / "out" / "tags" / "全新标签" / "rss.xml").read_bytes()).entries
+    assert [e.title for e in newest] == ["新文章"]
+
+    post.unlink()
+    report = buildmod.run_build(config)
+    assert (report.feeds_written, report.feeds_removed, report.files_removed) == (3, 1, 3)
+    assert not (tmp_path / "out" / "tags" / "全新标签").exists()
+    assert "feeds: 94 (3 written, 91 unchanged, 1 removed)" in report.summary()
+
+
+def test_an_edited_post_rewrites_its_feeds(tmp_path: Path) -> None:
+    site = tmp_path / "site"
+    shutil.copytree(DEMO, site)
+    config = config_for(site, tmp_path)
+    buildmod.run_build(config)
+    target = site / "_posts" / "2022-04-20-NW202204202349219681.md"
+    target.write_text(target.read_text(encoding="utf-8").replace("昨日下午", "昨天下午"), encoding="utf-8")
+    report = buildmod.run_build(config)
+    assert sorted({path.rsplit("/", 1)[0] for path in report.written if "/" in path}) == [
+        "categories/cailianshe", "tags/财联社新闻",
+    ]
+    assert "昨天下午" in (tmp_path / "out" / "tags" / "财联社新闻" / "atom.xml").read_text(encoding="utf-8")
+
+
+def test_worker_processes_write_the_same_bytes_as_one_process(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    one = config_for(DEMO, tmp_path / "one")
+    two = config_for(DEMO, tmp_path / "two")
+    buildmod.run_build(one, workers=1)
+    monkeypatch.setattr(buildmod, "PARALLEL_FROM", 1)
+    report = buildmod.run_build(two, workers=2)
+    assert report.feeds_written == 94
+    strip = {k: v[1] for k, v in files_under(tmp_path / "one" / "out").items()}
+    assert {k: v[1] for k, v in files_under(tmp_path / "two" / "out").items()} == strip
+
+
+def test_formats_dropped_from_the_config_are_removed(tmp_path: Path) -> None:
+    buildmod.run_build(config_for(SAMPLE, tmp_path))
+    report = buildmod.run_build(config_for(SAMPLE, tmp_path, formats=["atom"]))
+    assert report.files_removed == 6
+    assert sorted(p.name for p in (tmp_path / "out" / "tags" / "财联社新闻").iterdir()) == ["atom.xml"]
+
+
+# --------------------------------------------------------------------------- golden files
+
+
+@pytest.mark.parametrize("name", ["rss.xml", "atom.xml", "feed.json", "categories/cailianshe/atom.xml", "feeds.opml",
+                                  "_feeds_head.html"])
+def test_sample_post_feeds_match_the_golden_files(tmp_path: Path, name: str) -> None:
+    buildmod.run_build(config_for(SAMPLE, tmp_path))
+    produced = (tmp_path / "out" / name).read_bytes()
+    golden = GOLDEN / name.replace("/", "__")
+    if os.environ.get("FINEWS_UPDATE_GOLDEN"):
+        golden.parent.mkdir(parents=True, exist_ok=True)
+        golden.write_bytes(produced)
+    assert produced == golden.read_bytes()
+
+
+# --------------------------------------------------------------------------- edge cases
+
+
+def test_edge_case_site_stays_inside_the_output_folder_and_every_file_is_valid(tmp_path: Path, edge_site: Path) -> None:
+    config = config_for(edge_site, tmp_path)
+    report = buildmod.run_build(config)
+    out = tmp_path / "out"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cache", "out"]
+    for path in out.rglob("*"):
+        assert path.resolve().is_relative_to(out.resolve())
+    tags = sorted(p.name for p in (out / "tags").iterdir())
+    assert "tmp-pwned" in tags and "abs" in tags and "a-b" in tags
+    assert not any(name in ("", ".", "..", "con") for name in tags)
+    assert "etc" in {p.name for p in (out / "categories").iterdir()}
+    assert len(check_every_file(out)) == report.feeds * 3
+    assert {e.path for e in report.rejected} >= {"_posts/2022-04-20-edge-bad-yaml.md", "_posts/2022-04-20-edge-bad-date.md"}
+    assert report.exit_code() == 0 and report.exit_code(strict=True) == 1
+    atom = (out / "atom.xml").read_text(encoding="utf-8")
+    assert "\x0b" not in atom and "\x1b" not in atom and "&lt;script&gt;" in atom and "<script>" not in atom
+
+
+# --------------------------------------------------------------------------- the command
+
+
+def _write_config(tmp_path: Path, site: Path) -> Path:
+    path = tmp_path / "finews.toml"
+    path.write_text(f'[site]\nsource = "{site}"\ncache_dir = "{tmp_path / "cache"}"\n\n[feeds]\noutput = "{tmp_path / "out"}"\n',
+                    encoding="utf-8")
+    return path
+
+
+def test_build_command_prints_the_summary_and_exits_0_even_with_rejected_files(tmp_path: Path, edge_site: Path) -> None:
+    config = _write_config(tmp_path, DEMO)
+    result = CliRunner().invoke(cli, ["--config", str(config), "build", "--site", str(edge_site)])
+    assert result.exit_code == 0, result.output
+    assert result.stdout.startswith("posts: ")
+    assert "rejected files: " in result.stdout and "rejected files: 0" not in result.stdout
+    assert "rejected _posts/2022-04-20-edge-bad-yaml.md: " in result.stderr
+
+
+def test_build_command_strict_exits_1_on_rejected_files(tmp_path: Path, edge_site: Path) -> None:
+    config = _write_config(tmp_path, edge_site)
+    result = CliRunner().invoke(cli, ["--config", str(config), "build", "--strict"])
+    assert result.exit_code == 1
+    assert (tmp_path / "out" / "rss.xml").is_file()
+
+
+def test_build_command_out_flag_overrides_the_config(tmp_path: Path) -> None:
+    config = _write_config(tmp_path, SAMPLE)
+    result = CliRunner().invoke(cli, ["--config", str(config), "build", "--out", str(tmp_path / "elsewhere"), "--full"])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "elsewhere" / "tags" / "财联社新闻" / "feed.json").is_file()
+    assert not (tmp_path / "out").exists()
+
+
+def test_build_command_reports_an_unwritable_output_with_exit_4(tmp_path: Path) -> None:
+    config = _write_config(tmp_path, SAMPLE)
+    (tmp_path / "file").write_text("x")
+    result = CliRunner().invoke(cli, ["--config", str(config), "build", "--out", str(tmp_path / "file" / "feeds")])
+    assert result.exit_code == 4
+    assert "error: cannot create the output folder" in result.stderr
+
+
+def test_build_command_reports_a_missing_site_with_exit_3(tmp_path: Path) -> None:
+    config = _write_config(tmp_path, tmp_path / "missing")
+    result = CliRunner().invoke(cli, ["--config", str(config), "build"])
+    assert result.exit_code == 3
