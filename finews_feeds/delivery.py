@@ -67,6 +67,8 @@ class DeliveryReport:
     sent: int = 0
     #: Sent by an earlier run.
     already_sent: int = 0
+    #: Failed permanently in an earlier run (never retried).
+    failed_before: int = 0
     #: Messages left `sending` by a crashed run and sent again with their Message-ID.
     resent: int = 0
     #: Retries after a temporary failure.
@@ -93,6 +95,7 @@ class DeliveryReport:
             f"digest {self.day}: sent {self.sent}, skipped {sum(self.skipped.values())}, "
             f"retried {self.retried}, failed {sum(self.failed.values())}"
             + (f", already sent before {self.already_sent}" if self.already_sent else "")
+            + (f", failed permanently before {self.failed_before}" if self.failed_before else "")
             + (f", resent after a crash {self.resent}" if self.resent else ""),
         ]
         for reason, count in sorted(self.skipped.items()):
@@ -368,6 +371,7 @@ def send_digest(
         counts = store.ledger_counts(day)
         report.total = sum(counts.values())
         report.already_sent = counts["sent"]
+        report.failed_before = counts["failed-permanent"]
         report.open = counts["pending"] + counts["sending"] + counts["failed-temporary"]
         run = _Run(config, store, transport, day, collection.site, posts, renderer, now, stop, sleep, report)
         done = 0

@@ -145,7 +145,9 @@ def test_a_550_is_recorded_never_retried_and_bounces_after_the_limit(sink: Sink,
     assert report.permanent_failures == [("bad@example.org", "550 5.1.1 no such user (at RCPT TO bad@example.org)")]
     assert dict(report.failed) == {"permanent: 550 5.1.1 no such user": 1}
     assert "  failed 1: permanent: 550 5.1.1 no such user" in report.summary_lines()
-    assert send(config, store).sent == 0
+    again = send(config, store)
+    assert again.summary_lines() == [
+        "digest 2022-04-20: sent 0, skipped 0, retried 0, failed 0, already sent before 2, failed permanently before 1"]
     assert [d.state for d in store.ledger(DAY)] == ["sent", "failed-permanent", "sent"]
     next_day = send_digest(config, store, lambda: transport_from_config(config), DAY + timedelta(days=1),
                            make_collection(), lambda: T0, renderer=AlwaysRenderer(config))
@@ -285,6 +287,20 @@ def test_stop_finishes_the_message_in_flight_and_a_rerun_sends_the_rest(sink: Si
     rest = send(make_config(port), store)
     assert (rest.sent, rest.already_sent) == (3, 2)
     assert counts(sink) == dict.fromkeys(emails, 1)
+
+
+def test_someone_who_unsubscribes_during_the_run_is_not_sent_to(sink: Sink, port: int, store: Store) -> None:
+    emails = [f"r{n}@example.org" for n in range(4)]
+    add_active(store, *emails)
+
+    def progress(done: int, total: int) -> None:
+        if done == 1:
+            store.unsubscribe("r2@example.org", T0)
+
+    report = send(make_config(port), store, progress=progress)
+    assert (report.sent, dict(report.skipped)) == (3, {"subscriber is unsubscribed": 1})
+    assert sorted(counts(sink)) == ["r0@example.org", "r1@example.org", "r3@example.org"]
+    assert [(d.state, d.last_error) for d in store.ledger(DAY)][2] == ("skipped", "subscriber is unsubscribed")
 
 
 def test_a_refused_login_stops_the_run_without_losing_the_recipient(store: Store) -> None:

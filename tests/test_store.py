@@ -235,3 +235,16 @@ def test_import_adds_new_addresses_only_and_twice_changes_nothing(store: Store) 
     assert store.import_subscribers(rows, T0) == (0, 2)
     assert store.list_subscribers() == before
     assert [(s.email, s.status) for s in before] == [("old@example.org", "unsubscribed"), ("new@example.org", "active")]
+
+
+def test_start_sending_checks_the_subscriber_in_the_same_commit(store: Store) -> None:
+    a = store.add_subscriber("a@example.org", confirmed=True, now=T0).id
+    b = store.add_subscriber("b@example.org", confirmed=True, now=T0).id
+    store.prepare_day(DAY, T0)
+    claims = store.claim_batch(DAY, new_owner(), T0, limit=10)
+    assert [c.subscriber.status for c in claims] == ["active", "active"]
+    store.unsubscribe("b@example.org", T0)
+    assert store.start_sending(DAY, a, "<a@x>", T0) == "active"
+    assert store.start_sending(DAY, b, "<b@x>", T0) == "unsubscribed"
+    assert [(d.state, d.message_id, d.last_error) for d in store.ledger(DAY)] == [
+        ("sending", "<a@x>", ""), ("skipped", "", "subscriber is unsubscribed")]
