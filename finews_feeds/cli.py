@@ -296,5 +296,23 @@ def subscribers_export(state: State, file: Path) -> None:
     click.echo(f"exported {count} subscribers to {file}")
 
 
+# -- daemon (issue 6) ---------------------------------------------------------------------------
+
+
+@cli.command("daemon")
+@click.option("--digest-in", type=float, default=None, hidden=True,
+              help="Also run the digest once, this many seconds after start (for tests and trials).")
+@click.option("--digest-day", type=click.DateTime(["%Y-%m-%d"]), default=None, hidden=True,
+              help="Day the digest runs cover, instead of the day the schedule gives.")
+@click.pass_obj
+@handle_errors
+def daemon_command(state: State, digest_in: float | None, digest_day: Any) -> None:
+    """Rebuild the feeds, send the daily digest and serve the web app, until SIGTERM or SIGINT."""
+    from .daemon import run_daemon
+
+    config = state.config()
+    sys.exit(run_daemon(config, digest_in=digest_in, digest_day=digest_day.date() if digest_day else None))
+
+
 def main() -> None:
     cli(prog_name="finews-feeds")

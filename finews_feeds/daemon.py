@@ -1,0 +1,401 @@
+"""The long-running service: scheduler, file watcher and web app in one process.
+
+Threads: the main thread only waits for a signal; APScheduler's pool runs the rebuild and the
+digest; uvicorn serves the web app from its own thread (so it installs no signal handlers of its
+own: it would re-raise SIGTERM after its shutdown and the process would die by the signal
+instead of exiting 0); watchdog's observer asks for a rebuild when a post file changes.
+
+On SIGTERM or SIGINT: the scheduler stops taking work, the delivery stop event is set so a send
+in progress finishes the message in flight, records it and returns, the web server closes, and
+the process exits 0. A second signal exits at once.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, timedelta, tzinfo
+from pathlib import Path, PurePath
+from types import FrameType
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from .config import Config
+from .errors import ConfigError, FinewsError
+from .models import Collection
+
+log = logging.getLogger(__name__)
+
+#: Seconds the daemon gives running jobs to finish after a stop signal.
+STOP_TIMEOUT = 10.0
+#: Seconds between a file event and the rebuild it asks for (a burst of events gives one rebuild).
+WATCH_DEBOUNCE = 0.5
+#: File watcher events that mean the content changed (opening a file to read it is not one).
+CHANGE_EVENTS = frozenset({"created", "modified", "moved", "deleted", "closed"})
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass
+class DaemonStatus:
+    """The last build and send results, shared between the jobs and /healthz."""
+
+    started_at: datetime
+    last_build: dict[str, Any] | None = None
+    last_send: dict[str, Any] | None = None
+    builds: int = 0
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def record_build(self, result: dict[str, Any]) -> None:
+        with self._lock:
+            self.last_build = result
+            self.builds += 1
+
+    def record_send(self, result: dict[str, Any]) -> None:
+        with self._lock:
+            self.last_send = result
+
+    def snapshot(self) -> dict[str, Any]:
+        with self._lock:
+            return {
+                "started_at": self.started_at.isoformat(),
+                "builds": self.builds,
+                "last_build": self.last_build,
+                "last_send": self.last_send,
+            }
+
+
+class Rebuilder:
+    """Runs feed builds one at a time, and never loses a request that arrives during one.
+
+    The interval job, the start-up build and the file watcher all call :meth:`request`; a
+    request made while a build runs makes that build go round once more, so a post saved in
+    the middle of a build still reaches the feeds.
+    """
+
+    def __init__(self, build: Callable[[], Collection | None], stop: threading.Event) -> None:
+        self._build = build
+        self._stop = stop
+        self._lock = threading.Lock()
+        self._again = threading.Event()
+
+    def mark(self) -> None:
+        self._again.set()
+
+    def request(self) -> None:
+        self._again.set()
+        while self._again.is_set() and not self._stop.is_set():
+            if not self._lock.acquire(blocking=False):
+                return  # the build in progress sees the flag and goes round again
+            try:
+                self._again.clear()
+                self._build()
+            finally:
+                self._lock.release()
+
+
+def build_result(report: Any, now: datetime) -> dict[str, Any]:
+    return {
+        "ok": True,
+        "finished_at": now.isoformat(),
+        "posts": report.posts,
+        "feeds": report.feeds,
+        "feeds_written": report.feeds_written,
+        "feeds_removed": report.feeds_removed,
+        "rejected_files": len(report.rejected),
+        "seconds": round(report.seconds, 3),
+    }
+
+
+def send_result(report: Any, now: datetime) -> dict[str, Any]:
+    return {
+        "ok": bool(report.ok),
+        "day": report.day.isoformat(),
+        "finished_at": now.isoformat(),
+        "sent": report.sent,
+        "already_sent": report.already_sent,
+        "resent": report.resent,
+        "retried": report.retried,
+        "skipped": sum(report.skipped.values()),
+        "failed": sum(report.failed.values()),
+        "stopped": report.stopped,
+        "aborted": report.aborted,
+        "busy": report.busy,
+    }
+
+
+def is_post_path(site_root: Path, path: str, extensions: tuple[str, ...]) -> bool:
+    """Whether a file event at ``path`` can change the feeds: a post file under a ``_posts``
+    folder (not in a dot-folder, ``_site`` or ``_drafts``), or the site's ``_config.yml``."""
+    try:
+        rel = PurePath(os.path.relpath(path, site_root))
+    except ValueError:
+        return False
+    parts = rel.parts
+    if not parts or parts[0] == "..":
+        return False
+    if parts == ("_config.yml",):
+        return True
+    if any(p.startswith(".") or p in ("_site", "_drafts") for p in parts):
+        return False
+    return "_posts" in parts[:-1] and rel.suffix.lower() in extensions
+
+
+def bind_socket(host: str, port: int) -> socket.socket:
+    """The listening socket, bound here so a port in use is a clear error before anything starts."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    try:
+        sock = socket.create_server((host, port), family=family, backlog=128)
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot listen on {host}:{port}: {exc.strerror or exc}",
+            hint="set web.host / web.port (or FINEWS_WEB_PORT) to a free address",
+        ) from None
+    sock.set_inheritable(True)
+    return sock
+
+
+class Daemon:
+    """One daemon process; :meth:`run` blocks until a stop signal and returns the exit code."""
+
+    def __init__(
+        self,
+        config: Config,
+        *,
+        digest_in: float | None = None,
+        digest_day: date | None = None,
+        clock: Callable[[], datetime] = utc_now,
+    ) -> None:
+        from .scheduler import digest_zone
+        from .site import resolve_site
+        from .tokens import secret_of
+
+        secret_of(config)  # links in mails and pages need it: fail at start, not at 07:30
+        self.config = config
+        self.clock = clock
+        self.digest_day = digest_day
+        self.digest_in = digest_in
+        self.site = resolve_site(config)
+        self.zone: tzinfo = digest_zone(config, self.site.timezone)
+        self.stop = threading.Event()  # the delivery stop event, and "take no new work"
+        self.shutdown = threading.Event()
+        self.status = DaemonStatus(started_at=clock())
+        self.rebuilder = Rebuilder(self._build_once, self.stop)
+        self._categories: list[tuple[str, str]] = []
+        self._categories_lock = threading.Lock()
+
+    # -- jobs ----------------------------------------------------------------------------------
+
+    def _build_once(self) -> Collection | None:
+        from .build import build_feeds
+        from .collector import collect_site
+
+        started = time.perf_counter()
+        try:
+            collection = collect_site(self.config, self.clock())
+            report = build_feeds(collection, self.config)
+        except FinewsError as exc:
+            log.error("feed build failed: %s", exc.message)
+            self.status.record_build({"ok": False, "finished_at": self.clock().isoformat(), "error": exc.message})
+            return None
+        except Exception as exc:
+            log.exception("feed build failed")
+            self.status.record_build({"ok": False, "finished_at": self.clock().isoformat(), "error": repr(exc)})
+            return None
+        report.seconds = time.perf_counter() - started
+        log.info("feeds built: %s", report.summary())
+        self.status.record_build(build_result(report, self.clock()))
+        self._remember_categories(collection)
+        return collection
+
+    def _remember_categories(self, collection: Collection) -> None:
+        names = {name for post in collection.posts for name in post.categories}
+        names.update(self.config.categories)
+        ordered = sorted(names, key=lambda n: (self.config.category_order(n), n))
+        with self._categories_lock:
+            self._categories = [(name, collection.site.category_title(name)) for name in ordered]
+
+    def categories(self) -> list[tuple[str, str]]:
+        """Choices of the subscribe form: every category of the site, in the configured order."""
+        with self._categories_lock:
+            if self._categories:
+                return list(self._categories)
+        from .web import default_categories
+
+        return default_categories(self.config)
+
+    def digest(self, fired: datetime) -> None:
+        """The digest job: the day the run at ``fired`` covers, its web copy, then the sends."""
+        from .collector import collect_site
+        from .delivery import send_digest
+        from .digest import covered_day, write_preview
+        from .mailer import transport_from_config
+
+        if self.stop.is_set():
+            return
+        zone = self.zone if isinstance(self.zone, ZoneInfo) else ZoneInfo(str(self.zone))
+        day = self.digest_day or covered_day(fired, zone, self.config.digest.covers)
+        log.info("digest run for %s (scheduled %s)", day.isoformat(), fired.isoformat())
+        try:
+            collection = collect_site(self.config, self.clock())
+            try:
+                write_preview(self.config, day, now=self.clock(), collect=lambda _config: collection)
+            except (FinewsError, OSError) as exc:  # the archive page is a nicety; the mail is not
+                log.error("web copy of the %s digest not written: %s", day, exc)
+            report = send_digest(
+                self.config, self.store, lambda: transport_from_config(self.config), day, collection,
+                self.clock, self.stop,
+            )
+        except FinewsError as exc:
+            log.error("digest %s not sent: %s", day, exc.message)
+            self.status.record_send({"ok": False, "day": day.isoformat(), "finished_at": self.clock().isoformat(),
+                                     "error": exc.message})
+            return
+        except Exception as exc:
+            log.exception("digest %s failed", day)
+            self.status.record_send({"ok": False, "day": day.isoformat(), "finished_at": self.clock().isoformat(),
+                                     "error": repr(exc)})
+            return
+        for line in report.summary_lines():
+            log.info("%s", line)
+        self.status.record_send(send_result(report, self.clock()))
+
+    def send_confirmation(self, email: str) -> None:
+        from .delivery import send_confirmation
+        from .mailer import transport_from_config
+
+        with transport_from_config(self.config) as transport:
+            send_confirmation(self.config, self.store, transport, email, self.clock())
+        log.info("confirmation mail sent to %s", email)
+
+    def health(self) -> dict[str, Any]:
+        from .scheduler import scheduler_status
+
+        report = self.status.snapshot()
+        report["scheduler"] = scheduler_status(self.scheduler)
+        report["ok"] = report["scheduler"]["state"] == "running" and not self.stop.is_set()
+        return report
+
+    # -- running -------------------------------------------------------------------------------
+
+    def _watch(self) -> Any:
+        from watchdog.events import FileSystemEvent, FileSystemEventHandler
+        from watchdog.observers import Observer
+
+        from .scheduler import request_rebuild
+
+        root = Path(self.site.source).resolve()
+        extensions = tuple(e.lower() for e in self.site.extensions)
+        daemon = self
+
+        class Handler(FileSystemEventHandler):
+            def on_any_event(self, event: FileSystemEvent) -> None:
+                if event.event_type not in CHANGE_EVENTS or event.is_directory or daemon.stop.is_set():
+                    return
+                paths = [event.src_path, getattr(event, "dest_path", "") or ""]
+                if not any(p and is_post_path(root, os.fsdecode(p), extensions) for p in paths):
+                    return
+                log.debug("file event %s %s: rebuild", event.event_type, event.src_path)
+                daemon.rebuilder.mark()
+                when = daemon.clock() + timedelta(seconds=WATCH_DEBOUNCE)
+                request_rebuild(daemon.scheduler, daemon.rebuilder.request, when)
+
+        observer = Observer()
+        observer.daemon = True
+        observer.schedule(Handler(), str(root), recursive=True)
+        observer.start()
+        log.info("watching %s for post changes", root)
+        return observer
+
+    def run(self) -> int:
+        import uvicorn
+
+        from .scheduler import create_scheduler
+        from .store import Store
+        from .web import create_app
+
+        config = self.config
+        # One line per job added or removed (each file event replaces the rebuild job) is noise.
+        logging.getLogger("apscheduler.scheduler").setLevel(max(logging.WARNING, log.getEffectiveLevel()))
+        sock = bind_socket(config.web.host, config.web.port)
+        self.store = Store.open(config.database.url)
+        digest_at = self.clock() + timedelta(seconds=self.digest_in) if self.digest_in is not None else None
+        self.scheduler = create_scheduler(
+            config, self.zone, rebuild=self.rebuilder.request, digest=self.digest, clock=self.clock, digest_at=digest_at,
+        )
+        app = create_app(config, store=self.store, send_confirmation=self.send_confirmation, health=self.health,
+                         categories=self.categories, clock=self.clock)
+        server = uvicorn.Server(uvicorn.Config(
+            app, log_config=None, lifespan="off", server_header=False, access_log=False,
+            timeout_graceful_shutdown=3, proxy_headers=True,
+        ))
+        server_thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, name="web", daemon=True)
+
+        signals: list[int] = []
+
+        def on_signal(signum: int, _frame: FrameType | None) -> None:
+            if signals:
+                # Asked twice: the operator wants out now.
+                os._exit(1)
+            signals.append(signum)
+            self.shutdown.set()
+
+        previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+        observer = None
+        try:
+            self.scheduler.start()
+            server_thread.start()
+            if config.scheduler.watch:
+                observer = self._watch()
+            host, port = sock.getsockname()[:2]
+            log.info("daemon started: web on http://%s:%s, digest %s", host if ":" not in host else f"[{host}]", port,
+                     self.scheduler.get_job("digest").trigger)
+            while not self.shutdown.wait(0.5):
+                if not server_thread.is_alive():
+                    log.error("the web server stopped; exiting")
+                    self.shutdown.set()
+                    self.stop.set()
+                    return_code = 1
+                    break
+            else:
+                return_code = 0
+            if signals:
+                log.info("received %s: finishing the work in progress", signal.Signals(signals[0]).name)
+            return self._stop(server, server_thread, observer, return_code)
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+    def _stop(self, server: Any, server_thread: threading.Thread, observer: Any, return_code: int) -> int:
+        self.stop.set()
+        deadline = time.monotonic() + STOP_TIMEOUT
+        if observer is not None:
+            observer.stop()
+        # The scheduler waits for its running jobs; the stop event makes a send end after the
+        # message in flight.
+        stopper = threading.Thread(target=self.scheduler.shutdown, kwargs={"wait": True}, name="stop-scheduler", daemon=True)
+        stopper.start()
+        server.should_exit = True
+        stopper.join(max(0.0, deadline - time.monotonic()))
+        server_thread.join(max(0.0, deadline - time.monotonic()))
+        if observer is not None:
+            observer.join(max(0.0, deadline - time.monotonic()))
+        if stopper.is_alive():
+            log.error("jobs still running after %.0f s; exiting anyway", STOP_TIMEOUT)
+            os._exit(1)
+        self.store.close()
+        log.info("daemon stopped")
+        return return_code
+
+
+def run_daemon(config: Config, *, digest_in: float | None = None, digest_day: date | None = None) -> int:
+    """Run the daemon until SIGTERM/SIGINT; the exit code (0 after a clean stop)."""
+    return Daemon(config, digest_in=digest_in, digest_day=digest_day).run()

@@ -1,0 +1,521 @@
+"""The web app: subscribe with double opt-in, one-click unsubscribe, the built feeds and digests, health.
+
+Everything it touches comes in as an argument of :func:`create_app` (the config, the store, the
+function that mails a confirmation link, the health report, the clock), so tests run it on a real
+server with real parts and the daemon wires it to its scheduler.
+
+Rules that matter here:
+
+- ``POST /subscribe`` answers the same whatever the address's state (no enumeration of
+  subscribers), and mails after answering, so the timing does not tell either.
+- ``GET /unsubscribe/{token}`` never unsubscribes (mail scanners prefetch links); ``POST`` with
+  ``List-Unsubscribe=One-Click`` does, at once, with 200 and no redirect or cookie (RFC 8058).
+- Pages that carry a token send ``Referrer-Policy: no-referrer`` so the token does not leak to
+  the links on them.
+- Feed files get their registered types, a weak ETag and Last-Modified from the file (the feed
+  writer leaves unchanged files alone, so these stay put), 304 answers, and gzip.
+"""
+
+from __future__ import annotations
+
+import html
+import logging
+import mimetypes
+import re
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from datetime import UTC, date, datetime
+from email.utils import formatdate, parsedate_to_datetime
+from pathlib import Path
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.background import BackgroundTask
+from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import FormData, UploadFile
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.middleware.gzip import GZipMiddleware
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
+from starlette.routing import Route
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from .config import Config
+from .errors import FinewsError, SubscriberError, TokenError
+from .feeds import FILE_NAMES, OPML
+from .store import Store
+from .subscribers import normalize_email
+from .tokens import read_token, secret_of
+from .writer import MANIFEST
+
+log = logging.getLogger(__name__)
+
+#: How long a confirm link stays valid.
+CONFIRM_MAX_AGE = 7 * 24 * 3600
+#: Most categories one subscribe form may choose (the form has one checkbox per category).
+MAX_CHOICES = 100
+ONE_CLICK = "One-Click"
+
+MEDIA_TYPES = {
+    FILE_NAMES["rss"]: "application/rss+xml; charset=utf-8",
+    FILE_NAMES["atom"]: "application/atom+xml; charset=utf-8",
+    FILE_NAMES["json"]: "application/feed+json; charset=utf-8",
+}
+SUFFIX_TYPES = {
+    ".rss": "application/rss+xml; charset=utf-8",
+    ".atom": "application/atom+xml; charset=utf-8",
+    ".opml": "text/x-opml; charset=utf-8",
+    # Browsers apply an xml-stylesheet only when it is served as XSL (or XML).
+    ".xsl": "text/xsl; charset=utf-8",
+    ".xml": "application/xml; charset=utf-8",
+    ".html": "text/html; charset=utf-8",
+    ".json": "application/json",
+    ".txt": "text/plain; charset=utf-8",
+}
+PAGE_HEADERS = {
+    "X-Content-Type-Options": "nosniff",
+    "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; frame-ancestors 'none'",
+}
+TOKEN_PAGE_HEADERS = {**PAGE_HEADERS, "Referrer-Policy": "no-referrer", "Cache-Control": "no-store"}
+DAY_PATTERN = re.compile(r"(\d{4}-\d{2}-\d{2})(?:\.html)?")
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+# --------------------------------------------------------------------------- request guards
+
+
+class RateLimiter:
+    """At most ``limit`` events per ``window`` seconds per key, on an injectable monotonic clock."""
+
+    def __init__(self, limit: int, window: float, clock: Callable[[], float]) -> None:
+        self.limit = limit
+        self.window = window
+        self.clock = clock
+        self._events: dict[str, deque[float]] = {}
+
+    def allow(self, key: str) -> float:
+        """0 when the event is allowed (and counted), else the seconds until it would be."""
+        now = self.clock()
+        if len(self._events) > 10_000:  # forget idle clients so a scan of addresses cannot grow memory
+            self._events = {k: v for k, v in self._events.items() if v and now - v[-1] < self.window}
+        events = self._events.setdefault(key, deque())
+        while events and now - events[0] >= self.window:
+            events.popleft()
+        if self.limit <= 0 or len(events) >= self.limit:
+            return max(0.1, self.window - (now - events[0])) if events else self.window
+        events.append(now)
+        return 0.0
+
+
+class _BodyTooLarge(Exception):
+    pass
+
+
+class BodyLimitMiddleware:
+    """413 for a request body over ``max_bytes``: by its Content-Length before reading, and by
+    counting while reading (a chunked body has no length)."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        for name, value in scope.get("headers", []):
+            if name == b"content-length" and (not value.isdigit() or int(value) > self.max_bytes):
+                await _too_large(self.max_bytes)(scope, receive, send)
+                return
+        received = 0
+        started = False
+
+        async def limited_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_bytes:
+                    raise _BodyTooLarge
+            return message
+
+        async def watched_send(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, limited_receive, watched_send)
+        except _BodyTooLarge:
+            if started:
+                raise
+            await _too_large(self.max_bytes)(scope, receive, send)
+
+
+def _too_large(limit: int) -> Response:
+    return Response(f"request body larger than {limit} bytes\n", status_code=413, media_type="text/plain",
+                    headers={"Connection": "close"})
+
+
+# --------------------------------------------------------------------------- pages
+
+
+def page(title: str, body: str, status: int = 200, headers: Mapping[str, str] = PAGE_HEADERS) -> HTMLResponse:
+    """A small self-contained HTML page (no scripts, no outside resources)."""
+    document = f"""<!doctype html>
+<html lang="zh-CN">
+<head>
+<meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<meta name="robots" content="noindex">
+<title>{html.escape(title)}</title>
+<style>
+body{{font-family:-apple-system,"PingFang SC","Hiragino Sans GB","Microsoft YaHei","Noto Sans CJK SC",sans-serif;
+max-width:40rem;margin:2rem auto;padding:0 1rem;line-height:1.6;color:#222}}
+h1{{font-size:1.5rem}} fieldset{{border:1px solid #ddd;margin:1rem 0}} label{{margin-right:1rem;white-space:nowrap}}
+input[type=email],input[type=text]{{width:100%;max-width:24rem;padding:.4rem;font-size:1rem}}
+button{{padding:.5rem 1.2rem;font-size:1rem;cursor:pointer}} .muted{{color:#666;font-size:.9rem}}
+</style>
+</head>
+<body>
+<h1>{html.escape(title)}</h1>
+{body}
+</body>
+</html>
+"""
+    return HTMLResponse(document, status_code=status, headers=dict(headers))
+
+
+def _client(request: Request) -> str:
+    return request.client.host if request.client else "unknown"
+
+
+def _is_form(request: Request) -> bool:
+    kind = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+    return kind in ("application/x-www-form-urlencoded", "multipart/form-data")
+
+
+async def _read_form(request: Request) -> FormData:
+    """The request's form; 400 for a body that is not a well-formed form of text fields."""
+    if not _is_form(request):
+        raise HTTPException(415, "expected a form (application/x-www-form-urlencoded or multipart/form-data)")
+    try:
+        form = await request.form(max_files=0, max_fields=MAX_CHOICES + 10)
+    except HTTPException:
+        raise
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise HTTPException(400, f"malformed form: {exc}") from None
+    if any(isinstance(value, UploadFile) for _, value in form.multi_items()):
+        raise HTTPException(400, "files are not accepted")
+    return form
+
+
+def _text_field(form: FormData, name: str, limit: int) -> str:
+    values = form.getlist(name)
+    if len(values) > 1:
+        raise HTTPException(400, f"field {name!r} given more than once")
+    value = values[0] if values else ""
+    if not isinstance(value, str) or len(value) > limit or any(ch in value for ch in "\r\n\x00"):
+        raise HTTPException(400, f"field {name!r} is not valid")
+    return value.strip()
+
+
+# --------------------------------------------------------------------------- files
+
+
+def safe_file(root: Path, rel: str) -> Path | None:
+    """The file ``rel`` names under ``root``, or None when it is outside, hidden or absent.
+
+    Each segment is checked before touching the disk (``..``, empty, dot-files such as the
+    build manifest and the writer's temporary files), then the resolved path must still lie in
+    ``root`` so a symlink cannot lead out.
+    """
+    parts = rel.split("/")
+    if parts and parts[-1] == "":
+        parts[-1] = "index.html"
+    if not parts or any(p in ("", ".", "..") or p.startswith(".") or "\\" in p or "\x00" in p for p in parts):
+        return None
+    try:
+        base = root.resolve()
+        path = (base / Path(*parts)).resolve()
+    except (OSError, ValueError):
+        return None
+    if not path.is_relative_to(base):
+        return None
+    if path.is_dir():
+        path = path / "index.html"
+    return path if path.is_file() else None
+
+
+def media_type(path: Path) -> str:
+    if path.name in MEDIA_TYPES:
+        return MEDIA_TYPES[path.name]
+    if path.suffix.lower() in SUFFIX_TYPES:
+        return SUFFIX_TYPES[path.suffix.lower()]
+    return mimetypes.guess_type(path.name)[0] or "application/octet-stream"
+
+
+def _etag_matches(header: str, etag: str) -> bool:
+    """Weak comparison (RFC 9110 13.1.2): gzip and identity share the tag."""
+    if header.strip() == "*":
+        return True
+    opaque = etag.removeprefix("W/")
+    return any(candidate.strip().removeprefix("W/") == opaque for candidate in header.split(","))
+
+
+def file_response(request: Request, path: Path, cache_control: str) -> Response:
+    """The file with validators, or 304 when the client's copy is current."""
+    try:
+        stat = path.stat()
+        data = b"" if request.method == "HEAD" else path.read_bytes()
+    except OSError:  # removed between the lookup and now (a rebuild dropped the feed)
+        raise HTTPException(404) from None
+    etag = f'W/"{stat.st_mtime_ns:x}-{stat.st_size:x}"'
+    headers = {
+        "ETag": etag,
+        "Last-Modified": formatdate(stat.st_mtime, usegmt=True),
+        "Cache-Control": cache_control,
+        "X-Content-Type-Options": "nosniff",
+    }
+    if_none_match = request.headers.get("if-none-match")
+    if if_none_match is not None:
+        if _etag_matches(if_none_match, etag):
+            return Response(status_code=304, headers=headers)
+    elif (since := request.headers.get("if-modified-since")) is not None:
+        try:
+            moment = parsedate_to_datetime(since)
+        except (TypeError, ValueError, IndexError):
+            moment = None
+        if moment is not None and moment.tzinfo is not None and int(stat.st_mtime) <= moment.timestamp():
+            return Response(status_code=304, headers=headers)
+    response = Response(data, media_type=media_type(path), headers=headers)
+    if request.method == "HEAD":
+        response.headers["Content-Length"] = str(stat.st_size)
+    return response
+
+
+# --------------------------------------------------------------------------- the app
+
+
+def default_categories(config: Config) -> list[tuple[str, str]]:
+    """The categories of the config, in their configured order, as (slug, display name)."""
+    return [(slug, config.category_title(slug)) for slug in sorted(config.categories, key=lambda s: (config.category_order(s), s))]
+
+
+def create_app(
+    config: Config,
+    *,
+    store: Store,
+    send_confirmation: Callable[[str], None],
+    health: Callable[[], Mapping[str, Any]] = lambda: {"ok": True},
+    categories: Callable[[], Sequence[tuple[str, str]]] | None = None,
+    clock: Callable[[], datetime] = utc_now,
+    monotonic: Callable[[], float] = time.monotonic,
+) -> Starlette:
+    """The Starlette app.
+
+    ``send_confirmation(email)`` mails the confirm link to a pending subscriber (it runs after the
+    answer is sent; failures are logged). ``health()`` gives the body of ``/healthz``; its
+    ``ok`` key (default true) chooses 200 or 503. ``categories()`` gives the choices of the
+    subscribe form as (slug, display name); default: the config's categories.
+    """
+    secret = secret_of(config)
+    output = Path(config.feeds.output)
+    limiter = RateLimiter(config.web.subscribe_per_minute, 60.0, monotonic)
+    choices = categories or (lambda: default_categories(config))
+
+    def mail_confirmation(email: str) -> None:
+        try:
+            send_confirmation(email)
+        except FinewsError as exc:
+            log.warning("confirmation mail to %s not sent: %s", email, exc.message)
+        except Exception:  # a background task must not take the server down with it
+            log.exception("confirmation mail to %s not sent", email)
+
+    def feed_links() -> str:
+        items: list[str] = []
+
+        def add(label: str, folder: str) -> None:
+            links = [
+                f'<a href="/feeds/{folder}{name}">{kind.upper()}</a>'
+                for kind, name in FILE_NAMES.items()
+                if (output / folder / name).is_file()
+            ]
+            if links:
+                items.append(f"<li>{html.escape(label)}: {' · '.join(links)}</li>")
+
+        add(config.site.title or "全部文章", "")
+        for slug, title in choices():
+            add(title, f"categories/{slug}/")
+        more = []
+        if (output / OPML).is_file():
+            more.append(f'<a href="/feeds/{OPML}">OPML（一次导入全部订阅源）</a>')
+        if (output / "index.html").is_file():
+            more.append('<a href="/feeds/">全部订阅源（含标签）</a>')
+        extra = f"<p>{' · '.join(more)}</p>" if more else ""
+        return (f"<ul>{''.join(items)}</ul>{extra}" if items else "<p class=muted>订阅源尚未生成。</p>" + extra)
+
+    async def home(request: Request) -> Response:
+        boxes = "".join(
+            f'<label><input type="checkbox" name="category" value="{html.escape(slug, quote=True)}"> '
+            f"{html.escape(title)}</label> "
+            for slug, title in await run_in_threadpool(choices)
+        )
+        form = f"""<form method="post" action="/subscribe">
+<p><label for="email">邮箱</label><br><input type="email" id="email" name="email" required maxlength="254" autocomplete="email"></p>
+<p><label for="name">称呼（可选）</label><br><input type="text" id="name" name="name" maxlength="100" autocomplete="name"></p>
+<fieldset><legend>只订阅这些栏目（不选即全部）</legend>{boxes}</fieldset>
+<p><button type="submit">订阅每日精选</button></p>
+</form>
+<p class="muted">我们会发一封确认邮件；点击其中的链接后订阅才生效。每封邮件都有一键退订链接。</p>"""
+        feeds = await run_in_threadpool(feed_links)
+        return page("订阅每日精选", form + "<h2>订阅源</h2>" + feeds)
+
+    def subscribe_sync(email: str, name: str, chosen: tuple[str, ...]) -> bool:
+        """Record the request; True when a confirmation should be mailed."""
+        existing = store.get_subscriber(email)
+        try:
+            if existing is None or existing.status in ("unsubscribed", "bounced"):
+                store.add_subscriber(email, name=name, categories=chosen, now=clock())
+                return True
+            if existing.status == "pending":
+                store.set_selection(email, categories=chosen)
+                return True
+        except SubscriberError as exc:  # a request for the same address at the same moment
+            log.info("subscribe %s: %s", email, exc.message)
+        # Active: nothing to do, and the answer must not say so.
+        return False
+
+    async def subscribe(request: Request) -> Response:
+        wait = limiter.allow(_client(request))
+        if wait:
+            response = page("请稍后再试", "<p>请求过于频繁，请稍后再试。</p>", status=429)
+            response.headers["Retry-After"] = str(int(wait) + 1)
+            return response
+        form = await _read_form(request)
+        raw_email = _text_field(form, "email", 320)
+        name = _text_field(form, "name", 100)
+        chosen = form.getlist("category")
+        allowed = {slug for slug, _ in await run_in_threadpool(choices)}
+        if len(chosen) > MAX_CHOICES or any(not isinstance(c, str) or c not in allowed for c in chosen):
+            raise HTTPException(400, "unknown category")
+        try:
+            email = normalize_email(raw_email)
+        except SubscriberError as exc:
+            return page("邮箱地址无效", f"<p>{html.escape(exc.message)}</p><p><a href=\"/\">返回</a></p>", status=400)
+        mail = await run_in_threadpool(subscribe_sync, email, name, tuple(str(c) for c in chosen))
+        response = page(
+            "请查收确认邮件",
+            f"<p>如果 {html.escape(email)} 可以订阅，我们已向它发送了一封确认邮件。请点击邮件中的链接完成订阅。</p>",
+        )
+        if mail:
+            response.background = BackgroundTask(mail_confirmation, email)
+        return response
+
+    def token_email(purpose: str, token: str, max_age: int | None = None) -> str:
+        try:
+            return read_token(secret, purpose, token, max_age)
+        except TokenError as exc:
+            raise HTTPException(400, exc.message) from None
+
+    async def confirm(request: Request) -> Response:
+        email = token_email("confirm", request.path_params["token"], CONFIRM_MAX_AGE)
+        try:
+            sub = await run_in_threadpool(store.confirm, email, clock())
+        except SubscriberError:
+            return page("链接已失效", "<p>这个确认链接对应的订阅已不存在，请重新订阅。</p><p><a href=\"/\">订阅</a></p>",
+                        status=400, headers=TOKEN_PAGE_HEADERS)
+        if sub.status != "active":
+            return page("无法确认", "<p>这个地址已退订或无法投递。如需再次订阅，请重新提交订阅表单。</p><p><a href=\"/\">订阅</a></p>",
+                        status=409, headers=TOKEN_PAGE_HEADERS)
+        return page("订阅成功", f"<p>{html.escape(sub.email)} 将每天收到每日精选。</p>", headers=TOKEN_PAGE_HEADERS)
+
+    async def unsubscribe_page(request: Request) -> Response:
+        token = request.path_params["token"]
+        email = token_email("unsubscribe", token)
+        form = f"""<p>退订后，{html.escape(email)} 将不再收到每日精选。</p>
+<form method="post" action="/unsubscribe/{html.escape(token, quote=True)}">
+<input type="hidden" name="List-Unsubscribe" value="{ONE_CLICK}">
+<button type="submit">确认退订</button>
+</form>"""
+        return page("退订每日精选", form, headers=TOKEN_PAGE_HEADERS)
+
+    async def unsubscribe(request: Request) -> Response:
+        email = token_email("unsubscribe", request.path_params["token"])
+        form = await _read_form(request)
+        if _text_field(form, "List-Unsubscribe", 20) != ONE_CLICK:
+            raise HTTPException(400, "expected List-Unsubscribe=One-Click")
+        await run_in_threadpool(store.unsubscribe, email, clock())
+        log.info("unsubscribed %s", email)
+        return page("已退订", f"<p>{html.escape(email)} 已退订，不会再收到每日精选。</p>", headers=TOKEN_PAGE_HEADERS)
+
+    async def unsubscribe_help(request: Request) -> Response:
+        return page("退订每日精选", "<p>请使用您收到的每日精选邮件底部的退订链接：每个链接只对应一个邮箱。</p>")
+
+    async def feeds(request: Request) -> Response:
+        rel = request.path_params.get("path", "")
+        path = await run_in_threadpool(safe_file, output, rel or "index.html")
+        if path is None or path.name == MANIFEST:
+            raise HTTPException(404)
+        return await run_in_threadpool(file_response, request, path, "public, max-age=300")
+
+    async def feeds_root(request: Request) -> Response:
+        return RedirectResponse("/feeds/", status_code=301)
+
+    async def digest_page(request: Request) -> Response:
+        match = DAY_PATTERN.fullmatch(request.path_params["day"])
+        if not match:
+            raise HTTPException(404)
+        try:
+            day = date.fromisoformat(match.group(1))
+        except ValueError:
+            raise HTTPException(404) from None
+        path = await run_in_threadpool(safe_file, output, f"digests/{day.isoformat()}.html")
+        if path is None:
+            raise HTTPException(404, f"no digest for {day.isoformat()}")
+        return await run_in_threadpool(file_response, request, path, "public, max-age=3600")
+
+    async def healthz(request: Request) -> Response:
+        report = dict(await run_in_threadpool(health))
+        ok = bool(report.get("ok", True))
+        report["ok"] = ok
+        return JSONResponse(report, status_code=200 if ok else 503, headers={"Cache-Control": "no-store"})
+
+    async def http_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, HTTPException)
+        if exc.status_code == 304:
+            return Response(status_code=304, headers=exc.headers)
+        titles = {400: "请求无效", 404: "找不到页面", 405: "不允许的方法", 413: "请求过大", 415: "请求格式不对"}
+        title = titles.get(exc.status_code, "出错了")
+        response = page(title, f"<p>{html.escape(str(exc.detail))}</p>", status=exc.status_code, headers=TOKEN_PAGE_HEADERS)
+        if exc.headers:
+            response.headers.update(exc.headers)
+        return response
+
+    routes = [
+        Route("/", home, methods=["GET"]),
+        Route("/subscribe", subscribe, methods=["POST"]),
+        Route("/confirm/{token}", confirm, methods=["GET"]),
+        Route("/unsubscribe", unsubscribe_help, methods=["GET"]),
+        Route("/unsubscribe/{token}", unsubscribe_page, methods=["GET"]),
+        Route("/unsubscribe/{token}", unsubscribe, methods=["POST"]),
+        Route("/feeds", feeds_root, methods=["GET"]),
+        Route("/feeds/{path:path}", feeds, methods=["GET"]),
+        Route("/digests/{day}", digest_page, methods=["GET"]),
+        Route("/healthz", healthz, methods=["GET"]),
+    ]
+    handlers: dict[Any, Callable[[Request, Exception], Response | Awaitable[Response]]] = {HTTPException: http_error}
+    return Starlette(
+        routes=routes,
+        middleware=[
+            Middleware(GZipMiddleware, minimum_size=500),
+            Middleware(BodyLimitMiddleware, max_bytes=config.web.max_body_bytes),
+        ],
+        exception_handlers=handlers,
+    )
