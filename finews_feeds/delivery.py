@@ -365,8 +365,9 @@ def send_digest(
             return report
 
     finished = False
-    transport = transport_factory()
+    transport: SmtpTransport | None = None
     try:
+        transport = transport_factory()
         store.prepare_day(day, now())
         counts = store.ledger_counts(day)
         report.total = sum(counts.values())
@@ -391,7 +392,8 @@ def send_digest(
                 if report.aborted:
                     break
     finally:
-        transport.close()
+        if transport is not None:
+            transport.close()
         store.release_run(day, owner, now(), finished=finished)
     log.info("digest %s: sent %d, skipped %d, failed %d", day, report.sent, sum(report.skipped.values()),
              sum(report.failed.values()))

@@ -320,6 +320,14 @@ def test_a_refused_login_stops_the_run_without_losing_the_recipient(store: Store
     assert store.try_claim_run(DAY, "next-run", T0) is None
 
 
+def test_a_transport_that_cannot_be_made_releases_the_day(store: Store) -> None:
+    add_active(store, "a@example.org")
+    config = make_config(25, smtp={"dkim_selector": "s1"})
+    with pytest.raises(ConfigError, match="DKIM needs all of"):
+        send_digest(config, store, lambda: transport_from_config(config), DAY, make_collection(), lambda: T0)
+    assert store.try_claim_run(DAY, "next-run", T0) is None
+
+
 def test_a_missing_secret_key_fails_before_anything_is_claimed(port: int, store: Store) -> None:
     add_active(store, "a@example.org")
     config = build_config({"smtp": {"port": port, "security": "none"}}, {})
