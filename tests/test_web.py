@@ -1,0 +1,423 @@
+"""The web app over real HTTP (uvicorn on a free loopback port) with a real store, real feeds on
+disk and a real SMTP sink: subscribe, confirm, digest, one-click unsubscribe, feed serving."""
+
+from __future__ import annotations
+
+import gzip
+import http.client
+import os
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, timedelta
+from email.utils import formatdate
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import uvicorn
+from smtp_fakes import SECRET, Sink, free_port, make_collection, make_config, make_post, running, wait_until
+
+from finews_feeds.build import build_feeds
+from finews_feeds.config import Config
+from finews_feeds.delivery import send_confirmation, send_digest
+from finews_feeds.digest import write_preview
+from finews_feeds.mailer import transport_from_config
+from finews_feeds.models import Collection
+from finews_feeds.store import Store
+from finews_feeds.tokens import make_token
+from finews_feeds.web import RateLimiter, create_app, safe_file
+
+DAY = date(2022, 4, 20)
+T0 = datetime(2022, 4, 21, 7, 30, tzinfo=UTC)
+
+
+@dataclass
+class Clock:
+    """A monotonic clock the test moves by hand (for the rate limit)."""
+
+    now: float = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@dataclass
+class Web:
+    base: str
+    config: Config
+    store: Store
+    sink: Sink
+    output: Path
+    monotonic: Clock
+    health: dict[str, Any] = field(default_factory=lambda: {"scheduler": {"state": "running"}})
+
+    def client(self) -> httpx.Client:
+        return httpx.Client(base_url=self.base, timeout=10, follow_redirects=False)
+
+    def statuses(self) -> dict[str, str]:
+        return {s.email: s.status for s in self.store.list_subscribers()}
+
+
+def serve(app: Any, port: int) -> Iterator[str]:
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, lifespan="off"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    assert wait_until(lambda: server.started, timeout=10)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(10)
+
+
+@pytest.fixture
+def web(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Web]:
+    sink = Sink()
+    overrides: dict[str, Any] = getattr(request, "param", {})
+    with running(sink) as smtp_port, Store.open(f"sqlite:///{tmp_path}/var/finews.sqlite3") as store:
+        port = free_port()
+        output = tmp_path / "feeds"
+        config = make_config(
+            smtp_port, f"sqlite:///{tmp_path}/var/finews.sqlite3",
+            feeds={"output": str(output)},
+            web={"public_url": f"http://127.0.0.1:{port}", "subscribe_per_minute": 5, "max_body_bytes": 2048,
+                 **overrides},
+        )
+        collection = make_collection()
+        build_feeds(collection, config)
+        write_preview(config, DAY, now=T0, collect=lambda _c: collection)
+        monotonic = Clock()
+        holder: dict[str, Web] = {}
+
+        def confirm(email: str) -> None:
+            with transport_from_config(config) as transport:
+                send_confirmation(config, store, transport, email, T0)
+
+        app = create_app(
+            config, store=store, send_confirmation=confirm, health=lambda: holder["web"].health,
+            categories=lambda: [("cailianshe", "财联社新闻"), ("yicai", "第一财经")],
+            clock=lambda: T0, monotonic=monotonic,
+        )
+        for base in serve(app, port):
+            holder["web"] = Web(base, config, store, sink, output, monotonic)
+            yield holder["web"]
+
+
+def digest_for(web: Web, day: date, collection: Collection) -> None:
+    report = send_digest(web.config, web.store, lambda: transport_from_config(web.config), day, collection, lambda: T0)
+    assert report.ok
+
+
+def shifted(collection: Collection, days: int) -> Collection:
+    """The same posts, one day later each (a second day's digest)."""
+    posts = [make_post(p.slug + "b", p.title, p.date + timedelta(days=days), p.categories[0], p.tags)
+             for p in collection.posts]
+    return Collection(collection.site, posts, [], collection.content)
+
+
+def raw_request(base: str, target: str, headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], bytes]:
+    """GET with the target sent exactly as written (httpx would normalise `..`), body not decoded."""
+    host, port = base.removeprefix("http://").split(":")
+    conn = http.client.HTTPConnection(host, int(port), timeout=10)
+    try:
+        conn.request("GET", target, headers=headers or {})
+        response = conn.getresponse()
+        return response.status, {k.lower(): v for k, v in response.getheaders()}, response.read()
+    finally:
+        conn.close()
+
+
+def raw_get(base: str, target: str) -> int:
+    return raw_request(base, target)[0]
+
+
+# -- the subscriber's way through ---------------------------------------------------------------
+
+
+def test_subscribe_confirm_digest_one_click_unsubscribe_and_no_more_digests(web: Web) -> None:
+    with web.client() as client:
+        answer = client.post("/subscribe", data={"email": "New.Reader@Example.ORG", "name": "李雷", "category": "cailianshe"})
+        assert answer.status_code == 200
+        assert "请查收确认邮件" in answer.text
+        assert wait_until(lambda: len(web.sink.messages) == 1)
+        sub = web.store.get_subscriber("new.reader@example.org")
+        assert sub is not None
+        assert (sub.email, sub.name, sub.status, sub.categories) == ("New.Reader@example.org", "李雷", "pending", ("cailianshe",))
+
+        mail = web.sink.messages[0].message
+        assert web.sink.messages[0].rcpt_tos == ["New.Reader@example.org"]
+        text = mail.get_body(("plain",)).get_content()  # type: ignore[union-attr]
+        link = next(word for word in text.split() if word.startswith(f"{web.base}/confirm/"))
+        confirmed = client.get(link.removeprefix(web.base))
+        assert confirmed.status_code == 200
+        assert "订阅成功" in confirmed.text
+        assert web.statuses() == {"New.Reader@example.org": "active"}
+
+        digest_for(web, DAY, make_collection())
+        digests = [m for m in web.sink.messages[1:] if "New.Reader@example.org" in m.rcpt_tos]
+        assert len(digests) == 1
+        header = digests[0].message["List-Unsubscribe"]
+        assert digests[0].message["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
+        url = header.split("<", 1)[1].split(">", 1)[0]
+        assert url.startswith(f"{web.base}/unsubscribe/")
+        path = url.removeprefix(web.base)
+
+        # Mail scanners fetch links: GET shows a button and changes nothing.
+        for _ in range(2):
+            shown = client.get(path)
+            assert shown.status_code == 200
+            assert 'name="List-Unsubscribe" value="One-Click"' in shown.text
+            assert shown.headers["referrer-policy"] == "no-referrer"
+        assert web.statuses() == {"New.Reader@example.org": "active"}
+
+        # RFC 8058: the mailbox provider POSTs the one-click body, with no cookie.
+        for _ in range(2):  # idempotent
+            done = client.post(path, content=b"List-Unsubscribe=One-Click",
+                               headers={"Content-Type": "application/x-www-form-urlencoded"})
+            assert done.status_code == 200
+            assert "location" not in done.headers
+            assert "set-cookie" not in done.headers
+            assert "已退订" in done.text
+        assert web.statuses() == {"New.Reader@example.org": "unsubscribed"}
+
+    before = len(web.sink.messages)
+    digest_for(web, DAY + timedelta(days=1), shifted(make_collection(), 1))
+    assert len(web.sink.messages) == before
+
+
+def test_the_unsubscribe_page_button_unsubscribes_too(web: Web) -> None:
+    web.store.add_subscriber("a@example.org", confirmed=True, now=T0)
+    token = make_token(SECRET, "unsubscribe", "a@example.org")
+    with web.client() as client:
+        page = client.get(f"/unsubscribe/{token}")
+        assert f'action="/unsubscribe/{token}"' in page.text
+        # What a browser sends for the page's form: multipart works as well as urlencoded.
+        done = client.post(f"/unsubscribe/{token}", files={"List-Unsubscribe": (None, "One-Click")})
+    assert done.status_code == 200
+    assert web.statuses() == {"a@example.org": "unsubscribed"}
+
+
+def test_the_answer_to_subscribe_does_not_tell_whether_an_address_is_known(web: Web) -> None:
+    web.store.add_subscriber("known@example.org", confirmed=True, now=T0)
+    with web.client() as client:
+        answers = [client.post("/subscribe", data={"email": email}) for email in
+                   ("known@example.org", "fresh@example.org", "fresh@example.org")]
+    assert [a.status_code for a in answers] == [200, 200, 200]
+    bodies = {a.text.replace("known@example.org", "X").replace("fresh@example.org", "X") for a in answers}
+    assert len(bodies) == 1
+    assert {tuple(sorted(a.headers.keys())) for a in answers} == {tuple(sorted(answers[0].headers.keys()))}
+    # The new address gets a confirmation (again when it asks again); the active one gets nothing.
+    assert wait_until(lambda: len(web.sink.messages) == 2)
+    assert [m.rcpt_tos for m in web.sink.messages] == [["fresh@example.org"], ["fresh@example.org"]]
+    assert web.statuses() == {"known@example.org": "active", "fresh@example.org": "pending"}
+
+
+def test_subscribe_is_rate_limited_per_client_address(web: Web) -> None:
+    with web.client() as client:
+        codes = [client.post("/subscribe", data={"email": f"r{n}@example.org"}).status_code for n in range(6)]
+        assert codes == [200] * 5 + [429]
+        limited = client.post("/subscribe", data={"email": "r9@example.org"})
+        assert limited.status_code == 429
+        assert int(limited.headers["retry-after"]) >= 1
+        web.monotonic.now += 61
+        assert client.post("/subscribe", data={"email": "r10@example.org"}).status_code == 200
+    assert sorted(web.statuses()) == sorted([f"r{n}@example.org" for n in range(5)] + ["r10@example.org"])
+
+
+def test_rate_limiter_counts_a_sliding_minute() -> None:
+    clock = Clock(0.0)
+    limiter = RateLimiter(2, 60.0, clock)
+    assert [limiter.allow("a"), limiter.allow("a"), limiter.allow("b")] == [0.0, 0.0, 0.0]
+    clock.now = 30.0
+    assert limiter.allow("a") == 30.0
+    clock.now = 60.0
+    # The refused request at 30 s was not counted: two more fit, then a whole minute to wait.
+    assert [limiter.allow("a"), limiter.allow("a"), limiter.allow("a")] == [0.0, 0.0, 60.0]
+
+
+# -- refusals that change nothing ---------------------------------------------------------------
+
+
+def test_forged_tampered_and_wrong_purpose_tokens_get_400_and_change_nothing(web: Web) -> None:
+    web.store.add_subscriber("a@example.org", confirmed=True, now=T0)
+    web.store.add_subscriber("p@example.org", now=T0)
+    good_unsub = make_token(SECRET, "unsubscribe", "a@example.org")
+    good_confirm = make_token(SECRET, "confirm", "p@example.org")
+    tampered = good_unsub[:-2] + ("AA" if not good_unsub.endswith("AA") else "BB")
+    other_secret = make_token("not-our-secret", "unsubscribe", "a@example.org")
+    one_click = {"content": b"List-Unsubscribe=One-Click", "headers": {"Content-Type": "application/x-www-form-urlencoded"}}
+    with web.client() as client:
+        for token in ("garbage", tampered, other_secret, good_confirm):
+            assert client.get(f"/unsubscribe/{token}").status_code == 400
+            assert client.post(f"/unsubscribe/{token}", **one_click).status_code == 400  # type: ignore[arg-type]
+        for token in ("garbage", good_unsub, make_token("not-our-secret", "confirm", "p@example.org")):
+            assert client.get(f"/confirm/{token}").status_code == 400
+        # The right token without the one-click body is not an unsubscribe either.
+        assert client.post(f"/unsubscribe/{good_unsub}", data={"List-Unsubscribe": "yes"}).status_code == 400
+        assert client.post(f"/unsubscribe/{good_unsub}").status_code == 415
+    assert web.statuses() == {"a@example.org": "active", "p@example.org": "pending"}
+
+
+def test_oversized_bodies_and_malformed_forms_get_4xx_and_change_nothing(web: Web) -> None:
+    form = {"Content-Type": "application/x-www-form-urlencoded"}
+    big = b"email=a%40example.org&name=" + b"x" * 3000
+
+    def chunks() -> Iterator[bytes]:
+        yield b"email=b%40example.org&name="
+        for _ in range(10):
+            yield b"y" * 500
+
+    with web.client() as client:
+        def post(**kwargs: Any) -> httpx.Response:
+            web.monotonic.now += 61  # keep below the rate limit: each refusal here must be for its own reason
+            return client.post("/subscribe", **kwargs)
+
+        cases = {
+            "declared too large": client.post("/subscribe", content=big, headers=form),
+            "chunked too large": post(content=chunks(), headers=form),
+            "json": post(json={"email": "c@example.org"}),
+            "no type": post(content=b"email=d%40example.org"),
+            "no email": post(data={"name": "x"}),
+            "bad email": post(data={"email": "not an address"}),
+            "two emails": post(content=b"email=e%40example.org&email=f%40example.org", headers=form),
+            "unknown category": post(data={"email": "g@example.org", "category": "../../etc"}),
+            "header injection": post(data={"email": "h@example.org", "name": "x\r\nBcc: v@example.org"}),
+            "file upload": post(data={"email": "i@example.org"}, files={"f": ("a.txt", b"data")}),
+            "broken multipart": post(content=b"--nope\r\nrubbish",
+                                            headers={"Content-Type": "multipart/form-data; boundary=xyz"}),
+        }
+    codes = {name: answer.status_code for name, answer in cases.items()}
+    assert codes == {
+        "declared too large": 413,
+        "chunked too large": 413,
+        "json": 415,
+        "no type": 415,
+        "no email": 400,
+        "bad email": 400,
+        "two emails": 400,
+        "unknown category": 400,
+        "header injection": 400,
+        "file upload": 400,
+        "broken multipart": 400,
+    }
+    assert web.statuses() == {}
+    assert web.sink.messages == []
+
+
+# -- feeds and digests --------------------------------------------------------------------------
+
+
+def test_feeds_are_served_with_their_media_types_and_gzip(web: Web) -> None:
+    expected = {
+        "/feeds/rss.xml": "application/rss+xml; charset=utf-8",
+        "/feeds/atom.xml": "application/atom+xml; charset=utf-8",
+        "/feeds/feed.json": "application/feed+json; charset=utf-8",
+        "/feeds/categories/cailianshe/rss.xml": "application/rss+xml; charset=utf-8",
+        "/feeds/feeds.opml": "text/x-opml; charset=utf-8",
+        "/feeds/feed.xsl": "text/xsl; charset=utf-8",
+        "/feeds/": "text/html; charset=utf-8",
+    }
+    with web.client() as client:
+        for path, media in expected.items():
+            plain = client.get(path, headers={"Accept-Encoding": "identity"})
+            assert (path, plain.status_code, plain.headers["content-type"]) == (path, 200, media)
+            on_disk = (web.output / (path.removeprefix("/feeds/") or "index.html")).read_bytes()
+            assert plain.content == on_disk
+            assert "content-encoding" not in plain.headers
+        zipped = client.get("/feeds/rss.xml", headers={"Accept-Encoding": "gzip"})
+        assert zipped.headers["content-encoding"] == "gzip"
+        assert int(zipped.headers["content-length"]) < len(zipped.content)
+        assert zipped.content == (web.output / "rss.xml").read_bytes()  # httpx decoded it
+        assert "Accept-Encoding" in zipped.headers["vary"]
+        status, headers, body = raw_request(web.base, "/feeds/rss.xml", {"Accept-Encoding": "gzip"})
+        assert (status, headers["content-encoding"]) == (200, "gzip")
+        assert gzip.decompress(body) == (web.output / "rss.xml").read_bytes()
+        assert client.get("/feeds").status_code == 301
+        assert client.get("/feeds/nothing.xml").status_code == 404
+
+
+def test_conditional_get_answers_304_until_the_feed_changes(web: Web) -> None:
+    path = web.output / "atom.xml"
+    with web.client() as client:
+        first = client.get("/feeds/atom.xml")
+        etag, modified = first.headers["etag"], first.headers["last-modified"]
+        assert etag.startswith('W/"')
+        assert modified == formatdate(path.stat().st_mtime, usegmt=True)
+        for headers in ({"If-None-Match": etag}, {"If-Modified-Since": modified},
+                        {"If-None-Match": f'"other", {etag}'}, {"If-None-Match": etag, "Accept-Encoding": "gzip"}):
+            again = client.get("/feeds/atom.xml", headers=headers)
+            assert (again.status_code, again.content) == (304, b"")
+            assert again.headers["etag"] == etag
+        assert client.get("/feeds/atom.xml", headers={"If-None-Match": '"other"'}).status_code == 200
+        # If-None-Match wins over If-Modified-Since (RFC 9110 13.2.2).
+        assert client.get("/feeds/atom.xml", headers={"If-None-Match": '"other"', "If-Modified-Since": modified}).status_code == 200
+
+        stat = path.stat()
+        path.write_bytes(path.read_bytes() + b"\n")
+        os.utime(path, (stat.st_atime + 5, stat.st_mtime + 5))
+        changed = client.get("/feeds/atom.xml", headers={"If-None-Match": etag, "If-Modified-Since": modified})
+        assert changed.status_code == 200
+        assert changed.headers["etag"] != etag
+        assert client.get("/feeds/atom.xml", headers={"If-Modified-Since": modified}).status_code == 200
+
+
+def test_no_path_leads_outside_the_feeds_folder(web: Web, tmp_path: Path) -> None:
+    (tmp_path / "secret.txt").write_text("secret", encoding="utf-8")
+    (web.output / "link.txt").symlink_to(tmp_path / "secret.txt")
+    targets = [
+        "/feeds/../secret.txt",
+        "/feeds/%2e%2e/secret.txt",
+        "/feeds/categories/../../secret.txt",
+        "/feeds/categories/%2E%2E/%2E%2E/secret.txt",
+        "/feeds/..%2fsecret.txt",
+        "/feeds//etc/passwd",
+        "/feeds/link.txt",
+        "/feeds/.finews-manifest.json",
+        "/digests/../secret.txt",
+        "/digests/..%2f..%2fsecret",
+    ]
+    assert {target: raw_get(web.base, target) for target in targets} == dict.fromkeys(targets, 404)
+    assert safe_file(web.output, "categories/cailianshe/rss.xml") == (web.output / "categories/cailianshe/rss.xml").resolve()
+    assert safe_file(web.output, "../secret.txt") is None
+
+
+def test_archived_digests_are_served_by_date(web: Web) -> None:
+    with web.client() as client:
+        page = client.get("/digests/2022-04-20")
+        assert page.status_code == 200
+        assert page.headers["content-type"] == "text/html; charset=utf-8"
+        assert page.content == (web.output / "digests" / "2022-04-20.html").read_bytes()
+        assert "央行开展逆回购操作" in page.text
+        assert client.get("/digests/2022-04-20.html").content == page.content
+        assert client.get("/digests/2022-04-20", headers={"If-None-Match": page.headers["etag"]}).status_code == 304
+        for missing in ("2022-04-21", "2022-13-45", "yesterday", "2022-04-20.eml"):
+            assert client.get(f"/digests/{missing}").status_code == 404
+
+
+# -- pages --------------------------------------------------------------------------------------
+
+
+def test_home_page_has_the_form_with_category_choices_and_the_feeds(web: Web) -> None:
+    with web.client() as client:
+        home = client.get("/")
+    assert home.status_code == 200
+    assert '<form method="post" action="/subscribe">' in home.text
+    assert '<input type="checkbox" name="category" value="cailianshe"> 财联社新闻' in home.text
+    assert '<input type="checkbox" name="category" value="yicai"> 第一财经' in home.text
+    assert '<a href="/feeds/rss.xml">RSS</a>' in home.text
+    assert '<a href="/feeds/categories/cailianshe/atom.xml">ATOM</a>' in home.text
+    assert '<a href="/feeds/feeds.opml">' in home.text
+    assert "script" not in home.text
+
+
+def test_healthz_reports_what_the_daemon_gives_and_503_when_not_ok(web: Web) -> None:
+    with web.client() as client:
+        web.health = {"scheduler": {"state": "running", "next_run_times": {"digest": "2022-04-22T07:30:00+08:00"}},
+                      "last_build": None}
+        ok = client.get("/healthz")
+        assert (ok.status_code, ok.json()) == (200, {**web.health, "ok": True})
+        web.health = {"scheduler": {"state": "stopped"}, "ok": False}
+        down = client.get("/healthz")
+        assert (down.status_code, down.json()["ok"]) == (503, False)
