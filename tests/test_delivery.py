@@ -453,3 +453,34 @@ def test_a_send_killed_halfway_and_started_again_sends_everyone_exactly_once(sin
     assert rerun.returncode == 0
     assert len(sink.messages) == 11  # the third run sent nothing
 
+
+
+def test_the_send_command_prints_a_summary_and_fails_on_a_permanent_failure(sink: Sink, port: int,
+                                                                           tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from finews_feeds.cli import cli
+
+    sink.rcpt_replies["bad@example.org"] = "550 5.1.1 no such user"
+    db = f"sqlite:///{tmp_path}/var/finews.sqlite3"
+    config = tmp_path / "finews.toml"
+    write_config(config, port, db)
+    with Store.open(db) as store:
+        add_active(store, "a@example.org", "bad@example.org")
+    args = ["--config", str(config), "--log-level", "ERROR", "digest", "--date", "2022-04-20", "--send",
+            "--out", str(tmp_path / "out")]
+    env = {"FINEWS_SECRET_KEY": SECRET, "FINEWS_CONFIG": None}
+    result = CliRunner().invoke(cli, args, env=env)
+    assert result.exit_code == 1, result.output
+    assert result.stdout.splitlines()[-3:] == [
+        "digest 2022-04-20: sent 1, skipped 0, retried 0, failed 1",
+        "  failed 1: permanent: 550 5.1.1 no such user",
+        "  permanent failure bad@example.org: 550 5.1.1 no such user (at RCPT TO bad@example.org)",
+    ]
+    again = CliRunner().invoke(cli, args, env=env)
+    assert again.exit_code == 0
+    assert again.stdout.splitlines()[-1] == (
+        "digest 2022-04-20: sent 0, skipped 0, retried 0, failed 0, already sent before 1, failed permanently before 1")
+    missing = CliRunner().invoke(cli, args, env={"FINEWS_SECRET_KEY": None, "FINEWS_CONFIG": None})
+    assert missing.exit_code == 2
+    assert missing.stderr.startswith("error: FINEWS_SECRET_KEY is not set")

@@ -156,6 +156,24 @@ def test_starttls_and_login_with_the_password(certificate: tuple[Path, Path]) ->
     assert len(sink.messages) == 1
 
 
+def test_implicit_tls(certificate: tuple[Path, Path]) -> None:
+    from aiosmtpd.controller import Controller
+
+    cert, key = certificate
+    server_tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_tls.load_cert_chain(cert, key)
+    sink = Sink()
+    port = free_port()
+    controller = Controller(sink, hostname="127.0.0.1", port=port, ssl_context=server_tls, ready_timeout=10)
+    controller.start()
+    try:
+        with transport(port, security="tls", ssl_context=ssl.create_default_context(cafile=str(cert))) as smtp:
+            smtp.send(message())
+    finally:
+        controller.stop()
+    assert len(sink.messages) == 1
+
+
 def test_dkim_signature_verifies_and_covers_the_list_unsubscribe_headers(tmp_path: Path) -> None:
     key = tmp_path / "dkim.pem"
     subprocess.run(["openssl", "genrsa", "-out", str(key), "2048"], check=True, capture_output=True)
