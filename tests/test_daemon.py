@@ -1,0 +1,380 @@
+"""The real daemon as a subprocess (`finews-feeds --config F daemon`), with a temporary site, an
+aiosmtpd sink and a digest run a few seconds ahead: feeds served and rebuilt when a post appears,
+the digest sent once, SIGTERM in the middle of a send, a restart, two daemons on PostgreSQL."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from datetime import date, datetime, timedelta
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import httpx
+import pytest
+from smtp_fakes import SECRET, Sink, database_url, free_port, postgres_available, running, wait_until
+
+from finews_feeds.daemon import is_post_path
+from finews_feeds.store import Store
+
+pytestmark = pytest.mark.slow
+
+DAY = date(2022, 4, 20)
+ZONE = ZoneInfo("Asia/Shanghai")
+EXECUTABLE = Path(sys.executable).parent / "finews-feeds"
+
+
+def write_post(site: Path, category: str, slug: str, title: str, when: str) -> Path:
+    path = site / category / "_posts" / f"{when[:10]}-{slug}.md"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(
+        f'---\ntitle: "{title}"\ndate: {when} +0800\ncategories: {category}\ntags: [测试]\n---\n'
+        f"<p>{title}的正文。市场人士表示，相关政策将陆续落地。</p>\n",
+        encoding="utf-8",
+    )
+    return path
+
+
+def make_site(root: Path) -> Path:
+    site = root / "site"
+    site.mkdir()
+    (site / "_config.yml").write_text(
+        "title: 测试财经\nurl: https://news.example.org\ntimezone: Asia/Shanghai\n"
+        "permalink: /:categories/:year/:month/:day/:title:output_ext\n",
+        encoding="utf-8",
+    )
+    write_post(site, "cailianshe", "n1", "央行开展逆回购操作", "2022-04-20 09:30:00")
+    write_post(site, "yicai", "n2", "人民币汇率小幅走高", "2022-04-20 15:05:00")
+    return site
+
+
+def later_send_at(hours: float) -> str:
+    """A daily send time `hours` from now in Shanghai (so no run is due, or one is overdue)."""
+    return (datetime.now(ZONE) + timedelta(hours=hours)).strftime("%H:%M")
+
+
+def write_config(root: Path, site: Path, smtp_port: int, db: str, web_port: int, **digest: Any) -> Path:
+    send_at = digest.get("send_at", later_send_at(6))
+    path = root / "finews.toml"
+    path.write_text(f"""
+[site]
+source = "{site}"
+cache_dir = "{root / 'cache'}"
+[feeds]
+output = "{root / 'feeds'}"
+[digest]
+send_at = "{send_at}"
+timezone = "Asia/Shanghai"
+from = "finews <digest@news.example.org>"
+[smtp]
+host = "127.0.0.1"
+port = {smtp_port}
+security = "none"
+rate_per_second = 0
+retry_backoff = 0.01
+timeout = 10
+[database]
+url = "{db}"
+[web]
+host = "127.0.0.1"
+port = {web_port}
+public_url = "http://127.0.0.1:{web_port}"
+[scheduler]
+rebuild_every_minutes = 10
+watch = true
+misfire_grace_minutes = 720
+""", encoding="utf-8")
+    return path
+
+
+class Daemon:
+    """One daemon subprocess (`finews-feeds --config F [options] daemon [daemon options]`) and its address."""
+
+    def __init__(self, config: Path, port: int, *daemon_args: str, options: tuple[str, ...] = (),
+                 log_name: str = "daemon.log") -> None:
+        self.port = port
+        self.log = config.parent / log_name
+        environment = {**os.environ, "FINEWS_SECRET_KEY": SECRET, "FINEWS_WEB_PORT": str(port)}
+        environment.pop("FINEWS_CONFIG", None)
+        with self.log.open("w", encoding="utf-8") as err:
+            self.proc = subprocess.Popen([str(EXECUTABLE), "--config", str(config), *options, "daemon", *daemon_args],
+                                         cwd=config.parent, env=environment, stdout=subprocess.DEVNULL, stderr=err)
+
+    @classmethod
+    def with_digest(cls, config: Path, port: int, *, after: float = 1.0, log_name: str = "daemon.log") -> Daemon:
+        """A daemon that also runs the digest of DAY ``after`` seconds after it starts."""
+        return cls(config, port, "--digest-in", str(after), "--digest-day", DAY.isoformat(), log_name=log_name)
+
+    @property
+    def base(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def health(self) -> dict[str, Any] | None:
+        try:
+            return dict(httpx.get(f"{self.base}/healthz", timeout=2).json())
+        except (httpx.HTTPError, ValueError):
+            return None
+
+    def wait_ready(self) -> dict[str, Any]:
+        def built() -> bool:
+            health = self.health()
+            return bool(health and health.get("last_build"))
+
+        assert wait_until(built, timeout=60), self.output()
+        health = self.health()
+        assert health is not None
+        return health
+
+    def wait_sent(self) -> dict[str, Any]:
+        """The last send result, once the digest run has finished."""
+        def sent() -> bool:
+            health = self.health()
+            return bool(health and health.get("last_send"))
+
+        assert wait_until(sent, timeout=60), self.output()
+        health = self.health()
+        assert health is not None
+        return dict(health["last_send"])
+
+    def stop(self, sig: int = signal.SIGTERM) -> tuple[int, float]:
+        """Send ``sig``; the exit code and the seconds it took to exit."""
+        started = time.monotonic()
+        self.proc.send_signal(sig)
+        code = self.proc.wait(30)
+        return code, time.monotonic() - started
+
+    def output(self) -> str:
+        return self.log.read_text(encoding="utf-8", errors="replace")
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+
+
+@pytest.fixture
+def sink() -> Sink:
+    return Sink()
+
+
+@pytest.fixture
+def smtp_port(sink: Sink) -> Iterator[int]:
+    with running(sink) as port:
+        yield port
+
+
+@pytest.fixture
+def daemons() -> Iterator[list[Daemon]]:
+    started: list[Daemon] = []
+    yield started
+    for daemon in started:
+        daemon.kill()
+
+
+def add_active(db: str, emails: list[str]) -> None:
+    with Store.open(db) as store:
+        for email in emails:
+            store.add_subscriber(email, confirmed=True)
+
+
+def per_recipient(sink: Sink) -> dict[str, int]:
+    return {rcpt: len(msgs) for rcpt, msgs in sink.by_recipient().items()}
+
+
+def ledger_states(db: str) -> list[str]:
+    with Store.open(db) as store:
+        return sorted(d.state for d in store.ledger(DAY))
+
+
+def test_daemon_serves_feeds_rebuilds_on_a_new_post_confirms_subscribers_and_stops_on_sigterm(
+    tmp_path: Path, sink: Sink, smtp_port: int, daemons: list[Daemon]
+) -> None:
+    site = make_site(tmp_path)
+    db = f"sqlite:///{tmp_path}/var/finews.sqlite3"
+    port = free_port()
+    config = write_config(tmp_path, site, smtp_port, db, port)
+    daemon = Daemon(config, port, options=("--log-format", "json"))
+    daemons.append(daemon)
+    health = daemon.wait_ready()
+    assert health["ok"] is True
+    assert health["scheduler"]["state"] == "running"
+    assert sorted(health["scheduler"]["next_run_times"]) == ["digest", "rebuild"]
+    assert (health["last_build"]["ok"], health["last_build"]["posts"]) == (True, 2)
+    assert health["last_send"] is None
+
+    with httpx.Client(base_url=daemon.base, timeout=5) as client:
+        feed = client.get("/feeds/rss.xml")
+        assert feed.headers["content-type"] == "application/rss+xml; charset=utf-8"
+        assert "央行开展逆回购操作" in feed.text
+        assert "沪指收涨" not in feed.text
+
+        # A post saved into the site reaches the served feeds without a restart (watchdog).
+        write_post(site, "cailianshe", "n3", "沪指收涨0.5%", "2022-04-20 20:00:00")
+        assert wait_until(lambda: "沪指收涨0.5%" in client.get("/feeds/rss.xml").text, timeout=20), daemon.output()
+        assert "沪指收涨0.5%" in client.get("/feeds/categories/cailianshe/atom.xml").text
+
+        # Subscribing through the running daemon mails the confirm link through the configured SMTP.
+        assert client.post("/subscribe", data={"email": "web@example.org", "category": "yicai"}).status_code == 200
+        assert wait_until(lambda: "web@example.org" in per_recipient(sink), timeout=20), daemon.output()
+        text = sink.by_recipient()["web@example.org"][0].message.get_body(("plain",)).get_content()  # type: ignore[union-attr]
+        link = next(w for w in text.split() if w.startswith(f"{daemon.base}/confirm/"))
+        assert client.get(link.removeprefix(daemon.base)).status_code == 200
+    with Store.open(db) as store:
+        subscriber = store.get_subscriber("web@example.org")
+        assert subscriber is not None and (subscriber.status, subscriber.categories) == ("active", ("yicai",))
+
+    # No digest is due for hours: nothing but the confirmation was sent.
+    assert per_recipient(sink) == {"web@example.org": 1}
+    code, seconds = daemon.stop()
+    assert code == 0, daemon.output()
+    assert seconds < 5
+    lines = [json.loads(line) for line in daemon.output().splitlines() if line.strip()]
+    assert all({"time", "level", "logger", "message"} <= set(line) for line in lines)
+    assert lines[-1]["message"] == "daemon stopped"
+
+
+def test_the_digest_arrives_once_and_a_restart_sends_nothing_more(
+    tmp_path: Path, sink: Sink, smtp_port: int, daemons: list[Daemon]
+) -> None:
+    site = make_site(tmp_path)
+    db = f"sqlite:///{tmp_path}/var/finews.sqlite3"
+    emails = [f"r{n}@example.org" for n in range(4)]
+    add_active(db, emails)
+    port = free_port()
+    config = write_config(tmp_path, site, smtp_port, db, port)
+    daemon = Daemon.with_digest(config, port)
+    daemons.append(daemon)
+    result = daemon.wait_sent()
+    assert (result["ok"], result["day"], result["sent"], result["failed"]) == (True, "2022-04-20", 4, 0)
+    assert per_recipient(sink) == dict.fromkeys(emails, 1)
+    message = sink.messages[0].message
+    assert "2022年4月20日" in str(message["Subject"])
+    assert message["List-Unsubscribe"].startswith(f"<{daemon.base}/unsubscribe/")
+    with httpx.Client(base_url=daemon.base, timeout=5) as client:
+        archived = client.get("/digests/2022-04-20")
+        assert archived.status_code == 200
+        assert "央行开展逆回购操作" in archived.text
+    assert daemon.stop()[0] == 0
+
+    again = Daemon.with_digest(config, port, log_name="again.log")
+    daemons.append(again)
+    result = again.wait_sent()
+    assert (result["sent"], result["already_sent"]) == (0, 4)
+    assert again.stop()[0] == 0
+    assert per_recipient(sink) == dict.fromkeys(emails, 1)
+
+
+def test_a_daemon_started_after_the_send_time_catches_up_once(
+    tmp_path: Path, sink: Sink, smtp_port: int, daemons: list[Daemon]
+) -> None:
+    site = make_site(tmp_path)
+    db = f"sqlite:///{tmp_path}/var/finews.sqlite3"
+    emails = ["a@example.org", "b@example.org"]
+    add_active(db, emails)
+    port = free_port()
+    # Due a few minutes ago: the daemon was "down" at the send time.
+    config = write_config(tmp_path, site, smtp_port, db, port, send_at=later_send_at(-0.1))
+    for n in range(2):
+        daemon = Daemon(config, port, "--digest-day", DAY.isoformat(), log_name=f"run{n}.log")
+        daemons.append(daemon)
+        result = daemon.wait_sent()
+        assert result["sent"] == (2 if n == 0 else 0), daemon.output()
+        assert "was missed; running it now" in daemon.output()
+        assert daemon.stop()[0] == 0
+    assert per_recipient(sink) == dict.fromkeys(emails, 1)
+
+
+def test_sigterm_in_the_middle_of_a_send_and_a_restart_leave_everyone_with_one_message(
+    tmp_path: Path, sink: Sink, smtp_port: int, daemons: list[Daemon]
+) -> None:
+    sink.delay = 0.25  # each DATA takes a quarter second: the signal lands mid-send
+    site = make_site(tmp_path)
+    db = f"sqlite:///{tmp_path}/var/finews.sqlite3"
+    emails = [f"r{n:02d}@example.org" for n in range(12)]
+    add_active(db, emails)
+    port = free_port()
+    config = write_config(tmp_path, site, smtp_port, db, port)
+    daemon = Daemon.with_digest(config, port)
+    daemons.append(daemon)
+    assert wait_until(lambda: len(sink.messages) >= 3, timeout=60), daemon.output()
+    code, seconds = daemon.stop()
+    assert code == 0, daemon.output()
+    assert seconds < 5
+    first_run = len(sink.messages)
+    assert 3 <= first_run < len(emails)
+    # The message in flight was finished and recorded: nothing is left half-sent.
+    states = ledger_states(db)
+    assert states.count("sent") == first_run
+    assert "sending" not in states
+    assert "stopped before the end" in daemon.output()
+
+    sink.delay = 0.0
+    again = Daemon.with_digest(config, port, log_name="again.log")
+    daemons.append(again)
+    result = again.wait_sent()
+    assert (result["sent"], result["already_sent"], result["resent"]) == (len(emails) - first_run, first_run, 0)
+    assert again.stop()[0] == 0
+    assert per_recipient(sink) == dict.fromkeys(emails, 1)
+    assert ledger_states(db) == ["sent"] * len(emails)
+
+
+@pytest.mark.postgres
+@pytest.mark.skipif(not postgres_available(), reason="PostgreSQL at 127.0.0.1:5432 is not reachable")
+def test_two_daemons_on_one_postgresql_database_send_everyone_one_digest(
+    tmp_path: Path, sink: Sink, smtp_port: int, daemons: list[Daemon]
+) -> None:
+    sink.delay = 0.02
+    site = make_site(tmp_path)
+    emails = [f"r{n:02d}@example.org" for n in range(40)]
+    with database_url("postgresql", tmp_path) as db:
+        add_active(db, emails)
+        ports = [free_port(), free_port()]
+        config = write_config(tmp_path, site, smtp_port, db, ports[0])
+        pair = [Daemon.with_digest(config, port, after=2.0, log_name=f"daemon{n}.log") for n, port in enumerate(ports)]
+        daemons.extend(pair)
+        results = [d.wait_sent() for d in pair]
+        # However the two interleave (one waits for the other's claim on the day, or they split it),
+        # together they send each message once.
+        assert sum(r["sent"] for r in results) == 40, results
+        assert all(r["ok"] for r in results)
+        assert per_recipient(sink) == dict.fromkeys(emails, 1)
+        assert [d.stop()[0] for d in pair] == [0, 0]
+        with Store.open(db) as store:
+            assert {d.state for d in store.ledger(DAY)} == {"sent"}
+
+
+def test_start_up_errors_are_one_line_with_an_exit_code(tmp_path: Path, smtp_port: int) -> None:
+    site = make_site(tmp_path)
+    port = free_port()
+    config = write_config(tmp_path, site, smtp_port, f"sqlite:///{tmp_path}/var/finews.sqlite3", port)
+    environment = {k: v for k, v in os.environ.items() if k not in ("FINEWS_SECRET_KEY", "FINEWS_CONFIG")}
+    missing = subprocess.run([str(EXECUTABLE), "--config", str(config), "daemon"], env=environment,
+                             capture_output=True, text=True, timeout=60)
+    assert missing.returncode == 2
+    assert missing.stderr.startswith("error: FINEWS_SECRET_KEY is not set")
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", port))
+        busy.listen()
+        taken = subprocess.run([str(EXECUTABLE), "--config", str(config), "daemon"],
+                               env={**environment, "FINEWS_SECRET_KEY": SECRET}, capture_output=True, text=True, timeout=60)
+    assert taken.returncode == 2
+    assert f"error: cannot listen on 127.0.0.1:{port}" in taken.stderr
+
+
+def test_only_post_files_and_the_site_config_trigger_a_rebuild(tmp_path: Path) -> None:
+    root = tmp_path
+    extensions = (".md", ".markdown", ".html")
+    yes = ["_posts/2022-04-20-a.md", "cailianshe/_posts/2022-04-20-b.html", "a/b/_posts/sub/2022-04-20-c.markdown",
+           "_config.yml"]
+    no = ["_posts/notes.txt", "_site/_posts/2022-04-20-a.md", "_drafts/2022-04-20-a.md", ".git/_posts/x.md",
+          "about.md", "cailianshe/_posts/.2022-04-20-b.md.swp", "../elsewhere/_posts/2022-04-20-a.md",
+          "sub/_config.yml"]
+    assert [is_post_path(root, str(root / p), extensions) for p in yes] == [True] * len(yes)
+    assert [is_post_path(root, str(root / p), extensions) for p in no] == [False] * len(no)
