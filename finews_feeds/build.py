@@ -95,6 +95,16 @@ def signatures(plan: FeedPlan, options: FeedOptions) -> dict[str, str]:
     return out
 
 
+def listings_signature(plan: FeedPlan, options: FeedOptions, newest: dict[str, datetime | None]) -> str:
+    """Everything the OPML, index page and head snippets show."""
+    digest = hashlib.blake2b(f"{RENDER_VERSION}\x1d{options.fingerprint()}\x1d".encode(), digest_size=16)
+    for spec in plan.specs:
+        moment = newest.get(spec.key)
+        digest.update(f"{spec.header()}\x1f{plan.counts.get(spec.key, 0)}\x1f{moment.isoformat() if moment else ''}\x1d"
+                      .encode("utf-8", "surrogatepass"))
+    return digest.hexdigest()
+
+
 # --------------------------------------------------------------------------- rendering
 
 
@@ -233,13 +243,20 @@ def build_feeds(collection: Collection, config: Config, *, full: bool = False, w
 
     newest = {spec.key: (plan.entries[spec.key][0].date.astimezone(options.timezone)
                          if plan.entries[spec.key] else None) for spec in plan.specs}
-    for rel, data in feedmod.render_listings(plan.specs, options, plan.counts, newest).items():
-        manifest.listings.append(rel)
-        if out.write(rel, data):
-            report.files_written += 1
-            report.written.append(rel)
-        else:
-            report.files_unchanged += 1
+    manifest.listings_signature = listings_signature(plan, options, newest)
+    if (not full and manifest.listings_signature == old.listings_signature and old.listings
+            and all(out.exists(f) for f in old.listings)):
+        # Same feeds, counts and dates: the listings would come out byte for byte the same.
+        manifest.listings = list(old.listings)
+        report.files_unchanged += len(old.listings)
+    else:
+        for rel, data in feedmod.render_listings(plan.specs, options, plan.counts, newest).items():
+            manifest.listings.append(rel)
+            if out.write(rel, data):
+                report.files_written += 1
+                report.written.append(rel)
+            else:
+                report.files_unchanged += 1
 
     current = manifest.all_files()
     for rel in sorted(old.all_files() - current):

@@ -135,6 +135,7 @@ class Manifest:
     slugs: dict[str, dict[str, str]] = field(default_factory=dict)
     feeds: dict[str, FeedRecord] = field(default_factory=dict)
     listings: list[str] = field(default_factory=list)
+    listings_signature: str = ""
 
     def all_files(self) -> set[str]:
         files = set(self.listings)
@@ -149,6 +150,7 @@ class Manifest:
             "slugs": self.slugs,
             "feeds": {key: {"signature": r.signature, "files": r.files} for key, r in sorted(self.feeds.items())},
             "listings": sorted(self.listings),
+            "listings_signature": self.listings_signature,
         }
         return json.dumps(data, ensure_ascii=False, sort_keys=True, separators=(",", ":")).encode("utf-8")
 
@@ -162,7 +164,8 @@ class Manifest:
             slugs = {str(kind): {str(k): str(v) for k, v in names.items()} for kind, names in data["slugs"].items()}
             feeds = {str(key): FeedRecord(str(value["signature"]), [str(f) for f in value["files"]])
                      for key, value in data["feeds"].items()}
-            return cls(str(data["options"]), slugs, feeds, [str(f) for f in data["listings"]])
+            return cls(str(data["options"]), slugs, feeds, [str(f) for f in data["listings"]],
+                       str(data.get("listings_signature", "")))
         except (ValueError, KeyError, TypeError, AttributeError):
             return cls()
 
