@@ -209,9 +209,15 @@ def output_folder(config: Config) -> Path:
 
 
 def build_feeds(collection: Collection, config: Config, *, full: bool = False, workers: int | None = None) -> BuildReport:
-    """Write the feeds of ``collection`` into ``config.feeds.output``; see the module doc."""
-    started = time.perf_counter()
+    """Write the feeds of ``collection`` into ``config.feeds.output``; see the module doc.
+    Builds of the same output folder run one after the other."""
     out = OutputDir(output_folder(config))
+    with out.lock():
+        return _build(collection, config, out, full=full, workers=workers)
+
+
+def _build(collection: Collection, config: Config, out: OutputDir, *, full: bool, workers: int | None) -> BuildReport:
+    started = time.perf_counter()
     report = BuildReport(output=str(out.root), posts=len(collection.posts), rejected=list(collection.errors))
     options = FeedOptions.from_config(collection.site, config.feeds)
     old = load_manifest(out)

@@ -12,9 +12,11 @@ files of feeds that no longer exist (and only those: the output folder may hold 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -22,6 +24,7 @@ from typing import Any
 from .errors import BuildError
 
 MANIFEST = ".finews-manifest.json"
+LOCK = ".finews-build.lock"
 MANIFEST_VERSION = 1
 #: Mode of written files: readable by the web server, like files a static site generator writes.
 FILE_MODE = 0o644
@@ -116,6 +119,20 @@ class OutputDir:
             self._checked.discard(parent)
             parent = parent.parent
         return True
+
+    @contextlib.contextmanager
+    def lock(self) -> Iterator[None]:
+        """Hold the output folder for one build: a scheduled rebuild and one triggered by a file
+        change must not interleave their writes and manifests (the second one waits)."""
+        try:
+            fd = os.open(self.root / LOCK, os.O_RDWR | os.O_CREAT, FILE_MODE)
+        except OSError as exc:
+            raise BuildError(f"cannot lock {self.root}: {exc.strerror}") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)  # closing releases the lock
 
     def exists(self, rel: str) -> bool:
         return os.path.isfile(os.path.join(self.root, rel))

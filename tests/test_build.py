@@ -20,7 +20,7 @@ from finews_feeds import build as buildmod
 from finews_feeds.cli import cli
 from finews_feeds.collector import collect_site
 from finews_feeds.config import Config, build_config
-from finews_feeds.writer import MANIFEST
+from finews_feeds.writer import LOCK, MANIFEST
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = Path(__file__).parent / "data"
@@ -111,7 +111,7 @@ def test_demo_site_feeds_hold_the_right_entries_in_every_format(demo_build: tupl
 def test_demo_site_writes_listings_and_category_display_names(demo_build: tuple[Path, buildmod.BuildReport, Config]) -> None:
     out, report, _ = demo_build
     assert sorted(p.name for p in out.iterdir()) == [
-        MANIFEST, "_feeds_head.html", "_feeds_head_tags.html", "atom.xml", "categories", "feed.json", "feed.xsl",
+        LOCK, MANIFEST, "_feeds_head.html", "_feeds_head_tags.html", "atom.xml", "categories", "feed.json", "feed.xsl",
         "feeds.opml", "index.html", "rss.xml", "tags",
     ]
     parsed = parse((out / "categories" / "cailianshe" / "atom.xml").read_bytes())

@@ -103,3 +103,25 @@ def test_the_manifest_round_trips(tmp_path: Path) -> None:
 def test_a_broken_or_foreign_manifest_counts_as_none(tmp_path: Path, raw: bytes) -> None:
     (tmp_path / MANIFEST).write_bytes(raw)
     assert load_manifest(OutputDir(tmp_path)) == Manifest()
+
+
+def test_the_build_lock_makes_a_second_build_wait(tmp_path: Path) -> None:
+    import threading
+
+    out = OutputDir(tmp_path)
+    entered = threading.Event()
+    order: list[str] = []
+
+    def second() -> None:
+        with OutputDir(tmp_path).lock():
+            order.append("second")
+
+    with out.lock():
+        thread = threading.Thread(target=lambda: (entered.set(), second()))
+        thread.start()
+        entered.wait()
+        thread.join(0.3)
+        assert thread.is_alive()
+        order.append("first")
+    thread.join(5)
+    assert order == ["first", "second"]
