@@ -19,7 +19,7 @@ import os
 import re
 import tempfile
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from pathlib import Path
 from urllib.parse import quote, urljoin, urlsplit
@@ -33,7 +33,7 @@ from premailer import Premailer
 
 from .config import Config
 from .errors import ConfigError, DigestError
-from .message import build_message, domain_of, format_address, header_text, message_id
+from .message import PreparedBody, build_message, domain_of, format_address, header_text, message_id
 from .models import Collection, ContentSource, Post, Site
 
 log = logging.getLogger(__name__)
@@ -50,6 +50,10 @@ GREETING = "__FINEWS_GREETING__"
 SENT_TO = "__FINEWS_SENT_TO__"
 UNSUBSCRIBE_URL = "__FINEWS_UNSUBSCRIBE_URL__"
 PLACEHOLDERS = (GREETING, SENT_TO, UNSUBSCRIBE_URL)
+#: Where a template allows invisible spaces after the greeting (after a line break in HTML, at
+#: the end of the line in text): personalisation pads there so the rest of the body stays
+#: aligned for base64 and its encoding is shared by every subscriber (see message.PreparedBody).
+PAD = "__FINEWS_PAD__"
 
 #: Category heading for posts without a category.
 UNCATEGORIZED_TITLE = "其他"
@@ -186,6 +190,7 @@ class DigestView:
     feeds: tuple[FeedLink, ...]
     postal_address: str
     greeting: str = GREETING
+    pad: str = PAD
     sent_to: str = SENT_TO
     unsubscribe_url: str = UNSUBSCRIBE_URL
     manage_url: str = ""
@@ -206,16 +211,25 @@ class Variant:
     count: int
     html: str
     text: str
+    _html_body: PreparedBody = field(init=False, repr=False, compare=False)
+    _text_body: PreparedBody = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_html_body", PreparedBody(self.html, PLACEHOLDERS, PAD))
+        object.__setattr__(self, "_text_body", PreparedBody(self.text, PLACEHOLDERS, PAD))
 
     def personalize(self, recipient: Recipient) -> tuple[str, str]:
-        """(html, text) for ``recipient``: placeholders replaced, escaped for HTML in the HTML part."""
+        """(html, text) for ``recipient``: placeholders replaced, escaped for HTML in the HTML part.
+
+        The strings are :class:`~finews_feeds.message.WireText`: build_message encodes them from
+        the variant's shared encoding instead of from scratch."""
         greeting, sent_to, unsubscribe = _personal_fields(recipient)
-        html = (
-            self.html.replace(GREETING, html_lib.escape(greeting, quote=False))
-            .replace(SENT_TO, html_lib.escape(sent_to, quote=False))
-            .replace(UNSUBSCRIBE_URL, html_lib.escape(unsubscribe, quote=True))
-        )
-        text = self.text.replace(GREETING, greeting).replace(SENT_TO, sent_to).replace(UNSUBSCRIBE_URL, unsubscribe)
+        html = self._html_body.fill({
+            GREETING: html_lib.escape(greeting, quote=False),
+            SENT_TO: html_lib.escape(sent_to, quote=False),
+            UNSUBSCRIBE_URL: html_lib.escape(unsubscribe, quote=True),
+        })
+        text = self._text_body.fill({GREETING: greeting, SENT_TO: sent_to, UNSUBSCRIBE_URL: unsubscribe})
         return html, text
 
 

@@ -18,8 +18,10 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import hashlib
 import re
+import struct
 from collections.abc import Mapping
 from datetime import date as Date
 from datetime import datetime
@@ -42,7 +44,7 @@ _WORD_BYTES = 36
 _BASE64_LINE = 76
 _NAME_WORD_BYTES = 45
 _SIMPLE_ADDRESS = re.compile(
-    r'(?:(?P<name>[^()<>\[\]:;@\\,."]*?)\s*<(?P<addr>[!-~]+@[A-Za-z0-9.-]+)>|(?P<bare>[!#-\'*+/-9=?A-Z^-~]+@[A-Za-z0-9.-]+))'
+    r'(?:(?P<name>[^()<>\[\]:;@\\,."]*?)\s*<(?P<addr>[A-Za-z0-9!#$%&\'*+/=?^_`{|}~.-]+@[A-Za-z0-9.-]+)>|(?P<bare>[A-Za-z0-9!#$%&\'*+/=?^_`{|}~.-]+@[A-Za-z0-9.-]+))'
 )
 _SPECIALS = re.compile(r'[()<>\[\]:;@\\,."]')
 _ATOM = re.compile(r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~ -]*")
@@ -60,9 +62,12 @@ _OWN_HEADERS = frozenset(
 
 def header_text(value: str) -> str:
     """``value`` as one header line: control characters (CR, LF, tab, ...) become one space."""
+    if value.isprintable() and "  " not in value and value[:1] != " " and value[-1:] != " ":
+        return value  # already clean; isprintable() is False for every character the regex changes
     return _SPACES.sub(" ", _CONTROL.sub(" ", value)).strip()
 
 
+@functools.lru_cache(maxsize=64)  # called with the same sender for every message
 def domain_of(address: str) -> str:
     """The domain of an address such as ``finews <digest@example.com>`` (``localhost`` if none)."""
     _, email = parseaddr(header_text(address))
@@ -196,7 +201,8 @@ def _text_part(subtype: str, body: str) -> EmailMessage:
     # binascii encodes far faster than the pure-Python quoted-printable encoder. MIME's
     # canonical line break in text is CRLF.
     part.set_raw("Content-Transfer-Encoding", "base64")
-    part.set_payload(_base64_body(body))
+    wire = body.wire_form() if isinstance(body, WireText) else None
+    part.set_payload(wire if wire is not None else _base64_body(body))
     return part
 
 
@@ -240,6 +246,7 @@ def _fold(name: str, tokens: list[str]) -> str:
     return "\r\n ".join(lines)
 
 
+@functools.lru_cache(maxsize=1024)  # the subject and list headers repeat for every subscriber
 def _unstructured(name: str, value: str) -> str:
     if value.isascii() and "=?" not in value:
         return _fold(name, value.split(" ")) if value else ""
@@ -261,18 +268,25 @@ def _set_address(msg: EmailMessage, name: str, value: str) -> None:
     """An address header: ``Name <addr>`` encoded here when the address is plain ASCII; anything
     unusual (several addresses, an international address) goes through the header registry."""
     value = header_text(value)
+    encoded = _encoded_address(name, value)
+    if encoded is None:
+        msg[name] = _address_header(value)
+    else:
+        msg.set_raw(name, encoded)
+
+
+@functools.lru_cache(maxsize=1024)  # From and Reply-To repeat for every subscriber
+def _encoded_address(name: str, value: str) -> str | None:
+    """The folded, encoded value of a one-address header; None when it needs the registry."""
     match = _SIMPLE_ADDRESS.fullmatch(value)
     if match:  # the usual `Name <addr>` or `addr`, without parsing it the long way
         display, email = (match["name"] or "").strip(), match["addr"] or match["bare"]
-        simple = True
     else:
         display, email = parseaddr(value)
-        simple = email.isascii() and "@" in email and " " not in email and len(getaddresses([value])) == 1
-    if not simple:
-        msg[name] = _address_header(value)
-        return
+        if not (email.isascii() and "@" in email and " " not in email and len(getaddresses([value])) == 1):
+            return None
     tokens = [*_display_name(display), f"<{email}>"] if display else [email]
-    msg.set_raw(name, _fold(name, tokens))
+    return _fold(name, tokens)
 
 
 def _address_header(value: str) -> str:
@@ -297,7 +311,124 @@ def _base64_body(body: str) -> str:
         body = body.replace("\r\n", "\n").replace("\r", "\n")
     if not body.endswith("\n"):
         body += "\n"
-    encoded = binascii.b2a_base64(body.encode("utf-8").replace(b"\n", b"\r\n"), newline=False)
-    # Slicing one encoded string beats base64.encodebytes, which encodes chunk by chunk in Python.
-    lines = [encoded[i : i + _BASE64_LINE] for i in range(0, len(encoded), _BASE64_LINE)]
-    return (b"\r\n".join(lines) + b"\r\n").decode("ascii")
+    return _encode_lines(body.encode("utf-8").replace(b"\n", b"\r\n")).decode("ascii")
+
+
+@functools.lru_cache(maxsize=512)
+def _line_splitter(lines: int) -> struct.Struct:
+    # Cuts an encoded string into lines in one C call: three times faster than slicing in a loop,
+    # and far faster than base64.encodebytes, which encodes 57 bytes at a time in Python.
+    return struct.Struct(f"{_BASE64_LINE}s" * lines)
+
+
+# ---------------------------------------------------------------------------------------------
+# Bodies prepared once, filled per subscriber
+#
+# A digest variant is the same for thousands of subscribers but for a few fields. Its base64 form
+# is a function of its bytes in blocks of 57 (one 76-character line each), so the lines of any
+# stretch that starts on a block boundary can be encoded once. A pad marker, placed by the
+# template where spaces do not show (after the greeting's line break), is filled with as many
+# spaces as bring the next stretch onto a block boundary: then only the few hundred bytes around
+# each field are encoded per subscriber, and the result is the very bytes _base64_body would give.
+
+_BLOCK = 57  # input bytes per 76-character base64 line
+
+
+class WireText(str):
+    """A filled-in body that carries what it needs to produce its own base64 wire form fast.
+
+    It is an ordinary ``str`` for every other use; :func:`build_message` asks it for
+    :meth:`wire_form`. Any string operation returns a plain ``str``, so a changed body can never
+    be paired with a stale wire form."""
+
+    _chunks: tuple[tuple[bytes | None, bytes], ...] = ()
+
+    def wire_form(self) -> str | None:
+        """The base64 body, lines of 76 characters each ended by CRLF; None when not prepared."""
+        if not self._chunks:
+            return None
+        out: list[bytes] = []
+        pending = bytearray()
+        for lines, raw in self._chunks:
+            if lines is not None:  # a stretch starting on a block boundary: its full lines are ready
+                if len(pending) % _BLOCK:
+                    return None  # cannot happen with a correct pad; be safe, not fast
+                if pending:
+                    out.append(_encode_lines(bytes(pending)))
+                    pending.clear()
+                out.append(lines)
+            pending += raw
+        if pending:
+            out.append(_encode_lines(bytes(pending)))
+        return b"".join(out).decode("ascii")
+
+
+class PreparedBody:
+    """A body with field markers and one optional pad marker, its constant stretches pre-encoded."""
+
+    def __init__(self, template: str, fields: tuple[str, ...], pad: str = "") -> None:
+        if "\r" in template:
+            template = template.replace("\r\n", "\n").replace("\r", "\n")
+        if not template.endswith("\n"):
+            template += "\n"
+        markers = [*fields, pad] if pad else list(fields)
+        pieces = re.split("(" + "|".join(re.escape(m) for m in markers) + ")", template)
+        self.pad = pad
+        self.texts: tuple[str, ...] = tuple(pieces[0::2])
+        self.markers: tuple[str, ...] = tuple(pieces[1::2])
+        self.raw: tuple[bytes, ...] = tuple(t.encode("utf-8").replace(b"\n", b"\r\n") for t in self.texts)
+        ready: list[tuple[bytes | None, bytes]] = []
+        for index, raw in enumerate(self.raw):
+            aligned = index == 0 or (pad and self.markers[index - 1] == pad)
+            if aligned:
+                cut = len(raw) // _BLOCK * _BLOCK
+                ready.append((_encode_lines(raw[:cut]) if cut else b"", raw[cut:]))
+            else:
+                ready.append((None, raw))
+        self.ready = tuple(ready)
+
+    def fill(self, values: Mapping[str, str]) -> WireText:
+        """The body with each field marker replaced by ``values[marker]`` (already escaped as the
+        body needs) and the pad marker by spaces."""
+        texts, raws, ready = self.texts, self.raw, self.ready
+        out = [texts[0]]
+        chunks: list[tuple[bytes | None, bytes]] = [ready[0]]
+        offset = len(raws[0])
+        pending = b""
+        usable = True
+        for index, marker in enumerate(self.markers, start=1):
+            if marker == self.pad:
+                value = " " * (-(offset + len(pending)) % _BLOCK)
+            else:
+                value = values[marker]
+                if "\n" in value or "\r" in value:
+                    usable = False  # the byte count below would be off; fall back to plain encoding
+            encoded = value.encode("utf-8")
+            out.append(value)
+            out.append(texts[index])
+            lines, raw = ready[index]
+            if lines is not None:
+                chunks.append((None, pending + encoded))
+                chunks.append((lines, raw))
+                offset += len(pending) + len(encoded) + len(raws[index])
+                pending = b""
+            else:
+                pending += encoded + raw
+        if pending:
+            chunks.append((None, pending))
+        result = WireText("".join(out))
+        if usable:
+            result._chunks = tuple(chunks)
+        return result
+
+
+def _encode_lines(data: bytes) -> bytes:
+    """``data`` in base64 lines of 76 characters (the last may be shorter), each ended by CRLF."""
+    if not data:
+        return b""
+    encoded = binascii.b2a_base64(data, newline=False)
+    full = len(encoded) // _BASE64_LINE
+    lines = list(_line_splitter(full).unpack_from(encoded))
+    if len(encoded) % _BASE64_LINE:
+        lines.append(encoded[full * _BASE64_LINE :])
+    return b"\r\n".join(lines) + b"\r\n"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import email
 import email.policy
 from datetime import UTC, date, datetime, timedelta, timezone
@@ -12,7 +13,16 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from finews_feeds.message import MESSAGE_POLICY, build_message, domain_of, format_address, header_text, message_id
+from finews_feeds.message import (
+    MESSAGE_POLICY,
+    PreparedBody,
+    _base64_body,
+    build_message,
+    domain_of,
+    format_address,
+    header_text,
+    message_id,
+)
 
 SHANGHAI = timezone(timedelta(hours=8))
 SENT = datetime(2022, 4, 21, 7, 30, tzinfo=SHANGHAI)
@@ -214,3 +224,76 @@ def test_any_display_name_round_trips(name: str) -> None:
         assert address.display_name == header_text(name)
     else:  # Python's parser adds a space between encoded words; other readers drop it (RFC 2047)
         assert address.display_name.replace(" ", "") == header_text(name).replace(" ", "")
+
+
+@pytest.mark.parametrize("size", [0, 1, 2, 3, 54, 55, 56, 57, 58, 113, 114, 115, 5000])
+def test_bodies_of_every_length_round_trip_in_76_column_lines(size: int) -> None:
+    body = ("a" * size).replace("a" * 10, "数据\n" * 2, size // 20)
+    raw = make(text=body)
+    part = parse(raw).get_body(("plain",))
+    assert part is not None
+    expected = body if body.endswith("\n") else body + "\n"
+    assert part.get_content() == expected.replace("\n", "\r\n")
+    encoded = raw.split(b"Content-Transfer-Encoding: base64\r\n\r\n", 1)[1].split(b"\r\n\r\n", 1)[0]
+    assert all(len(line) == 76 for line in encoded.split(b"\r\n")[:-1])
+    assert 0 < len(encoded.split(b"\r\n")[-1]) <= 76
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    head=st.text(max_size=300), middle=st.text(max_size=3000), tail=st.text(max_size=300),
+    values=st.lists(st.text(max_size=80), min_size=3, max_size=3), pad_first=st.booleans(),
+)
+def test_prepared_body_encodes_exactly_like_the_plain_path(head: str, middle: str, tail: str, values: list[str],
+                                                           pad_first: bool) -> None:
+    marks = ("\x01A\x01", "\x01B\x01", "\x01C\x01")
+    pad = "\x01P\x01"
+    clean = [v.replace("\x01", "") for v in (head, middle, tail)]
+    template = (f"{clean[0]}{marks[0]}{pad if pad_first else ''}{clean[1]}{marks[1]}x{marks[2]}{clean[2]}"
+                .replace("\r", "\n"))
+    body = PreparedBody(template, marks, pad)
+    filled = body.fill(dict(zip(marks, [v.replace("\x01", "") for v in values], strict=True)))
+    expected = template
+    for mark, value in zip(marks, values, strict=True):
+        expected = expected.replace(mark, value.replace("\x01", ""))
+    assert str(filled).replace(" ", "") == (expected.replace(pad, "") + ("" if expected.endswith("\n") else "\n")
+                                            ).replace(" ", "") or "\r" in "".join(values)
+    wire = filled.wire_form()
+    if wire is not None:
+        assert wire == _base64_body(str(filled))
+        assert base64.b64decode(wire) == _crlf(str(filled))
+
+
+def _crlf(text: str) -> bytes:
+    text = text.replace("\r\n", "\n").replace("\r", "\n")
+    return (text if text.endswith("\n") else text + "\n").replace("\n", "\r\n").encode("utf-8")
+
+
+def test_prepared_body_pads_so_the_rest_is_shared() -> None:
+    template = "头" * 30 + "<GREET><br><PAD>" + "".join(chr(0x4E00 + i) for i in range(4000)) + "<UNSUB>尾\n"
+    body = PreparedBody(template, ("<GREET>", "<UNSUB>"), "<PAD>")
+    first = body.fill({"<GREET>": "张三，您好！", "<UNSUB>": "https://u.example/1"})
+    second = body.fill({"<GREET>": "A much longer name than that，您好！", "<UNSUB>": "https://u.example/22"})
+    for filled in (first, second):
+        assert filled.wire_form() == _base64_body(str(filled))
+        offset = len(str(filled).split("<br>")[0].encode()) + len(b"<br>")
+        padded = len(str(filled).split("<br>")[1]) - len(str(filled).split("<br>")[1].lstrip(" "))
+        assert (offset + padded) % 57 == 0
+    # Both messages share every line of the long stretch after the pad.
+    shared = set(first.wire_form().split("\r\n")) & set(second.wire_form().split("\r\n"))  # type: ignore[union-attr]
+    assert len(shared) >= 4000 * 3 // 57 - 2
+
+
+def test_a_value_with_a_line_break_falls_back_to_plain_encoding() -> None:
+    body = PreparedBody("a<X>b<PAD>c\n", ("<X>",), "<PAD>")
+    filled = body.fill({"<X>": "line\r\nbreak"})
+    assert filled.wire_form() is None
+    raw = make(text=filled)
+    assert parse(raw).get_body(("plain",)).get_content().startswith("aline\r\nbreakb")  # type: ignore[union-attr]
+
+
+def test_message_from_a_prepared_body_equals_one_from_the_plain_string() -> None:
+    body = PreparedBody("<p>" + "数据" * 900 + "</p>\n<G><br><P>" + "更多" * 3000 + "<U>\n", ("<G>", "<U>"), "<P>")
+    filled = body.fill({"<G>": "读者，您好！", "<U>": "https://u.example/unsubscribe/abc"})
+    assert make(html=filled) == make(html=str(filled))
+    assert type(str(filled)) is str and filled.wire_form() is not None
