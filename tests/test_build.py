@@ -150,6 +150,10 @@ def test_one_new_post_rewrites_only_the_feeds_that_contain_it_then_its_removal_r
     assert (report.feeds_written, report.feeds_unchanged, report.feeds_removed) == (4, 91, 0)
     newest = parse((tmp_path / "out" / "tags" / "全新标签" / "rss.xml").read_bytes()).entries
     assert [e.title for e in newest] == ["新文章"]
+    # Relative URLs in a post become absolute: readers ignore xml:base.
+    item = json.loads((tmp_path / "out" / "tags" / "全新标签" / "feed.json").read_bytes())["items"][0]
+    assert item["image"] == "https://finews.withounder.com/img/a.jpg"
+    assert 'src="https://finews.withounder.com/img/a.jpg"' in item["content_html"]
 
     post.unlink()
     report = buildmod.run_build(config)
