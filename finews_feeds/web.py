@@ -13,15 +13,18 @@ Rules that matter here:
 - Pages that carry a token send ``Referrer-Policy: no-referrer`` so the token does not leak to
   the links on them.
 - Feed files get their registered types, a weak ETag and Last-Modified from the file (the feed
-  writer leaves unchanged files alone, so these stay put), 304 answers, and gzip.
+  writer leaves unchanged files alone, so these stay put), 304 answers, and gzip compressed once
+  per file version (:class:`GzipCache`), not once per request.
 """
 
 from __future__ import annotations
 
+import gzip
 import html
 import logging
 import mimetypes
 import re
+import threading
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -158,6 +161,21 @@ class BodyLimitMiddleware:
             await _too_large(self.max_bytes)(scope, receive, send)
 
 
+class NegotiatedGZipMiddleware:
+    """Starlette's GZipMiddleware, but ``gzip;q=0`` means no (it looks for the word "gzip" only)."""
+
+    def __init__(self, app: ASGIApp, minimum_size: int = 500) -> None:
+        self.gzip = GZipMiddleware(app, minimum_size=minimum_size, compresslevel=6)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            headers = scope.get("headers", [])
+            offered = b",".join(v for k, v in headers if k == b"accept-encoding").decode("latin-1")
+            if offered and not accepts_gzip(offered):
+                scope = {**scope, "headers": [(k, v) for k, v in headers if k != b"accept-encoding"]}
+        await self.gzip(scope, receive, send)
+
+
 def _too_large(limit: int) -> Response:
     return Response(f"request body larger than {limit} bytes\n", status_code=413, media_type="text/plain",
                     headers={"Connection": "close"})
@@ -269,11 +287,51 @@ def _etag_matches(header: str, etag: str) -> bool:
     return any(candidate.strip().removeprefix("W/") == opaque for candidate in header.split(","))
 
 
-def file_response(request: Request, path: Path, cache_control: str) -> Response:
-    """The file with validators, or 304 when the client's copy is current."""
+def accepts_gzip(header: str) -> bool:
+    """Whether an Accept-Encoding header takes gzip (``gzip;q=0`` refuses it)."""
+    for item in header.lower().split(","):
+        name, _, params = item.strip().partition(";")
+        if name.strip() in ("gzip", "*"):
+            quality = params.strip().removeprefix("q=")
+            try:
+                return not params.strip().startswith("q=") or float(quality) > 0
+            except ValueError:
+                return False
+    return False
+
+
+class GzipCache:
+    """Compressed copies of served files, keyed by path, mtime and size (so a rebuilt feed is
+    compressed again once, not on every request). Feed readers poll the same few files all day."""
+
+    def __init__(self, max_bytes: int = 32 * 1024 * 1024) -> None:
+        self.max_bytes = max_bytes
+        self._entries: dict[tuple[str, int, int], bytes] = {}
+        self._size = 0
+        self._lock = threading.Lock()
+
+    def get(self, path: Path, mtime_ns: int, data: bytes) -> bytes:
+        key = (str(path), mtime_ns, len(data))
+        with self._lock:
+            hit = self._entries.pop(key, None)
+            if hit is not None:
+                self._entries[key] = hit  # most recently used last
+                return hit
+        packed = gzip.compress(data, compresslevel=6, mtime=0)
+        with self._lock:
+            self._entries[key] = packed
+            self._size += len(packed)
+            for old in list(self._entries):
+                if self._size <= self.max_bytes or old == key:
+                    break
+                self._size -= len(self._entries.pop(old))
+        return packed
+
+
+def file_response(request: Request, path: Path, cache_control: str, packed: GzipCache | None = None) -> Response:
+    """The file with validators, or 304 when the client's copy is current; gzip from ``packed``."""
     try:
         stat = path.stat()
-        data = b"" if request.method == "HEAD" else path.read_bytes()
     except OSError:  # removed between the lookup and now (a rebuild dropped the feed)
         raise HTTPException(404) from None
     etag = f'W/"{stat.st_mtime_ns:x}-{stat.st_size:x}"'
@@ -281,6 +339,7 @@ def file_response(request: Request, path: Path, cache_control: str) -> Response:
         "ETag": etag,
         "Last-Modified": formatdate(stat.st_mtime, usegmt=True),
         "Cache-Control": cache_control,
+        "Vary": "Accept-Encoding",
         "X-Content-Type-Options": "nosniff",
     }
     if_none_match = request.headers.get("if-none-match")
@@ -294,10 +353,17 @@ def file_response(request: Request, path: Path, cache_control: str) -> Response:
             moment = None
         if moment is not None and moment.tzinfo is not None and int(stat.st_mtime) <= moment.timestamp():
             return Response(status_code=304, headers=headers)
-    response = Response(data, media_type=media_type(path), headers=headers)
+    try:
+        data = path.read_bytes()
+    except OSError:
+        raise HTTPException(404) from None
+    if packed is not None and len(data) >= 500 and accepts_gzip(request.headers.get("accept-encoding", "")):
+        data = packed.get(path, stat.st_mtime_ns, data)
+        headers["Content-Encoding"] = "gzip"
     if request.method == "HEAD":
-        response.headers["Content-Length"] = str(stat.st_size)
-    return response
+        headers["Content-Length"] = str(len(data))
+        data = b""
+    return Response(data, media_type=media_type(path), headers=headers)
 
 
 # --------------------------------------------------------------------------- the app
@@ -328,6 +394,7 @@ def create_app(
     secret = secret_of(config)
     output = Path(config.feeds.output)
     limiter = RateLimiter(config.web.subscribe_per_minute, 60.0, monotonic)
+    packed = GzipCache()
     choices = categories or (lambda: default_categories(config))
 
     def mail_confirmation(email: str) -> None:
@@ -463,7 +530,7 @@ def create_app(
         path = await run_in_threadpool(safe_file, output, rel or "index.html")
         if path is None or path.name == MANIFEST:
             raise HTTPException(404)
-        return await run_in_threadpool(file_response, request, path, "public, max-age=300")
+        return await run_in_threadpool(file_response, request, path, "public, max-age=300", packed)
 
     async def feeds_root(request: Request) -> Response:
         return RedirectResponse("/feeds/", status_code=301)
@@ -479,7 +546,7 @@ def create_app(
         path = await run_in_threadpool(safe_file, output, f"digests/{day.isoformat()}.html")
         if path is None:
             raise HTTPException(404, f"no digest for {day.isoformat()}")
-        return await run_in_threadpool(file_response, request, path, "public, max-age=3600")
+        return await run_in_threadpool(file_response, request, path, "public, max-age=3600", packed)
 
     async def healthz(request: Request) -> Response:
         report = dict(await run_in_threadpool(health))
@@ -514,7 +581,7 @@ def create_app(
     return Starlette(
         routes=routes,
         middleware=[
-            Middleware(GZipMiddleware, minimum_size=500),
+            Middleware(NegotiatedGZipMiddleware, minimum_size=500),
             Middleware(BodyLimitMiddleware, max_bytes=config.web.max_body_bytes),
         ],
         exception_handlers=handlers,

@@ -27,7 +27,7 @@ from finews_feeds.mailer import transport_from_config
 from finews_feeds.models import Collection
 from finews_feeds.store import Store
 from finews_feeds.tokens import make_token
-from finews_feeds.web import RateLimiter, create_app, safe_file
+from finews_feeds.web import GzipCache, RateLimiter, accepts_gzip, create_app, safe_file
 
 DAY = date(2022, 4, 20)
 T0 = datetime(2022, 4, 21, 7, 30, tzinfo=UTC)
@@ -336,6 +336,28 @@ def test_feeds_are_served_with_their_media_types_and_gzip(web: Web) -> None:
         assert gzip.decompress(body) == (web.output / "rss.xml").read_bytes()
         assert client.get("/feeds").status_code == 301
         assert client.get("/feeds/nothing.xml").status_code == 404
+
+
+def test_gzip_is_negotiated_and_each_file_version_compressed_once(web: Web) -> None:
+    assert [accepts_gzip(h) for h in ("gzip, deflate, br", "br;q=1.0, gzip;q=0.8", "*", "GZIP")] == [True] * 4
+    assert [accepts_gzip(h) for h in ("gzip;q=0", "identity", "", "deflate, br", "gzip;q=x")] == [False] * 5
+    cache = GzipCache(max_bytes=100)  # one compressed copy (~60 bytes) fits
+    data = "财联社".encode() * 400
+    first = cache.get(Path("/f/rss.xml"), 1, data)
+    assert cache.get(Path("/f/rss.xml"), 1, data) is first
+    assert gzip.decompress(first) == data
+    second = cache.get(Path("/f/rss.xml"), 2, data)  # a rebuilt file is compressed again
+    assert second is not first and second == first
+    other = cache.get(Path("/f/atom.xml"), 1, data + b"x")
+    assert cache.get(Path("/f/atom.xml"), 1, data + b"x") is other
+    assert cache.get(Path("/f/rss.xml"), 1, data) is not first  # evicted: over max_bytes
+    with web.client() as client:
+        refused = client.get("/feeds/rss.xml", headers={"Accept-Encoding": "gzip;q=0"})
+        assert "content-encoding" not in refused.headers
+        assert refused.content == (web.output / "rss.xml").read_bytes()
+        head = client.head("/feeds/rss.xml", headers={"Accept-Encoding": "identity"})
+        assert (head.status_code, head.content, int(head.headers["content-length"])) == (
+            200, b"", (web.output / "rss.xml").stat().st_size)
 
 
 def test_conditional_get_answers_304_until_the_feed_changes(web: Web) -> None:
