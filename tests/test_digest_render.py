@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import hashlib
 import json
 import os
 import re
@@ -158,8 +159,9 @@ def local_images(html: str, folder: Path) -> str:
         url = match.group(1)
         size = re.search(r"_w(\d+)h(\d+)", url)
         width, height = (int(size.group(1)), int(size.group(2))) if size else (1200, 800)
-        name = f"img{abs(hash(url)) % 10**8}.svg"
-        hue = abs(hash(url)) % 360
+        digest = int(hashlib.sha256(url.encode()).hexdigest()[:8], 16)  # stable across runs, unlike hash()
+        name = f"img{digest}.svg"
+        hue = digest % 360
         (folder / name).write_text(
             f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}">'
             f'<rect width="100%" height="100%" fill="hsl({hue},45%,62%)"/>'
