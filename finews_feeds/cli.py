@@ -304,14 +304,17 @@ def subscribers_export(state: State, file: Path) -> None:
               help="Also run the digest once, this many seconds after start (for tests and trials).")
 @click.option("--digest-day", type=click.DateTime(["%Y-%m-%d"]), default=None, hidden=True,
               help="Day the digest runs cover, instead of the day the schedule gives.")
+@click.option("--retry-after", type=float, default=None, hidden=True,
+              help="Seconds before a digest run that could not reach everyone is tried again (default 300).")
 @click.pass_obj
 @handle_errors
-def daemon_command(state: State, digest_in: float | None, digest_day: Any) -> None:
+def daemon_command(state: State, digest_in: float | None, digest_day: Any, retry_after: float | None) -> None:
     """Rebuild the feeds, send the daily digest and serve the web app, until SIGTERM or SIGINT."""
-    from .daemon import run_daemon
+    from .daemon import RETRY_FIRST, run_daemon
 
     config = state.config()
-    sys.exit(run_daemon(config, digest_in=digest_in, digest_day=digest_day.date() if digest_day else None))
+    sys.exit(run_daemon(config, digest_in=digest_in, digest_day=digest_day.date() if digest_day else None,
+                        retry_first=retry_after if retry_after is not None else RETRY_FIRST))
 
 
 def main() -> None:

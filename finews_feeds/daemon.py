@@ -36,6 +36,8 @@ log = logging.getLogger(__name__)
 STOP_TIMEOUT = 10.0
 #: Seconds between a file event and the rebuild it asks for (a burst of events gives one rebuild).
 WATCH_DEBOUNCE = 0.5
+#: Seconds before a digest run that could not reach everyone is tried again (doubling each time).
+RETRY_FIRST = 300.0
 #: File watcher events that mean the content changed (opening a file to read it is not one).
 CHANGE_EVENTS = frozenset({"created", "modified", "moved", "deleted", "closed"})
 
@@ -172,6 +174,7 @@ class Daemon:
         *,
         digest_in: float | None = None,
         digest_day: date | None = None,
+        retry_first: float = RETRY_FIRST,
         clock: Callable[[], datetime] = utc_now,
     ) -> None:
         from .scheduler import digest_zone
@@ -183,6 +186,7 @@ class Daemon:
         self.clock = clock
         self.digest_day = digest_day
         self.digest_in = digest_in
+        self.retry_first = retry_first
         self.site = resolve_site(config)
         self.zone: tzinfo = digest_zone(config, self.site.timezone)
         self.stop = threading.Event()  # the delivery stop event, and "take no new work"
@@ -232,8 +236,13 @@ class Daemon:
 
         return default_categories(self.config)
 
-    def digest(self, fired: datetime) -> None:
-        """The digest job: the day the run at ``fired`` covers, its web copy, then the sends."""
+    def digest(self, fired: datetime, attempt: int = 0) -> None:
+        """The digest job: the day the run at ``fired`` covers, its web copy, then the sends.
+
+        A run that could not reach everyone (the SMTP server down, login refused, 4xx replies past
+        the retries) is tried again later the same day, within the misfire grace; the ledger
+        makes each attempt send only what is still open.
+        """
         from .collector import collect_site
         from .delivery import send_digest
         from .digest import covered_day, write_preview
@@ -257,16 +266,34 @@ class Daemon:
         except FinewsError as exc:
             log.error("digest %s not sent: %s", day, exc.message)
             self.status.record_send({"ok": False, "day": day.isoformat(), "finished_at": self.clock().isoformat(),
-                                     "error": exc.message})
+                                     "error": exc.message, "attempt": attempt + 1})
+            self._retry(fired, attempt + 1)
             return
         except Exception as exc:
             log.exception("digest %s failed", day)
             self.status.record_send({"ok": False, "day": day.isoformat(), "finished_at": self.clock().isoformat(),
-                                     "error": repr(exc)})
+                                     "error": repr(exc), "attempt": attempt + 1})
+            self._retry(fired, attempt + 1)
             return
         for line in report.summary_lines():
             log.info("%s", line)
-        self.status.record_send(send_result(report, self.clock()))
+        self.status.record_send({**send_result(report, self.clock()), "attempt": attempt + 1})
+        if (report.aborted or report.temporary_failures) and not report.stopped:
+            self._retry(fired, attempt + 1)
+
+    def _retry(self, fired: datetime, attempt: int) -> None:
+        from .scheduler import retry_time, schedule_retry
+
+        if self.stop.is_set():
+            return
+        grace = timedelta(minutes=self.config.scheduler.misfire_grace_minutes)
+        at = retry_time(fired, self.clock(), attempt, self.retry_first, grace)
+        if at is None:
+            log.error("digest run of %s: giving up after %d attempts (past scheduler.misfire_grace_minutes)",
+                      fired.isoformat(), attempt)
+            return
+        log.info("digest run of %s: trying again at %s", fired.isoformat(), at.isoformat())
+        schedule_retry(self.scheduler, self.digest, fired, at, attempt)
 
     def send_confirmation(self, email: str) -> None:
         from .delivery import send_confirmation
@@ -396,6 +423,7 @@ class Daemon:
         return return_code
 
 
-def run_daemon(config: Config, *, digest_in: float | None = None, digest_day: date | None = None) -> int:
+def run_daemon(config: Config, *, digest_in: float | None = None, digest_day: date | None = None,
+               retry_first: float = RETRY_FIRST) -> int:
     """Run the daemon until SIGTERM/SIGINT; the exit code (0 after a clean stop)."""
-    return Daemon(config, digest_in=digest_in, digest_day=digest_day).run()
+    return Daemon(config, digest_in=digest_in, digest_day=digest_day, retry_first=retry_first).run()

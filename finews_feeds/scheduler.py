@@ -37,6 +37,8 @@ REBUILD_NOW_JOB = "rebuild-now"
 DIGEST_JOB = "digest"
 #: A digest run at a fixed moment (the daemon's hidden --digest-in option, used by tests).
 DIGEST_NOW_JOB = "digest-now"
+#: Another attempt at a digest run that could not reach everyone (SMTP down, 4xx replies).
+DIGEST_RETRY_JOB = "digest-retry"
 
 STATE_NAMES = {0: "stopped", 1: "running", 2: "paused"}
 
@@ -201,6 +203,21 @@ def create_scheduler(
 
     scheduler.add_listener(missed_run, EVENT_JOB_MISSED)
     return scheduler
+
+
+def retry_time(fired: datetime, now: datetime, attempt: int, first: float, grace: timedelta) -> datetime | None:
+    """When to try a digest run due at ``fired`` again after ``attempt`` failed tries: ``first``
+    seconds, doubling up to half an hour; None once that is past the misfire grace (the run
+    would not have started that late either, and the next day's run takes over)."""
+    delay = min(first * 2 ** max(0, attempt - 1), 1800.0)
+    at = now + timedelta(seconds=delay)
+    return at if at - fired <= grace else None
+
+
+def schedule_retry(scheduler: BackgroundScheduler, digest: Callable[..., None], fired: datetime, at: datetime,
+                   attempt: int) -> None:
+    scheduler.add_job(digest, DateTrigger(at), args=[fired], kwargs={"attempt": attempt}, id=DIGEST_RETRY_JOB,
+                      name=f"digest retry {attempt}", replace_existing=True)
 
 
 def request_rebuild(scheduler: BackgroundScheduler, rebuild: Callable[[], None], at: datetime) -> None:

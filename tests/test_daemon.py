@@ -19,6 +19,7 @@ from zoneinfo import ZoneInfo
 
 import httpx
 import pytest
+from aiosmtpd.controller import Controller
 from smtp_fakes import SECRET, Sink, database_url, free_port, postgres_available, running, wait_until
 
 from finews_feeds.daemon import is_post_path
@@ -288,6 +289,33 @@ def test_a_daemon_started_after_the_send_time_catches_up_once(
         assert result["sent"] == (2 if n == 0 else 0), daemon.output()
         assert "was missed; running it now" in daemon.output()
         assert daemon.stop()[0] == 0
+    assert per_recipient(sink) == dict.fromkeys(emails, 1)
+
+
+def test_a_digest_run_that_finds_the_smtp_server_down_is_retried_until_it_is_back(
+    tmp_path: Path, sink: Sink, daemons: list[Daemon]
+) -> None:
+    site = make_site(tmp_path)
+    db = f"sqlite:///{tmp_path}/var/finews.sqlite3"
+    emails = ["a@example.org", "b@example.org", "c@example.org"]
+    add_active(db, emails)
+    smtp_port, port = free_port(), free_port()  # nothing listens on smtp_port yet
+    config = write_config(tmp_path, site, smtp_port, db, port)
+    daemon = Daemon(config, port, "--digest-in", "1", "--digest-day", DAY.isoformat(), "--retry-after", "1")
+    daemons.append(daemon)
+    failed = daemon.wait_sent()
+    assert (failed["ok"], failed["attempt"]) == (False, 1), failed
+    controller = Controller(sink, hostname="127.0.0.1", port=smtp_port, ready_timeout=10)
+    controller.start()
+    try:
+        assert wait_until(lambda: len(sink.messages) == len(emails), timeout=60), daemon.output()
+        assert wait_until(lambda: (daemon.health() or {}).get("last_send", {}).get("ok") is True, timeout=20)
+        result = (daemon.health() or {})["last_send"]
+        assert result["attempt"] >= 2 and result["sent"] == len(emails)
+        assert "trying again at" in daemon.output()
+        assert daemon.stop()[0] == 0
+    finally:
+        controller.stop()
     assert per_recipient(sink) == dict.fromkeys(emails, 1)
 
 

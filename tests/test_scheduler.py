@@ -24,6 +24,7 @@ from finews_feeds.scheduler import (
     latest_fire_time,
     next_fire_times,
     parse_send_at,
+    retry_time,
     scheduler_status,
 )
 
@@ -178,3 +179,14 @@ def test_missed_digest_runs_at_start_with_the_time_it_was_due() -> None:
     # Next run: the same time tomorrow (a day later by the clock), never a second run today.
     assert status["next_run_times"][DIGEST_JOB] == (due + timedelta(days=1)).isoformat()
     assert REBUILD_JOB not in status["next_run_times"]
+
+
+def test_a_failed_digest_run_is_retried_with_backoff_within_the_grace() -> None:
+    fired = datetime(2022, 4, 21, 7, 30, tzinfo=SHANGHAI)
+    grace = timedelta(minutes=720)
+    after = [retry_time(fired, fired + timedelta(minutes=1), n, 300.0, grace) for n in (1, 2, 3, 4, 5, 9)]
+    assert [(a - fired - timedelta(minutes=1)).total_seconds() for a in after if a] == [
+        300.0, 600.0, 1200.0, 1800.0, 1800.0, 1800.0]
+    # A retry that would start later than the grace is not made: tomorrow's run takes over.
+    assert retry_time(fired, fired + timedelta(hours=11, minutes=50), 1, 300.0, grace) == fired + timedelta(hours=11, minutes=55)
+    assert retry_time(fired, fired + timedelta(hours=11, minutes=56), 1, 300.0, grace) is None
