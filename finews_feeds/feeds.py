@@ -308,48 +308,49 @@ def _feed_updated(entries: Sequence[EntryData], options: FeedOptions) -> datetim
     return max((e.newest for e in entries), default=_epoch(options))
 
 
-def _generator(spec: FeedSpec, options: FeedOptions, entries: Sequence[EntryData], fmt: str) -> FeedGenerator:
+def _generator(spec: FeedSpec, options: FeedOptions, entries: Sequence[EntryData]) -> FeedGenerator:
+    """One FeedGenerator for both RSS and Atom (building entries is most of the cost); what
+    differs between the two is set on each finished tree."""
     fg = FeedGenerator()
     fg.load_extension("media", atom=True, rss=True)
     fg.load_extension("dc", atom=False, rss=True)
-    self_url = spec.url(options, fmt)
-    fg.id(self_url)
+    atom_url = spec.url(options, "atom")
+    fg.id(atom_url)
     fg.title(spec.title)
     fg.description(spec.description)
     fg.subtitle(spec.description)
     fg.author(name=options.site_title, uri=options.site_url + "/")
     fg.language(options.language)
     fg.generator(GENERATOR, uri=GENERATOR_URI)
-    fg.link(href=self_url, rel="self", type=MEDIA_TYPES[fmt])
+    fg.link(href=atom_url, rel="self", type=MEDIA_TYPES["atom"])
     if options.websub_hub:
         fg.link(href=options.websub_hub, rel="hub")
     # Last: feedgen makes the last link() the RSS channel <link>.
     fg.link(href=spec.home_url, rel="alternate", type="text/html")
     fg.updated(_feed_updated(entries, options))
+    fg._FeedGenerator__rss_lastBuildDate = None  # added to the RSS tree without setlocale, see module doc
     for data in entries:
         fe = fg.add_entry(order="append")  # the default, "prepend", reverses the entries
         fe.guid(data.id, permalink=True)  # id() would write isPermaLink="false"
         fe.title(data.title)
         fe.link(href=data.url)
+        if data.image:
+            fe.enclosure(url=data.image, length="0", type=data.image_type)
+            fe.media.thumbnail(url=data.image, group=None)
         fe.updated(data.updated)
         fe.published(data.published)
+        fe._FeedEntry__rss_pubDate = None  # added to the RSS tree without setlocale, see module doc
         fe.author(name=data.author)
         fe.dc.dc_creator(data.author)
-        for term in data.terms:
-            fe.category(term=term)
+        if data.terms:
+            fe.category([{"term": term} for term in data.terms])
         if data.summary:
             fe.summary(data.summary)
         if data.content_html is not None:
             fe.content(data.content_html, type="html")
-        if data.image:
-            fe.media.thumbnail(url=data.image, group=None)
-        if fmt == "rss":
-            # RSS <description> holds HTML: the plain-text summary is escaped once more.
-            fe.description(html.escape(data.summary, quote=False) if data.summary else html.escape(data.title, quote=False),
-                           isSummary=True)
-            if data.image:
-                fe.enclosure(url=data.image, length="0", type=data.image_type)
-            fe._FeedEntry__rss_pubDate = None  # added to the tree without setlocale, see module doc
+        # RSS <description> holds HTML: the plain-text summary is escaped once more. Set
+        # directly, as feedgen's description() would also replace the Atom summary.
+        fe._FeedEntry__rss_description = html.escape(data.summary or data.title, quote=False)
     return fg
 
 
@@ -364,12 +365,17 @@ def _serialize(root: etree._Element) -> bytes:
     return data
 
 
-def render_rss(spec: FeedSpec, options: FeedOptions, entries: Sequence[EntryData]) -> bytes:
-    fg = _generator(spec, options, entries, "rss")
-    fg._FeedGenerator__rss_lastBuildDate = None  # added below without setlocale, see module doc
+def _rss_document(fg: FeedGenerator, spec: FeedSpec, options: FeedOptions, entries: Sequence[EntryData]) -> bytes:
     root, _ = fg._create_rss()
     channel = root.find("channel")
     assert channel is not None
+    self_link = channel.find(_A + "link")
+    assert self_link is not None
+    self_link.set("href", spec.url(options, "rss"))
+    self_link.set("type", MEDIA_TYPES["rss"])
+    if options.websub_hub:
+        # feedgen writes only the rel=self atom:link into RSS; WebSub needs rel=hub too.
+        self_link.addnext(etree.Element(_A + "link", href=options.websub_hub, rel="hub"))
     language = channel.find("language")
     last_build = etree.Element("lastBuildDate")
     last_build.text = _rfc822(_feed_updated(entries, options))
@@ -377,34 +383,38 @@ def render_rss(spec: FeedSpec, options: FeedOptions, entries: Sequence[EntryData
     for item, data in zip(channel.iter("item"), entries, strict=True):
         pub = etree.SubElement(item, "pubDate")
         pub.text = _rfc822(data.published)
-    if options.websub_hub:
-        # feedgen writes only the rel=self atom:link into RSS; WebSub needs rel=hub too.
-        hub = etree.Element(_A + "link", href=options.websub_hub, rel="hub")
-        self_link = channel.find(_A + "link")
-        assert self_link is not None
-        self_link.addnext(hub)
     if options.stylesheet:
         root.addprevious(_stylesheet_pi(spec))
     return _serialize(root)
 
 
-def render_atom(spec: FeedSpec, options: FeedOptions, entries: Sequence[EntryData]) -> bytes:
-    fg = _generator(spec, options, entries, "atom")
+def _atom_document(fg: FeedGenerator, spec: FeedSpec, options: FeedOptions, entries: Sequence[EntryData]) -> bytes:
     root, _ = fg._create_atom()
     # feedgen builds the Atom tree without a namespace and writes `xmlns` as a plain attribute,
     # so its elements are found by their bare names.
     for element, data in zip(root.iter("entry"), entries, strict=True):
-        # feedgen#135: entry links keep only href; restore rel/type and add the enclosure.
-        for link in element.iter("link"):
-            link.set("rel", "alternate")
-            link.set("type", "text/html")
-        if data.image:
-            enclosure = etree.Element("link", rel="enclosure", type=data.image_type, href=data.image)
-            last_link = list(element.iter("link"))[-1]
-            last_link.addnext(enclosure)
+        # feedgen#135: entry links keep only href. The first is the post's page, the next
+        # (from enclosure()) its image: their rel and type are set again.
+        for index, link in enumerate(element.iter("link")):
+            if index == 0:
+                link.set("rel", "alternate")
+                link.set("type", "text/html")
+            else:
+                link.set("rel", "enclosure")
+                link.set("type", data.image_type)
     if options.stylesheet:
         root.addprevious(_stylesheet_pi(spec))
     return _serialize(root)
+
+
+def render_rss(spec: FeedSpec, options: FeedOptions, entries: Sequence[EntryData]) -> bytes:
+    """RSS 2.0 with the content, dc and media modules."""
+    return _rss_document(_generator(spec, options, entries), spec, options, entries)
+
+
+def render_atom(spec: FeedSpec, options: FeedOptions, entries: Sequence[EntryData]) -> bytes:
+    """Atom 1.0 (RFC 4287)."""
+    return _atom_document(_generator(spec, options, entries), spec, options, entries)
 
 
 # --------------------------------------------------------------------------- JSON Feed
@@ -456,7 +466,16 @@ RENDERERS: dict[str, Callable[[FeedSpec, FeedOptions, Sequence[EntryData]], byte
 
 def render_feed(spec: FeedSpec, options: FeedOptions, entries: Sequence[EntryData]) -> dict[str, bytes]:
     """Every configured format of one feed, as ``{relative path: bytes}``."""
-    return {spec.path(fmt): RENDERERS[fmt](spec, options, entries) for fmt in options.formats}
+    fg = _generator(spec, options, entries) if {"rss", "atom"} & set(options.formats) else None
+    files: dict[str, bytes] = {}
+    for fmt in options.formats:
+        if fmt == "rss" and fg is not None:
+            files[spec.path(fmt)] = _rss_document(fg, spec, options, entries)
+        elif fmt == "atom" and fg is not None:
+            files[spec.path(fmt)] = _atom_document(fg, spec, options, entries)
+        else:
+            files[spec.path(fmt)] = render_json(spec, options, entries)
+    return files
 
 
 # --------------------------------------------------------------------------- listings
