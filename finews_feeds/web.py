@@ -60,6 +60,8 @@ CONFIRM_MAX_AGE = 7 * 24 * 3600
 #: Most categories one subscribe form may choose (the form has one checkbox per category).
 MAX_CHOICES = 100
 ONE_CLICK = "One-Click"
+#: Confirmation mails one address gets per hour, however many clients ask for it.
+CONFIRMATIONS_PER_HOUR = 3
 
 MEDIA_TYPES = {
     FILE_NAMES["rss"]: "application/rss+xml; charset=utf-8",
@@ -394,6 +396,8 @@ def create_app(
     secret = secret_of(config)
     output = Path(config.feeds.output)
     limiter = RateLimiter(config.web.subscribe_per_minute, 60.0, monotonic)
+    # Per address too: requests from many clients must not flood one mailbox with confirmations.
+    per_address = RateLimiter(CONFIRMATIONS_PER_HOUR, 3600.0, monotonic)
     packed = GzipCache()
     choices = categories or (lambda: default_categories(config))
 
@@ -481,7 +485,7 @@ def create_app(
             "请查收确认邮件",
             f"<p>如果 {html.escape(email)} 可以订阅，我们已向它发送了一封确认邮件。请点击邮件中的链接完成订阅。</p>",
         )
-        if mail:
+        if mail and not per_address.allow(email.lower()):
             response.background = BackgroundTask(mail_confirmation, email)
         return response
 

@@ -7,6 +7,7 @@ import gzip
 import http.client
 import os
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
@@ -224,6 +225,21 @@ def test_subscribe_is_rate_limited_per_client_address(web: Web) -> None:
         web.monotonic.now += 61
         assert client.post("/subscribe", data={"email": "r10@example.org"}).status_code == 200
     assert sorted(web.statuses()) == sorted([f"r{n}@example.org" for n in range(5)] + ["r10@example.org"])
+
+
+def test_one_address_gets_at_most_three_confirmations_an_hour_whoever_asks(web: Web) -> None:
+    with web.client() as client:
+        for n in range(5):
+            web.monotonic.now += 30  # different moments, as if from different clients
+            answer = client.post("/subscribe", data={"email": "target@example.org"},
+                                 headers={"X-Forwarded-For": f"192.0.2.{n}"})
+            assert answer.status_code == 200
+        assert wait_until(lambda: len(web.sink.messages) == 3)
+        web.monotonic.now += 3600
+        assert client.post("/subscribe", data={"email": "target@example.org"}).status_code == 200
+        assert wait_until(lambda: len(web.sink.messages) == 4)
+    time.sleep(0.3)  # nothing more is on its way
+    assert [m.rcpt_tos for m in web.sink.messages] == [["target@example.org"]] * 4
 
 
 def test_rate_limiter_counts_a_sliding_minute() -> None:
