@@ -1,6 +1,6 @@
 """Collector speed and memory on generated finews-shaped sites.
 
-    .venv/bin/python benchmarks/collect.py [--sizes 20000 100000] [--root /dev/shm/finews-bench]
+    .venv/bin/python benchmarks/collect.py [--sizes 20000 100000] [--root /dev/shm/finews-collect-bench]
 
 For each size it generates a site with make_site.py (on tmpfs: disk writes make timings swing),
 then measures, each in a fresh process: a cold run (empty cache), warm runs (unchanged site, cache
@@ -67,7 +67,7 @@ def measure(source: Path, cache_dir: Path, repeat: int = 1) -> dict[str, object]
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", type=int, nargs="+", default=[20_000, 100_000])
-    parser.add_argument("--root", type=Path, default=Path("/dev/shm/finews-bench"))
+    parser.add_argument("--root", type=Path, default=Path("/dev/shm/finews-collect-bench"))
     parser.add_argument("--warm-runs", type=int, default=3)
     parser.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args()

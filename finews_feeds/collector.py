@@ -140,7 +140,7 @@ def _scalars(value: object) -> list[str]:
 def _plural(data: Mapping[str, Any], singular: str, plural: str) -> list[str]:
     """Jekyll's ``pluralized_array_from_hash``: the singular key if present (as one value), else the
     plural key (a string split on whitespace, a list as is)."""
-    if singular in data:
+    if data.get(singular) is not None:  # an empty `tag:` falls back to `tags`, as in Jekyll
         return _scalars(data[singular])
     if plural in data:
         value = data[plural]
@@ -301,8 +301,7 @@ def parse_post(path: str, raw: bytes, site: Site) -> Parsed:
     text = decode(raw, site.encoding)
     data, body = split_front_matter(text)
 
-    published = data.get("published", True)
-    if published is False or (isinstance(published, str) and published.strip().lower() == "false"):
+    if data.get("published", True) is False:  # only the boolean: Jekyll publishes `published: "false"`
         raise NotPublished(path)
 
     zone = site.timezone
@@ -319,8 +318,7 @@ def parse_post(path: str, raw: bytes, site: Site) -> Parsed:
 
     slug_value = data.get("slug")
     slug = clean_line(str(slug_value)) if isinstance(slug_value, (str, int, float)) and str(slug_value).strip() else file_slug
-    raw_title = data.get("title")
-    title = clean_line(str(raw_title)) if raw_title is not None and not isinstance(raw_title, (dict, list)) else ""
+    title = " ".join(_scalars(data.get("title"))) if not isinstance(data.get("title"), (dict, list)) else ""
     if not title:
         title = clean_line(titleize(file_slug))
 

@@ -124,6 +124,16 @@ def test_posts_are_found_in_nested_posts_folders_and_folders_become_categories(t
     assert posts["three"].categories == ()
 
 
+def test_folder_and_front_matter_categories_as_jekyll_4_3_built_them(tmp_path: Path) -> None:
+    # What Debian's Jekyll 4.3.1 wrote for this file: /news/sub/x/y%20z/2022/04/20/big-NEWS.html,
+    # page.categories ["News","Sub","X","news","Y z"], page.title "Big News".
+    source = make_site(tmp_path / "s", {"News/Sub/_posts/2022-04-20-big-NEWS.md": post("categories: [X, news]\ncategory: Y z\n")})
+    got = one(source)
+    assert got.categories == ("News", "Sub", "X", "news", "Y z")
+    assert got.permalink == "/news/sub/x/y%20z/2022/04/20/big-NEWS.html"
+    assert got.title == "Big News"
+
+
 def test_drafts_site_dot_and_underscore_folders_and_odd_names_are_not_read(tmp_path: Path) -> None:
     source = make_site(
         tmp_path / "s",
@@ -180,6 +190,7 @@ def test_front_matter_categories_as_jekyll_merges_them(tmp_path: Path, front: st
         ("tags: [财联社新闻, 宁德时代]\n", ("财联社新闻", "宁德时代")),
         ("tags:\n  - a b\n  - 5\n  - null\n", ("a b", "5")),
         ("tag: a b\ntags: [x, y]\n", ("a b",)),
+        ("tag:\ntags: [x, y]\n", ("x", "y")),
         ("tags: [a, a, b]\n", ("a", "b")),
         ("tags: true\n", ()),
         ("", ()),
