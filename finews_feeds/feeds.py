@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from email.utils import format_datetime
 from functools import lru_cache
+from html import escape
 from importlib import resources
 from itertools import chain
 from operator import attrgetter
@@ -39,6 +40,7 @@ from zoneinfo import ZoneInfo
 import jinja2
 from feedgen.feed import FeedGenerator
 from lxml import etree
+from markupsafe import Markup
 
 from .config import FeedsConfig
 from .models import ContentSource, Post, Site
@@ -521,7 +523,7 @@ def render_listings(
     listed = _listed(specs, options, counts, newest)
     groups = {kind: [item for item in listed if item.spec.kind == kind] for kind in ("site", "category", "tag")}
     env = _template_env()
-    context = {
+    context: dict[str, Any] = {
         "options": options,
         "groups": groups,
         "formats": options.formats,
@@ -529,17 +531,42 @@ def render_listings(
         "zh": _is_zh(options),
         "opml_url": join_url(options.base_url, OPML),
     }
+    context["rows"] = {kind: Markup("".join(_index_row(item, options.formats) for item in items))
+                       for kind, items in groups.items()}
+    opml_title = f"{options.site_title} {'全部订阅源' if context['zh'] else 'all feeds'}"
     files: dict[str, bytes] = {
         OPML: render_opml(groups, options),
         INDEX: env.get_template("index.html.j2").render(context).encode("utf-8"),
-        HEAD_SNIPPET: env.get_template("head.html.j2").render(context, items=groups["site"] + groups["category"],
-                                                               opml=True).encode("utf-8"),
-        HEAD_SNIPPET_TAGS: env.get_template("head.html.j2").render(context, items=groups["tag"],
-                                                                    opml=False).encode("utf-8"),
+        HEAD_SNIPPET: _head_snippet([*groups["site"], *groups["category"]], options.formats,
+                                    (opml_title, str(context["opml_url"]))),
+        HEAD_SNIPPET_TAGS: _head_snippet(groups["tag"], options.formats, None),
     }
     if options.stylesheet:
         files[STYLESHEET] = resources.files("finews_feeds").joinpath("templates/feeds/feed.xsl").read_bytes()
     return files
+
+
+# The rows of the listings are built here rather than in Jinja: with thousands of tags in
+# three formats, Jinja's per-value escaping was most of the time of a one-post rebuild.
+
+
+def _head_snippet(items: Sequence[Listed], formats: Sequence[str], opml: tuple[str, str] | None) -> bytes:
+    """``<link rel="alternate">`` lines for a page's ``<head>``, so browsers and readers find the feeds."""
+    label = len(formats) > 1
+    lines = [
+        f'<link rel="alternate" type="{MEDIA_TYPES[fmt]}" title="{escape(item.spec.title)}'
+        f'{f" ({fmt.upper()})" if label else ""}" href="{escape(item.urls[fmt])}">\n'
+        for item in items for fmt in formats
+    ]
+    if opml is not None:
+        lines.append(f'<link rel="outline" type="text/x-opml" title="{escape(opml[0])}" href="{escape(opml[1])}">\n')
+    return "".join(lines).encode("utf-8")
+
+
+def _index_row(item: Listed, formats: Sequence[str]) -> str:
+    links = " · ".join(f'<a href="{escape(item.urls[fmt])}">{fmt.upper()}</a>' for fmt in formats)
+    return (f'<tr><td><a href="{escape(item.spec.home_url)}">{escape(item.spec.title)}</a></td><td>{links}</td>'
+            f'<td class="n">{item.count}</td><td class="n">{item.updated}</td></tr>\n')
 
 
 def render_opml(groups: Mapping[str, list[Listed]], options: FeedOptions) -> bytes:

@@ -79,20 +79,21 @@ def assign_slugs(names: Iterable[str], kind: str, previous: Mapping[str, str] | 
     unique = sorted(set(names))
     result: dict[str, str] = {}
     taken: set[str] = set()
+    bases = {name: _base(name, kind) for name in unique}
     # Pass 1: keep earlier slugs that are still what this name would be given.
     for name in unique:
         old = previous.get(name)
         if old is None or old in taken or not is_safe_slug(old):
             continue
-        base, suffixed = _base(name, kind)
+        base, suffixed = bases[name]
         if (old == base and not suffixed) or old == f"{base}-{name_hash(name)}":
             result[name] = old
             taken.add(old)
     # Pass 2: the rest, exact matches first so `ipo` keeps `ipo` when `IPO` also exists.
     pending = [n for n in unique if n not in result]
-    pending.sort(key=lambda n: (_base(n, kind)[0] != n, n))
+    pending.sort(key=lambda n: (bases[n][0] != n, n))
     for name in pending:
-        base, suffixed = _base(name, kind)
+        base, suffixed = bases[name]
         slug = base if not suffixed and base not in taken else f"{base}-{name_hash(name)}"
         length = 6
         while slug in taken:  # a hash prefix collision: astronomically rare, but stay distinct
