@@ -195,16 +195,24 @@ class Daemon:
         self.rebuilder = Rebuilder(self._build_once, self.stop)
         self._categories: list[tuple[str, str]] = []
         self._categories_lock = threading.Lock()
+        # The start-up build and a caught-up digest would both read a cold site at once; one waits
+        # and then reads the warm cache.
+        self._collect_lock = threading.Lock()
+
+    def collect(self) -> Collection:
+        from .collector import collect_site
+
+        with self._collect_lock:
+            return collect_site(self.config, self.clock())
 
     # -- jobs ----------------------------------------------------------------------------------
 
     def _build_once(self) -> Collection | None:
         from .build import build_feeds
-        from .collector import collect_site
 
         started = time.perf_counter()
         try:
-            collection = collect_site(self.config, self.clock())
+            collection = self.collect()
             report = build_feeds(collection, self.config)
         except FinewsError as exc:
             log.error("feed build failed: %s", exc.message)
@@ -243,7 +251,6 @@ class Daemon:
         the retries) is tried again later the same day, within the misfire grace; the ledger
         makes each attempt send only what is still open.
         """
-        from .collector import collect_site
         from .delivery import send_digest
         from .digest import covered_day, write_preview
         from .mailer import transport_from_config
@@ -254,7 +261,7 @@ class Daemon:
         day = self.digest_day or covered_day(fired, zone, self.config.digest.covers)
         log.info("digest run for %s (scheduled %s)", day.isoformat(), fired.isoformat())
         try:
-            collection = collect_site(self.config, self.clock())
+            collection = self.collect()
             try:
                 write_preview(self.config, day, now=self.clock(), collect=lambda _config: collection)
             except (FinewsError, OSError) as exc:  # the archive page is a nicety; the mail is not
