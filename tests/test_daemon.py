@@ -10,6 +10,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from datetime import date, datetime, timedelta
@@ -22,7 +23,7 @@ import pytest
 from aiosmtpd.controller import Controller
 from smtp_fakes import SECRET, Sink, database_url, free_port, postgres_available, running, wait_until
 
-from finews_feeds.daemon import is_post_path
+from finews_feeds.daemon import Rebuilder, is_post_path
 from finews_feeds.store import Store
 
 pytestmark = pytest.mark.slow
@@ -406,3 +407,32 @@ def test_only_post_files_and_the_site_config_trigger_a_rebuild(tmp_path: Path) -
           "sub/_config.yml"]
     assert [is_post_path(root, str(root / p), extensions) for p in yes] == [True] * len(yes)
     assert [is_post_path(root, str(root / p), extensions) for p in no] == [False] * len(no)
+
+
+def test_a_rebuild_asked_for_during_a_build_runs_after_it_and_none_is_lost() -> None:
+    started, release = threading.Event(), threading.Event()
+    builds: list[int] = []
+
+    def build() -> None:
+        builds.append(len(builds))
+        if len(builds) == 1:
+            started.set()
+            release.wait(10)
+
+    rebuilder = Rebuilder(build, threading.Event())
+    first = threading.Thread(target=rebuilder.request)
+    first.start()
+    assert started.wait(10)
+    # Two requests while the first build runs: they return at once and make it go round once more.
+    rebuilder.request()
+    rebuilder.request()
+    assert builds == [0]
+    release.set()
+    first.join(10)
+    assert builds == [0, 1]
+    rebuilder.request()
+    assert builds == [0, 1, 2]
+    stopped = threading.Event()
+    stopped.set()
+    Rebuilder(build, stopped).request()  # after a stop signal no new build starts
+    assert builds == [0, 1, 2]
