@@ -388,7 +388,11 @@ class Daemon:
             self.scheduler.start()
             server_thread.start()
             if config.scheduler.watch:
-                observer = self._watch()
+                try:
+                    observer = self._watch()
+                except OSError as exc:  # e.g. the inotify watch limit: the interval rebuild still runs
+                    log.error("cannot watch %s for changes (%s); rebuilding every %d minutes only",
+                              self.site.source, exc, config.scheduler.rebuild_every_minutes)
             host, port = sock.getsockname()[:2]
             log.info("daemon started: web on http://%s:%s, digest %s", host if ":" not in host else f"[{host}]", port,
                      self.scheduler.get_job("digest").trigger)
