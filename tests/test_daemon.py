@@ -242,6 +242,48 @@ def test_daemon_serves_feeds_rebuilds_on_a_new_post_confirms_subscribers_and_sto
     assert lines[-1]["message"] == "daemon stopped"
 
 
+def test_subscribe_confirm_digest_one_click_unsubscribe_and_no_more_digests_through_the_daemon(
+    tmp_path: Path, sink: Sink, smtp_port: int, daemons: list[Daemon]
+) -> None:
+    site = make_site(tmp_path)
+    write_post(site, "yicai", "n4", "次日快讯：债市走强", "2022-04-21 10:00:00")
+    db = f"sqlite:///{tmp_path}/var/finews.sqlite3"
+    add_active(db, ["control@example.org"])
+    port = free_port()
+    config = write_config(tmp_path, site, smtp_port, db, port)
+
+    daemon = Daemon(config, port, log_name="subscribe.log")
+    daemons.append(daemon)
+    daemon.wait_ready()
+    with httpx.Client(base_url=daemon.base, timeout=5) as client:
+        assert client.post("/subscribe", data={"email": "reader@example.org", "category": "yicai"}).status_code == 200
+        assert wait_until(lambda: "reader@example.org" in per_recipient(sink), timeout=20), daemon.output()
+        text = sink.by_recipient()["reader@example.org"][0].message.get_body(("plain",)).get_content()  # type: ignore[union-attr]
+        link = next(w for w in text.split() if w.startswith(f"{daemon.base}/confirm/"))
+        assert client.get(link.removeprefix(daemon.base)).status_code == 200
+    assert daemon.stop()[0] == 0
+
+    digest = Daemon.with_digest(config, port, log_name="digest.log")
+    daemons.append(digest)
+    assert digest.wait_sent()["sent"] == 2
+    mail = sink.by_recipient()["reader@example.org"][1].message
+    body = mail.get_body(("plain",)).get_content()  # type: ignore[union-attr]
+    assert "人民币汇率小幅走高" in body and "央行开展逆回购操作" not in body  # only the chosen category
+    url = mail["List-Unsubscribe"].split("<", 1)[1].split(">", 1)[0]
+    with httpx.Client(timeout=5) as client:
+        assert client.get(url).status_code == 200  # a prefetch changes nothing
+        done = client.post(url, content=b"List-Unsubscribe=One-Click",
+                           headers={"Content-Type": "application/x-www-form-urlencoded"})
+        assert (done.status_code, "location" in done.headers, "set-cookie" in done.headers) == (200, False, False)
+    assert digest.stop()[0] == 0
+
+    next_day = Daemon(config, port, "--digest-in", "1", "--digest-day", "2022-04-21", log_name="next.log")
+    daemons.append(next_day)
+    assert next_day.wait_sent()["sent"] == 1
+    assert next_day.stop()[0] == 0
+    assert per_recipient(sink) == {"reader@example.org": 2, "control@example.org": 2}
+
+
 def test_the_digest_arrives_once_and_a_restart_sends_nothing_more(
     tmp_path: Path, sink: Sink, smtp_port: int, daemons: list[Daemon]
 ) -> None:
