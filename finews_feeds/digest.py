@@ -2,9 +2,10 @@
 
 Rendering (Jinja) and CSS inlining (premailer) are slow, so they run once per *variant*, the
 digest for one category/tag selection; a subscriber's own fields (greeting, address, unsubscribe
-link) are placeholders in the variant, filled in by :meth:`Variant.personalize` with
-``str.replace`` of already-escaped values. premailer is not thread-safe, so each render makes its
-own :class:`premailer.Premailer`, and a :class:`DigestRenderer` belongs to one thread.
+link) are placeholders in the variant, replaced by :meth:`Variant.personalize` with
+already-escaped values (the variant is split at them once; each subscriber costs a join).
+premailer is not thread-safe, so each render makes its own :class:`premailer.Premailer`, and a
+:class:`DigestRenderer` belongs to one thread.
 
 The only HTML taken from a post (the lead paragraphs of the digest's first article) passes the
 nh3 allow-list; titles and summaries are plain text, escaped by Jinja's autoescape.
@@ -18,7 +19,7 @@ import logging
 import os
 import re
 import tempfile
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from pathlib import Path
@@ -193,7 +194,6 @@ class DigestView:
     pad: str = PAD
     sent_to: str = SENT_TO
     unsubscribe_url: str = UNSUBSCRIBE_URL
-    manage_url: str = ""
 
 
 # --------------------------------------------------------------------------------------------
@@ -433,7 +433,6 @@ class DigestRenderer:
                 FeedLink("JSON Feed", f"{feeds_url}/feed.json"),
             ),
             postal_address=config.digest.postal_address.strip(),
-            manage_url=web_base_url(config) + "/",
         )
 
     def _selection_text(self, selection: Selection) -> str:
@@ -633,12 +632,3 @@ def write_preview(
     return PreviewReport(
         day=day, count=variant.count, subject=variant.subject, written=tuple(written), html_bytes=len(html.encode())
     )
-
-
-def group_by_selection(selections: Iterable[tuple[str, Selection]]) -> dict[str, list[str]]:
-    """Subscribers (by any id) grouped by the key of their selection: one render per group."""
-    groups: dict[str, list[str]] = {}
-    for ident, selection in selections:
-        groups.setdefault(selection.key(), []).append(ident)
-    return groups
-
