@@ -562,12 +562,13 @@ def web_copy(variant: Variant, config: Config) -> str:
     return html
 
 
-def write_atomic(path: Path, data: str) -> None:
+def write_atomic(path: Path, data: str | bytes) -> None:
+    """Write through a temporary file and a rename: a reader never sees half a page."""
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
-        with os.fdopen(handle, "w", encoding="utf-8", newline="") as out:
-            out.write(data)
+        with os.fdopen(handle, "wb") as out:
+            out.write(data.encode("utf-8") if isinstance(data, str) else data)
         os.chmod(tmp, 0o644)
         os.replace(tmp, path)
     except BaseException:
@@ -626,8 +627,7 @@ def write_preview(
             message_id=message_id(day, recipient.email, domain_of(config.digest.from_)),
             date=now,
         )
-        eml_path.parent.mkdir(parents=True, exist_ok=True)
-        eml_path.write_bytes(message.as_bytes())
+        write_atomic(eml_path, message.as_bytes())
         written.append(str(eml_path))
     return PreviewReport(
         day=day, count=variant.count, subject=variant.subject, written=tuple(written), html_bytes=len(html.encode())
