@@ -569,6 +569,14 @@ def create_app(
             response.headers.update(exc.headers)
         return response
 
+    async def finews_error(request: Request, exc: Exception) -> Response:
+        # The database or the site unreachable for a moment: say so rather than a bare 500.
+        message = exc.message if isinstance(exc, FinewsError) else str(exc)
+        log.error("%s %s: %s", request.method, request.url.path, message)
+        response = page("暂时无法处理", "<p>服务暂时不可用，请稍后再试。</p>", status=503, headers=TOKEN_PAGE_HEADERS)
+        response.headers["Retry-After"] = "60"
+        return response
+
     routes = [
         Route("/", home, methods=["GET"]),
         Route("/subscribe", subscribe, methods=["POST"]),
@@ -581,7 +589,10 @@ def create_app(
         Route("/digests/{day}", digest_page, methods=["GET"]),
         Route("/healthz", healthz, methods=["GET"]),
     ]
-    handlers: dict[Any, Callable[[Request, Exception], Response | Awaitable[Response]]] = {HTTPException: http_error}
+    handlers: dict[Any, Callable[[Request, Exception], Response | Awaitable[Response]]] = {
+        HTTPException: http_error,
+        FinewsError: finews_error,
+    }
     return Starlette(
         routes=routes,
         middleware=[

@@ -459,3 +459,16 @@ def test_healthz_reports_what_the_daemon_gives_and_503_when_not_ok(web: Web) -> 
         web.health = {"scheduler": {"state": "stopped"}, "ok": False}
         down = client.get("/healthz")
         assert (down.status_code, down.json()["ok"]) == (503, False)
+
+
+def test_a_database_that_is_gone_gives_503_not_a_traceback(web: Web) -> None:
+    token = make_token(SECRET, "unsubscribe", "a@example.org")
+    web.store.close()
+    web.store.engine.dispose()
+    broken = Path(str(web.store.engine.url.database))
+    broken.unlink()
+    broken.mkdir()  # a folder where the database file was: every query fails
+    with web.client() as client:
+        answer = client.post(f"/unsubscribe/{token}", data={"List-Unsubscribe": "One-Click"})
+    assert (answer.status_code, answer.headers["retry-after"]) == (503, "60")
+    assert "服务暂时不可用" in answer.text
