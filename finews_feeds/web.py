@@ -48,10 +48,11 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from .config import Config
 from .errors import FinewsError, SubscriberError, TokenError
 from .feeds import FILE_NAMES, OPML
+from .slugs import quote_path
 from .store import Store
 from .subscribers import normalize_email
 from .tokens import read_token, secret_of
-from .writer import MANIFEST
+from .writer import MANIFEST, Manifest
 
 log = logging.getLogger(__name__)
 
@@ -409,12 +410,32 @@ def create_app(
         except Exception:  # a background task must not take the server down with it
             log.exception("confirmation mail to %s not sent", email)
 
+    slug_cache: dict[str, Any] = {"key": None, "slugs": {}}
+
+    def category_slugs() -> dict[str, str]:
+        """Category name -> folder of its feeds, from the last build's manifest (names are
+        slugified, and two names that clash get distinct folders), re-read when it changes."""
+        path = output / MANIFEST
+        try:
+            stat = path.stat()
+        except OSError:
+            return {}
+        key = (stat.st_mtime_ns, stat.st_size)
+        if slug_cache["key"] != key:
+            try:
+                manifest = Manifest.from_json(path.read_bytes())
+            except OSError:
+                return {}
+            slug_cache["key"], slug_cache["slugs"] = key, dict(manifest.slugs.get("category", {}))
+        return dict(slug_cache["slugs"])
+
     def feed_links() -> str:
         items: list[str] = []
+        slugs = category_slugs()
 
         def add(label: str, folder: str) -> None:
             links = [
-                f'<a href="/feeds/{folder}{name}">{kind.upper()}</a>'
+                f'<a href="/feeds/{html.escape(quote_path(folder + name), quote=True)}">{kind.upper()}</a>'
                 for kind, name in FILE_NAMES.items()
                 if (output / folder / name).is_file()
             ]
@@ -422,8 +443,8 @@ def create_app(
                 items.append(f"<li>{html.escape(label)}: {' · '.join(links)}</li>")
 
         add(config.site.title or "全部文章", "")
-        for slug, title in choices():
-            add(title, f"categories/{slug}/")
+        for name, title in choices():
+            add(title, f"categories/{slugs.get(name, name)}/")
         more = []
         if (output / OPML).is_file():
             more.append(f'<a href="/feeds/{OPML}">OPML（一次导入全部订阅源）</a>')

@@ -472,3 +472,23 @@ def test_a_database_that_is_gone_gives_503_not_a_traceback(web: Web) -> None:
         answer = client.post(f"/unsubscribe/{token}", data={"List-Unsubscribe": "One-Click"})
     assert (answer.status_code, answer.headers["retry-after"]) == (503, "60")
     assert "服务暂时不可用" in answer.text
+
+
+def test_home_page_links_each_category_to_the_folder_the_build_gave_it(tmp_path: Path) -> None:
+    base = make_collection()
+    when = base.posts[0].date
+    posts = [make_post("hk1", "港股通南向资金净流入", when, "港股 通"), make_post("hk2", "恒指收涨", when, "港股/通")]
+    collection = Collection(base.site, posts, [], base.content)
+    with Store.open(f"sqlite:///{tmp_path}/db.sqlite3") as store:
+        config = make_config(1, feeds={"output": str(tmp_path / "feeds")})
+        build_feeds(collection, config)
+        app = create_app(config, store=store, send_confirmation=lambda _email: None,
+                         categories=lambda: [("港股 通", "港股通"), ("港股/通", "港股（斜线）")])
+        for base_url in serve(app, free_port()):
+            with httpx.Client(base_url=base_url, timeout=10) as client:
+                home = client.get("/").text
+                links = [part.split('"', 1)[0] for part in home.split('<a href="')[1:] if "/categories/" in part]
+                assert len(links) == 6  # three formats for each of the two categories
+                assert all(client.get(link).status_code == 200 for link in links)
+                assert "港股通南向资金净流入" in client.get(links[0]).text
+                assert "恒指收涨" in client.get(links[3]).text
