@@ -43,6 +43,7 @@ from lxml import etree
 from markupsafe import Markup
 
 from .config import FeedsConfig
+from .errors import ConfigError
 from .models import ContentSource, Post, Site
 from .slugs import assign_slugs, join_url
 
@@ -166,7 +167,12 @@ def _folder_url(base_url: str, folder: str) -> str:
 def _page_url(site: Site, pattern: str, slug: str) -> str:
     if not pattern:
         return site.url + "/"
-    return site.url + "/" + join_url("", *pattern.format(slug=slug).lstrip("/").split("/")).lstrip("/")
+    try:
+        path = pattern.format(slug=slug)
+    except (KeyError, IndexError, ValueError):
+        raise ConfigError(f"page pattern {pattern!r}: only {{slug}} may appear in braces",
+                          hint="check site.category_url and site.tag_url") from None
+    return site.url + "/" + join_url("", *path.lstrip("/").split("/")).lstrip("/")
 
 
 def plan_feeds(

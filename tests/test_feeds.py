@@ -11,6 +11,7 @@ from feed_checks import SITE_URL, TZ, atom_problems, body_of, json_feed_problems
 from lxml import etree
 
 from finews_feeds.config import FeedsConfig
+from finews_feeds.errors import ConfigError
 from finews_feeds.feeds import (
     FeedOptions,
     FeedPlan,
@@ -239,6 +240,11 @@ def test_tag_pages_follow_the_configured_pattern_percent_encoded() -> None:
     site = make_site(tag_url="/tag/{slug}/")
     plan = plan_feeds(POSTS, site, options())
     assert plan.specs[2].home_url == f"{SITE_URL}/tag/%E8%B4%A2%E8%81%94%E7%A4%BE%E6%96%B0%E9%97%BB/"
+
+
+def test_a_page_pattern_with_unknown_fields_is_a_config_error() -> None:
+    with pytest.raises(ConfigError, match=r"only \{slug\} may appear"):
+        plan_feeds(POSTS, make_site(category_url="/c/{name}.html"), options())
 
 
 def test_per_kind_limits_and_counts() -> None:
