@@ -8,6 +8,8 @@ from datetime import UTC, datetime
 import feedparser
 import pytest
 from feed_checks import SITE_URL, TZ, atom_problems, body_of, json_feed_problems, make_post, make_site, rss_problems
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from lxml import etree
 
 from finews_feeds.config import FeedsConfig
@@ -363,3 +365,19 @@ def test_feed_spec_paths() -> None:
     assert [spec.path(f) for f in ("rss", "atom", "json")] == ["tags/a-b/rss.xml", "tags/a-b/atom.xml", "tags/a-b/feed.json"]
     assert spec.url(options(), "rss") == f"{SITE_URL}/feeds/tags/a-b/rss.xml"
     assert TZ.key == "Asia/Shanghai"
+
+
+@settings(max_examples=60, deadline=None)
+@given(title=st.text(max_size=40), summary=st.text(max_size=40), body=st.text(max_size=80), tag=st.text(min_size=1, max_size=15))
+def test_any_text_gives_well_formed_feeds_that_keep_the_text(title: str, summary: str, body: str, tag: str) -> None:
+    post = make_post(1, title=title, summary=summary, tags=(tag,))
+    opts = options()
+    plan = plan_feeds([post], make_site(), opts)
+    for spec in plan.specs:
+        files = render_feed(spec, opts, [entry_data(post, opts, lambda p: body)])
+        atom = atom_of(files)
+        assert atom.findtext(f"{ATOM}entry/{ATOM}title") == (clean_text(title).strip() or post.slug)
+        assert atom.findtext(f"{ATOM}entry/{ATOM}content") == clean_text(body)
+        assert rss_of(files).findtext("channel/item/guid") == post.id
+        assert json_of(files)["items"][0]["content_html"] == clean_text(body)  # type: ignore[index]
+        assert spec.folder.count("/") <= 1 and ".." not in spec.folder.split("/")
