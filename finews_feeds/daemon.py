@@ -32,8 +32,10 @@ from .models import Collection
 
 log = logging.getLogger(__name__)
 
-#: Seconds the daemon gives running jobs to finish after a stop signal.
+#: Seconds the daemon gives a digest send to finish the message in flight after a stop signal.
 STOP_TIMEOUT = 10.0
+#: Seconds it waits for a feed build in progress before leaving it behind.
+BUILD_WAIT = 3.0
 #: Seconds between a file event and the rebuild it asks for (a burst of events gives one rebuild).
 WATCH_DEBOUNCE = 0.5
 #: Seconds before a digest run that could not reach everyone is tried again (doubling each time).
@@ -75,6 +77,27 @@ class DaemonStatus:
             }
 
 
+class Busy:
+    """Counts the runs of a job in progress, so a stop can wait for them to end."""
+
+    def __init__(self) -> None:
+        self._count = 0
+        self._idle = threading.Condition()
+
+    def __enter__(self) -> None:
+        with self._idle:
+            self._count += 1
+
+    def __exit__(self, *exc: object) -> None:
+        with self._idle:
+            self._count -= 1
+            self._idle.notify_all()
+
+    def wait_idle(self, timeout: float) -> bool:
+        with self._idle:
+            return self._idle.wait_for(lambda: self._count == 0, timeout)
+
+
 class Rebuilder:
     """Runs feed builds one at a time, and never loses a request that arrives during one.
 
@@ -88,6 +111,10 @@ class Rebuilder:
         self._stop = stop
         self._lock = threading.Lock()
         self._again = threading.Event()
+        self._busy = Busy()
+
+    def wait_idle(self, timeout: float) -> bool:
+        return self._busy.wait_idle(timeout)
 
     def mark(self) -> None:
         self._again.set()
@@ -98,8 +125,9 @@ class Rebuilder:
             if not self._lock.acquire(blocking=False):
                 return  # the build in progress sees the flag and goes round again
             try:
-                self._again.clear()
-                self._build()
+                with self._busy:
+                    self._again.clear()
+                    self._build()
             finally:
                 self._lock.release()
 
@@ -193,6 +221,7 @@ class Daemon:
         self.shutdown = threading.Event()
         self.status = DaemonStatus(started_at=clock())
         self.rebuilder = Rebuilder(self._build_once, self.stop)
+        self.digests = Busy()
         self._categories: list[tuple[str, str]] = []
         self._categories_lock = threading.Lock()
         # The start-up build and a caught-up digest would both read a cold site at once; one waits
@@ -245,6 +274,10 @@ class Daemon:
         return default_categories(self.config)
 
     def digest(self, fired: datetime, attempt: int = 0) -> None:
+        with self.digests:
+            self._digest(fired, attempt)
+
+    def _digest(self, fired: datetime, attempt: int) -> None:
         """The digest job: the day the run at ``fired`` covers, its web copy, then the sends.
 
         A run that could not reach everyone (the SMTP server down, login refused, 4xx replies past
@@ -417,21 +450,40 @@ class Daemon:
         deadline = time.monotonic() + STOP_TIMEOUT
         if observer is not None:
             observer.stop()
-        # The scheduler waits for its running jobs; the stop event makes a send end after the
-        # message in flight.
-        stopper = threading.Thread(target=self.scheduler.shutdown, kwargs={"wait": True}, name="stop-scheduler", daemon=True)
-        stopper.start()
         server.should_exit = True
-        stopper.join(max(0.0, deadline - time.monotonic()))
+        # No new runs; the ones in progress go on in the pool's threads.
+        self.scheduler.shutdown(wait=False)
+        # A send ends after the message in flight (the stop event): wait for that.
+        if not self.digests.wait_idle(max(0.0, deadline - time.monotonic())):
+            log.error("the digest send did not stop within %.0f s; exiting anyway", STOP_TIMEOUT)
+            self._exit_now(1)
+        # A feed build cannot be interrupted, but it writes each file atomically and the next
+        # start builds again, so a long one (a cold build of a large site) is left behind.
+        if not self.rebuilder.wait_idle(min(BUILD_WAIT, max(0.0, deadline - time.monotonic()))):
+            log.warning("leaving the feed build in progress; the next start rebuilds")
+            self._exit_now(return_code)
         server_thread.join(max(0.0, deadline - time.monotonic()))
         if observer is not None:
             observer.join(max(0.0, deadline - time.monotonic()))
-        if stopper.is_alive():
-            log.error("jobs still running after %.0f s; exiting anyway", STOP_TIMEOUT)
-            os._exit(1)
         self.store.close()
         log.info("daemon stopped")
         return return_code
+
+    def _exit_now(self, code: int) -> None:
+        """Exit without waiting for the pool's threads (the interpreter would join them), and
+        without leaving the build's worker processes behind as orphans."""
+        import multiprocessing
+
+        try:
+            for child in multiprocessing.active_children():
+                child.terminate()
+            for child in multiprocessing.active_children():
+                child.join(1.0)
+            self.store.close()
+        finally:
+            log.info("daemon stopped")
+            logging.shutdown()
+            os._exit(code)
 
 
 def run_daemon(config: Config, *, digest_in: float | None = None, digest_day: date | None = None,
