@@ -284,7 +284,7 @@ def test_subscribe_confirm_digest_one_click_unsubscribe_and_no_more_digests_thro
     assert per_recipient(sink) == {"reader@example.org": 2, "control@example.org": 2}
 
 
-def test_the_digest_arrives_once_and_a_restart_sends_nothing_more(
+def test_the_digest_arrives_once_with_its_web_copy_served(
     tmp_path: Path, sink: Sink, smtp_port: int, daemons: list[Daemon]
 ) -> None:
     site = make_site(tmp_path)
@@ -307,11 +307,7 @@ def test_the_digest_arrives_once_and_a_restart_sends_nothing_more(
         assert "央行开展逆回购操作" in archived.text
     assert daemon.stop()[0] == 0
 
-    again = Daemon.with_digest(config, port, log_name="again.log")
-    daemons.append(again)
-    result = again.wait_sent()
-    assert (result["sent"], result["already_sent"]) == (0, 4)
-    assert again.stop()[0] == 0
+    # A restart that runs the same day again sends nothing: see the catch-up test below.
     assert per_recipient(sink) == dict.fromkeys(emails, 1)
 
 
