@@ -189,7 +189,6 @@ def bind_socket(host: str, port: int) -> socket.socket:
             f"cannot listen on {host}:{port}: {exc.strerror or exc}",
             hint="set web.host / web.port (or FINEWS_WEB_PORT) to a free address",
         ) from None
-    sock.set_inheritable(True)
     return sock
 
 
@@ -242,6 +241,7 @@ class Daemon:
         started = time.perf_counter()
         try:
             collection = self.collect()
+            collected = time.perf_counter()
             report = build_feeds(collection, self.config)
         except FinewsError as exc:
             log.error("feed build failed: %s", exc.message)
@@ -252,6 +252,7 @@ class Daemon:
             self.status.record_build({"ok": False, "finished_at": self.clock().isoformat(), "error": repr(exc)})
             return None
         report.seconds = time.perf_counter() - started
+        report.collect_seconds = collected - started
         log.info("feeds built: %s", report.summary())
         self.status.record_build(build_result(report, self.clock()))
         self._remember_categories(collection)
