@@ -56,6 +56,10 @@ PLACEHOLDERS = (GREETING, SENT_TO, UNSUBSCRIBE_URL)
 #: aligned for base64 and its encoding is shared by every subscriber (see message.PreparedBody).
 PAD = "__FINEWS_PAD__"
 
+#: Largest HTML part, in bytes, before the per-category cap is lowered: Gmail clips at 102 KB,
+#: and a subscriber's fields add a few hundred bytes.
+HTML_BUDGET = 100_000
+
 #: Category heading for posts without a category.
 UNCATEGORIZED_TITLE = "其他"
 WEEKDAYS = ("星期一", "星期二", "星期三", "星期四", "星期五", "星期六", "星期日")
@@ -379,10 +383,23 @@ class DigestRenderer:
         """The variant of ``selection`` for ``day``; ``posts`` are all posts of the day.
 
         None when nothing matches and ``digest.send_empty`` is false."""
-        view = self.view(day, posts, selection)
+        cap = self.config.digest.max_per_category
+        view = self.view(day, posts, selection, cap)
         if view.count == 0 and not self.config.digest.send_empty:
             return None
         html, text = self.render_view(view)
+        # Gmail cuts a message after 102 KB of HTML behind a "view entire message" link, footer and
+        # unsubscribe link included: show fewer per category rather than lose the footer.
+        for _ in range(4):
+            size = len(html.encode("utf-8"))
+            shown = max((len(g.items) for g in view.groups), default=0)
+            if size <= HTML_BUDGET or shown <= 1:
+                break
+            smaller = max(1, min(shown - 1, shown * HTML_BUDGET // size))
+            log.warning("digest %s would be %d KB of HTML; showing %d per category instead of %d (Gmail clips at "
+                        "102 KB)", day, size // 1000, smaller, shown)
+            view = self.view(day, posts, selection, smaller)
+            html, text = self.render_view(view)
         return Variant(day=day, selection=selection, subject=view.subject, count=view.count, html=html, text=text)
 
     def render_view(self, view: DigestView) -> tuple[str, str]:
@@ -394,12 +411,13 @@ class DigestRenderer:
             raise DigestError(f"digest template failed: {exc}") from None
         return inline_css(raw_html), _tidy_text(text)
 
-    def view(self, day: date, posts: Sequence[Post], selection: Selection) -> DigestView:
-        """The view model of the digest for ``selection``: grouped, ordered and capped."""
+    def view(self, day: date, posts: Sequence[Post], selection: Selection, cap: int | None = None) -> DigestView:
+        """The view model of the digest for ``selection``: grouped, ordered, at most ``cap``
+        (default ``digest.max_per_category``; 0: all) per category."""
         config, site = self.config, self.site
         chosen = [p for p in posts if selection.matches(p)]
         chosen.sort(key=lambda p: (p.date, p.path), reverse=True)
-        groups = self._groups(chosen, selection)
+        groups = self._groups(chosen, selection, config.digest.max_per_category if cap is None else cap)
         count = len(chosen)
         subject = header_text(
             config.digest.subject.format(
@@ -455,11 +473,10 @@ class DigestRenderer:
                     return name
         return post.categories[0] if post.categories else ""
 
-    def _groups(self, posts: Sequence[Post], selection: Selection) -> tuple[DigestGroup, ...]:
+    def _groups(self, posts: Sequence[Post], selection: Selection, cap: int) -> tuple[DigestGroup, ...]:
         by_slug: dict[str, list[Post]] = {}
         for post in posts:
             by_slug.setdefault(self._group_of(post, selection), []).append(post)
-        cap = self.config.digest.max_per_category
         groups: list[DigestGroup] = []
         first = True
         for slug in sorted(by_slug, key=self._category_key):

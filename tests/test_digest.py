@@ -596,8 +596,9 @@ def test_edge_case_site_digest_is_safe(tmp_path: Path) -> None:
 
 
 @pytest.mark.skipif(not MAKE_SITE.exists(), reason="make_site.py not available")
-def test_a_day_of_500_articles_stays_under_gmail_clipping(tmp_path: Path) -> None:
-    config = config_for(generated_site(tmp_path, "--posts", "500", "--days", "1", "--end", "2022-04-20"), tmp_path)
+def test_a_day_of_500_articles_stays_under_gmail_clipping(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    site_dir = generated_site(tmp_path, "--posts", "500", "--days", "1", "--end", "2022-04-20")
+    config = config_for(site_dir, tmp_path)
     out = tmp_path / "out"
     report = write_preview(config, DAY, now=datetime(2022, 4, 21, 7, 30, tzinfo=SHANGHAI), html_path=out / "d.html",
                            out_dir=out)
@@ -611,3 +612,17 @@ def test_a_day_of_500_articles_stays_under_gmail_clipping(tmp_path: Path) -> Non
     assert len(page.find_class("t")) == 10 * len(groups)
     more = sum(int(m.text_content().split()[1]) for m in page.find_class("more"))
     assert more + 10 * len(groups) == 500
+    assert "Gmail clips" not in caplog.text
+
+    # An operator who lifts the cap still gets a digest Gmail shows whole: fewer per category.
+    caplog.set_level(logging.WARNING, logger="finews_feeds.digest")
+    uncapped = config_for(site_dir, tmp_path, max_per_category=0)
+    write_preview(uncapped, DAY, now=datetime(2022, 4, 21, 7, 30, tzinfo=SHANGHAI), html_path=out / "all.html",
+                  out_dir=out)
+    html = (out / "all.html").read_text(encoding="utf-8")
+    assert len(html.encode("utf-8")) <= 100_000
+    page = doc(html)
+    shown = len(page.find_class("t"))
+    assert 8 * len(groups) <= shown < 500
+    assert shown + sum(int(m.text_content().split()[1]) for m in page.find_class("more")) == 500
+    assert "would be" in caplog.text and "Gmail clips at 102 KB" in caplog.text
