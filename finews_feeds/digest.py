@@ -215,6 +215,8 @@ class Variant:
     count: int
     html: str
     text: str
+    #: Used when a recipient has no unsubscribe URL of their own, so the link is never empty.
+    default_unsubscribe_url: str = ""
     _html_body: PreparedBody = field(init=False, repr=False, compare=False)
     _text_body: PreparedBody = field(init=False, repr=False, compare=False)
 
@@ -227,7 +229,7 @@ class Variant:
 
         The strings are :class:`~finews_feeds.message.WireText`: build_message encodes them from
         the variant's shared encoding instead of from scratch."""
-        greeting, sent_to, unsubscribe = _personal_fields(recipient)
+        greeting, sent_to, unsubscribe = _personal_fields(recipient, self.default_unsubscribe_url)
         html = self._html_body.fill({
             GREETING: html_lib.escape(greeting, quote=False),
             SENT_TO: html_lib.escape(sent_to, quote=False),
@@ -237,12 +239,12 @@ class Variant:
         return html, text
 
 
-def _personal_fields(recipient: Recipient) -> tuple[str, str, str]:
+def _personal_fields(recipient: Recipient, default_unsubscribe_url: str) -> tuple[str, str, str]:
     name = header_text(_CONTROL.sub("", recipient.name))[:80]
     email = header_text(recipient.email)
     greeting = f"{name}，您好！" if name else "您好！"
     sent_to = f"本邮件发送至 {email}。" if email else ""
-    unsubscribe = recipient.unsubscribe_url.strip()
+    unsubscribe = recipient.unsubscribe_url.strip() or default_unsubscribe_url
     if unsubscribe and urlsplit(unsubscribe).scheme.lower() not in ("http", "https", "mailto"):
         raise ValueError(f"unsubscribe URL {unsubscribe!r} is not an http(s) or mailto URL")
     return greeting, sent_to, unsubscribe
@@ -400,7 +402,8 @@ class DigestRenderer:
                         "102 KB)", day, size // 1000, smaller, shown)
             view = self.view(day, posts, selection, smaller)
             html, text = self.render_view(view)
-        return Variant(day=day, selection=selection, subject=view.subject, count=view.count, html=html, text=text)
+        return Variant(day=day, selection=selection, subject=view.subject, count=view.count, html=html, text=text,
+                       default_unsubscribe_url=default_unsubscribe_url(self.config))
 
     def render_view(self, view: DigestView) -> tuple[str, str]:
         """The inlined HTML and the text of a view, placeholders still in."""

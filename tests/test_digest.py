@@ -333,6 +333,12 @@ def test_personalize_without_name_or_address(config: Config, site: Site) -> None
     assert "本邮件发送至" not in html and "本邮件发送至" not in text
 
 
+def test_recipient_without_unsubscribe_url_gets_the_unsubscribe_page(config: Config, site: Site) -> None:
+    html, text = render(config, site, [make_post(1)]).personalize(Recipient("a@b.c"))
+    assert doc(html).xpath("//a[text()='退订']/@href") == ["http://127.0.0.1:8080/unsubscribe"]
+    assert "退订：http://127.0.0.1:8080/unsubscribe" in text
+
+
 def test_personalize_refuses_a_script_url(config: Config, site: Site) -> None:
     with pytest.raises(ValueError, match="not an http"):
         render(config, site, [make_post(1)]).personalize(Recipient("a@b.c", "", "javascript:alert(1)"))
