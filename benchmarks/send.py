@@ -2,7 +2,9 @@
 connection against one connection per message, measured in the same run, twice:
 
 - the whole path (send_digest: ledger commits before DATA and after 250, personalising, building);
-- the transport alone (the same N personalised messages built beforehand, no database).
+- the transport alone (the same N personalised messages built beforehand, no database), in plain
+  SMTP and with STARTTLS (a self-signed certificate made for the run), where a new connection
+  also costs a TLS handshake.
 
     .venv/bin/python benchmarks/send.py [--subscribers 10000] [--db sqlite|postgresql]
 
@@ -13,6 +15,7 @@ whole path is bound by two durable commits per message); the ratios are what to 
 from __future__ import annotations
 
 import argparse
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -47,37 +50,49 @@ class ConnectionPerMessage(SmtpTransport):
 
 
 SINK = """
-import sys, time
-sys.path.insert(0, {tests!r})
-from smtp_fakes import Sink
+import ssl, sys
 from aiosmtpd.controller import Controller
-sink = Sink()
-controller = Controller(sink, hostname="127.0.0.1", port={port}, ready_timeout=10)
+
+class CountingSink:
+    # Counts and drops what it accepts: 40,000 stored digests would only measure memory.
+    def __init__(self):
+        self.received = 0
+
+    async def handle_DATA(self, server, session, envelope):
+        self.received += 1
+        return "250 Message accepted"
+
+sink = CountingSink()
+options = {{}}
+if {cert!r}:
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain({cert!r}, {key!r})
+    options["tls_context"] = context
+controller = Controller(sink, hostname="127.0.0.1", port={port}, ready_timeout=10, **options)
 controller.start()
 print("ready", flush=True)
 for line in sys.stdin:
-    print(len(sink.messages), len(sink.connections), flush=True)
+    print(sink.received, flush=True)
 controller.stop()
 """
 
 
 class SinkProcess:
-    """aiosmtpd in a process of its own, so the sender does not share its interpreter lock."""
+    """aiosmtpd in a process of its own, so the sender does not share its interpreter lock;
+    with a certificate it offers STARTTLS."""
 
-    def __init__(self) -> None:
+    def __init__(self, cert: str = "", key: str = "") -> None:
         self.port = free_port()
-        tests = str(Path(__file__).resolve().parent.parent / "tests")
-        self.proc = subprocess.Popen([sys.executable, "-c", SINK.format(tests=tests, port=self.port)],
+        self.proc = subprocess.Popen([sys.executable, "-c", SINK.format(port=self.port, cert=cert, key=key)],
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
         assert self.proc.stdout is not None and self.proc.stdout.readline().strip() == "ready"
 
-    def counts(self) -> tuple[int, int]:
-        """(messages received, connections seen) so far."""
+    def received(self) -> int:
+        """Messages accepted so far."""
         assert self.proc.stdin is not None and self.proc.stdout is not None
         self.proc.stdin.write("count\n")
         self.proc.stdin.flush()
-        received, connections = self.proc.stdout.readline().split()
-        return int(received), int(connections)
+        return int(self.proc.stdout.readline())
 
     def close(self) -> None:
         assert self.proc.stdin is not None
@@ -111,12 +126,12 @@ def main() -> None:
             whole: list[float] = []
             for offset, (label, factory) in enumerate(modes):
                 day = date.fromordinal(DAY.toordinal() + offset)
-                before = sink.counts()[0]
+                before = sink.received()
                 started = time.perf_counter()
                 report = send_digest(config, store, factory, day, collection, lambda: datetime.now(UTC),
                                      renderer=FixedDayRenderer(config))
                 elapsed = time.perf_counter() - started
-                assert report.sent == n and sink.counts()[0] - before == n, report.summary_lines()
+                assert report.sent == n and sink.received() - before == n, report.summary_lines()
                 whole.append(n / elapsed)
                 print(f"whole path, {label:28s} {n} messages in {elapsed:6.1f} s = {n / elapsed:6.0f} msgs/s")
 
@@ -129,20 +144,34 @@ def main() -> None:
                                message_id(DAY, sub.email, "news.example.org"), T0)
                 for sub in store.list_subscribers()
             ]
-            alone: list[float] = []
-            for label, factory in modes:
-                transport = factory()
-                before = sink.counts()[0]
-                started = time.perf_counter()
-                for msg in messages:
-                    transport.send(msg)
-                transport.close()
-                elapsed = time.perf_counter() - started
-                assert sink.counts()[0] - before == n
-                alone.append(n / elapsed)
-                print(f"transport,  {label:28s} {n} messages in {elapsed:6.1f} s = {n / elapsed:6.0f} msgs/s")
-            print(f"ratio reused / per message: whole path {whole[0] / whole[1]:.2f}x, "
-                  f"transport {alone[0] / alone[1]:.2f}x ({args.db}; {sink.counts()[1]} connections in all)")
+            cert, key = Path(folder) / "cert.pem", Path(folder) / "key.pem"
+            subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key),
+                            "-out", str(cert), "-days", "1", "-subj", "/CN=127.0.0.1",
+                            "-addext", "subjectAltName=IP:127.0.0.1"], check=True, capture_output=True)
+            tls_sink = SinkProcess(str(cert), str(key))
+            client_tls = ssl.create_default_context(cafile=str(cert))
+            ratios: dict[str, float] = {}
+            try:
+                for security, target in (("none", sink), ("starttls", tls_sink)):
+                    rates: list[float] = []
+                    for label, cls in (("one reused connection", SmtpTransport),
+                                       ("one connection per message", ConnectionPerMessage)):
+                        transport = cls("127.0.0.1", target.port, security=security, ssl_context=client_tls)
+                        before = target.received()
+                        started = time.perf_counter()
+                        for msg in messages:
+                            transport.send(msg)
+                        transport.close()
+                        elapsed = time.perf_counter() - started
+                        assert target.received() - before == n
+                        rates.append(n / elapsed)
+                        print(f"transport ({security:8s}), {label:28s} {n} messages in {elapsed:6.1f} s = "
+                              f"{n / elapsed:6.0f} msgs/s, {transport.connections} connections")
+                    ratios[security] = rates[0] / rates[1]
+            finally:
+                tls_sink.close()
+            print(f"ratio reused / per message: whole path {whole[0] / whole[1]:.2f}x, transport "
+                  f"{ratios['none']:.2f}x, transport with STARTTLS {ratios['starttls']:.2f}x ({args.db})")
     finally:
         sink.close()
 
