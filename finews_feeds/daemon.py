@@ -182,9 +182,17 @@ def is_post_path(site_root: Path, path: str, extensions: tuple[str, ...]) -> boo
 def bind_socket(host: str, port: int) -> socket.socket:
     """The listening socket, bound here so a port in use is a clear error before anything starts."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    # proto must say TCP: asyncio sets TCP_NODELAY only on sockets whose proto is IPPROTO_TCP, and
+    # without it a response's last segment waits ~40 ms for the client's delayed ACK (measured:
+    # 45 ms instead of 2 ms for a 20 KB gzipped feed). Accepted sockets take both from this one.
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     try:
-        sock = socket.create_server((host, port), family=family, backlog=128)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock.bind((host, port))
+        sock.listen(128)
     except OSError as exc:
+        sock.close()
         raise ConfigError(
             f"cannot listen on {host}:{port}: {exc.strerror or exc}",
             hint="set web.host / web.port (or FINEWS_WEB_PORT) to a free address",

@@ -23,7 +23,7 @@ import pytest
 from aiosmtpd.controller import Controller
 from smtp_fakes import SECRET, Sink, database_url, free_port, postgres_available, running, wait_until
 
-from finews_feeds.daemon import Rebuilder, is_post_path
+from finews_feeds.daemon import Rebuilder, bind_socket, is_post_path
 from finews_feeds.store import Store
 
 pytestmark = pytest.mark.slow
@@ -474,3 +474,14 @@ def test_a_rebuild_asked_for_during_a_build_runs_after_it_and_none_is_lost() -> 
     stopped.set()
     Rebuilder(build, stopped).request()  # after a stop signal no new build starts
     assert builds == [0, 1, 2]
+
+
+def test_the_listening_socket_says_tcp_so_responses_are_not_held_back_by_nagle() -> None:
+    # asyncio turns Nagle off only for sockets whose proto is IPPROTO_TCP; with it on, the end of
+    # each response waited for the client's delayed ACK (45 ms instead of 2 ms for a gzipped feed).
+    with bind_socket("127.0.0.1", 0) as sock:
+        assert (sock.family, sock.type, sock.proto) == (socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+        assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
+        with socket.create_connection(sock.getsockname()), sock.accept()[0] as accepted:
+            assert accepted.proto == socket.IPPROTO_TCP
+            assert accepted.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
