@@ -22,6 +22,8 @@ import cssutils
 import lxml.html
 import pytest
 from click.testing import CliRunner
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from finews_feeds.cli import cli
 from finews_feeds.config import Config, build_config, read_file
@@ -185,6 +187,17 @@ def test_selection_key_is_stable_and_distinguishes_categories_from_tags() -> Non
     assert Selection(categories=frozenset({"x"})).key() != Selection(tags=frozenset({"x"})).key()
     assert Selection().key() == "[[],[]]"
     assert Selection(tags=frozenset({'a"],["b'})).key() != Selection(tags=frozenset({"a"}), categories=frozenset({"b"})).key()
+
+
+names = st.frozensets(st.text(max_size=6), max_size=3)
+
+
+@settings(max_examples=200, deadline=None)
+@given(names, names, names, names)
+def test_selection_keys_are_equal_exactly_when_selections_are(c1: frozenset[str], t1: frozenset[str],
+                                                               c2: frozenset[str], t2: frozenset[str]) -> None:
+    a, b = Selection(c1, t1), Selection(c2, t2)
+    assert (a.key() == b.key()) == (a == b)
 
 
 # ---------------------------------------------------------------------------------------------
