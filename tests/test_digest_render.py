@@ -91,6 +91,7 @@ class Chromium:
 
     def send(self, method: str, params: dict[str, Any] | None = None, session: str | None = None) -> dict[str, Any]:
         self._next_id += 1
+        self.deadline = time.monotonic() + 30  # per command: a slow, shared machine must not fail the test
         message: dict[str, Any] = {"id": self._next_id, "method": method, "params": params or {}}
         if session:
             message["sessionId"] = session
@@ -104,6 +105,7 @@ class Chromium:
             self._events.append(answer)
 
     def wait_for(self, method: str, session: str) -> None:
+        self.deadline = time.monotonic() + 30
         while True:
             for event in self._events:
                 if event.get("method") == method and event.get("sessionId") == session:
