@@ -47,6 +47,8 @@ _DATE = re.compile(
 )
 _OUTPUT_EXT = {".md": ".html", ".markdown": ".html", ".mkdown": ".html", ".mkd": ".html", ".mdown": ".html", ".html": ".html", ".htm": ".html"}
 _PLACEHOLDER = re.compile(r":([a-z_]+)")
+#: Jekyll's default `markdown_ext`; other posts (`.html`) are not converted.
+MARKDOWN_EXTENSIONS = frozenset((".markdown", ".mkdown", ".mkdn", ".mkd", ".md"))
 
 
 class _Loader(YamlLoader):  # type: ignore[misc]
@@ -334,7 +336,7 @@ def parse_post(path: str, raw: bytes, site: Site) -> Parsed:
     )
     url = site.url + permalink
 
-    rendered = render_body(body, url)
+    rendered = render_body(body, url, markdown=ext.lower() in MARKDOWN_EXTENSIONS)
     excerpt = _optional_text(data.get("excerpt"))
     description = _optional_text(data.get("description"))
     summary = excerpt or description or summarize_text(rendered.text, site.summary_chars)
@@ -375,10 +377,9 @@ def parse_post(path: str, raw: bytes, site: Site) -> Parsed:
 
 
 class Entry(NamedTuple):
-    """A candidate post file: path relative to the site (with `/`), absolute path, size, mtime."""
+    """A candidate post file: path relative to the site (with `/`), size, mtime."""
 
     path: str
-    full: str
     size: int
     mtime_ns: int
 
@@ -395,40 +396,32 @@ def walk(site: Site) -> list[Entry]:
     while pending:
         folder, rel, in_posts = pending.pop()
         try:
-            entries = list(os.scandir(folder))
+            # Iterated, not listed: a _posts folder of 50,000 entries would cost 50 MB as a list.
+            with os.scandir(folder) as entries:
+                for entry in entries:
+                    name = entry.name
+                    if name[0] in ".#" or name[-1] == "~":
+                        continue
+                    try:
+                        if in_posts and name.lower().endswith(extensions) and match(name) and entry.is_file():
+                            stat = entry.stat()
+                            add(Entry(rel + name, stat.st_size, stat.st_mtime_ns))
+                        elif entry.is_dir(follow_symlinks=False):  # a symlinked folder could loop
+                            if name == "_posts":
+                                pending.append((entry.path, rel + name + "/", True))
+                            elif name[0] != "_" and not (not rel and name in ("node_modules", "vendor")):
+                                pending.append((entry.path, rel + name + "/", in_posts))
+                    except OSError:
+                        continue  # vanished or unreadable since it was listed
         except OSError as exc:
             log.warning("%s: cannot list folder: %s", folder, exc.strerror)
-            continue
-        for entry in entries:
-            name = entry.name
-            if name[0] in ".#" or name[-1] == "~":
-                continue
-            if in_posts and name.lower().endswith(extensions) and match(name):
-                try:
-                    if not entry.is_file():
-                        continue
-                    stat = entry.stat()
-                except OSError:
-                    continue
-                add(Entry(rel + name, entry.path, stat.st_size, stat.st_mtime_ns))
-                continue
-            try:
-                is_dir = entry.is_dir(follow_symlinks=False)  # a symlinked folder could loop
-            except OSError:
-                continue
-            if not is_dir:
-                continue
-            if name == "_posts":
-                pending.append((entry.path, rel + name + "/", True))
-            elif not name.startswith("_") and not (not rel and name in ("node_modules", "vendor")):
-                pending.append((entry.path, rel + name + "/", in_posts))
     return found
 
 
 def read_entry(entry: Entry, site: Site) -> Parsed | FileError | None:
     """Parse one walked file: a post, the reason it was rejected, or None when unpublished."""
     try:
-        with open(entry.full, "rb") as handle:
+        with open(os.path.join(site.source, entry.path), "rb") as handle:
             raw = handle.read()
     except OSError as exc:
         return FileError(entry.path, f"cannot read: {exc.strerror}")

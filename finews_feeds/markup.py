@@ -270,10 +270,11 @@ def _only_links(text: str, link_texts: list[str]) -> bool:
     return _LINK_SEPARATORS.fullmatch(rest) is not None
 
 
-def render_body(markdown: str, base: str) -> Rendered:
-    """Render a post body, make its URLs absolute against ``base`` (the post's URL), and derive
-    the plain text, the source and the first image from the same tree."""
-    html = clean_text(render_markdown(clean_text(markdown)))
+def render_body(body: str, base: str, *, markdown: bool = True) -> Rendered:
+    """Render a post body (Markdown unless ``markdown`` is false: Jekyll passes `.html` posts
+    through), make its URLs absolute against ``base`` (the post's URL), and derive the plain
+    text, the source and the first image from the same tree."""
+    html = clean_text(render_markdown(clean_text(body)) if markdown else body)
     root = _parse_fragment(html)
     if root is None:
         return Rendered(html="", text="", source=None, image=None)

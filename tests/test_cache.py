@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from finews_feeds import cache
-from finews_feeds.cache import BODIES, INDEX, collect_cached, site_folder
+from finews_feeds.cache import BODIES, INDEX, collect_cached, fingerprint, load_index, save_index, site_folder
 from finews_feeds.collector import Entry, collect
 from finews_feeds.config import build_config
 from finews_feeds.models import Collection, Site
@@ -200,17 +200,34 @@ def test_a_corrupt_index_is_discarded(source: Path, tmp_path: Path, parsed: list
 
 
 def test_an_index_with_rows_of_another_shape_is_discarded(source: Path, tmp_path: Path, parsed: list[str]) -> None:
-    import marshal
-
     cold = run(source, tmp_path / "c")
-    index = site_folder(tmp_path / "c", cold.site) / INDEX
-    fmt, print_, files = marshal.loads(index.read_bytes())
-    files = {path: (size, mtime, kind, ("short",) if kind == 0 else payload) for path, (size, mtime, kind, payload) in files.items()}
-    index.write_bytes(marshal.dumps((fmt, print_, files)))
+    folder = site_folder(tmp_path / "c", cold.site)
+    print_ = fingerprint(cold.site)
+    files = load_index(folder, print_)
+    assert len(files) == 7
+    save_index(folder, print_, {path: (size, mtime, kind, ("short",) if kind == 0 else payload)
+                                for path, (size, mtime, kind, payload) in files.items()})
     parsed.clear()
     again = run(source, tmp_path / "c")
     assert len(parsed) == 7
     same(cold, again)
+
+
+def test_a_truncated_index_is_discarded(source: Path, tmp_path: Path, parsed: list[str]) -> None:
+    cold = run(source, tmp_path / "c")
+    index = site_folder(tmp_path / "c", cold.site) / INDEX
+    index.write_bytes(index.read_bytes()[:-10])
+    parsed.clear()
+    same(cold, run(source, tmp_path / "c"))
+    assert len(parsed) == 7
+
+
+def test_index_of_many_files_is_written_in_records(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(cache, "_RECORD", 3)
+    files = {f"_posts/{i}.md": (i, i, 1, f"error {i}") for i in range(10)}
+    save_index(tmp_path, "print", files)
+    assert load_index(tmp_path, "print") == files
+    assert load_index(tmp_path, "other print") == {}
 
 
 def test_a_corrupt_bodies_file_is_discarded(source: Path, tmp_path: Path) -> None:

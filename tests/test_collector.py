@@ -156,6 +156,13 @@ def test_drafts_site_dot_and_underscore_folders_and_odd_names_are_not_read(tmp_p
     assert collection.errors == []
 
 
+def test_html_posts_are_not_converted_from_markdown(tmp_path: Path) -> None:
+    source = make_site(tmp_path / "s", {"_posts/2022-04-20-a.html": post("title: a\n", "<p>*不是强调*</p>\n\n[x](/y)\n")})
+    collection = collect_dir(source)
+    assert collection.content(collection.posts[0]) == "<p>*不是强调*</p>\n\n[x](/y)"
+    assert collection.posts[0].permalink == "/2022/04/20/a.html"
+
+
 def test_extensions_setting_decides_which_files_are_posts(tmp_path: Path) -> None:
     source = make_site(tmp_path / "s", {"_posts/2022-04-20-a.txt": post("title: a\n"), "_posts/2022-04-20-b.md": post("title: b\n")})
     collection = collect_dir(source, extensions=[".txt"])
