@@ -4,8 +4,10 @@
                                          [--jekyll-posts 20000] [--no-peers]
 
 For each size: a site from the corpus generator (``make_site.py --seed 1``) on tmpfs, then
-``finews-feeds build`` cold (no cache, no output), again with no change, and again after one new
-post (dated after every other, in a category and two tags). In the same run: Hugo with HTML and
+``finews-feeds build`` cold (no cache, no output), cold again with the collector's cache warm,
+again with no change, and again after one new post (dated after every other, in a category and
+two tags); and the one-new-post rebuild inside a process that built before (what the daemon
+pays; its time is the collect and build alone, its memory the whole process's peak). In the same run: Hugo with HTML and
 per-taxonomy RSS, and Hugo RSS-only (pages rendered as links only), on the posts converted to
 Hugo content; Jekyll with jekyll-feed configured for every category and ``tags: true`` at the
 Jekyll size only, with the fix of jekyll/jekyll#9187 (Debian's 4.3.1 writes files in quadratic
@@ -20,6 +22,7 @@ come from the same run.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import re
 import shutil
@@ -162,9 +165,41 @@ def bench_ours(work: Path, site: Path, posts: int) -> dict[str, Run]:
     finally:
         new_post.unlink()
     measure(cmd, cwd=ROOT)  # back to the site as generated
+    runs["one new post, in a running daemon"] = in_process(config, new_post)
     for name, run in runs.items():
         print(f"  finews-feeds {posts} {name}: {run.seconds:.2f} s, {run.peak_mb:.0f} MB: {run.output.strip()}", flush=True)
     return runs
+
+
+IN_PROCESS = """
+import json, sys, time
+from pathlib import Path
+from finews_feeds.build import build_feeds
+from finews_feeds.collector import collect_site
+from finews_feeds.config import load_config
+if __name__ == "__main__":
+    config = load_config(Path(sys.argv[1]), {})
+    post = Path(sys.argv[2])
+    build_feeds(collect_site(config), config)  # warm: what a daemon holds between rebuilds
+    post.write_text(sys.argv[3], encoding="utf-8")
+    try:
+        started = time.perf_counter()
+        collection = collect_site(config)
+        collected = time.perf_counter()
+        report = build_feeds(collection, config)
+        done = time.perf_counter()
+    finally:
+        post.unlink()
+    build_feeds(collect_site(config), config)
+    print(json.dumps({"seconds": done - started, "collect": collected - started, "summary": report.summary()}))
+"""
+
+
+def in_process(config: Path, new_post: Path) -> Run:
+    """The daemon's case: collect and build inside a process that has built before."""
+    run = measure([PYTHON, "-c", IN_PROCESS, str(config), str(new_post), NEW_POST], cwd=ROOT)
+    data = json.loads(run.output.strip().splitlines()[-1])
+    return Run(data["seconds"], run.peak_mb, f"{data['summary']} (in-process: collect {data['collect']:.2f} s)")
 
 
 def feeds_written(run: Run) -> str:
