@@ -230,6 +230,7 @@ class Daemon:
         self.rebuilder = Rebuilder(self._build_once, self.stop)
         self.digests = Busy()
         self._categories: list[tuple[str, str]] = []
+        self._tags: frozenset[str] = frozenset()
         self._categories_lock = threading.Lock()
         # The start-up build and a caught-up digest would both read a cold site at once; one waits
         # and then reads the warm cache.
@@ -270,8 +271,10 @@ class Daemon:
         names = {name for post in collection.posts for name in post.categories}
         names.update(self.config.categories)
         ordered = sorted(names, key=lambda n: (self.config.category_order(n), n))
+        tags = frozenset(tag for post in collection.posts for tag in post.tags)
         with self._categories_lock:
             self._categories = [(name, collection.site.category_title(name)) for name in ordered]
+            self._tags = tags
 
     def categories(self) -> list[tuple[str, str]]:
         """Choices of the subscribe form: every category of the site, in the configured order."""
@@ -281,6 +284,11 @@ class Daemon:
         from .web import default_categories
 
         return default_categories(self.config)
+
+    def tags(self) -> frozenset[str]:
+        """Tags a subscriber may choose: those of the site's posts at the last build."""
+        with self._categories_lock:
+            return self._tags
 
     def digest(self, fired: datetime, attempt: int = 0) -> None:
         with self.digests:
@@ -408,7 +416,7 @@ class Daemon:
             config, self.zone, rebuild=self.rebuilder.request, digest=self.digest, clock=self.clock, digest_at=digest_at,
         )
         app = create_app(config, store=self.store, send_confirmation=self.send_confirmation, health=self.health,
-                         categories=self.categories, clock=self.clock)
+                         categories=self.categories, tags=self.tags, clock=self.clock)
         server = uvicorn.Server(uvicorn.Config(
             app, log_config=None, lifespan="off", server_header=False, access_log=False,
             timeout_graceful_shutdown=3, proxy_headers=True,

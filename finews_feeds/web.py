@@ -28,6 +28,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Set as AbstractSet
 from datetime import UTC, date, datetime
 from email.utils import formatdate, parsedate_to_datetime
 from pathlib import Path
@@ -372,6 +373,12 @@ def file_response(request: Request, path: Path, cache_control: str, packed: Gzip
 # --------------------------------------------------------------------------- the app
 
 
+def split_tags(text: str) -> tuple[str, ...]:
+    """Tags typed into the form: separated by ASCII or Chinese commas (，、), trimmed, no repeats."""
+    parts = re.split(r"[,，、]", text)
+    return tuple(dict.fromkeys(p.strip() for p in parts if p.strip()))
+
+
 def default_categories(config: Config) -> list[tuple[str, str]]:
     """The categories of the config, in their configured order, as (slug, display name)."""
     return [(slug, config.category_title(slug)) for slug in sorted(config.categories, key=lambda s: (config.category_order(s), s))]
@@ -384,6 +391,7 @@ def create_app(
     send_confirmation: Callable[[str], None],
     health: Callable[[], Mapping[str, Any]] = lambda: {"ok": True},
     categories: Callable[[], Sequence[tuple[str, str]]] | None = None,
+    tags: Callable[[], AbstractSet[str]] | None = None,
     clock: Callable[[], datetime] = utc_now,
     monotonic: Callable[[], float] = time.monotonic,
 ) -> Starlette:
@@ -392,7 +400,8 @@ def create_app(
     ``send_confirmation(email)`` mails the confirm link to a pending subscriber (it runs after the
     answer is sent; failures are logged). ``health()`` gives the body of ``/healthz``; its
     ``ok`` key (default true) chooses 200 or 503. ``categories()`` gives the choices of the
-    subscribe form as (slug, display name); default: the config's categories.
+    subscribe form as (slug, display name); default: the config's categories. ``tags()`` gives the
+    tags a subscriber may name (the form then has a tags field); default: no tags field.
     """
     secret = secret_of(config)
     output = Path(config.feeds.output)
@@ -459,25 +468,30 @@ def create_app(
             f"{html.escape(title)}</label> "
             for slug, title in await run_in_threadpool(choices)
         )
+        tags_field = (
+            '<p><label for="tags">以及这些标签（可选，用逗号分隔，例如：A股, IPO）</label><br>'
+            '<input type="text" id="tags" name="tags" maxlength="500"></p>\n'
+            if tags is not None else ""
+        )
         form = f"""<form method="post" action="/subscribe">
 <p><label for="email">邮箱</label><br><input type="email" id="email" name="email" required maxlength="254" autocomplete="email"></p>
 <p><label for="name">称呼（可选）</label><br><input type="text" id="name" name="name" maxlength="100" autocomplete="name"></p>
 <fieldset><legend>只订阅这些栏目（不选即全部）</legend>{boxes}</fieldset>
-<p><button type="submit">订阅每日精选</button></p>
+{tags_field}<p><button type="submit">订阅每日精选</button></p>
 </form>
 <p class="muted">我们会发一封确认邮件；点击其中的链接后订阅才生效。每封邮件都有一键退订链接。</p>"""
         feeds = await run_in_threadpool(feed_links)
         return page("订阅每日精选", form + "<h2>订阅源</h2>" + feeds)
 
-    def subscribe_sync(email: str, name: str, chosen: tuple[str, ...]) -> bool:
+    def subscribe_sync(email: str, name: str, chosen: tuple[str, ...], chosen_tags: tuple[str, ...]) -> bool:
         """Record the request; True when a confirmation should be mailed."""
         existing = store.get_subscriber(email)
         try:
             if existing is None or existing.status in ("unsubscribed", "bounced"):
-                store.add_subscriber(email, name=name, categories=chosen, now=clock())
+                store.add_subscriber(email, name=name, categories=chosen, tags=chosen_tags, now=clock())
                 return True
             if existing.status == "pending":
-                store.set_selection(email, categories=chosen)
+                store.set_selection(email, categories=chosen, tags=chosen_tags)
                 return True
         except SubscriberError as exc:  # a request for the same address at the same moment
             log.info("subscribe %s: %s", email, exc.message)
@@ -497,11 +511,17 @@ def create_app(
         allowed = {slug for slug, _ in await run_in_threadpool(choices)}
         if len(chosen) > MAX_CHOICES or any(not isinstance(c, str) or c not in allowed for c in chosen):
             raise HTTPException(400, "unknown category")
+        chosen_tags = split_tags(_text_field(form, "tags", 500))
+        if chosen_tags:
+            known = await run_in_threadpool(tags) if tags is not None else frozenset()
+            unknown = [t for t in chosen_tags if t not in known]
+            if unknown or len(chosen_tags) > MAX_CHOICES:
+                raise HTTPException(400, f"unknown tag: {unknown[0] if unknown else '(too many)'}")
         try:
             email = normalize_email(raw_email)
         except SubscriberError as exc:
             return page("邮箱地址无效", f"<p>{html.escape(exc.message)}</p><p><a href=\"/\">返回</a></p>", status=400)
-        mail = await run_in_threadpool(subscribe_sync, email, name, tuple(str(c) for c in chosen))
+        mail = await run_in_threadpool(subscribe_sync, email, name, tuple(str(c) for c in chosen), chosen_tags)
         response = page(
             "请查收确认邮件",
             f"<p>如果 {html.escape(email)} 可以订阅，我们已向它发送了一封确认邮件。请点击邮件中的链接完成订阅。</p>",

@@ -99,7 +99,7 @@ def web(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Web]:
         app = create_app(
             config, store=store, send_confirmation=confirm, health=lambda: holder["web"].health,
             categories=lambda: [("cailianshe", "财联社新闻"), ("yicai", "第一财经")],
-            clock=lambda: T0, monotonic=monotonic,
+            tags=lambda: frozenset({"A股", "IPO"}), clock=lambda: T0, monotonic=monotonic,
         )
         for base in serve(app, port):
             holder["web"] = Web(base, config, store, sink, output, monotonic)
@@ -186,6 +186,22 @@ def test_subscribe_confirm_digest_one_click_unsubscribe_and_no_more_digests(web:
     before = len(web.sink.messages)
     digest_for(web, DAY + timedelta(days=1), shifted(make_collection(), 1))
     assert len(web.sink.messages) == before
+
+
+def test_a_subscriber_who_chose_tags_gets_only_posts_with_them(web: Web) -> None:
+    with web.client() as client:
+        answer = client.post("/subscribe", data={"email": "tags@example.org", "tags": "IPO，A股、A股"})
+        assert answer.status_code == 200
+        sub = web.store.get_subscriber("tags@example.org")
+        assert sub is not None and (sub.categories, sub.tags) == ((), ("A股", "IPO"))
+        assert wait_until(lambda: len(web.sink.messages) == 1)
+        text = web.sink.messages[0].message.get_body(("plain",)).get_content()  # type: ignore[union-attr]
+        link = next(word for word in text.split() if word.startswith(f"{web.base}/confirm/"))
+        assert client.get(link.removeprefix(web.base)).status_code == 200
+    digest_for(web, DAY, make_collection())
+    body = web.sink.messages[1].message.get_body(("plain",)).get_content()  # type: ignore[union-attr]
+    assert "央行开展逆回购操作" in body  # the one post tagged A股
+    assert "沪指收涨0.5%" not in body and "人民币汇率" not in body
 
 
 def test_the_unsubscribe_page_button_unsubscribes_too(web: Web) -> None:
@@ -299,6 +315,7 @@ def test_oversized_bodies_and_malformed_forms_get_4xx_and_change_nothing(web: We
             "bad email": post(data={"email": "not an address"}),
             "two emails": post(content=b"email=e%40example.org&email=f%40example.org", headers=form),
             "unknown category": post(data={"email": "g@example.org", "category": "../../etc"}),
+            "unknown tag": post(data={"email": "g@example.org", "tags": "A股, 不存在的标签"}),
             "header injection": post(data={"email": "h@example.org", "name": "x\r\nBcc: v@example.org"}),
             "file upload": post(data={"email": "i@example.org"}, files={"f": ("a.txt", b"data")}),
             "broken multipart": post(content=b"--nope\r\nrubbish",
@@ -314,6 +331,7 @@ def test_oversized_bodies_and_malformed_forms_get_4xx_and_change_nothing(web: We
         "bad email": 400,
         "two emails": 400,
         "unknown category": 400,
+        "unknown tag": 400,
         "header injection": 400,
         "file upload": 400,
         "broken multipart": 400,
@@ -447,6 +465,7 @@ def test_home_page_has_the_form_with_category_choices_and_the_feeds(web: Web) ->
     assert '<a href="/feeds/rss.xml">RSS</a>' in home.text
     assert '<a href="/feeds/categories/cailianshe/atom.xml">ATOM</a>' in home.text
     assert '<a href="/feeds/feeds.opml">' in home.text
+    assert '<input type="text" id="tags" name="tags"' in home.text
     assert "script" not in home.text
 
 
