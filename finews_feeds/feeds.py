@@ -49,6 +49,8 @@ from .slugs import assign_slugs, join_url
 
 FORMATS = ("rss", "atom", "json")
 _DATE = attrgetter("date")
+_CATEGORIES = attrgetter("categories")
+_TAGS = attrgetter("tags")
 FILE_NAMES = {"rss": "rss.xml", "atom": "atom.xml", "json": "feed.json"}
 MEDIA_TYPES = {"rss": "application/rss+xml", "atom": "application/atom+xml", "json": "application/feed+json"}
 STYLESHEET = "feed.xsl"
@@ -190,26 +192,32 @@ def plan_feeds(
     cat_limit, tag_limit, with_tags = options.category_limit, options.tag_limit, options.tags
     # The collector gives each post's categories and tags without repeats, so counting is a
     # C-speed Counter, and the Python loop below only fills the first `limit` of each name.
-    cat_count = Counter(chain.from_iterable(p.categories for p in ordered))
-    tag_count = Counter(chain.from_iterable(p.tags for p in ordered)) if with_tags else Counter()
+    cat_count = Counter(chain.from_iterable(map(_CATEGORIES, ordered)))
+    tag_count = Counter(chain.from_iterable(map(_TAGS, ordered))) if with_tags else Counter()
     by_cat: dict[str, list[Post]] = {name: [] for name in cat_count}
     by_tag: dict[str, list[Post]] = {name: [] for name in tag_count}
-    open_cats, open_tags = len(by_cat), len(by_tag)
+    # Names whose feed still has room. Most posts of a large site only carry names whose feeds
+    # are full, and a C-speed set test skips those posts without looking at each name.
+    open_cats = set(by_cat) if cat_limit > 0 else set()
+    open_tags = set(by_tag) if tag_limit > 0 else set()
     for post in ordered:
-        for name in post.categories:
-            bucket = by_cat[name]
-            if len(bucket) < cat_limit:
+        cats, tags = post.categories, post.tags if with_tags else ()
+        if open_cats.isdisjoint(cats) and open_tags.isdisjoint(tags):
+            if not open_cats and not open_tags:
+                break  # every feed is full: older posts cannot show anywhere
+            continue
+        for name in cats:
+            if name in open_cats:
+                bucket = by_cat[name]
                 bucket.append(post)
-                if len(bucket) == cat_limit:
-                    open_cats -= 1
-        for name in post.tags if with_tags else ():
-            bucket = by_tag[name]
-            if len(bucket) < tag_limit:
+                if len(bucket) >= cat_limit:
+                    open_cats.discard(name)
+        for name in tags:
+            if name in open_tags:
+                bucket = by_tag[name]
                 bucket.append(post)
-                if len(bucket) == tag_limit:
-                    open_tags -= 1
-        if not open_cats and not open_tags:
-            break  # every feed is full: older posts cannot show anywhere
+                if len(bucket) >= tag_limit:
+                    open_tags.discard(name)
 
     cat_slugs = assign_slugs(by_cat, "category", previous_slugs.get("category"))
     tag_slugs = assign_slugs(by_tag, "tag", previous_slugs.get("tag"))
