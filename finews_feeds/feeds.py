@@ -59,7 +59,6 @@ INDEX = "index.html"
 HEAD_SNIPPET = "_feeds_head.html"
 HEAD_SNIPPET_TAGS = "_feeds_head_tags.html"
 GENERATOR = "finews-feeds"
-GENERATOR_URI = "https://github.com/finews/finews-feeds"
 
 ATOM_NS = "http://www.w3.org/2005/Atom"
 MEDIA_NS = "http://search.yahoo.com/mrss/"
@@ -337,7 +336,7 @@ def _generator(spec: FeedSpec, options: FeedOptions, entries: Sequence[EntryData
     fg.subtitle(spec.description)
     fg.author(name=options.site_title, uri=options.site_url + "/")
     fg.language(options.language)
-    fg.generator(GENERATOR, uri=GENERATOR_URI)
+    fg.generator(GENERATOR)
     fg.link(href=atom_url, rel="self", type=MEDIA_TYPES["atom"])
     if options.websub_hub:
         fg.link(href=options.websub_hub, rel="hub")
