@@ -29,7 +29,7 @@ from .writer import FeedRecord, Manifest, OutputDir, load_manifest, save_manifes
 log = logging.getLogger(__name__)
 
 #: Bump when the rendered output changes for the same input, so old manifests do not match.
-RENDER_VERSION = "1"
+RENDER_VERSION = "2"
 #: Feeds to render from which worker processes pay off (starting one costs ~0.3 s).
 PARALLEL_FROM = 200
 
