@@ -177,11 +177,11 @@ def _open_content(site: Site, bodies: str | None) -> ContentSource:
 
 
 def _batches(work: Sequence[tuple[FeedSpec, list[Post]]], count: int) -> list[list[tuple[FeedSpec, list[Post]]]]:
-    # Largest feeds first, dealt round-robin, so the workers finish together.
+    # Largest feeds first, dealt round-robin into a few batches per worker, so the workers
+    # finish together.
     ordered = sorted(work, key=lambda item: -len(item[1]))
-    size = max(1, len(ordered) // (count * 8))
-    batches = [ordered[i : i + size] for i in range(0, len(ordered), size)]
-    return batches
+    n = max(1, min(len(ordered), count * 8))
+    return [ordered[i::n] for i in range(n)]
 
 
 def render_all(work: Sequence[tuple[FeedSpec, list[Post]]], job: _Job, workers: int | None = None) -> Iterator[_Result]:
