@@ -416,10 +416,21 @@ def run_cli(config: Path, *args: str, wait: bool = True) -> subprocess.Popen[str
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("kind", [
+    "sqlite",
+    pytest.param("postgresql", marks=[
+        pytest.mark.postgres,
+        pytest.mark.skipif(not postgres_available(), reason="PostgreSQL at 127.0.0.1:5432 is not reachable"),
+    ]),
+])
 def test_a_send_killed_halfway_and_started_again_sends_everyone_exactly_once(sink: Sink, port: int,
-                                                                             tmp_path: Path) -> None:
+                                                                             tmp_path: Path, kind: str) -> None:
+    with database_url(kind, tmp_path) as db:
+        killed_and_restarted(sink, port, tmp_path, db)
+
+
+def killed_and_restarted(sink: Sink, port: int, tmp_path: Path, db: str) -> None:
     sink.hold_message, sink.hold_seconds = 5, 60.0
-    db = f"sqlite:///{tmp_path}/var/finews.sqlite3"
     config = tmp_path / "finews.toml"
     write_config(config, port, db)
     emails = [f"r{n:02d}@example.org" for n in range(10)]
