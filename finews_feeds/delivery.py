@@ -36,7 +36,7 @@ from zoneinfo import ZoneInfo
 
 from .config import Config
 from .digest import DigestRenderer, Recipient, Selection, Variant, posts_of_day, web_base_url
-from .errors import DeliveryError, SubscriberError
+from .errors import ConfigError, DeliveryError, SubscriberError
 from .mailer import ConnectionFailure, PermanentFailure, SmtpTransport, TemporaryFailure, transport_from_config
 from .message import build_message, domain_of, format_address, message_id
 from .models import Collection, Post, Site
@@ -268,7 +268,17 @@ class _Run:
                         sub.email, self.day, row.message_id)
             self.report.resent += 1
         msg_id = row.message_id or message_id(self.day, sub.email, self.domain)
-        msg = digest_message(self.config, self.site, variant, self.secret, sub.email, sub.name, msg_id, self.now())
+        try:
+            msg = digest_message(self.config, self.site, variant, self.secret, sub.email, sub.name, msg_id,
+                                 self.now())
+        except (ValueError, TypeError, UnicodeError, LookupError) as exc:
+            # Something in this subscriber's data the message cannot hold: theirs alone, not a bounce.
+            error = f"cannot build the message: {exc}"
+            log.error("%s: %s", sub.email, error)
+            self.store.mark_permanent(self.day, sub.id, error, 0, self.now())
+            self.report.failed[f"permanent: {_reason(error)}"] += 1
+            self.report.permanent_failures.append((sub.email, error))
+            return
         retries = self.config.smtp.max_retries
         for attempt in range(retries + 1):
             self.limiter.wait()
@@ -341,6 +351,9 @@ def send_digest(
     (login refused, ...); the ledger keeps everything done until then.
     """
     secret_of(config)  # fail before claiming anything when FINEWS_SECRET_KEY is missing
+    if urlsplit(web_base_url(config)).scheme not in ("http", "https"):
+        raise ConfigError(f"web.public_url = {config.web.public_url!r}: expected an http:// or https:// URL",
+                          hint="unsubscribe links in the digest are built from it")
     sleep = sleep or _sleeper(stop)
     report = DeliveryReport(day=day)
     zone = ZoneInfo(config.digest.timezone) if config.digest.timezone else collection.site.timezone

@@ -218,7 +218,13 @@ class SmtpTransport:
                 sender = parseaddr(str(msg["From"] or ""))[1]
             if not recipients:
                 recipients = tuple(a for _, a in getaddresses([str(v) for v in msg.get_all("To", [])]) if a)
-            data = msg.as_bytes(policy=MESSAGE_POLICY)
+            # An address that is not ASCII cannot be written as RFC 2047 words: such a message goes
+            # with SMTPUTF8 and raw UTF-8 headers (RFC 6532).
+            utf8 = not all(a.isascii() for a in (sender, *recipients))
+            try:
+                data = msg.as_bytes(policy=MESSAGE_POLICY.clone(utf8=True) if utf8 else MESSAGE_POLICY)
+            except (ValueError, TypeError, UnicodeError, LookupError) as exc:
+                raise PermanentFailure(f"the message cannot be written out: {exc}") from None
         else:
             data = msg
         if not recipients:

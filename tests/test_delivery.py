@@ -320,6 +320,36 @@ def test_a_refused_login_stops_the_run_without_losing_the_recipient(store: Store
     assert store.try_claim_run(DAY, "next-run", T0) is None
 
 
+def test_a_message_that_cannot_be_built_fails_for_that_subscriber_only(sink: Sink, port: int, store: Store) -> None:
+    from finews_feeds.digest import Recipient, Variant
+
+    class Fragile(Variant):
+        def personalize(self, recipient: Recipient) -> tuple[str, str]:
+            if recipient.email.startswith("odd"):
+                raise ValueError("odd data")
+            return super().personalize(recipient)
+
+    class FragileRenderer(AlwaysRenderer):
+        def render(self, day: date, posts: Any, selection: Any) -> Any:
+            v = super().render(day, posts, selection)
+            return Fragile(v.day, v.selection, v.subject, v.count, v.html, v.text)
+
+    add_active(store, "a@example.org", "odd@example.org", "c@example.org")
+    config = make_config(port)
+    report = send(config, store, renderer=FragileRenderer(config))
+    assert (report.sent, report.permanent_failures) == (2, [("odd@example.org", "cannot build the message: odd data")])
+    assert [d.state for d in store.ledger(DAY)] == ["sent", "failed-permanent", "sent"]
+    odd = store.get_subscriber("odd@example.org")
+    assert odd is not None and odd.status == "active"
+
+
+def test_a_public_url_that_is_not_http_stops_before_anything_is_claimed(port: int, store: Store) -> None:
+    add_active(store, "a@example.org")
+    with pytest.raises(ConfigError, match=r"web\.public_url = 'ftp://x\.example\.org'"):
+        send(make_config(port, web={"public_url": "ftp://x.example.org"}), store)
+    assert store.run_info(DAY) is None
+
+
 def test_a_transport_that_cannot_be_made_releases_the_day(store: Store) -> None:
     add_active(store, "a@example.org")
     config = make_config(25, smtp={"dkim_selector": "s1"})

@@ -105,6 +105,18 @@ def test_a_connection_dropped_before_the_250_is_a_connection_failure() -> None:
     assert len(sink.messages) == 2  # the first was stored: the one window for a duplicate
 
 
+def test_an_address_that_is_not_ascii_goes_with_smtputf8_and_raw_utf8_headers() -> None:
+    sink = Sink()
+    with running(sink) as port, transport(port) as smtp:
+        smtp.send(message("用户@例子.中国"))
+    received = sink.messages[0]
+    assert received.rcpt_tos == ["用户@例子.中国"]
+    assert "To: 用户@例子.中国\r\n".encode() in received.data
+    with running(Sink(), enable_SMTPUTF8=False) as port, transport(port) as smtp, \
+            pytest.raises(PermanentFailure, match="the server does not support SMTPUTF8"):
+        smtp.send(message("用户@例子.中国"))
+
+
 def test_no_server_is_a_connection_failure() -> None:
     with transport(free_port()) as smtp, pytest.raises(ConnectionFailure, match="cannot connect to SMTP server"):
         smtp.send(message())
