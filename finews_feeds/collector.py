@@ -23,6 +23,7 @@ import yaml
 from frontmatter.default_handlers import YAMLHandler
 
 from .config import Config
+from .errors import PostError
 from .markup import (
     absolute_url,
     clean_line,
@@ -45,9 +46,9 @@ _DATE = re.compile(
     r"(?:(?:[Tt]|\s+)(\d{1,2}):(\d{2})(?::(\d{2})(?:[.,](\d{1,9}))?)?)?"
     r"\s*(?:([Zz])|(?:UTC|GMT)?\s*([+-])(\d{1,2})(?::?(\d{2}))?)?\s*$"
 )
-_OUTPUT_EXT = {".md": ".html", ".markdown": ".html", ".mkdown": ".html", ".mkd": ".html", ".mdown": ".html", ".html": ".html", ".htm": ".html"}
 _PLACEHOLDER = re.compile(r":([a-z_]+)")
-#: Jekyll's default `markdown_ext`; other posts (`.html`) are not converted.
+#: Jekyll's default `markdown_ext`: converted to HTML; other posts (`.html`) pass through and
+#: keep their extension in `:output_ext`.
 MARKDOWN_EXTENSIONS = frozenset((".markdown", ".mkdown", ".mkdn", ".mkd", ".md"))
 
 
@@ -71,7 +72,8 @@ _HANDLER = _Handler()
 
 
 class Rejected(Exception):
-    """A file that is not a post, and why (becomes a :class:`FileError`)."""
+    """Why a file is not a post, raised where the path is not known; :func:`parse_post` turns
+    it into a :class:`~finews_feeds.errors.PostError` naming the file."""
 
 
 class NotPublished(Exception):
@@ -201,7 +203,7 @@ def _optional_text(value: object) -> str | None:
 def permalink_of(pattern: str, *, categories: tuple[str, ...], moment: datetime, slug: str, name: str, ext: str) -> str:
     """Expand a Jekyll permalink pattern and sanitise it as Jekyll's ``URL#sanitize_url`` does;
     the result is percent-encoded."""
-    output_ext = _OUTPUT_EXT.get(ext.lower(), ext)
+    output_ext = ".html" if ext.lower() in MARKDOWN_EXTENSIONS else ext
     values = {
         "categories": "/".join(dict.fromkeys(c.lower() for c in categories)),
         "year": f"{moment.year:04d}",
@@ -292,9 +294,17 @@ def split_front_matter(text: str) -> tuple[dict[str, Any], str]:
 def parse_post(path: str, raw: bytes, site: Site) -> Parsed:
     """Parse one file (``path`` relative to the site, with `/`) into a post and its HTML.
 
-    Raises :class:`Rejected` for a file that cannot be a post, :class:`NotPublished` for
-    `published: false`. Future posts are returned: the caller decides with its clock.
+    Raises :class:`~finews_feeds.errors.PostError` for a file that cannot be a post,
+    :class:`NotPublished` for `published: false`. Future posts are returned: the caller
+    decides with its clock.
     """
+    try:
+        return _parse_post(path, raw, site)
+    except Rejected as exc:
+        raise PostError(path, str(exc)) from None
+
+
+def _parse_post(path: str, raw: bytes, site: Site) -> Parsed:
     parts = path.split("/")
     match = FILENAME.match(parts[-1])
     if not match:
@@ -427,8 +437,8 @@ def read_entry(entry: Entry, site: Site) -> Parsed | FileError | None:
         return FileError(entry.path, f"cannot read: {exc.strerror}")
     try:
         return parse_post(entry.path, raw, site)
-    except Rejected as exc:
-        return FileError(entry.path, str(exc))
+    except PostError as exc:
+        return FileError(entry.path, exc.reason)
     except NotPublished:
         return None
     except RecursionError:
@@ -466,7 +476,7 @@ def rerender(site: Site, post: Post) -> str:
         with open(os.path.join(site.source, post.path), "rb") as handle:
             raw = handle.read()
         return parse_post(post.path, raw, site).html
-    except (OSError, Rejected, NotPublished):
+    except (OSError, PostError, NotPublished):
         return ""
 
 
@@ -514,7 +524,6 @@ __all__ = [
     "Entry",
     "NotPublished",
     "Parsed",
-    "Rejected",
     "collect",
     "collect_site",
     "parse_post",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import marshal
 import os
 import sqlite3
 from collections.abc import Iterator
@@ -12,7 +13,17 @@ from typing import Any
 import pytest
 
 from finews_feeds import cache
-from finews_feeds.cache import BODIES, INDEX, collect_cached, fingerprint, load_index, save_index, site_folder
+from finews_feeds.cache import (
+    BODIES,
+    INDEX,
+    collect_cached,
+    fingerprint,
+    from_columns,
+    load_index,
+    save_index,
+    site_folder,
+    to_columns,
+)
 from finews_feeds.collector import Entry, collect
 from finews_feeds.config import build_config
 from finews_feeds.models import Collection, Site
@@ -199,14 +210,21 @@ def test_a_corrupt_index_is_discarded(source: Path, tmp_path: Path, parsed: list
     same(cold, again)
 
 
-def test_an_index_with_rows_of_another_shape_is_discarded(source: Path, tmp_path: Path, parsed: list[str]) -> None:
+def test_an_index_with_columns_of_another_shape_is_discarded(source: Path, tmp_path: Path, parsed: list[str]) -> None:
     cold = run(source, tmp_path / "c")
     folder = site_folder(tmp_path / "c", cold.site)
     print_ = fingerprint(cold.site)
-    files = load_index(folder, print_)
-    assert len(files) == 7
-    save_index(folder, print_, {path: (size, mtime, kind, ("short",) if kind == 0 else payload)
-                                for path, (size, mtime, kind, payload) in files.items()})
+    index = load_index(folder, print_, cold.site.timezone)
+    assert index is not None and len(index.posts) == 5 and len(index.stats) == 7
+    assert index.others == {"_posts/2022-04-20-bad.md": cold.errors[0].message, "_posts/2022-04-20-off.md": None}
+    path = folder / INDEX
+    with open(path, "rb") as handle:
+        records = [cache._read_record(handle) for _ in range(5 + len(cache.COLUMNS) - 1)]
+    records[2] = records[2][:-1]  # one size short
+    with open(path, "wb") as handle:
+        for record in records:
+            data = marshal.dumps(record)
+            handle.write(cache._LENGTH.pack(len(data)) + data)
     parsed.clear()
     again = run(source, tmp_path / "c")
     assert len(parsed) == 7
@@ -222,12 +240,26 @@ def test_a_truncated_index_is_discarded(source: Path, tmp_path: Path, parsed: li
     assert len(parsed) == 7
 
 
-def test_index_of_many_files_is_written_in_records(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(cache, "_RECORD", 3)
-    files = {f"_posts/{i}.md": (i, i, 1, f"error {i}") for i in range(10)}
-    save_index(tmp_path, "print", files)
-    assert load_index(tmp_path, "print") == files
-    assert load_index(tmp_path, "other print") == {}
+def test_posts_survive_the_column_round_trip(source: Path, tmp_path: Path) -> None:
+    write(source, "_posts/2022-04-23-full.md", "---\ntitle: 全\ndate: 2022-04-23 10:00:00.5 +0800\nlast_modified_at: 2022-04-24\n"
+          "author: 张三\nimage: /i.png\nexcerpt: 摘\ndescription: 述\ntags: [a, b]\n---\n正文\n")
+    cold = run(source, tmp_path / "c")
+    folder = site_folder(tmp_path / "c", cold.site)
+    index = load_index(folder, fingerprint(cold.site), cold.site.timezone)
+    assert index is not None
+    assert index.posts == cold.posts
+    full = next(p for p in index.posts if p.slug == "full")
+    assert (full.date.microsecond, full.updated, full.id) == (500000, datetime(2022, 4, 24, tzinfo=cold.site.timezone), full.url)
+    assert from_columns(to_columns(cold.posts), cold.site.timezone) == cold.posts
+    save_index(tmp_path / "copy", "print", index)
+    assert load_index(tmp_path / "copy", "print", cold.site.timezone) == index
+    assert load_index(tmp_path / "copy", "other print", cold.site.timezone) is None
+
+
+def test_the_setter_fallback_gives_the_same_posts(source: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    cold = run(source, tmp_path / "c")
+    monkeypatch.setattr(cache, "_DIRECT", False)
+    assert from_columns(to_columns(cold.posts), cold.site.timezone) == cold.posts
 
 
 def test_a_corrupt_bodies_file_is_discarded(source: Path, tmp_path: Path) -> None:

@@ -19,8 +19,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from finews_feeds.cli import cli
-from finews_feeds.collector import collect, collect_site, parse_date, summarize
+from finews_feeds.collector import collect, collect_site, parse_date, parse_post, summarize
 from finews_feeds.config import build_config
+from finews_feeds.errors import PostError
 from finews_feeds.models import Collection, Post, Site
 from finews_feeds.site import resolve_site
 
@@ -161,6 +162,20 @@ def test_html_posts_are_not_converted_from_markdown(tmp_path: Path) -> None:
     collection = collect_dir(source)
     assert collection.content(collection.posts[0]) == "<p>*不是强调*</p>\n\n[x](/y)"
     assert collection.posts[0].permalink == "/2022/04/20/a.html"
+
+
+def test_other_extensions_keep_their_output_extension(tmp_path: Path) -> None:
+    source = make_site(tmp_path / "s", {"_posts/2022-04-20-a.htm": post("title: a\n"), "_posts/2022-04-20-b.mkdn": post("title: b\n")})
+    collection = collect_dir(source, extensions=[".htm", ".mkdn"])
+    assert sorted(p.permalink for p in collection.posts) == ["/2022/04/20/a.htm", "/2022/04/20/b.html"]
+
+
+def test_parse_post_raises_a_post_error_naming_the_file() -> None:
+    site = site_of(ROOT / "demo-site")
+    with pytest.raises(PostError) as caught:
+        parse_post("_posts/2022-04-20-x.md", b"", site)
+    assert (caught.value.path, caught.value.reason, caught.value.message) == (
+        "_posts/2022-04-20-x.md", "empty file: not a post", "_posts/2022-04-20-x.md: empty file: not a post")
 
 
 def test_extensions_setting_decides_which_files_are_posts(tmp_path: Path) -> None:
