@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 from collections.abc import Iterator
 from datetime import UTC, date, datetime, timedelta
@@ -14,6 +15,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from smtp_fakes import (
     SECRET,
     Sink,
@@ -28,7 +31,13 @@ from smtp_fakes import (
 from finews_feeds.config import Config, build_config
 from finews_feeds.delivery import DeliveryReport, send_confirmation, send_digest
 from finews_feeds.errors import ConfigError, DeliveryError, SubscriberError
-from finews_feeds.mailer import transport_from_config
+from finews_feeds.mailer import (
+    ConnectionFailure,
+    PermanentFailure,
+    SmtpTransport,
+    TemporaryFailure,
+    transport_from_config,
+)
 from finews_feeds.message import message_id
 from finews_feeds.store import Store
 from finews_feeds.tokens import read_token
@@ -525,3 +534,67 @@ def test_the_send_command_prints_a_summary_and_fails_on_a_permanent_failure(sink
     missing = CliRunner().invoke(cli, args, env={"FINEWS_SECRET_KEY": None, "FINEWS_CONFIG": None})
     assert missing.exit_code == 2
     assert missing.stderr.startswith("error: FINEWS_SECRET_KEY is not set")
+
+
+# -- any schedule of faults: the ledger's invariants hold ------------------------------------------
+
+ACTIONS = ["ok", "ok", "ok", "451", "550", "lost-250", "refused"]
+
+
+class ScriptedTransport(SmtpTransport):
+    """Plays a script of outcomes, one per send: `lost-250` is a message the server stored but whose
+    reply never arrived (the one ambiguous case)."""
+
+    def __init__(self, script: list[str], delivered: list[tuple[str, str]], log: list[tuple[str, str]]) -> None:
+        super().__init__("127.0.0.1", 25, security="none")
+        self.script, self.delivered, self.log = script, delivered, log
+
+    def send(self, msg: EmailMessage | bytes, *, sender: str = "", recipients: tuple[str, ...] = ()) -> None:
+        assert isinstance(msg, EmailMessage)
+        action = self.script.pop(0) if self.script else "ok"
+        rcpt = recipients[0]
+        self.log.append((rcpt, action))
+        if action in ("ok", "lost-250"):
+            self.delivered.append((rcpt, str(msg["Message-ID"])))
+        if action == "451":
+            raise TemporaryFailure("451 later", 451)
+        if action == "550":
+            raise PermanentFailure("550 no", 550)
+        if action in ("lost-250", "refused"):
+            raise ConnectionFailure(f"connection failed ({action})")
+
+    def close(self) -> None:
+        pass
+
+
+_renderers: dict[str, AlwaysRenderer] = {}
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.integers(min_value=1, max_value=6), st.lists(st.sampled_from(ACTIONS), max_size=40))
+def test_any_schedule_of_faults_keeps_the_ledger_invariants(tmp_path: Path, subscribers: int, script: list[str]) -> None:
+    config = make_config(25, smtp={"max_retries": 2, "bounce_after": 0})
+    renderer = _renderers.setdefault("r", AlwaysRenderer(config))
+    emails = [f"s{n}@example.org" for n in range(subscribers)]
+    delivered: list[tuple[str, str]] = []
+    log: list[tuple[str, str]] = []
+    with tempfile.TemporaryDirectory(dir=tmp_path) as folder, Store.open(f"sqlite:///{folder}/db.sqlite3") as store:
+        add_active(store, *emails)
+        for _ in range(len(script) + 2):
+            send_digest(config, store, lambda: ScriptedTransport(script, delivered, log), DAY, make_collection(),
+                        lambda: T0, renderer=renderer, sleep=lambda s: None)
+            if not any(d.state in ("pending", "sending", "failed-temporary") for d in store.ledger(DAY)):
+                break
+        states = {d.email: d.state for d in store.ledger(DAY)}
+    assert set(states) == set(emails)
+    for email in emails:
+        got = [mid for rcpt, mid in delivered if rcpt == email]
+        actions = [action for rcpt, action in log if rcpt == email]
+        assert states[email] in ("sent", "failed-permanent")
+        assert actions.count("550") <= 1  # a 5xx is never retried
+        assert set(got) <= {message_id(DAY, email, "news.example.org")}  # one Message-ID whatever happens
+        if states[email] == "sent":
+            assert actions[-1] == "ok" and len(got) >= 1
+            assert len(got) - 1 == actions.count("lost-250")  # a duplicate only where a 250 was lost
+        else:
+            assert actions[-1] == "550" and len(got) == actions.count("lost-250")
