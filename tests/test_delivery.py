@@ -613,3 +613,39 @@ def test_any_schedule_of_faults_keeps_the_ledger_invariants(tmp_path: Path, subs
             assert len(got) - 1 == actions.count("lost-250")  # a duplicate only where a 250 was lost
         else:
             assert actions[-1] == "550" and len(got) == actions.count("lost-250")
+
+
+def test_the_send_command_shows_a_progress_bar_on_a_terminal(sink: Sink, port: int, tmp_path: Path) -> None:
+    import pty
+
+    db = f"sqlite:///{tmp_path}/var/finews.sqlite3"
+    config = tmp_path / "finews.toml"
+    write_config(config, port, db)
+    with Store.open(db) as store:
+        add_active(store, *(f"r{n}@example.org" for n in range(3)))
+    master, slave = pty.openpty()
+    env = {**os.environ, "FINEWS_SECRET_KEY": SECRET, "COLUMNS": "100"}
+    env.pop("FINEWS_CONFIG", None)
+    proc = subprocess.Popen([sys.executable, "-m", "finews_feeds", "--config", str(config), "--log-level", "ERROR",
+                             "digest", "--date", "2022-04-20", "--send", "--out", str(tmp_path / "out")],
+                            cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=slave, text=True)
+    os.close(slave)
+    terminal = b""
+    while True:
+        try:
+            chunk = os.read(master, 4096)
+        except OSError:  # EIO: the child closed the terminal
+            break
+        if not chunk:
+            break
+        terminal += chunk
+    out, _ = proc.communicate(timeout=120)
+    os.close(master)
+    assert proc.returncode == 0
+    assert out.splitlines()[-1] == "digest 2022-04-20: sent 3, skipped 0, retried 0, failed 0"
+    frames = [line.split(b"\x1b[?25l")[-1] for line in terminal.split(b"\r") if b"sending" in line]
+    assert [f.split(b"\x1b")[0].rstrip() for f in frames] == [
+        b"sending  [############------------------------]  1/3",
+        b"sending  [########################------------]  2/3",
+        b"sending  [####################################]  3/3",
+    ]
