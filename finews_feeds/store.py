@@ -418,11 +418,6 @@ class Store:
                 owner=owner, heartbeat_at=now, finished_at=None, attempts=runs.c.attempts + 1))
         return None
 
-    def heartbeat(self, day: date, owner: str, now: datetime | None = None) -> None:
-        with self._tx() as conn:
-            conn.execute(runs.update().where(and_(runs.c.day == day, runs.c.owner == owner))
-                         .values(heartbeat_at=_now(now)))
-
     def release_run(self, day: date, owner: str, now: datetime | None = None, finished: bool = True) -> None:
         """Give up the claim; ``finished`` records that the run went through its whole list."""
         now = _now(now)
@@ -523,6 +518,8 @@ class Store:
             else:
                 values = {"state": "skipped", "last_error": f"subscriber is {status}"}
             conn.execute(deliveries.update().where(_key(day, subscriber_id)).values(updated_at=now, **values))
+            # The claim's heartbeat, in a commit that happens anyway: a slow, rate-limited run stays fresh.
+            conn.execute(runs.update().where(runs.c.day == day, runs.c.owner.is_not(None)).values(heartbeat_at=now))
         return status
 
     def mark_sent(self, day: date, subscriber_id: int, now: datetime | None = None) -> None:
