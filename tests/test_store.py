@@ -248,3 +248,26 @@ def test_start_sending_checks_the_subscriber_in_the_same_commit(store: Store) ->
     assert store.start_sending(DAY, b, "<b@x>", T0) == "unsubscribed"
     assert [(d.state, d.message_id, d.last_error) for d in store.ledger(DAY)] == [
         ("sending", "<a@x>", ""), ("skipped", "", "subscriber is unsubscribed")]
+
+
+def test_an_older_schema_is_upgraded_step_by_step_keeping_its_data(url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    from finews_feeds import migrations
+
+    with Store.open(url) as old:
+        old.add_subscriber("a@example.org", confirmed=True, now=T0)
+    applied: list[int] = []
+
+    def v2(conn: object) -> None:
+        applied.append(2)
+        conn.execute(text("ALTER TABLE subscribers ADD COLUMN locale VARCHAR(20) DEFAULT 'zh-CN'"))  # type: ignore[attr-defined]
+
+    monkeypatch.setattr(migrations, "MIGRATIONS", [*migrations.MIGRATIONS, (2, v2)])
+    monkeypatch.setattr(migrations, "LATEST", 2)
+    with Store.open(url) as new:
+        assert [s.email for s in new.active_subscribers()] == ["a@example.org"]
+        with new.engine.connect() as conn:
+            assert conn.execute(text("SELECT version FROM finews_schema")).scalar() == 2
+            assert conn.execute(text("SELECT locale FROM subscribers")).scalar() == "zh-CN"
+    with Store.open(url):
+        pass
+    assert applied == [2]
