@@ -24,7 +24,7 @@ from finews_feeds.cache import (
     site_folder,
     to_columns,
 )
-from finews_feeds.collector import Entry, collect
+from finews_feeds.collector import Entry, collect, scan
 from finews_feeds.config import build_config
 from finews_feeds.models import Collection, Site
 from finews_feeds.site import resolve_site
@@ -318,3 +318,31 @@ def test_parallel_cold_parse_gives_the_same_collection(source: Path, tmp_path: P
     cache.forget()
     parallel = collect_cached(site_of(source), tmp_path / "parallel", NOW, workers=2)
     same(serial, parallel)
+
+
+def test_scanning_in_a_child_process_gives_the_same_columns(source: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(cache.threading, "active_count", lambda: 1)
+    site = site_of(source)
+    assert cache.scan_elsewhere(site)() == scan(site)
+
+
+def test_a_failed_child_scan_is_done_again_here(source: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    monkeypatch.setattr(cache.threading, "active_count", lambda: 1)
+    parent = os.getpid()
+
+    def only_here(site: Site) -> Any:
+        if os.getpid() != parent:
+            raise RuntimeError("the child fails")
+        return scan(site)
+
+    monkeypatch.setattr(cache, "scan", only_here)
+    site = site_of(source)
+    assert cache.scan_elsewhere(site)() == scan(site)
+    assert "scanning the site in a child process failed" in caplog.text
+
+
+def test_with_other_threads_running_the_scan_stays_in_this_process(source: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(cache.threading, "active_count", lambda: 3)
+    monkeypatch.setattr(cache.os, "fork", lambda: pytest.fail("forked with threads running"))
+    site = site_of(source)
+    assert cache.scan_elsewhere(site)() == scan(site)
