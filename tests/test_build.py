@@ -276,3 +276,11 @@ def test_build_command_reports_a_missing_site_with_exit_3(tmp_path: Path) -> Non
     config = _write_config(tmp_path, tmp_path / "missing")
     result = CliRunner().invoke(cli, ["--config", str(config), "build"])
     assert result.exit_code == 3
+
+
+def test_a_site_without_posts_still_gets_a_valid_empty_site_feed(tmp_path: Path) -> None:
+    site = tmp_path / "site"
+    (site / "_posts").mkdir(parents=True)
+    report = buildmod.run_build(config_for(site, tmp_path))
+    assert (report.posts, report.feeds, report.feeds_written) == (0, 1, 1)
+    assert check_every_file(tmp_path / "out") == {"rss.xml": [], "atom.xml": [], "feed.json": []}
