@@ -496,7 +496,9 @@ def render_feed(spec: FeedSpec, options: FeedOptions, entries: Sequence[EntryDat
 # --------------------------------------------------------------------------- listings
 
 
+@lru_cache(maxsize=1)
 def _template_env() -> jinja2.Environment:
+    # One per process: a daemon rebuilding every few minutes compiles the page template once.
     return jinja2.Environment(
         loader=jinja2.PackageLoader("finews_feeds", "templates/feeds"),
         autoescape=True,
