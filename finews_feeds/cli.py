@@ -86,13 +86,13 @@ def config_command(state: State) -> None:
 @handle_errors
 def check_command(state: State, site_dir: Path | None, as_json: bool) -> None:
     """Read the site's posts and report what was collected and every rejected file."""
-    from .collector import collect_site, summarize
+    from .collector import collect_site, summarize, write_json
 
     config = state.config(site={"source": str(site_dir) if site_dir else None})
     collection = collect_site(config)
     summary = summarize(collection)
     if as_json:
-        click.echo(json.dumps(summary, ensure_ascii=False, indent=2))
+        write_json(summary, sys.stdout)
     else:
         click.echo(f"posts: {len(summary['posts'])}")
         click.echo(f"dates: {summary['first_date']} .. {summary['last_date']}")
