@@ -674,3 +674,34 @@ def test_collect_never_raises_on_random_front_matter_and_bodies(tmp_path: Path, 
         collection.content(got)
         assert got.url.isascii() and " " not in got.url
         assert got.date.tzinfo == SHANGHAI
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    moment=st.datetimes(min_value=datetime(1971, 1, 2), max_value=datetime(2099, 12, 30)),
+    offset_minutes=st.integers(min_value=-12 * 60, max_value=14 * 60).map(lambda m: m - m % 15),
+    style=st.sampled_from(["{d} {t} {o}", "{d} {t} {oc}", "{d}T{t}{oc}", "{d}T{t}Z"]),
+)
+def test_parse_date_reads_every_accepted_format_back(moment: datetime, offset_minutes: int, style: str) -> None:
+    from datetime import timedelta, timezone
+
+    moment = moment.replace(microsecond=0)
+    zone = UTC if style.endswith("Z") else timezone(timedelta(minutes=offset_minutes))
+    sign = "-" if offset_minutes < 0 else "+"
+    hours, minutes = divmod(abs(offset_minutes), 60)
+    text = style.format(d=moment.strftime("%Y-%m-%d"), t=moment.strftime("%H:%M:%S"),
+                        o=f"{sign}{hours:02d}{minutes:02d}", oc=f"{sign}{hours:02d}:{minutes:02d}")
+    parsed = parse_date(text, SHANGHAI)
+    assert parsed == moment.replace(tzinfo=zone)
+    assert parsed.tzinfo == SHANGHAI
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.text(max_size=40))
+def test_parse_date_gives_a_date_or_a_value_error(text: str) -> None:
+    try:
+        parsed = parse_date(text, SHANGHAI)
+    except ValueError as exc:
+        assert str(exc)
+    else:
+        assert parsed.tzinfo == SHANGHAI
