@@ -74,6 +74,31 @@ def test_fast_path_matches_markdown_it_on_any_mix(parts: list[tuple[str, str]]) 
     assert render_markdown(body) == REFERENCE.render(body)
 
 
+TAIL_LINES = st.sampled_from(
+    ["<http://finews.zning.xyz/html_News/NewsShare.html?infoCode=NW1&a=b>",
+     "[返回财联社新闻](//finews.withounder.com/category/cailianshe.html)｜[返回首页](//finews.withounder.com/)",
+     "[x](javascript:alert)", "<javascript:alert(1)>", "<mailto:a@b.example>", "<HTTP://X.example/A>",
+     'text "q" \'a\' (p)', "1. item", "a  ", "[a](/b)", "[a]( /b)", "foo\nbar", "x [a](HTTPS://E.COM/Y) y",
+     "! [a](/b)", "[a](/b \"t\")", "a\\*b", "&amp; &", "\u3000全角空格", "[a](/b)(c)", "[a]", "[a]: /b", "<p>x</p>",
+     "- [a](/b)", "=== ", "---", "[a](/b%20c)", "<http://a.example/%41>", "[a](//b.example/c?d=e&f=g#h)", "a_b*c*",
+     "`code`", "<http://a.example/b c>", "[a\nb](/c)", "\t[a](/b)", "[[a]](/b)", "[a](<b>)", "~~s~~", "x ", " x"]
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(st.tuples(TAIL_LINES, st.sampled_from(["\n", "\n\n", "\n \n", "\n\u3000\n", ""])), max_size=6),
+       st.booleans())
+def test_fast_path_for_link_paragraphs_matches_markdown_it(parts: list[tuple[str, str]], lead: bool) -> None:
+    body = ("<p>正文</p>\n\n" if lead else "") + "".join(line + sep for line, sep in parts)
+    assert render_markdown(body) == REFERENCE.render(body)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(alphabet="ab 中[]()<>/:.!&*_\\`~#-=|\n\"'h:tps1", max_size=40))
+def test_fast_path_matches_markdown_it_on_any_short_text(body: str) -> None:
+    assert render_markdown(body) == REFERENCE.render(body)
+
+
 # ---------------------------------------------------------------- URLs
 
 
@@ -255,3 +280,12 @@ def test_html_to_text() -> None:
     assert html_to_text("<p>A&amp;B</p>  <b>c</b>") == "A&B c"
     assert html_to_text("plain  text") == "plain text"
     assert html_to_text("   ") == ""
+
+
+def test_finews_link_lines_take_the_fast_path() -> None:
+    from finews_feeds.markup import _render_simple_paragraphs
+
+    tail = ("<http://finews.zning.xyz/html_News/NewsShare.html?infoCode=NW1>\n\n"
+            "[返回财联社新闻](//finews.withounder.com/category/cailianshe.html)｜[返回首页](//finews.withounder.com/)\n")
+    assert _render_simple_paragraphs(tail) == REFERENCE.render(tail)
+    assert _render_simple_paragraphs("*em*\n") is None
