@@ -346,3 +346,67 @@ def test_with_other_threads_running_the_scan_stays_in_this_process(source: Path,
     monkeypatch.setattr(cache.os, "fork", lambda: pytest.fail("forked with threads running"))
     site = site_of(source)
     assert cache.scan_elsewhere(site)() == scan(site)
+
+
+def test_a_few_changes_go_to_the_journal_not_a_new_index(source: Path, tmp_path: Path, parsed: list[str]) -> None:
+    cold = run(source, tmp_path / "c")
+    folder = site_folder(tmp_path / "c", cold.site)
+    before = (folder / INDEX).read_bytes()
+    write(source, "_posts/2022-04-26-new.md", post("新"))
+    write(source, "_posts/2022-04-22-p2.md", post("改", "<p>改。</p>"))
+    (source / "_posts/2022-04-20-p0.md").unlink()
+    write(source, "_posts/2022-04-21-p1.md", "---\ntitle: [\n---\n")
+    changed = run(source, tmp_path / "c")
+    assert (folder / INDEX).read_bytes() == before
+    assert (folder / cache.JOURNAL).stat().st_size > 0
+    parsed.clear()
+    replayed = run(source, tmp_path / "c")
+    assert parsed == []
+    same(changed, replayed)
+    same(replayed, collect(site_of(source), None, NOW))
+    assert [p.title for p in replayed.posts] == ["新", "标题4", "标题3", "改"]
+    assert [e.path for e in replayed.errors] == ["_posts/2022-04-20-bad.md", "_posts/2022-04-21-p1.md"]
+
+
+def test_a_long_journal_is_folded_into_a_new_index(source: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(cache, "JOURNAL_LIMIT", 1)
+    cold = run(source, tmp_path / "c")
+    folder = site_folder(tmp_path / "c", cold.site)
+    write(source, "_posts/2022-04-26-a.md", post("甲"))
+    run(source, tmp_path / "c")
+    assert (folder / cache.JOURNAL).exists()
+    write(source, "_posts/2022-04-27-b.md", post("乙"))
+    folded = run(source, tmp_path / "c")
+    assert not (folder / cache.JOURNAL).exists()
+    index = load_index(folder, fingerprint(cold.site), cold.site.timezone)
+    assert index is not None and index.posts == folded.posts and index.posts[0].title == "乙"
+
+
+@pytest.mark.parametrize("damage", ["torn", "foreign"])
+def test_a_torn_or_foreign_journal_only_means_reading_those_files_again(
+    source: Path, tmp_path: Path, parsed: list[str], damage: str
+) -> None:
+    cold = run(source, tmp_path / "c")
+    folder = site_folder(tmp_path / "c", cold.site)
+    cold_index = load_index(folder, fingerprint(cold.site), cold.site.timezone)
+    assert cold_index is not None
+    write(source, "_posts/2022-04-26-a.md", post("甲"))
+    run(source, tmp_path / "c")
+    write(source, "_posts/2022-04-27-b.md", post("乙"))
+    run(source, tmp_path / "c")
+    journal = folder / cache.JOURNAL
+    raw = journal.read_bytes()
+    if damage == "torn":
+        journal.write_bytes(raw[:-3])
+    else:
+        save_index(folder, fingerprint(cold.site), cold_index)  # a new index: the journal names the old one
+        journal.write_bytes(raw)
+    parsed.clear()
+    again = run(source, tmp_path / "c")
+    assert sorted(parsed) == (["_posts/2022-04-27-b.md"] if damage == "torn"
+                              else ["_posts/2022-04-26-a.md", "_posts/2022-04-27-b.md"])
+    same(again, collect(site_of(source), None, NOW))
+    parsed.clear()
+    assert run(source, tmp_path / "c").posts == again.posts
+    assert parsed == []
+
