@@ -76,6 +76,98 @@ class _Handler(YAMLHandler):
 _HANDLER = _Handler()
 
 
+# Front matter as finews writes it (`key: value` lines, `key:` followed by `  - item` lines, plain
+# or quoted strings, `[a, b]` lists) is read here: PyYAML builds its objects in Python, a fifth of
+# a post's parse. Anything else (other YAML, a value YAML would read as a number, a bool, a date or null, a
+# character YAML treats specially) goes to PyYAML; a hypothesis test holds the two equal.
+_FM_KEY = re.compile(r"([A-Za-z_][A-Za-z0-9_]{0,100}):(?: +(.*))?")
+_FM_ITEM = re.compile(r"( +)- (.*)")
+#: Characters outside YAML's printable set, its extra line breaks (U+0085, U+2028, U+2029), the
+#: BOM and the tab: left to PyYAML.
+_FM_UNUSUAL = re.compile("[^\n\x20-\x7e\xa0-\u2027\u202a-\ud7ff\ue000-\ufefe\uff00-\ufffd\U00010000-\U0010ffff]")
+_FM_QUOTED = re.compile(r"\"([^\"\\]*)\"|'([^']*)'")
+#: A flow sequence of plain items without anything flow context reads specially.
+_FM_FLOW = re.compile(r"\[([^\[\]{},:#'\"]*(?:,[^\[\]{},:#'\"]*)*)\]")
+_PLAIN_INDICATORS = frozenset("-?:,[]{}#&*!|>'\"%@`")
+_STR_TAG = "tag:yaml.org,2002:str"
+
+
+@functools.lru_cache(maxsize=8192)  # keys, layouts, categories and tags repeat from post to post
+def _plain_string(value: str) -> bool:
+    """True when YAML reads ``value`` (one line, no trailing space) as this same plain string."""
+    if not value or value[0] in _PLAIN_INDICATORS or ": " in value or " #" in value or value[-1] == ":":
+        return False
+    resolvers = _Loader.yaml_implicit_resolvers
+    for tag, regexp in resolvers.get(value[0], []) + resolvers.get(None, []):
+        if regexp.match(value):
+            return bool(tag == _STR_TAG)
+    return True
+
+
+def _simple_value(value: str) -> str | list[str] | None:
+    """A scalar, or a flow sequence of plain strings (`[a, b]`); None when not that simple."""
+    if value[0] != "[":
+        return _simple_scalar(value)
+    flow = _FM_FLOW.fullmatch(value)
+    if flow is None:
+        return None
+    if value == "[]":
+        return []
+    items = [item.strip(" ") for item in flow.group(1).split(",")]
+    return items if all(map(_plain_string, items)) else None
+
+
+@functools.lru_cache(maxsize=8192)
+def _simple_scalar(value: str) -> str | None:
+    if value[:1] in ("'", '"'):
+        quoted = _FM_QUOTED.fullmatch(value)
+        if quoted is None:
+            return None
+        return quoted.group(1) if quoted.group(1) is not None else quoted.group(2)
+    return value if _plain_string(value) else None
+
+
+def _simple_front_matter(fm: str) -> dict[str, Any] | None:
+    """The front matter when it is only the simple shapes above, else None (ask PyYAML)."""
+    if _FM_UNUSUAL.search(fm):
+        return None
+    data: dict[str, Any] = {}
+    open_key: str | None = None  # a `key:` without value: a list may follow
+    items: list[str] | None = None
+    indent = ""
+    for line in fm.split("\n"):
+        if not line:
+            continue
+        line = line.rstrip(" ")
+        item = _FM_ITEM.fullmatch(line)
+        if item is not None:
+            if open_key is None or (items and item.group(1) != indent):
+                return None
+            value = _simple_scalar(item.group(2))
+            if value is None:
+                return None
+            if items is None:
+                items, indent = [], item.group(1)
+                data[open_key] = items
+            items.append(value)
+            continue
+        pair = _FM_KEY.fullmatch(line)
+        if pair is None or not _plain_string(pair.group(1)):
+            return None
+        key, raw = pair.group(1), pair.group(2)
+        if raw:
+            scalar_or_list = _simple_value(raw)
+            if scalar_or_list is None:
+                return None
+            data[key] = scalar_or_list
+            open_key = None
+        else:
+            data[key] = None
+            open_key = key
+        items = None
+    return data
+
+
 class Rejected(Exception):
     """Why a file is not a post, raised where the path is not known; :func:`parse_post` turns
     it into a :class:`~finews_feeds.errors.PostError` naming the file."""
@@ -205,46 +297,62 @@ def _optional_text(value: object) -> str | None:
 # ---------------------------------------------------------------- permalinks
 
 
+class _Parts(NamedTuple):
+    """What a permalink's placeholders are made of."""
+
+    categories: tuple[str, ...]
+    moment: datetime
+    slug: str
+    name: str
+    ext: str
+
+
+#: Placeholder values, computed only when a pattern uses them (three slugify and four strftime
+#: calls a post otherwise).
+_PERMALINK_VALUES: dict[str, Callable[[_Parts], str]] = {
+    "categories": lambda p: "/".join(dict.fromkeys(c.lower() for c in p.categories)),
+    "year": lambda p: f"{p.moment.year:04d}",
+    "month": lambda p: f"{p.moment.month:02d}",
+    "i_month": lambda p: str(p.moment.month),
+    "day": lambda p: f"{p.moment.day:02d}",
+    "i_day": lambda p: str(p.moment.day),
+    "short_year": lambda p: f"{p.moment.year % 100:02d}",
+    "hour": lambda p: f"{p.moment.hour:02d}",
+    "minute": lambda p: f"{p.moment.minute:02d}",
+    "second": lambda p: f"{p.moment.second:02d}",
+    "y_day": lambda p: f"{p.moment.timetuple().tm_yday:03d}",
+    "week": lambda p: f"{p.moment.isocalendar()[1]:02d}",
+    "short_day": lambda p: p.moment.strftime("%a"),
+    "long_day": lambda p: p.moment.strftime("%A"),
+    "short_month": lambda p: p.moment.strftime("%b"),
+    "long_month": lambda p: p.moment.strftime("%B"),
+    "title": lambda p: slugify(p.slug, "pretty", cased=True),
+    "slug": lambda p: slugify(p.slug),
+    "name": lambda p: slugify(p.name),
+    "output_ext": lambda p: ".html" if p.ext.lower() in MARKDOWN_EXTENSIONS else p.ext,
+    "collection": lambda p: "posts",
+}
+_SLASHES = re.compile(r"/{2,}")
+
+
 def permalink_of(pattern: str, *, categories: tuple[str, ...], moment: datetime, slug: str, name: str, ext: str) -> str:
     """Expand a Jekyll permalink pattern and sanitise it as Jekyll's ``URL#sanitize_url`` does;
     the result is percent-encoded."""
-    output_ext = ".html" if ext.lower() in MARKDOWN_EXTENSIONS else ext
-    values = {
-        "categories": "/".join(dict.fromkeys(c.lower() for c in categories)),
-        "year": f"{moment.year:04d}",
-        "month": f"{moment.month:02d}",
-        "i_month": str(moment.month),
-        "day": f"{moment.day:02d}",
-        "i_day": str(moment.day),
-        "short_year": f"{moment.year % 100:02d}",
-        "hour": f"{moment.hour:02d}",
-        "minute": f"{moment.minute:02d}",
-        "second": f"{moment.second:02d}",
-        "y_day": f"{moment.timetuple().tm_yday:03d}",
-        "week": f"{moment.isocalendar()[1]:02d}",
-        "short_day": moment.strftime("%a"),
-        "long_day": moment.strftime("%A"),
-        "short_month": moment.strftime("%b"),
-        "long_month": moment.strftime("%B"),
-        "title": slugify(slug, "pretty", cased=True),
-        "slug": slugify(slug),
-        "name": slugify(name),
-        "output_ext": output_ext,
-        "collection": "posts",
-    }
+    parts = _Parts(categories, moment, slug, name, ext)
 
     def replace(match: re.Match[str]) -> str:
         key = match.group(1)
         # Jekyll matches greedily, then lets `:title_` mean `:title` followed by `_`.
         for candidate in (key, key.rstrip("_")):
-            if candidate in values:
-                return values[candidate] + key[len(candidate) :]
+            value = _PERMALINK_VALUES.get(candidate)
+            if value is not None:
+                return value(parts) + key[len(candidate) :]
         return match.group(0)
 
     path = _PLACEHOLDER.sub(replace, pattern)
     path = "/" + path
     path = path.replace("..", "/").replace("./", "")
-    path = re.sub(r"/{2,}", "/", path)
+    path = _SLASHES.sub("/", path)
     return encode_path(path)
 
 
@@ -277,6 +385,9 @@ def split_front_matter(text: str) -> tuple[dict[str, Any], str]:
         fm, body = _HANDLER.split(text)
     except ValueError:
         raise Rejected("front matter is not closed: add a '---' line after it") from None
+    simple = _simple_front_matter(fm)
+    if simple is not None:
+        return simple, body
     try:
         data = _HANDLER.load(fm)
     except yaml.MarkedYAMLError as exc:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import html as html_lib
 import re
 import unicodedata
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
 from urllib.parse import quote, urljoin, urlsplit
@@ -91,13 +92,26 @@ def absolute_url(link: str, base: str) -> str:
         return link
     if link.startswith(("https://", "http://")) and link.isascii() and " " not in link:
         return link
+    if link.startswith("//") and base.startswith(("https://", "http://")) and base.isascii() and "[" not in base and "]" not in base:
+        # A network-path link takes only the base's scheme: finews posts repeat a few of them
+        # (the category and home links) in every post.
+        return _join_network_path(link, "https" if base.startswith("https:") else "http")
     scheme = urlsplit(link).scheme if ":" in link else ""
     if scheme and scheme not in ("http", "https"):
         return link  # mailto:, javascript:, data: ... (sanitising is the digest's business)
+    return _join(base, link)
+
+
+def _join(base: str, link: str) -> str:
     try:
         return encode_url(urljoin(base, link))
     except ValueError:  # e.g. an invalid IPv6 host: leave it as the author wrote it
         return link
+
+
+@lru_cache(maxsize=4096)
+def _join_network_path(link: str, scheme: str) -> str:
+    return _join(scheme + "://host/", link)
 
 
 @lru_cache(maxsize=1)
@@ -215,19 +229,54 @@ class Rendered:
     image: str | None  #: absolute URL of the first image
 
 
-def _parse_fragment(html: str) -> lxml.html.HtmlElement | None:
+# lxml.html's parser calls a Python class lookup for every element proxy it hands out (about a
+# fifth of a post's parse); the plain libxml2 HTML parser builds the same tree without it. The two
+# functions below are lxml.html.fragment_fromstring(create_parent="div") and lxml.html.tostring
+# over it, step for step.
+_HTML_PARSER = lxml.etree.HTMLParser()
+_LOOKS_LIKE_FULL_HTML: Callable[[str], object] = lxml.html._looks_like_full_html_unicode
+_DROP_META_CONTENT_TYPE: Callable[[str, str], str] = getattr(lxml.html, "__str_replace_meta_content_type")
+
+
+def _parse_fragment(html: str) -> lxml.etree._Element | None:
     if not html.strip():
         return None
     try:
-        return lxml.html.fragment_fromstring(html, create_parent="div")
+        return _fragment(html)
     except (lxml.etree.ParserError, ValueError):
         return None
 
 
-def _absolutise(root: lxml.html.HtmlElement, base: str) -> str | None:
-    """Rewrite every URL attribute in place; returns the first image's URL."""
+def _fragment(html: str) -> lxml.etree._Element:
+    if not _LOOKS_LIKE_FULL_HTML(html):
+        html = "<html><body>" + html + "</body></html>"
+    document = lxml.etree.fromstring(html, _HTML_PARSER)
+    if document is None:
+        raise lxml.etree.ParserError("Document is empty")
+    assert document.tag == "html"
+    bodies = [e for e in document if e.tag == "body"]
+    assert len(bodies) == 1, f"too many bodies: {bodies!r} in {html!r}"
+    body = bodies[0]
+    root = _HTML_PARSER.makeelement("div")  # in an HTML document, as lxml.html makes it
+    if body.text and body.text.strip():
+        root.text = body.text  # a control character from an entity raises ValueError here
+    root.extend(body)
+    return root
+
+
+def _serialize(root: lxml.etree._Element) -> str:
+    return _DROP_META_CONTENT_TYPE("", lxml.etree.tostring(root, method="html", encoding="unicode"))
+
+
+_URL_TAGS = tuple(_URL_ATTRIBUTES)
+_SRCSET = re.compile("srcset", re.IGNORECASE)
+
+
+def _absolutise(root: lxml.etree._Element, base: str, *, srcset: bool = True) -> str | None:
+    """Rewrite every URL attribute in place; returns the first image's URL. With ``srcset``
+    false (the source has no such attribute) only the elements that hold URLs are visited."""
     first_image: str | None = None
-    for element in root.iter():
+    for element in root.iter() if srcset else root.iter(*_URL_TAGS):
         tag = element.tag
         if not isinstance(tag, str):
             continue  # comments, processing instructions
@@ -237,14 +286,23 @@ def _absolutise(root: lxml.html.HtmlElement, base: str) -> str | None:
                 value = element.get(name)
                 if value is not None:
                     element.set(name, absolute_url(value, base))
-        srcset = element.get("srcset")
-        if srcset is not None:
-            element.set("srcset", _absolute_srcset(srcset, base))
+        if srcset:
+            candidates = element.get("srcset")
+            if candidates is not None:
+                element.set("srcset", _absolute_srcset(candidates, base))
         if first_image is None and tag == "img":
             src = element.get("src")
-            if src and urlsplit(src).scheme in ("http", "https"):
+            if src and _is_web_url(src):
                 first_image = src
     return first_image
+
+
+def _is_web_url(url: str) -> bool:
+    # urlsplit costs more than the rest of the loop; an ASCII http(s) URL without brackets (which
+    # urlsplit could reject) needs no parsing.
+    if url.startswith(("https://", "http://")) and url.isascii() and "[" not in url and "]" not in url:
+        return True
+    return urlsplit(url).scheme in ("http", "https")
 
 
 def _absolute_srcset(value: str, base: str) -> str:
@@ -257,7 +315,7 @@ def _absolute_srcset(value: str, base: str) -> str:
     return ", ".join(candidates)
 
 
-def _block_texts(root: lxml.html.HtmlElement) -> list[tuple[str, str, bool]]:
+def _block_texts(root: lxml.etree._Element) -> list[tuple[str, str, bool]]:
     """The body as (tag, text, links only) blocks, in order; loose inline content makes its own blocks."""
     blocks: list[tuple[str, str, bool]] = []
     inline: list[str] = []
@@ -273,48 +331,61 @@ def _block_texts(root: lxml.html.HtmlElement) -> list[tuple[str, str, bool]]:
     if root.text:
         inline.append(root.text)
     for child in root:
-        tag = child.tag if isinstance(child.tag, str) else ""
+        tag = child.tag
+        if not isinstance(tag, str):
+            tag = ""
         if tag in _BLOCKS:
             flush()
             text = _text_of(child)
             if text.strip():
-                blocks.append((tag, text, _only_links(text, [_text_of(a) for a in child.iter("a")])))
+                # A block without children holds no link (it is no `a` itself).
+                links = [_text_of(a) for a in child.iter("a")] if len(child) else []
+                blocks.append((tag, text, _only_links(text, links)))
         elif tag == "br":
             inline.append("\n")
         elif tag and tag not in _INVISIBLE:
             inline.append(_text_of(child))
             inline_links.extend(_text_of(a) for a in child.iter("a"))
-        if child.tail:
-            inline.append(child.tail)
+        tail = child.tail
+        if tail:
+            inline.append(tail)
     flush()
     return blocks
 
 
 _INVISIBLE = frozenset(("script", "style", "template", "noscript"))
+_SPACED = _BLOCKS | {"br"}
 
 
-def _text_of(element: lxml.html.HtmlElement) -> str:
+def _text_of(element: lxml.etree._Element) -> str:
     """Text content with a space where blocks and line breaks separate words; scripts left out."""
+    tag = element.tag
+    if not isinstance(tag, str) or tag in _INVISIBLE:
+        return ""
+    if not len(element):  # most elements: no recursion, no list
+        text = element.text or ""
+        return " " + text + " " if tag in _SPACED else text
     parts: list[str] = []
-
-    def visit(node: lxml.html.HtmlElement) -> None:
-        tag = node.tag if isinstance(node.tag, str) else None
-        if tag is None or tag in _INVISIBLE:
-            return
-        block = tag in _BLOCKS or tag == "br"
-        if block:
-            parts.append(" ")
-        if node.text:
-            parts.append(node.text)
-        for child in node:
-            visit(child)
-            if child.tail:
-                parts.append(child.tail)
-        if block:
-            parts.append(" ")
-
-    visit(element)
+    _visit(element, tag, parts)
     return "".join(parts)
+
+
+def _visit(node: lxml.etree._Element, tag: str, parts: list[str]) -> None:
+    block = tag in _SPACED
+    if block:
+        parts.append(" ")
+    text = node.text
+    if text:
+        parts.append(text)
+    for child in node:
+        child_tag = child.tag
+        if isinstance(child_tag, str) and child_tag not in _INVISIBLE:
+            _visit(child, child_tag, parts)
+        tail = child.tail
+        if tail:
+            parts.append(tail)
+    if block:
+        parts.append(" ")
 
 
 def _only_links(text: str, link_texts: list[str]) -> bool:
@@ -335,8 +406,8 @@ def render_body(body: str, base: str, *, markdown: bool = True) -> Rendered:
     root = _parse_fragment(html)
     if root is None:
         return Rendered(html="", text="", source=None, image=None)
-    image = _absolutise(root, base)
-    serialized = lxml.html.tostring(root, encoding="unicode")
+    image = _absolutise(root, base, srcset=_SRCSET.search(html) is not None)
+    serialized = _serialize(root)
     # Strip the <div> wrapper fragment_fromstring added.
     out = clean_text(serialized[5:-6]).strip() if serialized.startswith("<div>") else clean_text(serialized).strip()
 
@@ -404,8 +475,15 @@ def summarize_text(text: str, chars: int) -> str:
 
 
 _SLUG_KEEP_PRETTY = frozenset("._~!$&'()+,;=@")
+#: The ASCII characters slugify drops, per mode (pretty or not): in ASCII only A-Z, a-z and 0-9
+#: are letters, marks or decimal digits.
+_SLUG_ASCII_DROPPED = {
+    False: re.compile(r"[^A-Za-z0-9]+"),
+    True: re.compile(r"[^A-Za-z0-9._~!$&'()+,;=@]+"),
+}
 
 
+@lru_cache(maxsize=4096)
 def _keeps(char: str, pretty: bool) -> bool:
     category = unicodedata.category(char)
     return category[0] in "LM" or category == "Nd" or (pretty and char in _SLUG_KEEP_PRETTY)
@@ -415,6 +493,13 @@ def slugify(text: str, mode: str = "default", cased: bool = False) -> str:
     """Jekyll's ``Utils.slugify`` for the modes permalinks use: "default" keeps letters, marks and
     digits (Chinese included); "pretty" also keeps ``._~!$&'()+,;=@``; other runs become `-`."""
     pretty = mode == "pretty"
+    # In ASCII, runs of dropped characters become one `-`, none at either end (`-` is dropped).
+    slug = _SLUG_ASCII_DROPPED[pretty].sub("-", text).strip("-") if text.isascii() else _slugify_chars(text, pretty)
+    return slug if cased else slug.lower()
+
+
+def _slugify_chars(text: str, pretty: bool) -> str:
+    """:func:`slugify`'s rule character by character, for any text."""
     out: list[str] = []
     dash = False
     for char in text:
@@ -425,8 +510,7 @@ def slugify(text: str, mode: str = "default", cased: bool = False) -> str:
             out.append(char)
         else:
             dash = True
-    slug = "".join(out)
-    return slug if cased else slug.lower()
+    return "".join(out)
 
 
 def titleize(slug: str) -> str:

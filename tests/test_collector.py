@@ -705,3 +705,60 @@ def test_parse_date_gives_a_date_or_a_value_error(text: str) -> None:
         assert str(exc)
     else:
         assert parsed.tzinfo == SHANGHAI
+
+
+_FM_KEYS = st.sampled_from(["layout", "title", "tags", "categories", "date", "true", "on", "y", "null", "_x", "k1"])
+_FM_VALUES = st.lists(
+    st.sampled_from([
+        "post", "新闻", "2022-04-20 09:15:40 +0800", "2022-04-20", "12", "1:20", "0x1F", "5G", "1.5", ".inf", "~", "null",
+        "yes", "Off", "=", "<<", "-1", "- x", "a: b", "a:b", "a #c", "C#", "x:", "'q'", "'it''s'", '"d"', '"a\\"b"', '"#: "',
+        "''", '""', "\xa0", "\u3000", "\u2028", "\x85", "\ufeff", "\t", "\x07", " ", "|", ">", "!t", "&a", "*a", "[1]",
+        "{a: 1}", "%", "@", "`", "?", ",", "'", '"', "\\", "[a, b]", "[]", "[ ]", "[a,]", "[x: y]", "[1, 2]", "[a, [b]]",
+        "[ 新闻 ,5G ]", "[a #b]", "[-a]", "[yes]",
+    ]),
+    max_size=4,
+).map("".join)
+_FM_PLAIN = st.sampled_from(["post", "新闻 快讯", "2022-04-20 09:15:40 +0800", "5G", "C#", "a:b", "it's", "\xa0x", "'q'", '"d"', "[第一财经, 房地产]"])
+_FM_LINES = st.one_of(
+    # Mostly what finews writes, so most documents take the simple path ...
+    st.tuples(_FM_KEYS, st.just(": "), _FM_PLAIN).map("".join),
+    st.tuples(_FM_KEYS, st.sampled_from([":", ": "])).map("".join),
+    st.tuples(st.just("  - "), _FM_PLAIN).map("".join),
+    # ... and the rest is anything near it.
+    st.tuples(_FM_KEYS, st.sampled_from([": ", ":", ":  ", " : "]), _FM_VALUES).map("".join),
+    st.tuples(st.sampled_from(["  - ", "- ", " - ", "  -", "    - "]), _FM_VALUES).map("".join),
+    st.sampled_from(["", " ", "# c", "---", "  key: v"]),
+)
+
+
+_FM_NEAR_LINES = st.one_of(
+    st.tuples(_FM_KEYS, st.just(": "), _FM_PLAIN).map("".join),
+    st.tuples(_FM_KEYS, st.sampled_from([":", ": "])).map("".join),
+    st.tuples(st.just("  - "), _FM_PLAIN).map("".join),
+    st.tuples(_FM_KEYS, st.just(": "), _FM_VALUES).map("".join),
+    st.tuples(st.just("  - "), _FM_VALUES).map("".join),
+)
+
+
+@settings(max_examples=1500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.one_of(st.lists(_FM_LINES, max_size=8), st.lists(_FM_NEAR_LINES, max_size=5)))
+def test_simple_front_matter_reads_as_pyyaml_does(lines: list[str]) -> None:
+    from finews_feeds.collector import _Loader, _simple_front_matter
+
+    fm = "\n" + "\n".join(lines) + "\n"
+    ours = _simple_front_matter(fm)
+    if ours is None:
+        return  # left to PyYAML
+    assert ours == (yaml.load(fm, Loader=_Loader) or {})
+    assert all(type(v) in (str, list, type(None)) for v in ours.values())
+
+
+def test_finews_front_matter_takes_the_simple_path() -> None:
+    from finews_feeds.collector import _simple_front_matter
+
+    fm = '\nlayout: post\ntitle: "央行：降准 0.25 个百分点"\ndate: 2022-04-20 09:15:40 +0800\ncategories: \n  - cailianshe\ntags: \n  - 央行\n  - 降准\n'
+    assert _simple_front_matter(fm) == {
+        "layout": "post", "title": "央行：降准 0.25 个百分点", "date": "2022-04-20 09:15:40 +0800",
+        "categories": ["cailianshe"], "tags": ["央行", "降准"],
+    }
+    assert _simple_front_matter("\npublished: false\n") is None

@@ -289,3 +289,53 @@ def test_finews_link_lines_take_the_fast_path() -> None:
             "[返回财联社新闻](//finews.withounder.com/category/cailianshe.html)｜[返回首页](//finews.withounder.com/)\n")
     assert _render_simple_paragraphs(tail) == REFERENCE.render(tail)
     assert _render_simple_paragraphs("*em*\n") is None
+
+
+# ---------------------------------------------------------------- fast paths held equal to the slow ones
+
+_HTML_PIECES = st.sampled_from([
+    "<p>", "</p>", "<div>", "</div>", "<a href='/x'>", "</a>", "<br>", "<img src='a.jpg'>", "<script>x</script>",
+    "<!-- c -->", "<?pi x?>", "<h3>", "</h3>", "<center>", "</center>", "文字", "text", " ", "\n", "<html>", "<body>",
+    "</body>", "<head>", "<meta http-equiv='Content-Type' content='text/html'>", "<!doctype html>", "&amp;", "&#11;",
+    "&lt;", "<li>", "<table>", "<td>", "<title>t</title>",
+])
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(_HTML_PIECES, max_size=20))
+def test_fragment_parse_and_serialize_match_lxml_html(pieces: list[str]) -> None:
+    import lxml.etree
+    import lxml.html
+
+    from finews_feeds.markup import _parse_fragment, _serialize
+
+    html = "".join(pieces)
+
+    def reference() -> str | None:
+        try:
+            return lxml.html.tostring(lxml.html.fragment_fromstring(html, create_parent="div"), encoding="unicode")
+        except (lxml.etree.ParserError, ValueError):
+            return None
+        except AssertionError:
+            return "AssertionError"
+
+    try:
+        root = _parse_fragment(html)
+        ours = None if root is None else _serialize(root)
+    except AssertionError:
+        ours = "AssertionError"
+    assert ours == (reference() if html.strip() else None)
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.text(alphabet=st.characters(max_codepoint=127), max_size=40), st.sampled_from(["default", "pretty"]))
+def test_ascii_slugify_matches_the_rule_character_by_character(text: str, mode: str) -> None:
+    from finews_feeds.markup import _slugify_chars
+
+    assert slugify(text, mode, cased=True) == _slugify_chars(text, mode == "pretty")
+
+
+def test_network_path_links_take_the_base_scheme() -> None:
+    assert absolute_url("//h.example/a b", "http://s.example/x.html") == "http://h.example/a%20b"
+    assert absolute_url("//h.example/a", "https://s.example/x.html") == "https://h.example/a"
+    assert absolute_url("//h.example/a", "https://[bad/x.html") == "//h.example/a"
