@@ -283,9 +283,10 @@ def save_index(folder: Path, print_: str, index: Index) -> None:
 # foreign tail is dropped, never fatal.
 
 
-def append_journal(folder: Path, index: Index, touched: Iterable[str], new_posts: Sequence[Post]) -> None:
+def append_journal(folder: Path, index: Index, touched: Iterable[str], new_posts: Sequence[Post]) -> bool:
     """Record in the journal what ``touched`` paths now are in ``index`` (``new_posts``: the
-    posts among them); ``index`` must have been loaded from, or saved to, ``folder``."""
+    posts among them); ``index`` must have been loaded from, or saved to, ``folder``. False when
+    the journal there is no longer the one of ``index`` (another process wrote a new index)."""
     paths = sorted(touched)
     record = (
         index.token,
@@ -298,15 +299,19 @@ def append_journal(folder: Path, index: Index, touched: Iterable[str], new_posts
     fd = os.open(folder / JOURNAL, os.O_RDWR | os.O_CREAT, 0o644)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
-        # Another process may have appended or folded since this index was read: its records
-        # are dropped (its files are read again next run), never interleaved with this one.
-        if os.fstat(fd).st_size != index.journal_end:
+        size = os.fstat(fd).st_size
+        if size < index.journal_end:
+            return False
+        # Another process may have appended since this index was read: its records are
+        # dropped (its files are read again next run), never interleaved with this one.
+        if size != index.journal_end:
             os.ftruncate(fd, index.journal_end)
         os.lseek(fd, index.journal_end, os.SEEK_SET)
         written = os.write(fd, _RECORD.pack(len(data), zlib.crc32(data)) + data)
     finally:
         os.close(fd)
     index.journal_end += written
+    return True
 
 
 def _replay(folder: Path, index: Index, zone: tzinfo) -> None:
@@ -575,9 +580,7 @@ def collect_cached(site: Site, cache_dir: Path, now: datetime, workers: int | No
     index = Index(stats=current, posts=posts, others=others, token=old.token, journal_end=old.journal_end)
     if bodies is not None:
         try:
-            if journal:
-                append_journal(folder, index, stale, added)
-            else:
+            if not (journal and append_journal(folder, index, stale, added)):
                 save_index(folder, print_, index)
         except OSError as exc:
             log.warning("%s: cannot write the cache index (%s)", folder, exc)

@@ -410,3 +410,16 @@ def test_a_torn_or_foreign_journal_only_means_reading_those_files_again(
     assert run(source, tmp_path / "c").posts == again.posts
     assert parsed == []
 
+
+
+def test_a_journal_folded_by_another_process_gets_a_new_index_not_a_record(source: Path, tmp_path: Path) -> None:
+    cold = run(source, tmp_path / "c")
+    folder = site_folder(tmp_path / "c", cold.site)
+    write(source, "_posts/2022-04-26-a.md", post("甲"))
+    run(source, tmp_path / "c", memo=True)  # this process now holds an index with one journal record
+    (folder / cache.JOURNAL).unlink()  # as another process's fold leaves it
+    write(source, "_posts/2022-04-27-b.md", post("乙"))
+    held = run(source, tmp_path / "c", memo=True)
+    assert not (folder / cache.JOURNAL).exists()
+    index = load_index(folder, fingerprint(cold.site), cold.site.timezone)
+    assert index is not None and index.posts == held.posts and [p.title for p in held.posts[:2]] == ["乙", "甲"]
