@@ -71,6 +71,11 @@ def clean_line(text: str) -> str:
     return _SPACE.sub(" ", clean_text(text)).strip()
 
 
+def _collapse_spaces(text: str) -> str:
+    """:func:`clean_line` for text known to be clean."""
+    return _SPACE.sub(" ", text).strip()
+
+
 def encode_path(path: str) -> str:
     """Percent-encode a path as a URI does (Chinese -> %E4...); valid %XX escapes are kept."""
     parts = _ESCAPE.split(path)
@@ -141,6 +146,12 @@ def render_markdown(text: str) -> str:
     copied here without tokenizing them (markdown-it spends most of its time scanning their
     inline content for nothing); the rest goes through markdown-it. The output is the same.
     """
+    return _render_markdown(text)[0]
+
+
+def _render_markdown(text: str) -> tuple[str, bool]:
+    """:func:`render_markdown`, and whether markdown-it rendered part of it (else every character
+    of the output comes from ``text``)."""
     pos = 0
     out: list[str] = []
     while True:
@@ -157,10 +168,13 @@ def render_markdown(text: str) -> str:
         out.append(text[pos : blank.start()] + "\n")
         pos = blank.start() + 1
     rest = text[pos:]
+    by_markdown_it = False
     if rest.strip():
         simple = _render_simple_paragraphs(rest)
-        out.append(simple if simple is not None else _markdown().render(rest))
-    return "".join(out)
+        if simple is None:
+            simple, by_markdown_it = _markdown().render(rest), True
+        out.append(simple)
+    return "".join(out), by_markdown_it
 
 
 # The Markdown that follows the HTML of a finews post is a few one-line paragraphs of plain text,
@@ -233,24 +247,27 @@ class Rendered:
 # fifth of a post's parse); the plain libxml2 HTML parser builds the same tree without it. The two
 # functions below are lxml.html.fragment_fromstring(create_parent="div") and lxml.html.tostring
 # over it, step for step.
-_HTML_PARSER = lxml.etree.HTMLParser()
+# UTF-8 bytes parse faster than a str (which libxml2 would read as UTF-16 or UCS-4); the named
+# encoding also overrules any <meta charset> in the body, as it does for a str.
+_HTML_PARSER = lxml.etree.HTMLParser(encoding="utf-8")
 _LOOKS_LIKE_FULL_HTML: Callable[[str], object] = lxml.html._looks_like_full_html_unicode
 _DROP_META_CONTENT_TYPE: Callable[[str, str], str] = getattr(lxml.html, "__str_replace_meta_content_type")
 
 
-def _parse_fragment(html: str) -> lxml.etree._Element | None:
+def _parse_fragment(html: str, data: bytes | None = None) -> lxml.etree._Element | None:
+    """``html`` as a tree under a `<div>`; ``data``, when given, is ``html`` in UTF-8."""
     if not html.strip():
         return None
     try:
-        return _fragment(html)
+        return _fragment(html, html.encode("utf-8") if data is None else data)
     except (lxml.etree.ParserError, ValueError):
         return None
 
 
-def _fragment(html: str) -> lxml.etree._Element:
+def _fragment(html: str, data: bytes) -> lxml.etree._Element:
     if not _LOOKS_LIKE_FULL_HTML(html):
-        html = "<html><body>" + html + "</body></html>"
-    document = lxml.etree.fromstring(html, _HTML_PARSER)
+        data = b"<html><body>" + data + b"</body></html>"
+    document = lxml.etree.fromstring(data, _HTML_PARSER)
     if document is None:
         raise lxml.etree.ParserError("Document is empty")
     assert document.tag == "html"
@@ -269,7 +286,6 @@ def _serialize(root: lxml.etree._Element) -> str:
 
 
 _URL_TAGS = tuple(_URL_ATTRIBUTES)
-_SRCSET = re.compile("srcset", re.IGNORECASE)
 
 
 def _absolutise(root: lxml.etree._Element, base: str, *, srcset: bool = True) -> str | None:
@@ -335,12 +351,17 @@ def _block_texts(root: lxml.etree._Element) -> list[tuple[str, str, bool]]:
         if not isinstance(tag, str):
             tag = ""
         if tag in _BLOCKS:
-            flush()
-            text = _text_of(child)
-            if text.strip():
-                # A block without children holds no link (it is no `a` itself).
-                links = [_text_of(a) for a in child.iter("a")] if len(child) else []
-                blocks.append((tag, text, _only_links(text, links)))
+            if inline:
+                flush()
+            if len(child):
+                text = _text_of(child)
+                if text.strip():
+                    links = [_text_of(a) for a in child.iter("a")]
+                    blocks.append((tag, text, _only_links(text, links) if links else False))
+            else:  # most blocks: text only, and no link (a block is no `a` itself)
+                text = " " + (child.text or "") + " "
+                if text.strip():
+                    blocks.append((tag, text, False))
         elif tag == "br":
             inline.append("\n")
         elif tag and tag not in _INVISIBLE:
@@ -402,30 +423,41 @@ def render_body(body: str, base: str, *, markdown: bool = True) -> Rendered:
     """Render a post body (Markdown unless ``markdown`` is false: Jekyll passes `.html` posts
     through), make its URLs absolute against ``base`` (the post's URL), and derive the plain
     text, the source and the first image from the same tree."""
-    html = clean_text(render_markdown(clean_text(body)) if markdown else body)
-    root = _parse_fragment(html)
+    if markdown:
+        html, by_markdown_it = _render_markdown(clean_text(body))
+        if by_markdown_it:  # it decodes entities, which may name characters clean_text removes
+            html = clean_text(html)
+    else:
+        html = clean_text(body)
+    data = html.encode("utf-8")
+    root = _parse_fragment(html, data)
     if root is None:
         return Rendered(html="", text="", source=None, image=None)
-    image = _absolutise(root, base, srcset=_SRCSET.search(html) is not None)
+    # Only a numeric character reference (`&#11;`) can put back into the tree a character that
+    # clean_text removed; without one, the tree's text and its serialization are clean already.
+    references = "&#" in html
+    image = _absolutise(root, base, srcset=b"srcset" in data.lower())  # ASCII-only lower(): fast
     serialized = _serialize(root)
     # Strip the <div> wrapper fragment_fromstring added.
-    out = clean_text(serialized[5:-6]).strip() if serialized.startswith("<div>") else clean_text(serialized).strip()
+    out = serialized[5:-6] if serialized.startswith("<div>") else serialized
+    out = (clean_text(out) if references else out).strip()
 
-    blocks = _block_texts(root)
     source: str | None = None
     kept: list[tuple[str, str, bool]] = []
-    for tag, text, links_only in blocks:
-        match = _SOURCE.search(text)
-        if match:
-            source = source or clean_line(match.group(1)) or None
-            text = _SOURCE.sub("", text)
-            if not text.strip():
-                continue
+    for tag, text, links_only in _block_texts(root):
+        if "文章来源" in text:  # what _SOURCE needs, found without the regex
+            match = _SOURCE.search(text)
+            if match:
+                source = source or clean_line(match.group(1)) or None
+                text = _SOURCE.sub("", text)
+                if not text.strip():
+                    continue
         kept.append((tag, text, links_only))
     # The tail of a finews post is navigation: related links, the original's URL, "back" links.
     while kept and (kept[-1][2] or (kept[-1][0] in _HEADINGS)):
         kept.pop()
-    text = " ".join(clean_line(t) for _, t, _ in kept).strip()
+    line = clean_line if references else _collapse_spaces
+    text = " ".join([line(t) for _, t, _ in kept]).strip()
     return Rendered(html=out, text=text, source=source, image=image)
 
 

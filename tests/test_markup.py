@@ -297,11 +297,12 @@ _HTML_PIECES = st.sampled_from([
     "<p>", "</p>", "<div>", "</div>", "<a href='/x'>", "</a>", "<br>", "<img src='a.jpg'>", "<script>x</script>",
     "<!-- c -->", "<?pi x?>", "<h3>", "</h3>", "<center>", "</center>", "文字", "text", " ", "\n", "<html>", "<body>",
     "</body>", "<head>", "<meta http-equiv='Content-Type' content='text/html'>", "<!doctype html>", "&amp;", "&#11;",
-    "&lt;", "<li>", "<table>", "<td>", "<title>t</title>",
+    "&lt;", "<li>", "<table>", "<td>", "<title>t</title>", "<meta charset='gbk'>", "\u00e9", "\U0001f600",
+    "<meta http-equiv='Content-Type' content='text/html; charset=iso-8859-1'>", "<?xml version='1.0' encoding='gbk'?>",
 ])
 
 
-@settings(max_examples=400, deadline=None)
+@settings(max_examples=1000, deadline=None)
 @given(st.lists(_HTML_PIECES, max_size=20))
 def test_fragment_parse_and_serialize_match_lxml_html(pieces: list[str]) -> None:
     import lxml.etree
