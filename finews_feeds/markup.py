@@ -210,27 +210,36 @@ def _render_simple_paragraphs(text: str) -> str | None:
         if not previous_blank:
             return None  # two lines make one paragraph with a soft break: left to markdown-it
         previous_blank = False
-        if not _SIMPLE_LINE_START.match(line) or line != line.rstrip():
+        paragraph = _render_simple_line(line)
+        if paragraph is None:
             return None
-        if line.startswith("<") and any(opening.search(line) for opening, _closing, _ in HTML_SEQUENCES):
-            return None
-        parts: list[str] = []
-        pos = 0
-        for match in _SIMPLE_INLINE.finditer(line):
-            if match.start() != pos:
-                return None
-            pos = match.end()
-            if match.group("auto"):
-                url = _escape_html(match.group("url"))
-                parts.append(f'<a href="{url}">{url}</a>')
-            elif match.group("link"):
-                parts.append(f'<a href="{_escape_html(match.group("dest"))}">{_escape_html(match.group("label"))}</a>')
-            else:
-                parts.append(_escape_html(match.group("text")))
-        if pos != len(line):
-            return None
-        out.append("<p>" + "".join(parts) + "</p>\n")
+        out.append(paragraph)
     return "".join(out)
+
+
+@lru_cache(maxsize=4096)  # the "back to the category" lines repeat from post to post
+def _render_simple_line(line: str) -> str | None:
+    """One paragraph of plain text and links, or None when Markdown could read ``line`` otherwise."""
+    if not _SIMPLE_LINE_START.match(line) or line != line.rstrip():
+        return None
+    if line.startswith("<") and any(opening.search(line) for opening, _closing, _ in HTML_SEQUENCES):
+        return None
+    parts: list[str] = []
+    pos = 0
+    for match in _SIMPLE_INLINE.finditer(line):
+        if match.start() != pos:
+            return None
+        pos = match.end()
+        if match.group("auto"):
+            url = _escape_html(match.group("url"))
+            parts.append(f'<a href="{url}">{url}</a>')
+        elif match.group("link"):
+            parts.append(f'<a href="{_escape_html(match.group("dest"))}">{_escape_html(match.group("label"))}</a>')
+        else:
+            parts.append(_escape_html(match.group("text")))
+    if pos != len(line):
+        return None
+    return "<p>" + "".join(parts) + "</p>\n"
 
 
 @dataclass(frozen=True, slots=True)
