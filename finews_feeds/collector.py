@@ -76,98 +76,6 @@ class _Handler(YAMLHandler):
 _HANDLER = _Handler()
 
 
-# Front matter as finews writes it (`key: value` lines, `key:` followed by `  - item` lines, plain
-# or quoted strings, `[a, b]` lists) is read here: PyYAML builds its objects in Python, a fifth of
-# a post's parse. Anything else (other YAML, a value YAML would read as a number, a bool, a date or null, a
-# character YAML treats specially) goes to PyYAML; a hypothesis test holds the two equal.
-_FM_KEY = re.compile(r"([A-Za-z_][A-Za-z0-9_]{0,100}):(?: +(.*))?")
-_FM_ITEM = re.compile(r"( +)- (.*)")
-#: Characters outside YAML's printable set, its extra line breaks (U+0085, U+2028, U+2029), the
-#: BOM and the tab: left to PyYAML.
-_FM_UNUSUAL = re.compile("[^\n\x20-\x7e\xa0-\u2027\u202a-\ud7ff\ue000-\ufefe\uff00-\ufffd\U00010000-\U0010ffff]")
-_FM_QUOTED = re.compile(r"\"([^\"\\]*)\"|'([^']*)'")
-#: A flow sequence of plain items without anything flow context reads specially.
-_FM_FLOW = re.compile(r"\[([^\[\]{},:#'\"]*(?:,[^\[\]{},:#'\"]*)*)\]")
-_PLAIN_INDICATORS = frozenset("-?:,[]{}#&*!|>'\"%@`")
-_STR_TAG = "tag:yaml.org,2002:str"
-
-
-@functools.lru_cache(maxsize=8192)  # keys, layouts, categories and tags repeat from post to post
-def _plain_string(value: str) -> bool:
-    """True when YAML reads ``value`` (one line, no trailing space) as this same plain string."""
-    if not value or value[0] in _PLAIN_INDICATORS or ": " in value or " #" in value or value[-1] == ":":
-        return False
-    resolvers = _Loader.yaml_implicit_resolvers
-    for tag, regexp in resolvers.get(value[0], []) + resolvers.get(None, []):
-        if regexp.match(value):
-            return bool(tag == _STR_TAG)
-    return True
-
-
-def _simple_value(value: str) -> str | list[str] | None:
-    """A scalar, or a flow sequence of plain strings (`[a, b]`); None when not that simple."""
-    if value[0] != "[":
-        return _simple_scalar(value)
-    flow = _FM_FLOW.fullmatch(value)
-    if flow is None:
-        return None
-    if value == "[]":
-        return []
-    items = [item.strip(" ") for item in flow.group(1).split(",")]
-    return items if all(map(_plain_string, items)) else None
-
-
-@functools.lru_cache(maxsize=8192)
-def _simple_scalar(value: str) -> str | None:
-    if value[:1] in ("'", '"'):
-        quoted = _FM_QUOTED.fullmatch(value)
-        if quoted is None:
-            return None
-        return quoted.group(1) if quoted.group(1) is not None else quoted.group(2)
-    return value if _plain_string(value) else None
-
-
-def _simple_front_matter(fm: str) -> dict[str, Any] | None:
-    """The front matter when it is only the simple shapes above, else None (ask PyYAML)."""
-    if _FM_UNUSUAL.search(fm):
-        return None
-    data: dict[str, Any] = {}
-    open_key: str | None = None  # a `key:` without value: a list may follow
-    items: list[str] | None = None
-    indent = ""
-    for line in fm.split("\n"):
-        if not line:
-            continue
-        line = line.rstrip(" ")
-        item = _FM_ITEM.fullmatch(line)
-        if item is not None:
-            if open_key is None or (items and item.group(1) != indent):
-                return None
-            value = _simple_scalar(item.group(2))
-            if value is None:
-                return None
-            if items is None:
-                items, indent = [], item.group(1)
-                data[open_key] = items
-            items.append(value)
-            continue
-        pair = _FM_KEY.fullmatch(line)
-        if pair is None or not _plain_string(pair.group(1)):
-            return None
-        key, raw = pair.group(1), pair.group(2)
-        if raw:
-            scalar_or_list = _simple_value(raw)
-            if scalar_or_list is None:
-                return None
-            data[key] = scalar_or_list
-            open_key = None
-        else:
-            data[key] = None
-            open_key = key
-        items = None
-    return data
-
-
 class Rejected(Exception):
     """Why a file is not a post, raised where the path is not known; :func:`parse_post` turns
     it into a :class:`~finews_feeds.errors.PostError` naming the file."""
@@ -385,9 +293,6 @@ def split_front_matter(text: str) -> tuple[dict[str, Any], str]:
         fm, body = _HANDLER.split(text)
     except ValueError:
         raise Rejected("front matter is not closed: add a '---' line after it") from None
-    simple = _simple_front_matter(fm)
-    if simple is not None:
-        return simple, body
     try:
         data = _HANDLER.load(fm)
     except yaml.MarkedYAMLError as exc:
@@ -610,6 +515,9 @@ def read_entry(entry: Entry, site: Site) -> Parsed | FileError | None:
         return None
     except RecursionError:
         return FileError(entry.path, "front matter or body nested too deeply to read")
+    except Exception as exc:  # a bad post never stops the run, whatever a library raises on it
+        log.exception("%s: unexpected error while reading", entry.path)
+        return FileError(entry.path, f"cannot be read ({type(exc).__name__}: {exc}); please report this file")
 
 
 def sort_key(post: Post) -> tuple[float, str]:

@@ -279,9 +279,9 @@ def _fragment(html: str, data: bytes) -> lxml.etree._Element:
     document = lxml.etree.fromstring(data, _HTML_PARSER)
     if document is None:
         raise lxml.etree.ParserError("Document is empty")
-    assert document.tag == "html"
-    bodies = [e for e in document if e.tag == "body"]
-    assert len(bodies) == 1, f"too many bodies: {bodies!r} in {html!r}"
+    bodies = [e for e in document if e.tag == "body"] if document.tag == "html" else []
+    if len(bodies) != 1:  # e.g. a body that is only `<html>`: nothing to show (lxml.html asserts here)
+        raise lxml.etree.ParserError("no document body")
     body = bodies[0]
     root = _HTML_PARSER.makeelement("div")  # in an HTML document, as lxml.html makes it
     if body.text and body.text.strip():

@@ -318,13 +318,10 @@ def test_fragment_parse_and_serialize_match_lxml_html(pieces: list[str]) -> None
         except (lxml.etree.ParserError, ValueError):
             return None
         except AssertionError:
-            return "AssertionError"
+            return None  # lxml.html asserts on a body-less document; ours gives no fragment
 
-    try:
-        root = _parse_fragment(html)
-        ours = None if root is None else _serialize(root)
-    except AssertionError:
-        ours = "AssertionError"
+    root = _parse_fragment(html)
+    ours = None if root is None else _serialize(root)
     assert ours == (reference() if html.strip() else None)
 
 
