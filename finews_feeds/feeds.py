@@ -176,6 +176,16 @@ def _page_url(site: Site, pattern: str, slug: str) -> str:
     return site.url + "/" + join_url("", *path.lstrip("/").split("/")).lstrip("/")
 
 
+def _fill(post: Post, names: Iterable[str], open_names: set[str], buckets: dict[str, list[Post]], limit: int) -> None:
+    """Add ``post`` to the feeds of ``names`` that still have room; close those it fills."""
+    for name in names:
+        if name in open_names:
+            bucket = buckets[name]
+            bucket.append(post)
+            if len(bucket) >= limit:
+                open_names.discard(name)
+
+
 def plan_feeds(
     posts: Sequence[Post],
     site: Site,
@@ -205,18 +215,8 @@ def plan_feeds(
             if not open_cats and not open_tags:
                 break  # every feed is full: older posts cannot show anywhere
             continue
-        for name in cats:
-            if name in open_cats:
-                bucket = by_cat[name]
-                bucket.append(post)
-                if len(bucket) >= cat_limit:
-                    open_cats.discard(name)
-        for name in tags:
-            if name in open_tags:
-                bucket = by_tag[name]
-                bucket.append(post)
-                if len(bucket) >= tag_limit:
-                    open_tags.discard(name)
+        _fill(post, cats, open_cats, by_cat, cat_limit)
+        _fill(post, tags, open_tags, by_tag, tag_limit)
 
     cat_slugs = assign_slugs(by_cat, "category", previous_slugs.get("category"))
     tag_slugs = assign_slugs(by_tag, "tag", previous_slugs.get("tag"))
