@@ -15,6 +15,7 @@ import hashlib
 import logging
 import multiprocessing
 import os
+import threading
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -194,8 +195,10 @@ def render_all(work: Sequence[tuple[FeedSpec, list[Post]]], job: _Job, workers: 
         for spec, posts in work:
             yield renderer.run(spec, posts)
         return
-    # spawn, not fork: the daemon runs builds while its scheduler and web threads hold locks.
-    context = multiprocessing.get_context("spawn")
+    # fork when this is the only thread (the CLI): spawned workers import everything again
+    # (0.3 s each). Not in the daemon: forking while its scheduler and web threads hold locks
+    # can deadlock the child.
+    context = multiprocessing.get_context("fork" if threading.active_count() == 1 else "spawn")
     with concurrent.futures.ProcessPoolExecutor(count, mp_context=context, initializer=_init_worker,
                                                 initargs=(job.options, job.out_root, *portable)) as pool:
         for results in pool.map(_work, _batches(work, count)):
@@ -223,6 +226,7 @@ def _build(collection: Collection, config: Config, out: OutputDir, *, full: bool
     options = FeedOptions.from_config(collection.site, config.feeds)
     old = load_manifest(out)
     plan = feedmod.plan_feeds(collection.posts, collection.site, options, old.slugs)
+    _complete(plan, collection)
     sigs = signatures(plan, options)
 
     manifest = Manifest(options=options.fingerprint(), slugs=plan.slugs)
@@ -276,6 +280,16 @@ def _build(collection: Collection, config: Config, out: OutputDir, *, full: bool
     report.written.sort()
     report.seconds = time.perf_counter() - started
     return report
+
+
+def _complete(plan: FeedPlan, collection: Collection) -> None:
+    """Render the bodies of the posts the feeds show, if the collector left them for later."""
+    pending = {post.path: post for posts in plan.entries.values() for post in posts if not post.rendered}
+    if not pending:
+        return
+    done = {post.path: post for post in collection.complete(list(pending.values()))}
+    for key, posts in plan.entries.items():
+        plan.entries[key] = [done.get(post.path, post) for post in posts]
 
 
 def run_build(config: Config, *, full: bool = False, now: datetime | None = None, workers: int | None = None) -> BuildReport:

@@ -9,8 +9,9 @@ One folder per site under ``cache_dir`` holds
   run. Rewriting a 70 MB index because one post was added cost more than a second at 100,000
   posts; a record holds only the files that changed. Past :data:`JOURNAL_LIMIT` bytes the journal
   is folded into a new index;
-- ``bodies.sqlite3``: the rendered HTML of each post, zlib-compressed, read on demand by
-  :class:`CachedContent` so bodies never sit in memory.
+- ``bodies.sqlite3``: the rendered HTML of each post, as UTF-8, read on demand by
+  :class:`CachedContent` so bodies never sit in memory. Not compressed: zlib took a fifth of
+  the time of rendering a body, and only the bodies that were shown are stored.
 
 All are written atomically (a renamed temp file, a checksummed record, an SQLite transaction). Anything unreadable,
 from another version or for other settings is discarded and rebuilt, never fatal; when the cache
@@ -56,8 +57,8 @@ from .models import Collection, ContentSource, FileError, Post, Site
 
 log = logging.getLogger(__name__)
 
-#: Bump when the layout of the index changes.
-FORMAT = 5
+#: Bump when the layout of the index or the bodies file changes.
+FORMAT = 6
 INDEX = "index.marshal"
 JOURNAL = "journal.marshal"
 #: Fold the journal into a new index past this size (each run reads the whole journal).
@@ -67,6 +68,10 @@ JOURNAL_FILES = 2000
 BODIES = "bodies.sqlite3"
 #: Parse in worker processes from this many changed files on (below it, start-up costs more).
 PARALLEL_FROM = 1500
+#: From this many changed files on (a cold run), read posts up to their bodies only and render
+#: a body when a feed or digest first shows the post: feeds show a few thousand posts of a
+#: site of 100,000, and the body is two thirds of the cost of a post.
+LAZY_FROM = 1000
 _CHUNK = 256
 
 #: What a file gave: a post, a rejection, or None (unpublished).
@@ -401,8 +406,8 @@ class Bodies:
     def get(self, path: str, content_hash: str) -> str | None:
         try:
             row = self.connect().execute("SELECT html FROM bodies WHERE path = ? AND hash = ?", (path, content_hash)).fetchone()
-            return zlib.decompress(row[0]).decode("utf-8") if row else None
-        except (sqlite3.Error, zlib.error, UnicodeDecodeError) as exc:
+            return bytes(row[0]).decode("utf-8") if row else None
+        except (sqlite3.Error, UnicodeDecodeError) as exc:
             log.warning("%s: cannot read a cached body (%s)", self.path, exc)
             return None
 
@@ -442,11 +447,36 @@ class CachedContent:
 # ---------------------------------------------------------------- parsing
 
 
-def _pack(entry: Entry, site: Site) -> tuple[Entry, Outcome, bytes | None]:
-    result = read_entry(entry, site)
+def _pack(entry: Entry, site: Site, lazy: bool = False) -> tuple[Entry, Outcome, bytes | None]:
+    result = read_entry(entry, site, lazy=lazy)
     if isinstance(result, Parsed):
-        return entry, result.post, zlib.compress(result.html.encode("utf-8"), 1)
+        html = result.html.encode("utf-8") if result.post.rendered else None
+        return entry, result.post, html
     return entry, result, None
+
+
+def _finish_front(entry: Entry, post: Post, site: Site) -> tuple[Entry, Outcome, bytes | None]:
+    """:func:`_pack` for a file read up to its body into ``post``: unless it changed since
+    (its size or mtime), only its body is rendered."""
+    try:
+        with open(os.path.join(site.source, entry.path), "rb") as handle:
+            stat = os.fstat(handle.fileno())
+            raw = handle.read() if (stat.st_size, stat.st_mtime_ns) == (entry.size, entry.mtime_ns) else None
+    except OSError:
+        raw = None
+    if raw is None:
+        return _pack(entry, site)
+    try:
+        parsed = collector.finish_post(post, raw, site)
+    except Exception:  # whatever it is, the full parse reports it as that file's error
+        return _pack(entry, site)
+    return entry, parsed.post, parsed.html.encode("utf-8")
+
+
+def _pack_item(item: Entry | tuple[Entry, Post], site: Site, lazy: bool) -> tuple[Entry, Outcome, bytes | None]:
+    if isinstance(item, Entry):
+        return _pack(item, site, lazy)
+    return _finish_front(item[0], item[1], site)
 
 
 _WORKER_SITE: Site | None = None
@@ -457,27 +487,33 @@ def _init_worker(site: Site) -> None:
     _WORKER_SITE = site
 
 
-def _work(entries: Sequence[Entry]) -> list[tuple[Entry, Outcome, bytes | None]]:
+def _work(entries: Sequence[Entry | tuple[Entry, Post]], lazy: bool) -> list[tuple[Entry, Outcome, bytes | None]]:
     assert _WORKER_SITE is not None
-    return [_pack(entry, _WORKER_SITE) for entry in entries]
+    return [_pack_item(entry, _WORKER_SITE, lazy) for entry in entries]
 
 
-def parse_all(entries: Sequence[Entry], site: Site, workers: int | None = None) -> Iterator[tuple[Entry, Outcome, bytes | None]]:
-    """Parse files, in worker processes when there are many (results in any order)."""
+def parse_all(
+    entries: Sequence[Entry | tuple[Entry, Post]], site: Site, workers: int | None = None, *, lazy: bool = False
+) -> Iterator[tuple[Entry, Outcome, bytes | None]]:
+    """Parse files, in worker processes when there are many (results in any order); with
+    ``lazy``, up to their bodies only. An entry given with its post read up to its body
+    (``(entry, post)``) is finished: only its body is rendered."""
     count = workers if workers is not None else (os.cpu_count() or 1)
     if count < 2 or len(entries) < PARALLEL_FROM:
         for entry in entries:
-            yield _pack(entry, site)
+            yield _pack_item(entry, site, lazy)
         return
+    if hasattr(os, "fork") and threading.active_count() == 1:
+        yield from _parse_forked(entries, site, count, lazy)
+        return
+    # Forking a process with other threads running (the daemon's scheduler and web server) can
+    # deadlock the child: a pool of spawned workers then.
     chunks = [entries[i : i + _CHUNK] for i in range(0, len(entries), _CHUNK)]
-    # fork is cheapest, but forking a process with other threads running (the daemon's scheduler
-    # and web server) can deadlock the child: spawn then.
-    method = "fork" if threading.active_count() == 1 else "spawn"
     done = 0
     try:
-        context = multiprocessing.get_context(method)
+        context = multiprocessing.get_context("spawn")
         with concurrent.futures.ProcessPoolExecutor(count, mp_context=context, initializer=_init_worker, initargs=(site,)) as pool:
-            for batch in pool.map(_work, chunks):
+            for batch in pool.map(_work, chunks, repeat(lazy)):
                 yield from batch
                 done += 1
     except (concurrent.futures.process.BrokenProcessPool, OSError, RuntimeError) as exc:
@@ -485,7 +521,95 @@ def parse_all(entries: Sequence[Entry], site: Site, workers: int | None = None) 
         log.warning("parallel parse failed (%s); parsing in this process", exc.__class__.__name__)
         for chunk in chunks[done:]:
             for entry in chunk:
-                yield _pack(entry, site)
+                yield _pack_item(entry, site, lazy)
+
+
+def _parse_forked(
+    items: Sequence[Entry | tuple[Entry, Post]], site: Site, count: int, lazy: bool
+) -> Iterator[tuple[Entry, Outcome, bytes | None]]:
+    """:func:`parse_all` over ``count`` processes: this one and ``count - 1`` forked children,
+    each with an equal share. A child sends its results back in one piece, by column (see
+    :func:`to_columns`): unpickling 10,000 posts here would take a core from the parsing."""
+    parts = [items[i::count] for i in range(count)]
+    children: list[tuple[int, int, Sequence[Entry | tuple[Entry, Post]]]] = []
+    try:
+        for part in parts[1:]:
+            read_end, write_end = os.pipe()
+            try:
+                pid = os.fork()
+            except OSError:
+                os.close(read_end)
+                os.close(write_end)
+                children.append((-1, -1, part))
+                continue
+            if pid == 0:  # pragma: no cover - the child; coverage does not follow it
+                code = 1
+                try:
+                    os.close(read_end)
+                    data = _dump_results([_pack_item(item, site, lazy) for item in part])
+                    with os.fdopen(write_end, "wb") as out:
+                        out.write(data)
+                    code = 0
+                finally:
+                    os._exit(code)
+            os.close(write_end)
+            children.append((pid, read_end, part))
+        for item in parts[0]:
+            yield _pack_item(item, site, lazy)
+        while children:
+            pid, read_end, part = children.pop(0)
+            results = _child_results(pid, read_end, site.timezone)
+            if results is None:
+                log.warning("parsing in a child process failed; parsing its share here")
+                results = [_pack_item(item, site, lazy) for item in part]
+            yield from results
+    finally:
+        for pid, read_end, _ in children:  # only when the caller stopped early
+            if pid > 0:
+                os.close(read_end)
+                os.waitpid(pid, 0)
+
+
+def _child_results(pid: int, read_end: int, zone: tzinfo) -> list[tuple[Entry, Outcome, bytes | None]] | None:
+    if pid < 0:
+        return None
+    with os.fdopen(read_end, "rb") as pipe:
+        data = pipe.read()
+    _, status = os.waitpid(pid, 0)
+    if status != 0 or not data:
+        return None
+    try:
+        return _load_results(data, zone)
+    except (ValueError, EOFError, TypeError, IndexError) as exc:
+        log.warning("unreadable results from a child process (%s)", exc)
+        return None
+
+
+def _dump_results(results: Sequence[tuple[Entry, Outcome, bytes | None]]) -> bytes:
+    entries = tuple(tuple(entry) for entry, _, _ in results)
+    posts = [outcome for _, outcome, _ in results if isinstance(outcome, Post)]
+    # Per result: -1 unpublished, -2 rejected (its message follows), else nothing: the next post.
+    kinds = tuple(0 if isinstance(o, Post) else -2 if isinstance(o, FileError) else -1 for _, o, _ in results)
+    messages = tuple(o.message for _, o, _ in results if isinstance(o, FileError))
+    htmls = tuple(html for _, o, html in results if isinstance(o, Post))
+    return marshal.dumps((entries, kinds, messages, htmls, to_columns(posts)))  # type: ignore[arg-type]
+
+
+def _load_results(data: bytes, zone: tzinfo) -> list[tuple[Entry, Outcome, bytes | None]]:
+    entries, kinds, messages, htmls, columns = marshal.loads(data)
+    posts = iter(from_columns(columns, zone))
+    texts = iter(htmls)
+    notes = iter(messages)
+    out: list[tuple[Entry, Outcome, bytes | None]] = []
+    for raw, kind in zip(entries, kinds, strict=True):
+        entry = Entry(*raw)
+        if kind == 0:
+            out.append((entry, next(posts), next(texts)))
+        elif kind == -2:
+            out.append((entry, FileError(entry.path, next(notes)), None))
+        else:
+            out.append((entry, None, None))
+    return out
 
 
 # ---------------------------------------------------------------- collect
@@ -496,14 +620,15 @@ _MEMO: dict[str, tuple[str, Index]] = {}
 _MEMO_LOCK = threading.Lock()
 
 
-def _finish(site: Site, posts: list[Post], others: dict[str, str | None], now: datetime, content: ContentSource) -> Collection:
+def _finish(site: Site, posts: list[Post], others: dict[str, str | None], now: datetime, content: ContentSource,
+            completer: Completion | None = None) -> Collection:
     limit = now.timestamp()
     if not site.future and posts and posts[0].date.timestamp() > limit:  # newest first: only the head can be future
         posts = [p for p in posts if p.date.timestamp() <= limit]
     else:
         posts = list(posts)  # the caller's to change; the memo keeps its own
     errors = sorted((FileError(path, message) for path, message in others.items() if message is not None), key=lambda e: e.path)
-    return Collection(site=site, posts=posts, errors=errors, content=content)
+    return Collection(site=site, posts=posts, errors=errors, content=content, completer=completer)
 
 
 def collect_uncached(site: Site, now: datetime) -> Collection:
@@ -549,7 +674,8 @@ def collect_cached(site: Site, cache_dir: Path, now: datetime, workers: int | No
     if index is not None and not changed and not removed:
         # Nothing changed: the index is stored newest first, so not even a sort is needed.
         _remember(key, print_, index)
-        return _finish(site, index.posts, index.others, now, CachedContent(site, bodies))
+        return _finish(site, index.posts, index.others, now, CachedContent(site, bodies),
+                       Completion(site, folder, print_, index, bodies, workers))
 
     current = dict(old.stats)
     current.update((entry.path, (entry.size, entry.mtime_ns)) for entry in changed)
@@ -563,7 +689,8 @@ def collect_cached(site: Site, cache_dir: Path, now: datetime, workers: int | No
     rows: list[tuple[str, str, bytes]] = []
     gone = list(removed)
     added: list[Post] = []
-    for entry, outcome, html in parse_all(changed, site, workers):
+    lazy = bodies is not None and len(changed) >= LAZY_FROM
+    for entry, outcome, html in parse_all(changed, site, workers, lazy=lazy):
         if isinstance(outcome, Post):
             added.append(outcome)
             if html is not None:
@@ -589,7 +716,66 @@ def collect_cached(site: Site, cache_dir: Path, now: datetime, workers: int | No
         except OSError as exc:
             log.warning("%s: cannot write the cache index (%s)", folder, exc)
     _remember(key, print_, index)
-    return _finish(site, posts, others, now, CachedContent(site, bodies))
+    return _finish(site, posts, others, now, CachedContent(site, bodies),
+                   Completion(site, folder, print_, index, bodies, workers))
+
+
+class Completion:
+    """``Collection.completer`` of a cached collection: renders the bodies of posts read up to
+    their bodies only, stores them like any other (bodies file, index journal), and puts the
+    rendered posts in the index, so no later run renders them again."""
+
+    def __init__(self, site: Site, folder: Path, print_: str, index: Index, bodies: Bodies | None,
+                 workers: int | None) -> None:
+        self.site = site
+        self.folder = folder
+        self.print_ = print_
+        self.index = index
+        self.bodies: Bodies | None = bodies
+        self.workers = workers
+        self._lock = threading.Lock()  # a daemon's build and digest may complete at once
+
+    def __call__(self, posts: Sequence[Post]) -> list[Post]:
+        with self._lock:
+            done = self._render([post for post in posts if not post.rendered])
+        return [done.get(post.path, post) for post in posts]
+
+    def _render(self, pending: Sequence[Post]) -> dict[str, Post]:
+        index = self.index
+        done: dict[str, Post] = {}
+        if not pending:
+            return done
+        entries = [(Entry(post.path, *index.stats.get(post.path, (0, 0))), post) for post in pending]
+        rows: list[tuple[str, str, bytes]] = []
+        for entry, outcome, html in parse_all(entries, self.site, self.workers):
+            if isinstance(outcome, Post) and html is not None:
+                done[entry.path] = outcome
+                rows.append((entry.path, outcome.content_hash, html))
+            else:
+                # Changed or gone since it was read: the next run reads it again.
+                log.warning("%s: changed while being read; shown without its body this time", entry.path)
+        if not rows:
+            return done
+        if self.bodies is not None:
+            self.bodies = _write_bodies(self.bodies, rows, ())
+        if self.bodies is None:
+            return done  # not stored: its body is rendered again from the file when shown
+        rendered = {path: done[path] for path, _, _ in rows}
+        moved = False
+        posts = index.posts
+        for i, post in enumerate(posts):
+            new = rendered.get(post.path)
+            if new is not None:
+                moved = moved or new.date != post.date
+                posts[i] = new
+        if moved:
+            posts.sort(key=sort_key)
+        try:
+            if not (index.journal_end < JOURNAL_LIMIT and append_journal(self.folder, index, rendered, list(rendered.values()))):
+                save_index(self.folder, self.print_, index)
+        except OSError as exc:
+            log.warning("%s: cannot write the cache index (%s)", self.folder, exc)
+        return done
 
 
 Columns = tuple[list[str], list[int], list[int]]

@@ -357,7 +357,7 @@ def send_digest(
     sleep = sleep or _sleeper(stop)
     report = DeliveryReport(day=day)
     zone = ZoneInfo(config.digest.timezone) if config.digest.timezone else collection.site.timezone
-    posts = posts_of_day(collection.posts, day, zone)
+    posts = collection.complete(posts_of_day(collection.posts, day, zone))
     renderer = renderer or DigestRenderer(config, collection.site, collection.content)
 
     owner = new_owner()

@@ -599,7 +599,7 @@ def write_atomic(path: Path, data: str | bytes) -> None:
 def render_day(config: Config, day: date, collect: Callable[[Config], Collection]) -> tuple[Site, Variant | None]:
     """Collect the site and render the full (unselected) digest of ``day``."""
     collection = collect(config)
-    posts = posts_of_day(collection.posts, day, collection.site.timezone)
+    posts = collection.complete(posts_of_day(collection.posts, day, collection.site.timezone))
     renderer = DigestRenderer(config, collection.site, collection.content)
     return collection.site, renderer.render(day, posts, Selection())
 

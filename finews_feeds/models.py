@@ -7,6 +7,7 @@ cache), and only for the few posts a feed or a digest shows.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Protocol
@@ -58,13 +59,27 @@ class Post:
     source: str  #: `财联社` from `（文章来源：财联社）`, else the category's display name
     excerpt: str | None = None  #: front matter `excerpt` (plain text), if given
     description: str | None = None  #: front matter `description`, if given
-    content_hash: str = ""  #: digest of the rendered HTML, so a build can tell an edited post
+    #: digest of the rendered HTML, so a build can tell an edited post; "" while the body is
+    #: not rendered yet (see :attr:`rendered`)
+    content_hash: str = ""
+
+    @property
+    def rendered(self) -> bool:
+        """False for a post read up to its body only: its summary, image, source and content
+        hash are not known yet. :meth:`Collection.complete` gives the rendered post."""
+        return bool(self.content_hash)
 
 
 class ContentSource(Protocol):
     """Gives the rendered, absolutised HTML body of a post."""
 
     def __call__(self, post: Post) -> str: ...
+
+
+class Completer(Protocol):
+    """Renders the bodies of posts read up to their bodies only (see ``Post.rendered``)."""
+
+    def __call__(self, posts: Sequence[Post]) -> list[Post]: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,3 +98,13 @@ class Collection:
     posts: list[Post]
     errors: list[FileError]
     content: ContentSource
+    #: Renders bodies on demand: a cold collection of a large site reads only up to each body,
+    #: as feeds show a few thousand of 100,000 posts. None when every post is rendered.
+    completer: Completer | None = None
+
+    def complete(self, posts: Sequence[Post]) -> list[Post]:
+        """``posts`` (of this collection) with their bodies rendered, in the same order; call it
+        before showing a post's summary, image, source or content hash."""
+        if self.completer is None or all(post.rendered for post in posts):
+            return list(posts)
+        return self.completer(posts)

@@ -71,9 +71,9 @@ def parsed(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     seen: list[str] = []
     original = cache._pack
 
-    def counting(entry: Entry, site: Site) -> Any:
+    def counting(entry: Entry, site: Site, lazy: bool = False) -> Any:
         seen.append(entry.path)
-        return original(entry, site)
+        return original(entry, site, lazy)
 
     monkeypatch.setattr(cache, "_pack", counting)
     return seen
