@@ -9,24 +9,34 @@ over worker processes.
 
 from __future__ import annotations
 
+import bisect
 import concurrent.futures
+import dataclasses
 import gc
 import hashlib
 import logging
+import marshal
 import multiprocessing
 import os
 import threading
 import time
+from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
+from zoneinfo import ZoneInfo
 
 from . import feeds as feedmod
+from .collector import sort_key
 from .config import Config
 from .feeds import EntryData, FeedOptions, FeedPlan, FeedSpec
 from .models import Collection, ContentSource, FileError, Post, Site
 from .writer import FeedRecord, Manifest, OutputDir, load_manifest, save_manifest
+
+if TYPE_CHECKING:
+    from .cache import Changes
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +62,9 @@ class BuildReport:
     rejected: list[FileError] = field(default_factory=list)  #: files the collector rejected
     seconds: float = 0.0  #: the whole build
     collect_seconds: float = 0.0  #: of which reading the site
+    #: True when the build read only the posts added since the last one (see "rebuild after
+    #: new posts" below); False when it read the whole site.
+    quick: bool = False
     written: list[str] = field(default_factory=list)  #: relative paths written, sorted
 
     def exit_code(self, strict: bool = False) -> int:
@@ -227,8 +240,19 @@ def _build(collection: Collection, config: Config, out: OutputDir, *, full: bool
     old = load_manifest(out)
     plan = feedmod.plan_feeds(collection.posts, collection.site, options, old.slugs)
     _complete(plan, collection)
-    sigs = signatures(plan, options)
+    manifest = _write(plan, options, collection.content, out, old, report, full=full, workers=workers)
+    if collection.cursor is not None:
+        state = FeedState.of(plan, plan_key(collection.site, options), collection.cursor, manifest, collection.due)
+        save_state(out, state)
+    report.seconds = time.perf_counter() - started
+    return report
 
+
+def _write(plan: FeedPlan, options: FeedOptions, content: ContentSource, out: OutputDir, old: Manifest,
+           report: BuildReport, *, full: bool, workers: int | None) -> Manifest:
+    """Render and write what changed in ``plan`` since the build of ``old``, remove what is
+    gone, and save the new manifest (returned)."""
+    sigs = signatures(plan, options)
     manifest = Manifest(options=options.fingerprint(), slugs=plan.slugs)
     work: list[tuple[FeedSpec, list[Post]]] = []
     for spec in plan.specs:
@@ -242,7 +266,7 @@ def _build(collection: Collection, config: Config, out: OutputDir, *, full: bool
         else:
             work.append((spec, plan.entries[spec.key]))
 
-    job = _Job(options, str(out.root), collection.content)
+    job = _Job(options, str(out.root), content)
     for result in render_all(work, job, workers):
         report.files_written += len(result.written)
         report.files_unchanged += len(result.unchanged)
@@ -278,8 +302,154 @@ def _build(collection: Collection, config: Config, out: OutputDir, *, full: bool
 
     report.feeds = len(plan.specs)
     report.written.sort()
+    return manifest
+
+
+# --------------------------------------------------------------------------- rebuild after new posts
+#
+# A build keeps its plan (which posts each feed shows, how many each category and tag has, and
+# the shown posts themselves) next to the manifest, with the collector cache's cursor. The next
+# build asks the cache what changed since that cursor; when it is only new posts, the plan is
+# updated with them and no other post is read: on a site of 100,000 posts this is most of a
+# rebuild. Anything else (an edited or deleted post, a post coming due, other settings) reads
+# the whole site as before. Both ways end in :func:`feeds.assemble_plan` and :func:`_write`.
+
+STATE = ".finews-state.marshal"
+STATE_VERSION = 1
+
+
+def plan_key(site: Site, options: FeedOptions) -> str:
+    """Everything besides the posts that a plan depends on."""
+    text = repr((RENDER_VERSION, STATE_VERSION, dataclasses.astuple(site), options))
+    return hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=16).hexdigest()
+
+
+def _manifest_digest(data: bytes) -> str:
+    return hashlib.blake2b(data, digest_size=16).hexdigest()
+
+
+@dataclass(slots=True)
+class FeedState:
+    """The plan of the last build, as a build after new posts needs it."""
+
+    key: str  #: :func:`plan_key`
+    cursor: tuple[str, int, int]  #: the collector cache's cursor the plan was made at
+    manifest: str  #: digest of the manifest written with it (another build since: not valid)
+    due: float | None  #: POSIX time the earliest future post left out comes due
+    counts: dict[str, int]  #: feed key -> posts in its category or tag (the site's: all)
+    entries: dict[str, list[str]]  #: feed key -> paths of the posts it shows, in order
+    posts: list[Post]  #: every post some feed shows, rendered
+
+    @classmethod
+    def of(cls, plan: FeedPlan, key: str, cursor: tuple[str, int, int], manifest: Manifest,
+           due: datetime | None) -> FeedState:
+        shown = {post.path: post for posts in plan.entries.values() for post in posts}
+        return cls(key, tuple(cursor), _manifest_digest(manifest.to_json()),  # type: ignore[arg-type]
+                   due.timestamp() if due is not None else None, dict(plan.counts),
+                   {k: [p.path for p in posts] for k, posts in plan.entries.items()}, list(shown.values()))
+
+
+def save_state(out: OutputDir, state: FeedState) -> None:
+    from .cache import to_columns
+
+    # Version 2: without the references of later versions, which depend on reference counts,
+    # the same state gives the same bytes, and an unchanged state file is not written again.
+    data = marshal.dumps((STATE_VERSION, state.key, tuple(state.cursor), state.manifest, state.due, state.counts,
+                          state.entries, to_columns(state.posts)), 2)
+    out.write(STATE, data)
+
+
+def load_state(out: OutputDir, zone: ZoneInfo) -> FeedState | None:
+    """The state of the last build of ``out``, if it is still the one of its manifest."""
+    from .cache import from_columns
+    from .writer import MANIFEST
+
+    try:
+        version, key, cursor, manifest, due, counts, entries, columns = marshal.loads((out.root / STATE).read_bytes())
+        if version != STATE_VERSION or manifest != _manifest_digest((out.root / MANIFEST).read_bytes()):
+            return None
+        return FeedState(key, tuple(cursor), manifest, due, counts, entries, from_columns(columns, zone))
+    except (OSError, ValueError, EOFError, TypeError, OverflowError):
+        return None
+
+
+def _insert(bucket: list[Post], post: Post, limit: int) -> None:
+    """Put ``post`` in its place in ``bucket`` (the collector's order), cut at ``limit``."""
+    if limit <= 0:
+        return
+    bisect.insort(bucket, post, key=sort_key)
+    del bucket[limit:]
+
+
+def _build_added(state: FeedState, changes: Changes, site: Site, config: Config, out: OutputDir, now: datetime,
+                 workers: int | None) -> BuildReport | None:
+    """:func:`_build` for a site that only gained posts since ``state``; None when that is
+    not the case (the caller then reads the whole site)."""
+    started = time.perf_counter()
+    options = FeedOptions.from_config(site, config.feeds)
+    limit = now.timestamp()
+    if (changes.changed_posts or state.key != plan_key(site, options)
+            or (not site.future and state.due is not None and state.due <= limit)):
+        return None
+    by_path = {post.path: post for post in state.posts}
+    try:
+        buckets = {key: [by_path[path] for path in paths] for key, paths in state.entries.items()}
+    except KeyError:
+        return None
+    due = state.due
+    counts = Counter(state.counts)
+    for post in changes.added:
+        moment = post.date.timestamp()
+        if not site.future and moment > limit:
+            due = moment if due is None else min(due, moment)
+            continue
+        keys = [("site:", options.limit)]
+        keys += [(f"category:{name}", options.category_limit) for name in post.categories]
+        if options.tags:
+            keys += [(f"tag:{name}", options.tag_limit) for name in post.tags]
+        for key, most in keys:
+            counts[key] += 1
+            _insert(buckets.setdefault(key, []), post, most)
+
+    def named(kind: str) -> dict[str, list[Post]]:
+        prefix = f"{kind}:"
+        return {key[len(prefix):]: posts for key, posts in buckets.items() if key.startswith(prefix)}
+
+    def counted(kind: str) -> dict[str, int]:
+        prefix = f"{kind}:"
+        return {key[len(prefix):]: n for key, n in counts.items() if key.startswith(prefix)}
+
+    old = load_manifest(out)
+    plan = feedmod.assemble_plan(site, options, buckets.get("site:", []), counts["site:"], named("category"),
+                                 named("tag"), counted("category"), counted("tag"), old.slugs)
+    report = BuildReport(output=str(out.root), posts=counts["site:"], rejected=list(changes.errors), quick=True)
+    manifest = _write(plan, options, changes.content, out, old, report, full=False, workers=workers)
+    save_state(out, FeedState.of(plan, state.key, changes.cursor, manifest,
+                                 datetime.fromtimestamp(due, UTC) if due is not None else None))
     report.seconds = time.perf_counter() - started
     return report
+
+
+def _rebuild_added(config: Config, now: datetime, workers: int | None) -> BuildReport | None:
+    """The build of a site that only gained posts since the last build, else None."""
+    from .cache import Cursor, collect_changes
+    from .site import resolve_site
+
+    site = resolve_site(config)
+    out = OutputDir(output_folder(config))
+    with out.lock():
+        state = load_state(out, site.timezone)
+        if state is None:
+            return None
+        started = time.perf_counter()
+        changes = collect_changes(site, Path(config.site.cache_dir), Cursor(*state.cursor), workers)
+        if changes is None:
+            return None
+        collected = time.perf_counter() - started
+        report = _build_added(state, changes, site, config, out, now, workers)
+        if report is not None:
+            report.collect_seconds = collected
+        return report
 
 
 def _complete(plan: FeedPlan, collection: Collection) -> None:
@@ -297,7 +467,14 @@ def run_build(config: Config, *, full: bool = False, now: datetime | None = None
     from .collector import collect_site
 
     started = time.perf_counter()
-    collection = collect_site(config, now)
+    moment = now if now is not None else datetime.now(UTC)
+    if not full and config.site.cache_dir:
+        quick = _rebuild_added(config, moment, workers)
+        if quick is not None:
+            quick.seconds = time.perf_counter() - started
+            log.info("feeds built: %s", quick.summary())
+            return quick
+    collection = collect_site(config, moment)
     collected = time.perf_counter()
     # The 100,000 posts just loaded are not garbage: kept out of the collector's sight during
     # the build, each of its collections would otherwise walk them (a tenth of a rebuild).

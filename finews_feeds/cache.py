@@ -49,7 +49,7 @@ from datetime import datetime, tzinfo
 from itertools import compress, repeat
 from operator import attrgetter
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, NamedTuple
 
 from . import collector, markup
 from .collector import Entry, Parsed, read_entry, rerender, scan, sort_key, walk
@@ -58,7 +58,7 @@ from .models import Collection, ContentSource, FileError, Post, Site
 log = logging.getLogger(__name__)
 
 #: Bump when the layout of the index or the bodies file changes.
-FORMAT = 6
+FORMAT = 7
 INDEX = "index.marshal"
 JOURNAL = "journal.marshal"
 #: Fold the journal into a new index past this size (each run reads the whole journal).
@@ -184,6 +184,21 @@ class Index:
     token: str = dataclasses.field(default="", compare=False)
     #: Bytes of the journal that belong to this index (what follows is torn or foreign).
     journal_end: int = dataclasses.field(default=0, compare=False)
+    #: CRC-32 of the journal record that ends at ``journal_end`` (0 when there is none).
+    last_crc: int = dataclasses.field(default=0, compare=False)
+
+    @property
+    def cursor(self) -> Cursor:
+        return Cursor(self.token, self.journal_end, self.last_crc)
+
+
+class Cursor(NamedTuple):
+    """A point in the history of a cache: its index file and the journal up to a record. What
+    changed since a cursor is told by :func:`collect_changes`."""
+
+    token: str
+    journal_end: int
+    last_crc: int
 
 
 _LENGTH = struct.Struct("<Q")
@@ -281,7 +296,7 @@ def save_index(folder: Path, print_: str, index: Index) -> None:
     # Left behind (a crash right here), the old journal names the old token and is ignored.
     with contextlib.suppress(FileNotFoundError):
         os.unlink(folder / JOURNAL)
-    index.token, index.journal_end = token, 0
+    index.token, index.journal_end, index.last_crc = token, 0, 0
 
 
 # ---------------------------------------------------------------- journal
@@ -292,10 +307,13 @@ def save_index(folder: Path, print_: str, index: Index) -> None:
 # foreign tail is dropped, never fatal.
 
 
-def append_journal(folder: Path, index: Index, touched: Iterable[str], new_posts: Sequence[Post]) -> bool:
+def append_journal(folder: Path, index: Index, touched: Iterable[str], new_posts: Sequence[Post],
+                   rendered_only: bool = False) -> bool:
     """Record in the journal what ``touched`` paths now are in ``index`` (``new_posts``: the
     posts among them); ``index`` must have been loaded from, or saved to, ``folder``. False when
-    the journal there is no longer the one of ``index`` (another process wrote a new index)."""
+    the journal there is no longer the one of ``index`` (another process wrote a new index).
+    ``rendered_only``: the files did not change, only bodies were rendered (see
+    :class:`Completion`): :func:`collect_changes` does not count them as changes."""
     paths = sorted(touched)
     record = (
         index.token,
@@ -303,6 +321,7 @@ def append_journal(folder: Path, index: Index, touched: Iterable[str], new_posts
         tuple(index.stats.get(p) for p in paths),
         {p: index.others[p] for p in paths if p in index.others},
         to_columns(new_posts),
+        rendered_only,
     )
     data = marshal.dumps(record)
     fd = os.open(folder / JOURNAL, os.O_RDWR | os.O_CREAT, 0o644)
@@ -316,15 +335,28 @@ def append_journal(folder: Path, index: Index, touched: Iterable[str], new_posts
         if size != index.journal_end:
             os.ftruncate(fd, index.journal_end)
         os.lseek(fd, index.journal_end, os.SEEK_SET)
-        written = os.write(fd, _RECORD.pack(len(data), zlib.crc32(data)) + data)
+        crc = zlib.crc32(data)
+        written = os.write(fd, _RECORD.pack(len(data), crc) + data)
     finally:
         os.close(fd)
     index.journal_end += written
+    index.last_crc = crc
     return True
 
 
-def _replay(folder: Path, index: Index, zone: tzinfo) -> None:
-    """Apply the journal records of ``index`` to it, oldest first."""
+class _Record(NamedTuple):
+    end: int  #: offset just after the record
+    crc: int
+    paths: tuple[str, ...]
+    stats: tuple[tuple[int, int] | None, ...]
+    rejected: dict[str, str | None]
+    columns: list[tuple[Any, ...]]
+    rendered_only: bool
+
+
+def _records(folder: Path, token: str) -> Iterator[_Record]:
+    """The journal records of the index named ``token``, oldest first, up to the first torn,
+    foreign or inconsistent one."""
     try:
         raw = (folder / JOURNAL).read_bytes()
     except FileNotFoundError:
@@ -332,33 +364,43 @@ def _replay(folder: Path, index: Index, zone: tzinfo) -> None:
     except OSError as exc:
         log.warning("%s: unreadable cache journal (%s); reading its files again", folder, exc.strerror)
         return
-    state: dict[str, tuple[int, int] | None] = {}
-    others: dict[str, str | None] = {}
-    posts: dict[str, Post] = {}
     offset = 0
     while offset + _RECORD.size <= len(raw):
         size, crc = _RECORD.unpack_from(raw, offset)
         data = raw[offset + _RECORD.size : offset + _RECORD.size + size]
         if len(data) != size or zlib.crc32(data) != crc:
-            break
+            return
         try:
-            token, paths, stats, rejected, columns = marshal.loads(data)
-            if token != index.token:
-                break
-            if len(paths) != len(stats):
+            record_token, paths, stats, rejected, columns, rendered_only = marshal.loads(data)
+            if record_token != token:
+                return
+            if len(paths) != len(stats) or not isinstance(rejected, dict):
                 raise ValueError("columns of different lengths")
-            added = from_columns(columns, zone)
         except (ValueError, TypeError, EOFError, OverflowError) as exc:
             log.warning("%s: inconsistent cache journal (%s); reading its files again", folder, exc)
+            return
+        offset += _RECORD.size + size
+        yield _Record(offset, crc, paths, stats, rejected, columns, bool(rendered_only))
+
+
+def _replay(folder: Path, index: Index, zone: tzinfo) -> None:
+    """Apply the journal records of ``index`` to it, oldest first."""
+    state: dict[str, tuple[int, int] | None] = {}
+    others: dict[str, str | None] = {}
+    posts: dict[str, Post] = {}
+    for record in _records(folder, index.token):
+        try:
+            added = from_columns(record.columns, zone)
+        except (ValueError, TypeError, OverflowError) as exc:
+            log.warning("%s: inconsistent cache journal (%s); reading its files again", folder, exc)
             break
-        for path, stat in zip(paths, stats, strict=True):
-            state[path] = None if stat is None else tuple(stat)
+        for path, stat in zip(record.paths, record.stats, strict=True):
+            state[path] = None if stat is None else (stat[0], stat[1])
             others.pop(path, None)
             posts.pop(path, None)
-        others.update(rejected)
+        others.update(record.rejected)
         posts.update((post.path, post) for post in added)
-        offset += _RECORD.size + size
-    index.journal_end = offset
+        index.journal_end, index.last_crc = record.end, record.crc
     if not state:
         return
     for path, stat in state.items():
@@ -367,7 +409,17 @@ def _replay(folder: Path, index: Index, zone: tzinfo) -> None:
         if stat is not None:
             index.stats[path] = stat
     index.others.update(others)
-    kept = [post for post in index.posts if post.path not in state]
+    # A post rendered after it was read lazily comes back with the same date: it takes the old
+    # one's place, so thousands of them need no sort of the whole index.
+    kept: list[Post] = []
+    for post in index.posts:
+        if post.path in state:
+            again = posts.get(post.path)
+            if again is None or again.date != post.date:
+                continue
+            del posts[post.path]
+            post = again
+        kept.append(post)
     index.posts = insert_posts(kept, list(posts.values()))
 
 
@@ -621,14 +673,17 @@ _MEMO_LOCK = threading.Lock()
 
 
 def _finish(site: Site, posts: list[Post], others: dict[str, str | None], now: datetime, content: ContentSource,
-            completer: Completion | None = None) -> Collection:
+            completer: Completion | None = None, cursor: Cursor | None = None) -> Collection:
     limit = now.timestamp()
+    due: datetime | None = None
     if not site.future and posts and posts[0].date.timestamp() > limit:  # newest first: only the head can be future
+        due = min(p.date for p in posts if p.date.timestamp() > limit)
         posts = [p for p in posts if p.date.timestamp() <= limit]
     else:
         posts = list(posts)  # the caller's to change; the memo keeps its own
     errors = sorted((FileError(path, message) for path, message in others.items() if message is not None), key=lambda e: e.path)
-    return Collection(site=site, posts=posts, errors=errors, content=content, completer=completer)
+    return Collection(site=site, posts=posts, errors=errors, content=content, completer=completer, cursor=cursor,
+                      due=due)
 
 
 def collect_uncached(site: Site, now: datetime) -> Collection:
@@ -675,7 +730,7 @@ def collect_cached(site: Site, cache_dir: Path, now: datetime, workers: int | No
         # Nothing changed: the index is stored newest first, so not even a sort is needed.
         _remember(key, print_, index)
         return _finish(site, index.posts, index.others, now, CachedContent(site, bodies),
-                       Completion(site, folder, print_, index, bodies, workers))
+                       Completion(site, folder, print_, index, bodies, workers), index.cursor)
 
     current = dict(old.stats)
     current.update((entry.path, (entry.size, entry.mtime_ns)) for entry in changed)
@@ -717,7 +772,7 @@ def collect_cached(site: Site, cache_dir: Path, now: datetime, workers: int | No
             log.warning("%s: cannot write the cache index (%s)", folder, exc)
     _remember(key, print_, index)
     return _finish(site, posts, others, now, CachedContent(site, bodies),
-                   Completion(site, folder, print_, index, bodies, workers))
+                   Completion(site, folder, print_, index, bodies, workers), index.cursor if bodies is not None else None)
 
 
 class Completion:
@@ -747,19 +802,31 @@ class Completion:
             return done
         entries = [(Entry(post.path, *index.stats.get(post.path, (0, 0))), post) for post in pending]
         rows: list[tuple[str, str, bytes]] = []
+        failed: dict[str, str | None] = {}
         for entry, outcome, html in parse_all(entries, self.site, self.workers):
             if isinstance(outcome, Post) and html is not None:
                 done[entry.path] = outcome
                 rows.append((entry.path, outcome.content_hash, html))
             else:
-                # Changed or gone since it was read: the next run reads it again.
-                log.warning("%s: changed while being read; shown without its body this time", entry.path)
-        if not rows:
-            return done
+                # Rejected or unpublished when read in full (or changed meanwhile): shown
+                # without its body this time, and no longer a post from the next run on.
+                message = outcome.message if isinstance(outcome, FileError) else None
+                log.warning("%s: %s", entry.path, message or "no longer published")
+                failed[entry.path] = message
         if self.bodies is not None:
-            self.bodies = _write_bodies(self.bodies, rows, ())
+            self.bodies = _write_bodies(self.bodies, rows, failed)
         if self.bodies is None:
             return done  # not stored: its body is rendered again from the file when shown
+        if failed:
+            index.posts = [post for post in index.posts if post.path not in failed]
+            index.others.update(failed)
+            try:
+                if not append_journal(self.folder, index, failed, []):
+                    save_index(self.folder, self.print_, index)
+            except OSError as exc:
+                log.warning("%s: cannot write the cache index (%s)", self.folder, exc)
+        if not rows:
+            return done
         rendered = {path: done[path] for path, _, _ in rows}
         moved = False
         posts = index.posts
@@ -771,22 +838,177 @@ class Completion:
         if moved:
             posts.sort(key=sort_key)
         try:
-            if not (index.journal_end < JOURNAL_LIMIT and append_journal(self.folder, index, rendered, list(rendered.values()))):
+            if not (index.journal_end < JOURNAL_LIMIT
+                    and append_journal(self.folder, index, rendered, list(rendered.values()), rendered_only=True)):
                 save_index(self.folder, self.print_, index)
         except OSError as exc:
             log.warning("%s: cannot write the cache index (%s)", self.folder, exc)
         return done
 
 
+@dataclasses.dataclass
+class Changes:
+    """What changed in a site since a :class:`Cursor`, from :func:`collect_changes`."""
+
+    added: list[Post]  #: posts whose files were not posts at the cursor, newest first
+    #: whether a file that was a post at the cursor changed or went (its old post, unknown
+    #: here, may be in feeds: the caller must read every post again)
+    changed_posts: bool
+    errors: list[FileError]  #: every file rejected now
+    cursor: Cursor  #: where the cache stands now
+    content: ContentSource
+
+
+def collect_changes(site: Site, cache_dir: Path, since: Cursor, workers: int | None = None) -> Changes | None:
+    """What changed in the site since ``since``, reading only the files that changed and
+    without loading the posts of the index: a rebuild after one new post on a site of 100,000
+    posts then costs the stat of every file and little more. Records this run's changes in
+    the cache like :func:`collect_cached`. None when the cache cannot tell (another index was
+    written since, or the changes are too many for the journal): read the whole site then."""
+    # As in load_index: the columns loaded are not garbage, and collections on the way would
+    # walk them again and again.
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        return _collect_changes(site, cache_dir, since, workers)
+    finally:
+        gc.freeze()
+        gc.unfreeze()
+        if enabled:
+            gc.enable()
+
+
+def _collect_changes(site: Site, cache_dir: Path, since: Cursor, workers: int | None) -> Changes | None:
+    folder = site_folder(cache_dir, site)
+    print_ = fingerprint(site)
+    with _MEMO_LOCK:  # its journal position would be stale after this run's record
+        _MEMO.pop(os.path.abspath(folder), None)
+    # Stat'ing 100,000 files is most of this run: shared with a child, while this process
+    # reads the index's file list first.
+    scanning = scan_elsewhere(site, share=True)
+    light = _load_light(folder, print_)
+    history = _history(folder, light, since, site.timezone) if light is not None else None
+    paths, sizes, mtimes = scanning()
+    if light is None or history is None:
+        return None
+    touched, posts_since = history
+    old = light.stats
+    differ = list(map(operator.ne, map(old.get, paths), zip(sizes, mtimes, strict=True)))
+    changed = list(map(Entry, compress(paths, differ), compress(sizes, differ), compress(mtimes, differ)))
+    seen = len(paths) - sum(1 for entry in changed if entry.path not in old)
+    removed = set() if seen == len(old) else old.keys() - set(paths)
+    if len(changed) + len(removed) >= JOURNAL_FILES or light.journal_end >= JOURNAL_LIMIT:
+        return None
+    # Whether each path was a post at the cursor: as it is now, unless it changed since.
+    for path in [entry.path for entry in changed] + list(removed):
+        touched.setdefault(path, path in old and path not in light.others)
+    bodies = _open_bodies(folder, fresh=False) if changed or removed else None
+    rows: list[tuple[str, str, bytes]] = []
+    gone = list(removed)
+    added: list[Post] = []
+    for path in removed:
+        del old[path]
+        light.others.pop(path, None)
+        posts_since.pop(path, None)
+    for entry, outcome, html in parse_all(changed, site, workers):
+        old[entry.path] = (entry.size, entry.mtime_ns)
+        light.others.pop(entry.path, None)
+        posts_since.pop(entry.path, None)
+        if isinstance(outcome, Post):
+            added.append(outcome)
+            posts_since[entry.path] = outcome
+            if html is not None:
+                rows.append((entry.path, outcome.content_hash, html))
+        else:
+            if isinstance(outcome, FileError):
+                log.warning("%s: %s", outcome.path, outcome.message)
+            light.others[entry.path] = outcome.message if isinstance(outcome, FileError) else None
+            gone.append(entry.path)
+    if bodies is not None:
+        bodies = _write_bodies(bodies, rows, gone)
+        try:
+            if bodies is None or not append_journal(folder, light, [e.path for e in changed] + list(removed), added):
+                return None
+        except OSError as exc:
+            log.warning("%s: cannot write the cache index (%s)", folder, exc)
+            return None
+    errors = sorted((FileError(path, message) for path, message in light.others.items() if message is not None),
+                    key=lambda e: e.path)
+    new = sorted((posts_since[path] for path, was_post in touched.items() if not was_post and path in posts_since),
+                 key=sort_key)
+    return Changes(added=new, changed_posts=any(touched.values()), errors=errors, cursor=light.cursor,
+                   content=CachedContent(site, bodies if bodies is not None else _open_bodies(folder, fresh=False)))
+
+
+def _load_light(folder: Path, expected: str) -> Index | None:
+    """The index of ``folder`` without its posts (its files' sizes and mtimes, its rejected
+    and unpublished files), if it was written by this code for these settings."""
+    path = folder / INDEX
+    try:
+        with open(path, "rb") as handle:
+            header = _read_record(handle)
+            if not (isinstance(header, tuple) and len(header) == 4 and header[0] == FORMAT and header[1] == expected):
+                return None
+            count, token = header[2], header[3]
+            paths, sizes, mtimes, others = (_read_record(handle) for _ in range(4))
+        if not (len(paths) == len(sizes) == len(mtimes) == count + len(others)):
+            return None
+        return Index(stats=dict(zip(paths, zip(sizes, mtimes, strict=True), strict=True)), posts=[],
+                     others=dict(zip(paths[count:], others, strict=True)), token=str(token))
+    except FileNotFoundError:
+        return None
+    except Exception as exc:  # a corrupt cache must never stop a run; the full read rebuilds it
+        log.info("%s: unreadable cache index (%s)", path, exc.__class__.__name__)
+        return None
+
+
+def _history(folder: Path, index: Index, since: Cursor, zone: tzinfo) -> tuple[dict[str, bool], dict[str, Post]] | None:
+    """Replay the journal onto ``index`` (sizes, mtimes and rejections only) and tell what
+    changed after ``since``: each path changed since, with whether it was a post at the cursor,
+    and the posts those paths are now. None when ``since`` is not a point of this journal."""
+    if since.token != index.token:
+        return None
+    touched: dict[str, bool] = {}
+    posts: dict[str, Post] = {}
+    at_cursor = since.journal_end == 0 and since.last_crc == 0
+    for record in _records(folder, index.token):
+        after = at_cursor
+        if after and not record.rendered_only:
+            for path in record.paths:
+                touched.setdefault(path, path in index.stats and path not in index.others)
+                posts.pop(path, None)
+        if after and (not record.rendered_only or any(path in posts or path in touched for path in record.paths)):
+            for post in from_columns(record.columns, zone):
+                if not record.rendered_only or post.path in touched:
+                    posts[post.path] = post
+        for path, stat in zip(record.paths, record.stats, strict=True):
+            index.others.pop(path, None)
+            if stat is None:
+                index.stats.pop(path, None)
+            else:
+                index.stats[path] = (stat[0], stat[1])
+        index.others.update(record.rejected)
+        index.journal_end, index.last_crc = record.end, record.crc
+        if record.end == since.journal_end:
+            if record.crc != since.last_crc:
+                return None
+            at_cursor = True
+    if not at_cursor:
+        return None
+    return touched, posts
+
+
 Columns = tuple[list[str], list[int], list[int]]
 
 
-def scan_elsewhere(site: Site) -> Callable[[], Columns]:
+def scan_elsewhere(site: Site, share: bool = False) -> Callable[[], Columns]:
     """Start :func:`~finews_feeds.collector.scan` in a forked child; the returned function
-    gives its result (or scans here, when forking is unsafe or the child failed)."""
+    gives its result (or scans here, when forking is unsafe or the child failed). With
+    ``share``, the child scans half the files and the returned function the other half."""
     if not hasattr(os, "fork") or threading.active_count() != 1:
         # Forking a process with other threads running (a daemon) can deadlock the child.
         return lambda: scan(site)
+    part, parts = (1, 2) if share else (0, 1)
     read_end, write_end = os.pipe()
     try:
         pid = os.fork()
@@ -798,7 +1020,7 @@ def scan_elsewhere(site: Site) -> Callable[[], Columns]:
         code = 1
         try:
             os.close(read_end)
-            data = marshal.dumps(scan(site))
+            data = marshal.dumps(scan(site, part, parts))
             with os.fdopen(write_end, "wb") as out:
                 out.write(data)
             code = 0
@@ -807,12 +1029,15 @@ def scan_elsewhere(site: Site) -> Callable[[], Columns]:
     os.close(write_end)
 
     def result() -> Columns:
+        mine = scan(site, 0, parts) if share else None
         with os.fdopen(read_end, "rb") as pipe:
             data = pipe.read()
         _, status = os.waitpid(pid, 0)
         if status == 0 and data:
             with contextlib.suppress(ValueError, EOFError, TypeError):
                 paths, sizes, mtimes = marshal.loads(data)
+                if mine is not None:
+                    return mine[0] + paths, mine[1] + sizes, mine[2] + mtimes
                 return paths, sizes, mtimes
         log.warning("scanning the site in a child process failed; scanning here")
         return scan(site)

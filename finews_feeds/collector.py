@@ -489,11 +489,13 @@ def _post_names(extensions: tuple[str, ...]) -> re.Pattern[str]:
     return re.compile(rf"(?<![^\x00])\d{{2,4}}-\d{{1,2}}-\d{{1,2}}-[^\x00]+?(?i:{endings})(?![^\x00])")
 
 
-def scan(site: Site) -> tuple[list[str], list[int], list[int]]:
+def scan(site: Site, part: int = 0, parts: int = 1) -> tuple[list[str], list[int], list[int]]:
     """:func:`walk` as three columns (path, size, mtime_ns), for the cache's warm runs.
 
     A `_posts` folder of 100,000 files is filtered with one regex over its listing and stat'ed
-    by ``map``, so the per-file work stays in C; other folders are few and small.
+    by ``map``, so the per-file work stays in C; other folders are few and small. With
+    ``parts``, only every ``parts``-th post file from the ``part``-th on is stat'ed and listed,
+    so that processes can share the work: the parts together list every file once.
     """
     names_of_posts = _post_names(tuple(e.lower() for e in site.extensions))
     paths: list[str] = []
@@ -505,7 +507,7 @@ def scan(site: Site) -> tuple[list[str], list[int], list[int]]:
         folder, rel, in_posts = pending.pop()
         try:
             if in_posts:
-                _scan_posts_folder(folder, rel, names_of_posts, paths, sizes, mtimes, pending)
+                _scan_posts_folder(folder, rel, names_of_posts, paths, sizes, mtimes, pending, part, parts)
                 continue
             with os.scandir(folder) as entries:
                 for entry in entries:
@@ -528,9 +530,12 @@ def _scan_posts_folder(
     sizes: list[int],
     mtimes: list[int],
     pending: list[tuple[str, str, bool]],
+    part: int = 0,
+    parts: int = 1,
 ) -> None:
     listing = os.listdir(folder)
-    candidates = names_of_posts.findall("\x00".join(listing))
+    found = names_of_posts.findall("\x00".join(listing))
+    candidates = found[part::parts] if parts > 1 else found
     fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
     try:
         try:
@@ -549,8 +554,8 @@ def _scan_posts_folder(
         sizes.extend(map(attrgetter("st_size"), stats))
         mtimes.extend(map(attrgetter("st_mtime_ns"), stats))
         # Subfolders of a _posts folder hold posts too; they are rare, so stat what is left.
-        if len(candidates) != len(listing):
-            taken = set(candidates)
+        if len(found) != len(listing):
+            taken = set(found)
             for name in listing:
                 if name in taken or name[0] in ".#_":
                     continue
@@ -614,6 +619,9 @@ def rerender(site: Site, post: Post) -> str:
             raw = handle.read()
         return parse_post(post.path, raw, site).html
     except (OSError, PostError, NotPublished):
+        return ""
+    except Exception:  # as in read_entry: a bad post never stops a build
+        log.exception("%s: unexpected error while rendering", post.path)
         return ""
 
 

@@ -218,18 +218,36 @@ def plan_feeds(
         _fill(post, cats, open_cats, by_cat, cat_limit)
         _fill(post, tags, open_tags, by_tag, tag_limit)
 
+    return assemble_plan(site, options, list(ordered[: options.limit]), len(ordered), by_cat, by_tag, cat_count,
+                         tag_count, previous_slugs)
+
+
+def assemble_plan(
+    site: Site,
+    options: FeedOptions,
+    latest: list[Post],
+    total: int,
+    by_cat: Mapping[str, list[Post]],
+    by_tag: Mapping[str, list[Post]],
+    cat_count: Mapping[str, int],
+    tag_count: Mapping[str, int],
+    previous_slugs: Mapping[str, Mapping[str, str]],
+) -> FeedPlan:
+    """The plan from the posts each feed shows (``latest`` for the site feed, of ``total``
+    posts) and the post counts of each category and tag: slugs, titles, URLs. A rebuild that
+    only adds posts updates these and comes here too, so both give the same feeds."""
     cat_slugs = assign_slugs(by_cat, "category", previous_slugs.get("category"))
     tag_slugs = assign_slugs(by_tag, "tag", previous_slugs.get("tag"))
     title = options.site_title
     specs = [FeedSpec("site", "", "", title, f"{title}: 最新文章" if _is_zh(options) else f"{title}: latest posts",
                       site.url + "/", "", options.limit)]
-    entries: dict[str, list[Post]] = {"site:": list(ordered[: options.limit])}
-    counts: dict[str, int] = {"site:": len(ordered)}
+    entries: dict[str, list[Post]] = {"site:": latest}
+    counts: dict[str, int] = {"site:": total}
     for name in sorted(by_cat, key=lambda n: (site.category_order.get(n, 1000), n)):
         shown = clean_text(site.category_title(name))
         slug = cat_slugs[name]
         spec = FeedSpec("category", name, slug, f"{title} · {shown}", f"{title}: {shown}",
-                        _page_url(site, site.category_url, slug), f"categories/{slug}", cat_limit)
+                        _page_url(site, site.category_url, slug), f"categories/{slug}", options.category_limit)
         specs.append(spec)
         entries[spec.key] = by_cat[name]
         counts[spec.key] = cat_count[name]
@@ -237,7 +255,7 @@ def plan_feeds(
         shown = clean_text(name)
         slug = tag_slugs[name]
         spec = FeedSpec("tag", name, slug, f"{title} · #{shown}", f"{title}: #{shown}",
-                        _page_url(site, site.tag_url, slug), f"tags/{slug}", tag_limit)
+                        _page_url(site, site.tag_url, slug), f"tags/{slug}", options.tag_limit)
         specs.append(spec)
         entries[spec.key] = by_tag[name]
         counts[spec.key] = tag_count[name]

@@ -101,7 +101,10 @@ def absolute_url(link: str, base: str) -> str:
         # A network-path link takes only the base's scheme: finews posts repeat a few of them
         # (the category and home links) in every post.
         return _join_network_path(link, "https" if base.startswith("https:") else "http")
-    scheme = urlsplit(link).scheme if ":" in link else ""
+    try:
+        scheme = urlsplit(link).scheme if ":" in link else ""
+    except ValueError:  # e.g. `ftp://[oops`: an unparsable link stays as the author wrote it
+        return link
     if scheme and scheme not in ("http", "https"):
         return link  # mailto:, javascript:, data: ... (sanitising is the digest's business)
     return _join(base, link)
@@ -327,7 +330,10 @@ def _is_web_url(url: str) -> bool:
     # urlsplit could reject) needs no parsing.
     if url.startswith(("https://", "http://")) and url.isascii() and "[" not in url and "]" not in url:
         return True
-    return urlsplit(url).scheme in ("http", "https")
+    try:
+        return urlsplit(url).scheme in ("http", "https")
+    except ValueError:
+        return False
 
 
 def _absolute_srcset(value: str, base: str) -> str:

@@ -101,6 +101,11 @@ class Collection:
     #: Renders bodies on demand: a cold collection of a large site reads only up to each body,
     #: as feeds show a few thousand of 100,000 posts. None when every post is rendered.
     completer: Completer | None = None
+    #: Where in the collector cache's history this collection stands (``cache.Cursor``), so a
+    #: later build can ask only for what changed since; None without a cache.
+    cursor: tuple[str, int, int] | None = None
+    #: When the earliest post left out for being dated in the future comes due, if any.
+    due: datetime | None = None
 
     def complete(self, posts: Sequence[Post]) -> list[Post]:
         """``posts`` (of this collection) with their bodies rendered, in the same order; call it

@@ -9,6 +9,7 @@ import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 import feedparser
@@ -17,6 +18,8 @@ from click.testing import CliRunner
 from feed_checks import atom_problems, json_feed_problems, rss_problems
 
 from finews_feeds import build as buildmod
+from finews_feeds import cache
+from finews_feeds.build import STATE
 from finews_feeds.cli import cli
 from finews_feeds.collector import collect_site
 from finews_feeds.config import Config, build_config
@@ -111,7 +114,7 @@ def test_demo_site_feeds_hold_the_right_entries_in_every_format(demo_build: tupl
 def test_demo_site_writes_listings_and_category_display_names(demo_build: tuple[Path, buildmod.BuildReport, Config]) -> None:
     out, report, _ = demo_build
     assert sorted(p.name for p in out.iterdir()) == [
-        LOCK, MANIFEST, "_feeds_head.html", "_feeds_head_tags.html", "atom.xml", "categories", "feed.json", "feed.xsl",
+        LOCK, MANIFEST, STATE, "_feeds_head.html", "_feeds_head_tags.html", "atom.xml", "categories", "feed.json", "feed.xsl",
         "feeds.opml", "index.html", "rss.xml", "tags",
     ]
     parsed = parse((out / "categories" / "cailianshe" / "atom.xml").read_bytes())
@@ -183,8 +186,9 @@ def test_worker_processes_write_the_same_bytes_as_one_process(tmp_path: Path, mo
     monkeypatch.setattr(buildmod, "PARALLEL_FROM", 1)
     report = buildmod.run_build(two, workers=2)
     assert report.feeds_written == 94
-    strip = {k: v[1] for k, v in files_under(tmp_path / "one" / "out").items()}
-    assert {k: v[1] for k, v in files_under(tmp_path / "two" / "out").items()} == strip
+    # The build state names the collector cache it was made with: each build has its own.
+    strip = {k: v[1] for k, v in files_under(tmp_path / "one" / "out").items() if k != STATE}
+    assert {k: v[1] for k, v in files_under(tmp_path / "two" / "out").items() if k != STATE} == strip
 
 
 def test_formats_dropped_from_the_config_are_removed(tmp_path: Path) -> None:
@@ -284,3 +288,127 @@ def test_a_site_without_posts_still_gets_a_valid_empty_site_feed(tmp_path: Path)
     report = buildmod.run_build(config_for(site, tmp_path))
     assert (report.posts, report.feeds, report.feeds_written) == (0, 1, 1)
     assert check_every_file(tmp_path / "out") == {"rss.xml": [], "atom.xml": [], "feed.json": []}
+
+
+# --------------------------------------------------------------------------- rebuild after new posts
+
+
+def post_text(title: str, when: str, category: str = "cailianshe", tags: str = "[财联社新闻]") -> str:
+    return f'---\ntitle: "{title}"\ndate: {when} +0800\ncategories: {category}\ntags: {tags}\n---\n<p>{title}的正文。</p>\n'
+
+
+def same_as_a_full_build(site: Path, out: Path, tmp: Path) -> None:
+    """``out`` holds byte for byte what a first build of ``site`` into a new folder writes (the
+    build state aside: it names the cache it was made with)."""
+    fresh = config_for(site, tmp)
+    report = buildmod.run_build(fresh)
+    assert not report.quick
+    built = {k: v[1] for k, v in files_under(out).items() if k not in (STATE, LOCK)}
+    assert built == {k: v[1] for k, v in files_under(tmp / "out").items() if k not in (STATE, LOCK)}
+
+
+def copy_demo(tmp_path: Path) -> Path:
+    site = tmp_path / "site"
+    shutil.copytree(DEMO, site)
+    return site
+
+
+def test_new_posts_are_added_without_reading_the_site_and_give_the_files_of_a_full_build(tmp_path: Path) -> None:
+    site = copy_demo(tmp_path)
+    config = config_for(site, tmp_path / "a")
+    assert not buildmod.run_build(config).quick
+    posts = site / "_posts"
+    # Newest of all, in the middle of a tag feed, older than every feed keeps (counts only),
+    # a new category and a new tag, two posts at the same second (ordered by path).
+    (posts / "2022-04-22-n1.md").write_text(post_text("最新", "2022-04-22 09:00:00"), encoding="utf-8")
+    (posts / "2022-04-18-n2.md").write_text(post_text("中间", "2022-04-18 12:00:00", tags="[东方财富]"), encoding="utf-8")
+    (posts / "2020-01-01-n3.md").write_text(post_text("很旧", "2020-01-01 08:00:00", "eastmoney"), encoding="utf-8")
+    (posts / "2022-04-21-n4.md").write_text(post_text("新栏目", "2022-04-21 10:00:00", "newsource", "[全新标签, 新能源]"),
+                                           encoding="utf-8")
+    (posts / "2022-04-21-n5.md").write_text(post_text("同一秒", "2022-04-21 10:00:00", "newsource"), encoding="utf-8")
+    report = buildmod.run_build(config)
+    assert report.quick
+    assert report.posts == 306
+    assert "categories/newsource/rss.xml" in report.written and "tags/全新标签/atom.xml" in report.written
+    assert "categories/eastmoney/rss.xml" not in report.written  # the old post is past its limit
+    same_as_a_full_build(site, tmp_path / "a" / "out", tmp_path / "b")
+    again = buildmod.run_build(config)
+    assert again.quick and again.written == []
+
+
+def test_an_edited_or_removed_post_makes_the_build_read_the_whole_site(tmp_path: Path) -> None:
+    site = copy_demo(tmp_path)
+    config = config_for(site, tmp_path / "a")
+    buildmod.run_build(config)
+    target = sorted((site / "_posts").iterdir())[-1]
+    target.write_text(target.read_text(encoding="utf-8").replace("title:", "title: 改过", 1), encoding="utf-8")
+    assert not buildmod.run_build(config).quick
+    same_as_a_full_build(site, tmp_path / "a" / "out", tmp_path / "b")
+    target.unlink()
+    assert not buildmod.run_build(config).quick
+    same_as_a_full_build(site, tmp_path / "a" / "out", tmp_path / "c")
+    assert buildmod.run_build(config).quick
+
+
+def test_a_new_rejected_or_unpublished_file_is_reported_and_changes_no_feed(tmp_path: Path) -> None:
+    site = copy_demo(tmp_path)
+    config = config_for(site, tmp_path / "a")
+    buildmod.run_build(config)
+    (site / "_posts" / "2022-04-22-bad.md").write_text("---\ntitle: [\n---\n", encoding="utf-8")
+    (site / "_posts" / "2022-04-22-off.md").write_text("---\ntitle: off\npublished: false\n---\n", encoding="utf-8")
+    report = buildmod.run_build(config)
+    assert report.quick and report.written == []
+    assert [e.path for e in report.rejected] == ["_posts/2022-04-22-bad.md"]
+
+
+def test_a_future_post_waits_and_its_day_makes_the_build_read_the_whole_site(tmp_path: Path) -> None:
+    site = copy_demo(tmp_path)
+    config = config_for(site, tmp_path / "a")
+    before = datetime(2022, 4, 25, tzinfo=UTC)
+    buildmod.run_build(config, now=before)
+    (site / "_posts" / "2022-05-01-later.md").write_text(post_text("未来", "2022-05-01 08:00:00"), encoding="utf-8")
+    report = buildmod.run_build(config, now=before)
+    assert report.quick and report.written == [] and report.posts == 301
+    assert buildmod.run_build(config, now=before).quick
+    due = buildmod.run_build(config, now=datetime(2022, 5, 2, tzinfo=UTC))
+    assert not due.quick and due.posts == 302 and "rss.xml" in due.written
+
+
+def test_bodies_rendered_by_another_command_between_builds_keep_the_next_build_quick(tmp_path: Path) -> None:
+    site = copy_demo(tmp_path)
+    config = config_for(site, tmp_path / "a")
+    buildmod.run_build(config)
+    cache.forget()
+    collection = collect_site(config)
+    collection.complete(collection.posts)  # what `check` does
+    (site / "_posts" / "2022-04-22-n1.md").write_text(post_text("最新", "2022-04-22 09:00:00"), encoding="utf-8")
+    assert buildmod.run_build(config).quick
+    same_as_a_full_build(site, tmp_path / "a" / "out", tmp_path / "b")
+
+
+def test_a_state_from_another_build_or_settings_is_not_used(tmp_path: Path) -> None:
+    site = copy_demo(tmp_path)
+    config = config_for(site, tmp_path / "a")
+    buildmod.run_build(config)
+    (site / "_posts" / "2022-04-22-n1.md").write_text(post_text("最新", "2022-04-22 09:00:00"), encoding="utf-8")
+    # Other limits: another plan.
+    assert not buildmod.run_build(config_for(site, tmp_path / "a", tag_limit=3)).quick
+    (site / "_posts" / "2022-04-22-n2.md").write_text(post_text("又一篇", "2022-04-22 10:00:00"), encoding="utf-8")
+    # A manifest that is not the one the state was saved with (written by hand, or by an older version).
+    manifest = tmp_path / "a" / "out" / MANIFEST
+    manifest.write_bytes(manifest.read_bytes().replace(b'"listings_signature":"', b'"listings_signature":"x'))
+    assert not buildmod.run_build(config).quick
+    # A cache rebuilt from scratch: its cursor is not the state's.
+    shutil.rmtree(tmp_path / "a" / "cache")
+    cache.forget()
+    (site / "_posts" / "2022-04-22-n3.md").write_text(post_text("第三篇", "2022-04-22 11:00:00"), encoding="utf-8")
+    assert not buildmod.run_build(config).quick
+    same_as_a_full_build(site, tmp_path / "a" / "out", tmp_path / "b")
+
+
+def test_full_flag_reads_the_whole_site(tmp_path: Path) -> None:
+    site = copy_demo(tmp_path)
+    config = config_for(site, tmp_path / "a")
+    buildmod.run_build(config)
+    assert not buildmod.run_build(config, full=True).quick
+    assert buildmod.run_build(config).quick
