@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import bisect
 import concurrent.futures
+import contextlib
 import dataclasses
 import gc
 import hashlib
@@ -21,7 +22,7 @@ import os
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -93,12 +94,16 @@ def post_fingerprint(post: Post) -> bytes:
     )).encode("utf-8", "surrogatepass") + b"\x1d"
 
 
-def signatures(plan: FeedPlan, options: FeedOptions) -> dict[str, str]:
-    """spec key -> signature of everything the feed would show."""
+def signatures(plan: FeedPlan, options: FeedOptions, known: Mapping[str, str] | None = None) -> dict[str, str]:
+    """spec key -> signature of everything the feed would show; ``known`` gives those of
+    feeds known to show the same as when they were signed."""
     base = f"{RENDER_VERSION}\x1d{options.fingerprint()}\x1d".encode()
     cache: dict[str, bytes] = {}
     out: dict[str, str] = {}
     for spec in plan.specs:
+        if known is not None and spec.key in known:
+            out[spec.key] = known[spec.key]
+            continue
         digest = hashlib.blake2b(base, digest_size=16)
         digest.update(spec.header().encode("utf-8", "surrogatepass"))
         for post in plan.entries[spec.key]:
@@ -208,14 +213,77 @@ def render_all(work: Sequence[tuple[FeedSpec, list[Post]]], job: _Job, workers: 
         for spec, posts in work:
             yield renderer.run(spec, posts)
         return
-    # fork when this is the only thread (the CLI): spawned workers import everything again
-    # (0.3 s each). Not in the daemon: forking while its scheduler and web threads hold locks
-    # can deadlock the child.
-    context = multiprocessing.get_context("fork" if threading.active_count() == 1 else "spawn")
+    if hasattr(os, "fork") and threading.active_count() == 1:
+        yield from _render_forked(work, job, count, portable)
+        return
+    # Spawned, not forked, when other threads run (the daemon's scheduler and web server):
+    # forking while they hold locks can deadlock the child.
+    context = multiprocessing.get_context("spawn")
     with concurrent.futures.ProcessPoolExecutor(count, mp_context=context, initializer=_init_worker,
                                                 initargs=(job.options, job.out_root, *portable)) as pool:
         for results in pool.map(_work, _batches(work, count)):
             yield from results
+
+
+def _render_forked(work: Sequence[tuple[FeedSpec, list[Post]]], job: _Job, count: int,
+                   portable: tuple[Site, str | None]) -> Iterator[_Result]:
+    """:func:`render_all` over this process and ``count - 1`` forked children, each with a
+    share of about as many entries. A child has the posts already (no pickling them over) and
+    writes its files itself; it sends back only what it wrote."""
+    shares: list[list[tuple[FeedSpec, list[Post]]]] = [[] for _ in range(count)]
+    loads = [0] * count
+    for item in sorted(work, key=lambda item: -len(item[1]) - 1):
+        least = loads.index(min(loads))
+        shares[least].append(item)
+        loads[least] += len(item[1]) + 1
+    children: list[tuple[int, int, list[tuple[FeedSpec, list[Post]]]]] = []
+    try:
+        for share in shares[1:]:
+            read_end, write_end = os.pipe()
+            try:
+                pid = os.fork()
+            except OSError:
+                os.close(read_end)
+                os.close(write_end)
+                children.append((-1, -1, share))
+                continue
+            if pid == 0:  # pragma: no cover - the child; coverage does not follow it
+                code = 1
+                try:
+                    os.close(read_end)
+                    # Its own connection to the bodies file: SQLite's must not cross a fork.
+                    renderer = _Renderer(_Job(job.options, job.out_root, _open_content(*portable)))
+                    done = [renderer.run(spec, posts) for spec, posts in share]
+                    data = marshal.dumps([(r.key, r.written, r.unchanged) for r in done])
+                    with os.fdopen(write_end, "wb") as pipe:
+                        pipe.write(data)
+                    code = 0
+                finally:
+                    os._exit(code)
+            os.close(write_end)
+            children.append((pid, read_end, share))
+        renderer = _Renderer(job)
+        for spec, posts in shares[0]:
+            yield renderer.run(spec, posts)
+        while children:
+            pid, read_end, share = children.pop(0)
+            results: list[_Result] | None = None
+            if pid > 0:
+                with os.fdopen(read_end, "rb") as pipe:
+                    data = pipe.read()
+                _, status = os.waitpid(pid, 0)
+                if status == 0 and data:
+                    with contextlib.suppress(ValueError, EOFError, TypeError):
+                        results = [_Result(key, written, unchanged) for key, written, unchanged in marshal.loads(data)]
+            if results is None:
+                log.warning("rendering feeds in a child process failed; rendering its share here")
+                results = [renderer.run(spec, posts) for spec, posts in share]
+            yield from results
+    finally:
+        for pid, read_end, _ in children:  # only when the caller stopped early
+            if pid > 0:
+                os.close(read_end)
+                os.waitpid(pid, 0)
 
 
 # --------------------------------------------------------------------------- the build
@@ -249,10 +317,11 @@ def _build(collection: Collection, config: Config, out: OutputDir, *, full: bool
 
 
 def _write(plan: FeedPlan, options: FeedOptions, content: ContentSource, out: OutputDir, old: Manifest,
-           report: BuildReport, *, full: bool, workers: int | None) -> Manifest:
+           report: BuildReport, *, full: bool, workers: int | None, same: Iterable[str] = ()) -> Manifest:
     """Render and write what changed in ``plan`` since the build of ``old``, remove what is
-    gone, and save the new manifest (returned)."""
-    sigs = signatures(plan, options)
+    gone, and save the new manifest (returned). ``same``: keys of feeds known to show what they
+    showed in that build (their signatures are taken from ``old``)."""
+    sigs = signatures(plan, options, {key: old.feeds[key].signature for key in same if key in old.feeds})
     manifest = Manifest(options=options.fingerprint(), slugs=plan.slugs)
     work: list[tuple[FeedSpec, list[Post]]] = []
     for spec in plan.specs:
@@ -398,6 +467,7 @@ def _build_added(state: FeedState, changes: Changes, site: Site, config: Config,
         return None
     due = state.due
     counts = Counter(state.counts)
+    touched: set[str] = set()
     for post in changes.added:
         moment = post.date.timestamp()
         if not site.future and moment > limit:
@@ -409,6 +479,7 @@ def _build_added(state: FeedState, changes: Changes, site: Site, config: Config,
             keys += [(f"tag:{name}", options.tag_limit) for name in post.tags]
         for key, most in keys:
             counts[key] += 1
+            touched.add(key)
             _insert(buckets.setdefault(key, []), post, most)
 
     def named(kind: str) -> dict[str, list[Post]]:
@@ -423,7 +494,10 @@ def _build_added(state: FeedState, changes: Changes, site: Site, config: Config,
     plan = feedmod.assemble_plan(site, options, buckets.get("site:", []), counts["site:"], named("category"),
                                  named("tag"), counted("category"), counted("tag"), old.slugs)
     report = BuildReport(output=str(out.root), posts=counts["site:"], rejected=list(changes.errors), quick=True)
-    manifest = _write(plan, options, changes.content, out, old, report, full=False, workers=workers)
+    # A feed no new post went to shows what it showed: its slug stays (assign_slugs keeps
+    # earlier ones), its settings are the state's (plan_key), its posts are the same.
+    same = [spec.key for spec in plan.specs if spec.key not in touched]
+    manifest = _write(plan, options, changes.content, out, old, report, full=False, workers=workers, same=same)
     save_state(out, FeedState.of(plan, state.key, changes.cursor, manifest,
                                  datetime.fromtimestamp(due, UTC) if due is not None else None))
     report.seconds = time.perf_counter() - started

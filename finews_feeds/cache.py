@@ -127,12 +127,6 @@ _SETTERS = {f.name: Post.__dict__.get(f.name) for f in _FIELDS}
 _DIRECT = not hasattr(Post, "__post_init__") and all(isinstance(s, types.MemberDescriptorType) for s in _SETTERS.values())
 
 
-def _shared(value: Any) -> Any:
-    if len(_SHARED) > 200_000:
-        _SHARED.clear()
-    return _SHARED.setdefault(value, value)
-
-
 def _stamp(moment: datetime | None) -> int | float | None:
     if moment is None:
         return None
@@ -141,13 +135,20 @@ def _stamp(moment: datetime | None) -> int | float | None:
 
 
 def to_columns(posts: Sequence[Post]) -> list[tuple[Any, ...]]:
+    # Each column is made by C-level maps: a Python call per value and column cost a tenth of
+    # a cold build.
+    if len(_SHARED) > 200_000:
+        _SHARED.clear()
     columns: list[tuple[Any, ...]] = []
     for name in COLUMNS:
         values: Iterable[Any] = map(attrgetter(name), posts)
-        if name in _DATES:
+        if name == "date":  # never None
+            values = map(datetime.timestamp, values)
+        elif name in _DATES:
             values = map(_stamp, values)
         elif name in _SHARED_FIELDS:
-            values = map(_shared, values)
+            shared = list(values)
+            values = map(_SHARED.setdefault, shared, shared)
         columns.append(tuple(values))
     return columns
 
@@ -186,6 +187,8 @@ class Index:
     journal_end: int = dataclasses.field(default=0, compare=False)
     #: CRC-32 of the journal record that ends at ``journal_end`` (0 when there is none).
     last_crc: int = dataclasses.field(default=0, compare=False)
+    #: The child process writing this index in the background, if any (see :func:`save_index`).
+    pending: int = dataclasses.field(default=0, compare=False)
 
     @property
     def cursor(self) -> Cursor:
@@ -223,7 +226,15 @@ def load_index(folder: Path, expected: str, zone: tzinfo) -> Index | None:
             gc.enable()
 
 
+def _settle_folder(folder: Path) -> None:
+    index = _PENDING.pop(os.path.abspath(folder), None)
+    if index is not None:
+        with contextlib.suppress(OSError):
+            settle(index)
+
+
 def _load_index(folder: Path, expected: str, zone: tzinfo) -> Index | None:
+    _settle_folder(folder)
     path = folder / INDEX
     try:
         with open(path, "rb") as handle:
@@ -266,12 +277,51 @@ def _read_record(handle: BinaryIO) -> Any:
     return marshal.loads(data)
 
 
-def save_index(folder: Path, print_: str, index: Index) -> None:
+def save_index(folder: Path, print_: str, index: Index, background: bool = False) -> None:
     """Write the index atomically, a record at a time (no 70 MB string of the whole index), and
-    start an empty journal for it."""
+    start an empty journal for it. With ``background`` (a cold run, where writing 100,000 posts
+    takes most of a second), a forked child writes it while this process goes on; whatever
+    writes to the cache next waits for it (:func:`settle`)."""
+    settle(index)
     folder.mkdir(parents=True, exist_ok=True)
-    paths = [post.path for post in index.posts] + list(index.others)
     token = uuid.uuid4().hex
+    if background and hasattr(os, "fork") and threading.active_count() == 1:
+        try:
+            pid = os.fork()
+        except OSError:
+            pid = -1
+        if pid == 0:  # pragma: no cover - the child; coverage does not follow it
+            code = 1
+            try:
+                _write_index(folder, print_, index, token)
+                code = 0
+            finally:
+                os._exit(code)
+        if pid > 0:
+            index.token, index.journal_end, index.last_crc, index.pending = token, 0, 0, pid
+            _PENDING[os.path.abspath(folder)] = index
+            return
+    _write_index(folder, print_, index, token)
+    index.token, index.journal_end, index.last_crc = token, 0, 0
+
+
+#: Indexes being written in the background by this process, by folder: a read of the folder
+#: waits for its write.
+_PENDING: dict[str, Index] = {}
+
+
+def settle(index: Index) -> None:
+    """Wait for the background write of ``index``, if any. Raises OSError if it failed."""
+    pid, index.pending = index.pending, 0
+    if pid:
+        _, status = os.waitpid(pid, 0)
+        if status != 0:
+            log.warning("writing the cache index in a child process failed; writing it here")
+            raise OSError("the cache index was not written")
+
+
+def _write_index(folder: Path, print_: str, index: Index, token: str) -> None:
+    paths = [post.path for post in index.posts] + list(index.others)
     records: Iterator[Any] = iter([
         (FORMAT, print_, len(index.posts), token),
         tuple(paths),
@@ -296,7 +346,6 @@ def save_index(folder: Path, print_: str, index: Index) -> None:
     # Left behind (a crash right here), the old journal names the old token and is ignored.
     with contextlib.suppress(FileNotFoundError):
         os.unlink(folder / JOURNAL)
-    index.token, index.journal_end, index.last_crc = token, 0, 0
 
 
 # ---------------------------------------------------------------- journal
@@ -314,6 +363,7 @@ def append_journal(folder: Path, index: Index, touched: Iterable[str], new_posts
     the journal there is no longer the one of ``index`` (another process wrote a new index).
     ``rendered_only``: the files did not change, only bodies were rendered (see
     :class:`Completion`): :func:`collect_changes` does not count them as changes."""
+    settle(index)
     paths = sorted(touched)
     record = (
         index.token,
@@ -767,7 +817,7 @@ def collect_cached(site: Site, cache_dir: Path, now: datetime, workers: int | No
     if bodies is not None:
         try:
             if not (journal and append_journal(folder, index, stale, added)):
-                save_index(folder, print_, index)
+                save_index(folder, print_, index, background=lazy)
         except OSError as exc:
             log.warning("%s: cannot write the cache index (%s)", folder, exc)
     _remember(key, print_, index)
@@ -883,20 +933,15 @@ def _collect_changes(site: Site, cache_dir: Path, since: Cursor, workers: int | 
     print_ = fingerprint(site)
     with _MEMO_LOCK:  # its journal position would be stale after this run's record
         _MEMO.pop(os.path.abspath(folder), None)
-    # Stat'ing 100,000 files is most of this run: shared with a child, while this process
-    # reads the index's file list first.
-    scanning = scan_elsewhere(site, share=True)
     light = _load_light(folder, print_)
     history = _history(folder, light, since, site.timezone) if light is not None else None
-    paths, sizes, mtimes = scanning()
     if light is None or history is None:
         return None
     touched, posts_since = history
     old = light.stats
-    differ = list(map(operator.ne, map(old.get, paths), zip(sizes, mtimes, strict=True)))
-    changed = list(map(Entry, compress(paths, differ), compress(sizes, differ), compress(mtimes, differ)))
-    seen = len(paths) - sum(1 for entry in changed if entry.path not in old)
-    removed = set() if seen == len(old) else old.keys() - set(paths)
+    # Stat'ing and comparing 100,000 files is most of this run: half of it in a child.
+    changed, seen, listed = _compare_elsewhere(site, old)()
+    removed = set() if seen == len(old) else old.keys() - set(listed().split("\x00"))
     if len(changed) + len(removed) >= JOURNAL_FILES or light.journal_end >= JOURNAL_LIMIT:
         return None
     # Whether each path was a post at the cursor: as it is now, unless it changed since.
@@ -943,6 +988,7 @@ def _collect_changes(site: Site, cache_dir: Path, since: Cursor, workers: int | 
 def _load_light(folder: Path, expected: str) -> Index | None:
     """The index of ``folder`` without its posts (its files' sizes and mtimes, its rejected
     and unpublished files), if it was written by this code for these settings."""
+    _settle_folder(folder)
     path = folder / INDEX
     try:
         with open(path, "rb") as handle:
@@ -999,16 +1045,75 @@ def _history(folder: Path, index: Index, since: Cursor, zone: tzinfo) -> tuple[d
 
 
 Columns = tuple[list[str], list[int], list[int]]
+#: What a share of the files gives against the index: the files that differ, how many of the
+#: files listed the index knows, and (only asked for when some are gone) every path listed.
+Comparison = tuple[list[Entry], int, Callable[[], str]]
 
 
-def scan_elsewhere(site: Site, share: bool = False) -> Callable[[], Columns]:
+def _compare(site: Site, old: dict[str, tuple[int, int]], part: int, parts: int) -> tuple[list[Entry], int, str]:
+    paths, sizes, mtimes = scan(site, part, parts)
+    # Compared column-wise in C: a dict of the 100,000 new stats would cost more than this.
+    differ = list(map(operator.ne, map(old.get, paths), zip(sizes, mtimes, strict=True)))
+    changed = list(map(Entry, compress(paths, differ), compress(sizes, differ), compress(mtimes, differ)))
+    seen = len(paths) - sum(1 for entry in changed if entry.path not in old)
+    return changed, seen, "\x00".join(paths)
+
+
+def _compare_elsewhere(site: Site, old: dict[str, tuple[int, int]]) -> Callable[[], Comparison]:
+    """:func:`_compare` of every file with ``old``: half in a forked child (which sends back
+    only the files that differ, a count, and its paths as one string), half here when the
+    result is asked for. All here when forking is unsafe or the child failed."""
+
+    def alone() -> Comparison:
+        changed, seen, listed = _compare(site, old, 0, 1)
+        return changed, seen, lambda: listed
+
+    if not hasattr(os, "fork") or threading.active_count() != 1:
+        return alone
+    read_end, write_end = os.pipe()
+    try:
+        pid = os.fork()
+    except OSError:
+        os.close(read_end)
+        os.close(write_end)
+        return alone
+    if pid == 0:  # pragma: no cover - the child; coverage does not follow it
+        code = 1
+        try:
+            os.close(read_end)
+            changed, seen, listed = _compare(site, old, 1, 2)
+            data = marshal.dumps(([tuple(entry) for entry in changed], seen, listed))
+            with os.fdopen(write_end, "wb") as out:
+                out.write(data)
+            code = 0
+        finally:
+            os._exit(code)
+    os.close(write_end)
+
+    def result() -> Comparison:
+        changed, seen, listed = _compare(site, old, 0, 2)
+        with os.fdopen(read_end, "rb") as pipe:
+            data = pipe.read()
+        _, status = os.waitpid(pid, 0)
+        try:
+            if status != 0 or not data:
+                raise ValueError("no result")
+            rows, more, also = marshal.loads(data)
+            changed += [Entry(*row) for row in rows]
+        except (ValueError, EOFError, TypeError, IndexError):
+            log.warning("scanning the site in a child process failed; scanning here")
+            return alone()
+        return changed, seen + more, lambda: listed + "\x00" + also
+
+    return result
+
+
+def scan_elsewhere(site: Site) -> Callable[[], Columns]:
     """Start :func:`~finews_feeds.collector.scan` in a forked child; the returned function
-    gives its result (or scans here, when forking is unsafe or the child failed). With
-    ``share``, the child scans half the files and the returned function the other half."""
+    gives its result (or scans here, when forking is unsafe or the child failed)."""
     if not hasattr(os, "fork") or threading.active_count() != 1:
         # Forking a process with other threads running (a daemon) can deadlock the child.
         return lambda: scan(site)
-    part, parts = (1, 2) if share else (0, 1)
     read_end, write_end = os.pipe()
     try:
         pid = os.fork()
@@ -1020,7 +1125,7 @@ def scan_elsewhere(site: Site, share: bool = False) -> Callable[[], Columns]:
         code = 1
         try:
             os.close(read_end)
-            data = marshal.dumps(scan(site, part, parts))
+            data = marshal.dumps(scan(site))
             with os.fdopen(write_end, "wb") as out:
                 out.write(data)
             code = 0
@@ -1029,15 +1134,12 @@ def scan_elsewhere(site: Site, share: bool = False) -> Callable[[], Columns]:
     os.close(write_end)
 
     def result() -> Columns:
-        mine = scan(site, 0, parts) if share else None
         with os.fdopen(read_end, "rb") as pipe:
             data = pipe.read()
         _, status = os.waitpid(pid, 0)
         if status == 0 and data:
             with contextlib.suppress(ValueError, EOFError, TypeError):
                 paths, sizes, mtimes = marshal.loads(data)
-                if mine is not None:
-                    return mine[0] + paths, mine[1] + sizes, mine[2] + mtimes
                 return paths, sizes, mtimes
         log.warning("scanning the site in a child process failed; scanning here")
         return scan(site)
@@ -1052,6 +1154,8 @@ def _remember(key: str, print_: str, index: Index) -> None:
 
 def forget() -> None:
     """Drop what this process remembers of earlier runs (tests; a daemon never needs it)."""
+    for folder in list(_PENDING):
+        _settle_folder(Path(folder))
     with _MEMO_LOCK:
         _MEMO.clear()
 
