@@ -1,12 +1,13 @@
 """Benchmark the feed build against Jekyll + jekyll-feed and Hugo, on the same generated sites.
 
     .venv/bin/python benchmarks/feeds.py [--sizes 20000,100000] [--work /dev/shm/finews-bench]
-                                         [--jekyll-posts 20000] [--no-peers]
+                                         [--jekyll-posts 20000] [--no-peers] [--repeat 3]
 
 For each size: a site from the corpus generator (``make_site.py --seed 1``) on tmpfs, then
-``finews-feeds build`` cold (no cache, no output), cold again with the collector's cache warm,
-again with no change, and again after one new post (dated after every other, in a category and
-two tags); and the one-new-post rebuild inside a process that built before (what the daemon
+``finews-feeds build`` cold (no cache, no output; ``--repeat`` times, median shown with the
+range), cold again with the collector's cache warm, again with no change, and again after one
+new post (dated after every other, in a category and two tags; ``--repeat`` rounds, a new post
+each); and the one-new-post rebuild inside a process that built before (what the daemon
 pays; its time is the collect and build alone, its memory the whole process's peak). In the same run: Hugo with HTML and
 per-taxonomy RSS, and Hugo RSS-only (pages rendered as links only), on the posts converted to
 Hugo content; Jekyll with jekyll-feed configured for every category and ``tags: true`` at the
@@ -73,6 +74,19 @@ class Run:
     seconds: float
     peak_mb: float
     output: str
+    samples: tuple[float, ...] = ()  #: every run's seconds when repeated; ``seconds`` is their median
+
+    def shown(self) -> str:
+        if len(self.samples) < 2:
+            return f"{self.seconds:.2f}"
+        return f"{self.seconds:.2f} ({min(self.samples):.2f}-{max(self.samples):.2f})"
+
+
+def median_of(runs: list[Run]) -> Run:
+    """The run of median time (peak memory: the highest), with every time kept."""
+    ordered = sorted(runs, key=lambda run: run.seconds)
+    middle = ordered[len(ordered) // 2]
+    return Run(middle.seconds, max(run.peak_mb for run in runs), middle.output, tuple(run.seconds for run in runs))
 
 
 def _tree_rss(root_pid: int) -> int:
@@ -145,29 +159,39 @@ def generate(work: Path, posts: int) -> Path:
 # --------------------------------------------------------------------------- ours
 
 
-def bench_ours(work: Path, site: Path, posts: int) -> dict[str, Run]:
+def bench_ours(work: Path, site: Path, posts: int, repeat: int) -> dict[str, Run]:
     cache, out = work / f"cache-{posts}", work / f"out-{posts}"
     config = work / f"finews-{posts}.toml"
     config.write_text(f'[site]\nsource = "{site}"\ncache_dir = "{cache}"\n\n[feeds]\noutput = "{out}"\n', encoding="utf-8")
     new_post = site / "_posts" / "2022-04-21-bench-new-post.md"
-    new_post.unlink(missing_ok=True)
-    shutil.rmtree(cache, ignore_errors=True)
-    shutil.rmtree(out, ignore_errors=True)
+    extra = [site / "_posts" / f"2022-04-21-bench-new-post-{i}.md" for i in range(repeat)]
+    for path in (new_post, *extra):
+        path.unlink(missing_ok=True)
     cmd = [PYTHON, "-m", "finews_feeds", "--log-level", "WARNING", "--config", str(config), "build"]
-    runs = {"cold": measure(cmd, cwd=ROOT)}
+    colds = []
+    for _ in range(repeat):
+        shutil.rmtree(cache, ignore_errors=True)
+        shutil.rmtree(out, ignore_errors=True)
+        colds.append(measure(cmd, cwd=ROOT))
+    runs = {"cold": median_of(colds)}
     # The feed builder's own cold build: the collector's cache is warm, the output folder empty.
     shutil.rmtree(out)
     runs["cold, collector cache warm"] = measure(cmd, cwd=ROOT)
     runs["no change"] = measure(cmd, cwd=ROOT)
-    new_post.write_text(NEW_POST, encoding="utf-8")
+    news = []
     try:
-        runs["one new post"] = measure(cmd, cwd=ROOT)
+        for i, path in enumerate(extra):  # a new post each round, each a second after the last
+            path.write_text(NEW_POST.replace("08:00:00", f"08:00:{i:02d}").replace("一篇文章", f"第{i + 1}篇文章"),
+                            encoding="utf-8")
+            news.append(measure(cmd, cwd=ROOT))
     finally:
-        new_post.unlink()
+        for path in extra:
+            path.unlink(missing_ok=True)
+    runs["one new post"] = median_of(news)
     measure(cmd, cwd=ROOT)  # back to the site as generated
     runs["one new post, in a running daemon"] = in_process(config, new_post)
     for name, run in runs.items():
-        print(f"  finews-feeds {posts} {name}: {run.seconds:.2f} s, {run.peak_mb:.0f} MB: {run.output.strip()}", flush=True)
+        print(f"  finews-feeds {posts} {name}: {run.shown()} s, {run.peak_mb:.0f} MB: {run.output.strip()}", flush=True)
     return runs
 
 
@@ -324,7 +348,12 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=Path("/dev/shm/finews-bench"))
     parser.add_argument("--jekyll-posts", type=int, default=20000)
     parser.add_argument("--no-peers", action="store_true", help="Only time finews-feeds.")
+    parser.add_argument("--repeat", type=int, default=3,
+                        help="Runs of our cold build, our one-new-post rebuild and Hugo RSS-only (median shown).")
     args = parser.parse_args()
+    # An installed package has its bytecode compiled; this checkout may run with
+    # PYTHONDONTWRITEBYTECODE set, which would compile every module at every run.
+    subprocess.run([PYTHON, "-m", "compileall", "-q", str(ROOT / "finews_feeds")], check=True)
     sizes = [int(s) for s in args.sizes.split(",")]
     args.work.mkdir(parents=True, exist_ok=True)
     if not args.no_peers:
@@ -335,22 +364,22 @@ def main() -> None:
     for posts in sizes:
         print(f"== {posts} posts", flush=True)
         site = generate(args.work, posts)
-        ours = bench_ours(args.work, site, posts)
+        ours = bench_ours(args.work, site, posts, args.repeat)
         for name, run in ours.items():
-            rows.append((f"{posts:,}", f"finews-feeds build, {name}", f"{run.seconds:.2f}", f"{run.peak_mb:,.0f}",
+            rows.append((f"{posts:,}", f"finews-feeds build, {name}", run.shown(), f"{run.peak_mb:,.0f}",
                          f"{feeds_written(run)} feeds written"))
         if args.no_peers:
             continue
         hugo = hugo_site(args.work, site, posts)
         peers: dict[str, Run] = {}
-        for variant, label in (("rss", "Hugo RSS-only"), ("html", "Hugo HTML + RSS")):
-            peers[label] = bench_hugo(hugo, variant)
-            print(f"  {label} {posts}: {peers[label].seconds:.2f} s, {peers[label].peak_mb:.0f} MB", flush=True)
+        for variant, label, times in (("rss", "Hugo RSS-only", args.repeat), ("html", "Hugo HTML + RSS", 1)):
+            peers[label] = median_of([bench_hugo(hugo, variant) for _ in range(times)])
+            print(f"  {label} {posts}: {peers[label].shown()} s, {peers[label].peak_mb:.0f} MB", flush=True)
         if posts == args.jekyll_posts:
             peers["Jekyll + jekyll-feed"] = bench_jekyll(jekyll_site(args.work, site, posts))
             print(f"  Jekyll {posts}: {peers['Jekyll + jekyll-feed'].seconds:.2f} s", flush=True)
         for label, run in peers.items():
-            rows.append((f"{posts:,}", label, f"{run.seconds:.2f}", f"{run.peak_mb:,.0f}", f"{run.output} feeds"))
+            rows.append((f"{posts:,}", label, run.shown(), f"{run.peak_mb:,.0f}", f"{run.output} feeds"))
         cold, new, warm = ours["cold"], ours["one new post"], ours["cold, collector cache warm"]
         hugo_rss = peers["Hugo RSS-only"]
         ratios.append(f"{posts:,}: Hugo RSS-only / our cold build = {hugo_rss.seconds / cold.seconds:.2f}x "

@@ -506,17 +506,23 @@ def _build_added(state: FeedState, changes: Changes, site: Site, config: Config,
 
 def _rebuild_added(config: Config, now: datetime, workers: int | None) -> BuildReport | None:
     """The build of a site that only gained posts since the last build, else None."""
-    from .cache import Cursor, collect_changes
+    from .cache import QUICK_SHARE, Cursor, collect_changes, scan_elsewhere
     from .site import resolve_site
 
     site = resolve_site(config)
     out = OutputDir(output_folder(config))
     with out.lock():
-        state = load_state(out, site.timezone)
-        if state is None:
+        if not (out.root / STATE).exists():
             return None
         started = time.perf_counter()
-        changes = collect_changes(site, Path(config.site.cache_dir), Cursor(*state.cursor), workers)
+        # The stat of every file, most of this build, starts in a child now, while this
+        # process reads the state and then the cache's file list.
+        scanning = scan_elsewhere(site, here=QUICK_SHARE)
+        state = load_state(out, site.timezone)
+        if state is None:
+            scanning()
+            return None
+        changes = collect_changes(site, Path(config.site.cache_dir), Cursor(*state.cursor), workers, scanning)
         if changes is None:
             return None
         collected = time.perf_counter() - started

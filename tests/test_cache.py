@@ -423,3 +423,33 @@ def test_a_journal_folded_by_another_process_gets_a_new_index_not_a_record(sourc
     assert not (folder / cache.JOURNAL).exists()
     index = load_index(folder, fingerprint(cold.site), cold.site.timezone)
     assert index is not None and index.posts == held.posts and [p.title for p in held.posts[:2]] == ["乙", "甲"]
+
+
+def test_scan_shares_list_every_file_once_and_a_child_scan_lists_them_all(source: Path) -> None:
+    for i in range(40):
+        write(source, f"_posts/2022-03-{i % 28 + 1:02d}-x{i}.md", post(f"x{i}"))
+    write(source, "_posts/sub/2022-03-01-deep.md", post("deep"))
+    site = site_of(source)
+    whole = scan(site)
+    rows = set(zip(*whole, strict=True))
+    for cut in (0.0, 0.3, 0.4, 0.5, 1.0):
+        first, second = scan(site, (0.0, cut)), scan(site, (cut, 1.0))
+        shared = list(zip(*first, strict=True)) + list(zip(*second, strict=True))
+        assert sorted(shared) == sorted(rows)
+    for here in (0.0, 0.4):
+        assert sorted(zip(*cache.scan_elsewhere(site, here)(), strict=True)) == sorted(rows)
+    assert "_posts/sub/2022-03-01-deep.md" in whole[0]
+
+
+def test_read_file_reads_a_file_that_grew_or_shrank_since_the_scan(tmp_path: Path) -> None:
+    from finews_feeds.collector import read_file
+
+    path = tmp_path / "f"
+    data = bytes(range(256)) * 1000
+    path.write_bytes(data)
+    assert read_file(str(path), len(data)) == data
+    assert read_file(str(path), 10) == data  # grew
+    assert read_file(str(path), len(data) + 500) == data  # shrank
+    assert read_file(str(path), 0) == data
+    path.write_bytes(b"")
+    assert read_file(str(path), 100) == b""

@@ -18,6 +18,7 @@ from click.testing import CliRunner
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from finews_feeds import collector as collector_module
 from finews_feeds.cli import cli
 from finews_feeds.collector import collect, collect_site, parse_date, parse_post, summarize
 from finews_feeds.config import build_config
@@ -767,3 +768,46 @@ def test_a_body_that_is_a_whole_document_does_not_stop_the_run(tmp_path: Path, b
     collection = collect_dir(source)
     assert "_posts/2022-04-20-ok.md" in [p.path for p in collection.posts]
     assert len(collection.posts) + len(collection.errors) == 2
+
+
+# ---------------------------------------------------------------- front matter built as PyYAML builds it
+
+
+class _LibraryLoader(collector_module._Loader):  # type: ignore[misc,name-defined]
+    """The collector's loader with PyYAML's own constructor, for reference."""
+
+    construct_document = yaml.constructor.BaseConstructor.construct_document
+
+
+def _load(text: str, loader: type) -> tuple[str, Any]:
+    try:
+        return "value", repr(yaml.load(text, Loader=loader))  # repr: `&r [*r]` is a recursive list
+    except yaml.YAMLError as exc:
+        return "error", type(exc).__name__
+
+
+_YAML_PIECES = st.sampled_from([
+    "a: &x [1, 2]\nb: *x\n", "base: &b {k: v}\nmore:\n  <<: *b\n  j: 2\n", "= : v\n", "? [1, 2]\n: v\n",
+    "t: !!str 12\n", "s: !!set {a, b}\n", "o: !!omap [{a: 1}]\n", "r: &r [*r]\n", "b: !!binary aGk=\n",
+    "n: ~\nm: null\nt: yes\nf: Off\ni: 0x1F\nf2: 1e3\nd: 2022-04-20 09:15:40 +0800\n", "k: [a, [b, {c: d}]]\n",
+    "dup: 1\ndup: 2\n", "1: int key\n2.5: float key\ntrue: bool key\n~: null key\n", "x: 'quoted: yes'\n",
+])
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.one_of(VALUES.map(lambda v: yaml.safe_dump(v, allow_unicode=True)), _YAML_PIECES,
+                 st.lists(_YAML_PIECES, max_size=3).map("".join), st.text(max_size=60)))
+def test_front_matter_is_built_as_pyyaml_builds_it(text: str) -> None:
+    assert _load(text, collector_module._Loader) == _load(text, _LibraryLoader)
+
+
+def test_typical_front_matter_takes_the_direct_way(monkeypatch: pytest.MonkeyPatch) -> None:
+    def refuse(self: Any, node: Any) -> Any:
+        raise AssertionError("PyYAML's constructor was used")
+
+    monkeypatch.setattr(yaml.constructor.BaseConstructor, "construct_document", refuse)
+    text = 'layout: post\ntitle: "恒瑞医药宣布政策要求"\ndate: 2021-03-17 23:55:49 +0800\ncategories: eastmoney\ntags: [东方财富, 期货]\n'
+    assert yaml.load(text, Loader=collector_module._Loader) == {
+        "layout": "post", "title": "恒瑞医药宣布政策要求", "date": "2021-03-17 23:55:49 +0800",
+        "categories": "eastmoney", "tags": ["东方财富", "期货"],
+    }
