@@ -3,9 +3,10 @@
     .venv/bin/python benchmarks/collect.py [--sizes 20000 100000] [--root /dev/shm/finews-collect-bench]
 
 For each size it generates a site with make_site.py (on tmpfs: disk writes make timings swing),
-then measures, each in a fresh process: a cold run (empty cache), warm runs (unchanged site, cache
-on disk: what `finews-feeds check` or `build` pay), and a warm run inside the same process (what the
-daemon pays). It prints wall and CPU seconds, the warm/cold ratio and the peak resident memory of
+then measures, each in a fresh process: a cold run (empty cache; posts are read up to their
+bodies, as a build's collect does), a cold run that also renders every body (`Collection.complete`
+of every post, what `finews-feeds check` pays), warm runs (unchanged site, cache on disk: what
+`check` or `build` pay), and a warm run inside the same process (what the daemon pays). It prints wall and CPU seconds, the warm/cold ratio and the peak resident memory of
 the collecting process and of its parse workers. Targets (issue 2): warm <= cold / 10 and < 1.5 s
 at 100,000 posts; peak memory < 400 MB.
 """
@@ -26,7 +27,7 @@ HERE = Path(__file__).resolve().parent
 MAKE_SITE = HERE.parent / "tests" / "data" / "collector" / "make_site.py"
 
 
-def child(source: str, cache_dir: str, repeat: int) -> None:
+def child(source: str, cache_dir: str, repeat: int, every_body: bool = False) -> None:
     """Run in a fresh process: collect, print figures as JSON."""
     from finews_feeds.collector import collect
     from finews_feeds.config import build_config
@@ -38,6 +39,8 @@ def child(source: str, cache_dir: str, repeat: int) -> None:
     for _ in range(repeat):
         wall, cpu = time.perf_counter(), time.process_time()
         collection = collect(site, Path(cache_dir), now)
+        if every_body:
+            collection.posts = collection.complete(collection.posts)
         runs.append({"wall": time.perf_counter() - wall, "cpu": time.process_time() - cpu})
     # One body fetched on demand, as a feed or the digest does.
     wall = time.perf_counter()
@@ -55,9 +58,9 @@ def child(source: str, cache_dir: str, repeat: int) -> None:
     }))
 
 
-def measure(source: Path, cache_dir: Path, repeat: int = 1) -> dict[str, object]:
+def measure(source: Path, cache_dir: Path, repeat: int = 1, every_body: bool = False) -> dict[str, object]:
     result = subprocess.run(
-        [sys.executable, __file__, "--child", str(source), str(cache_dir), str(repeat)],
+        [sys.executable, __file__, "--child", str(source), str(cache_dir), str(repeat), "1" if every_body else "0"],
         check=True, capture_output=True, text=True,
     )
     figures: dict[str, object] = json.loads(result.stdout.strip().splitlines()[-1])
@@ -69,20 +72,25 @@ def main() -> None:
     parser.add_argument("--sizes", type=int, nargs="+", default=[20_000, 100_000])
     parser.add_argument("--root", type=Path, default=Path("/dev/shm/finews-collect-bench"))
     parser.add_argument("--warm-runs", type=int, default=3)
-    parser.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
+    parser.add_argument("--child", nargs=4, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        child(args.child[0], args.child[1], int(args.child[2]))
+        child(args.child[0], args.child[1], int(args.child[2]), args.child[3] == "1")
         return
+    # An installed package has its bytecode compiled; this checkout may run with
+    # PYTHONDONTWRITEBYTECODE set, which would compile every module at every run.
+    subprocess.run([sys.executable, "-m", "compileall", "-q", str(HERE.parent / "finews_feeds")], check=True)
 
-    print(f"{'posts':>8} {'cold s':>8} {'cold cpu':>8} {'warm s':>7} {'warm cpu':>8} {'ratio':>6} "
-          f"{'in-proc s':>9} {'fetch ms':>8} {'peak MB':>8} {'workers MB':>10}")
+    print(f"{'posts':>8} {'cold s':>8} {'cold cpu':>8} {'all bodies s':>12} {'warm s':>7} {'warm cpu':>8} {'ratio':>6} "
+          f"{'ratio all':>9} {'in-proc s':>9} {'fetch ms':>8} {'peak MB':>8} {'workers MB':>10}")
     for size in args.sizes:
         source = args.root / f"site-{size}"
         cache_dir = args.root / f"cache-{size}"
         if not (source / "_config.yml").exists():
             subprocess.run([sys.executable, str(MAKE_SITE), str(source), "--posts", str(size), "--seed", "1"],
                            check=True, capture_output=True)
+        shutil.rmtree(cache_dir, ignore_errors=True)
+        every = measure(source, cache_dir, every_body=True)["runs"][0]  # type: ignore[index]
         shutil.rmtree(cache_dir, ignore_errors=True)
         cold = measure(source, cache_dir)
         warms = [measure(source, cache_dir, repeat=2) for _ in range(args.warm_runs)]
@@ -91,8 +99,9 @@ def main() -> None:
         in_process = min(w["runs"][1]["wall"] for w in warms)  # type: ignore[index]
         cold_run = cold["runs"][0]  # type: ignore[index]
         peak = max([cold["rss_mb"], *[w["rss_mb"] for w in warms]])  # type: ignore[type-var]
-        print(f"{cold['posts']:>8} {cold_run['wall']:>8.2f} {cold_run['cpu'] + cold['workers_cpu']:>8.2f} {best['wall']:>7.2f} {best['cpu']:>8.2f} "
-              f"{best['wall'] / cold_run['wall']:>6.3f} {in_process:>9.2f} {warms[0]['fetch_ms']:>8.2f} "
+        print(f"{cold['posts']:>8} {cold_run['wall']:>8.2f} {cold_run['cpu'] + cold['workers_cpu']:>8.2f} {every['wall']:>12.2f} "
+              f"{best['wall']:>7.2f} {best['cpu']:>8.2f} {best['wall'] / cold_run['wall']:>6.3f} {best['wall'] / every['wall']:>9.3f} "
+              f"{in_process:>9.2f} {warms[0]['fetch_ms']:>8.2f} "
               f"{peak:>8.0f} {cold['workers_rss_mb']:>10.0f}", flush=True)
 
 

@@ -10,14 +10,12 @@ over worker processes.
 from __future__ import annotations
 
 import bisect
-import concurrent.futures
 import contextlib
 import dataclasses
 import gc
 import hashlib
 import logging
 import marshal
-import multiprocessing
 import os
 import threading
 import time
@@ -29,15 +27,16 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 from zoneinfo import ZoneInfo
 
-from . import feeds as feedmod
-from .collector import sort_key
 from .config import Config
-from .feeds import EntryData, FeedOptions, FeedPlan, FeedSpec
-from .models import Collection, ContentSource, FileError, Post, Site
+from .models import Collection, ContentSource, FileError, Post, Site, sort_key
 from .writer import FeedRecord, Manifest, OutputDir, load_manifest, save_manifest
 
 if TYPE_CHECKING:
     from .cache import Changes
+    from .feeds import EntryData, FeedOptions, FeedPlan, FeedSpec
+
+# feeds (feedgen, lxml, jinja2) and the collector are imported where used: a quick rebuild
+# starts its walk of the site in a child process before it needs them (see _rebuild_added).
 
 log = logging.getLogger(__name__)
 
@@ -155,10 +154,14 @@ class _Renderer:
     def entry(self, post: Post) -> EntryData:
         data = self.memo.get(post.path)
         if data is None:
+            from . import feeds as feedmod
+
             data = self.memo[post.path] = feedmod.entry_data(post, self.job.options, self.job.content)
         return data
 
     def run(self, spec: FeedSpec, posts: Sequence[Post]) -> _Result:
+        from . import feeds as feedmod
+
         entries = [self.entry(post) for post in posts]
         result = _Result(spec.key, [], [])
         for rel, data in feedmod.render_feed(spec, self.job.options, entries).items():
@@ -218,6 +221,9 @@ def render_all(work: Sequence[tuple[FeedSpec, list[Post]]], job: _Job, workers: 
         return
     # Spawned, not forked, when other threads run (the daemon's scheduler and web server):
     # forking while they hold locks can deadlock the child.
+    import concurrent.futures
+    import multiprocessing
+
     context = multiprocessing.get_context("spawn")
     with concurrent.futures.ProcessPoolExecutor(count, mp_context=context, initializer=_init_worker,
                                                 initargs=(job.options, job.out_root, *portable)) as pool:
@@ -304,7 +310,9 @@ def build_feeds(collection: Collection, config: Config, *, full: bool = False, w
 def _build(collection: Collection, config: Config, out: OutputDir, *, full: bool, workers: int | None) -> BuildReport:
     started = time.perf_counter()
     report = BuildReport(output=str(out.root), posts=len(collection.posts), rejected=list(collection.errors))
-    options = FeedOptions.from_config(collection.site, config.feeds)
+    from . import feeds as feedmod
+
+    options = feedmod.FeedOptions.from_config(collection.site, config.feeds)
     old = load_manifest(out)
     plan = feedmod.plan_feeds(collection.posts, collection.site, options, old.slugs)
     _complete(plan, collection)
@@ -321,6 +329,8 @@ def _write(plan: FeedPlan, options: FeedOptions, content: ContentSource, out: Ou
     """Render and write what changed in ``plan`` since the build of ``old``, remove what is
     gone, and save the new manifest (returned). ``same``: keys of feeds known to show what they
     showed in that build (their signatures are taken from ``old``)."""
+    from . import feeds as feedmod
+
     sigs = signatures(plan, options, {key: old.feeds[key].signature for key in same if key in old.feeds})
     manifest = Manifest(options=options.fingerprint(), slugs=plan.slugs)
     work: list[tuple[FeedSpec, list[Post]]] = []
@@ -385,6 +395,9 @@ def _write(plan: FeedPlan, options: FeedOptions, content: ContentSource, out: Ou
 
 STATE = ".finews-state.marshal"
 STATE_VERSION = 1
+#: The share of the files a quick rebuild stats itself, after its imports and reading its state
+#: and the cache's file list, while a child started first stats the rest.
+QUICK_SHARE = 0.3
 
 
 def plan_key(site: Site, options: FeedOptions) -> str:
@@ -454,8 +467,10 @@ def _build_added(state: FeedState, changes: Changes, site: Site, config: Config,
                  workers: int | None) -> BuildReport | None:
     """:func:`_build` for a site that only gained posts since ``state``; None when that is
     not the case (the caller then reads the whole site)."""
+    from . import feeds as feedmod
+
     started = time.perf_counter()
-    options = FeedOptions.from_config(site, config.feeds)
+    options = feedmod.FeedOptions.from_config(site, config.feeds)
     limit = now.timestamp()
     if (changes.changed_posts or state.key != plan_key(site, options)
             or (not site.future and state.due is not None and state.due <= limit)):
@@ -506,8 +521,8 @@ def _build_added(state: FeedState, changes: Changes, site: Site, config: Config,
 
 def _rebuild_added(config: Config, now: datetime, workers: int | None) -> BuildReport | None:
     """The build of a site that only gained posts since the last build, else None."""
-    from .cache import QUICK_SHARE, Cursor, collect_changes, scan_elsewhere
     from .site import resolve_site
+    from .walk import scan_elsewhere
 
     site = resolve_site(config)
     out = OutputDir(output_folder(config))
@@ -516,8 +531,11 @@ def _rebuild_added(config: Config, now: datetime, workers: int | None) -> BuildR
             return None
         started = time.perf_counter()
         # The stat of every file, most of this build, starts in a child now, while this
-        # process reads the state and then the cache's file list.
+        # process imports the rest, reads the state and the cache's file list, and then
+        # stats its own share.
         scanning = scan_elsewhere(site, here=QUICK_SHARE)
+        from .cache import Cursor, collect_changes
+
         state = load_state(out, site.timezone)
         if state is None:
             scanning()

@@ -52,8 +52,9 @@ from pathlib import Path
 from typing import Any, BinaryIO, NamedTuple
 
 from . import collector, markup
-from .collector import Entry, Parsed, read_entry, rerender, scan, sort_key, walk
-from .models import Collection, ContentSource, FileError, Post, Site
+from .collector import Parsed, read_entry, rerender
+from .models import Collection, ContentSource, FileError, Post, Site, sort_key
+from .walk import Columns, Entry, scan, scan_elsewhere, walk
 
 log = logging.getLogger(__name__)
 
@@ -933,7 +934,7 @@ def collect_changes(site: Site, cache_dir: Path, since: Cursor, workers: int | N
     enabled = gc.isenabled()
     gc.disable()
     try:
-        return _collect_changes(site, cache_dir, since, workers, scanning or scan_elsewhere(site, here=QUICK_SHARE))
+        return _collect_changes(site, cache_dir, since, workers, scanning or scan_elsewhere(site))
     finally:
         gc.freeze()
         gc.unfreeze()
@@ -1065,56 +1066,6 @@ def _history(folder: Path, index: Index, since: Cursor, zone: tzinfo) -> tuple[d
     if not at_cursor:
         return None
     return touched, posts
-
-
-Columns = tuple[list[str], list[int], list[int]]
-#: The share of the files a quick rebuild stats itself, after reading its state and the index's
-#: file list (about a tenth of a second at 100,000 posts) while a child stats the rest.
-QUICK_SHARE = 0.4
-
-
-def scan_elsewhere(site: Site, here: float = 0.0) -> Callable[[], Columns]:
-    """Start :func:`~finews_feeds.collector.scan` in a forked child; the returned function
-    gives its result (or scans here, when forking is unsafe or the child failed). With
-    ``here``, the returned function scans that share of the files itself (the child the rest):
-    for a caller that has other work first, and then time to wait."""
-    if not hasattr(os, "fork") or threading.active_count() != 1:
-        # Forking a process with other threads running (a daemon) can deadlock the child.
-        return lambda: scan(site)
-    read_end, write_end = os.pipe()
-    try:
-        pid = os.fork()
-    except OSError:
-        os.close(read_end)
-        os.close(write_end)
-        return lambda: scan(site)
-    if pid == 0:  # pragma: no cover - the child; coverage does not follow it
-        code = 1
-        try:
-            os.close(read_end)
-            data = marshal.dumps(scan(site, (here, 1.0)))
-            with os.fdopen(write_end, "wb") as out:
-                out.write(data)
-            code = 0
-        finally:
-            os._exit(code)
-    os.close(write_end)
-
-    def result() -> Columns:
-        mine = scan(site, (0.0, here)) if here else None
-        with os.fdopen(read_end, "rb") as pipe:
-            data = pipe.read()
-        _, status = os.waitpid(pid, 0)
-        if status == 0 and data:
-            with contextlib.suppress(ValueError, EOFError, TypeError):
-                paths, sizes, mtimes = marshal.loads(data)
-                if mine is not None:
-                    return mine[0] + paths, mine[1] + sizes, mine[2] + mtimes
-                return paths, sizes, mtimes
-        log.warning("scanning the site in a child process failed; scanning here")
-        return scan(site)
-
-    return result
 
 
 def _remember(key: str, print_: str, index: Index) -> None:

@@ -70,6 +70,11 @@ class Post:
         return bool(self.content_hash)
 
 
+def sort_key(post: Post) -> tuple[float, str]:
+    """The collector's order of posts: newest first, then by path."""
+    return (-post.date.timestamp(), post.path)
+
+
 class ContentSource(Protocol):
     """Gives the rendered, absolutised HTML body of a post."""
 

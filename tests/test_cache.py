@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from finews_feeds import cache
+from finews_feeds import walk as walkmod
 from finews_feeds.cache import (
     BODIES,
     INDEX,
@@ -24,10 +25,11 @@ from finews_feeds.cache import (
     site_folder,
     to_columns,
 )
-from finews_feeds.collector import Entry, collect, scan
+from finews_feeds.collector import Entry, collect
 from finews_feeds.config import build_config
 from finews_feeds.models import Collection, Site
 from finews_feeds.site import resolve_site
+from finews_feeds.walk import scan, scan_elsewhere
 
 NOW = datetime(2022, 5, 1, tzinfo=UTC)
 CONFIG_YML = "title: finews\nurl: https://finews.withounder.com\n"
@@ -321,31 +323,31 @@ def test_parallel_cold_parse_gives_the_same_collection(source: Path, tmp_path: P
 
 
 def test_scanning_in_a_child_process_gives_the_same_columns(source: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(cache.threading, "active_count", lambda: 1)
+    monkeypatch.setattr(walkmod.threading, "active_count", lambda: 1)
     site = site_of(source)
-    assert cache.scan_elsewhere(site)() == scan(site)
+    assert walkmod.scan_elsewhere(site)() == scan(site)
 
 
 def test_a_failed_child_scan_is_done_again_here(source: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
-    monkeypatch.setattr(cache.threading, "active_count", lambda: 1)
+    monkeypatch.setattr(walkmod.threading, "active_count", lambda: 1)
     parent = os.getpid()
 
-    def only_here(site: Site) -> Any:
+    def only_here(site: Site, share: tuple[float, float] = (0.0, 1.0)) -> Any:
         if os.getpid() != parent:
             raise RuntimeError("the child fails")
-        return scan(site)
+        return scan(site, share)
 
-    monkeypatch.setattr(cache, "scan", only_here)
+    monkeypatch.setattr(walkmod, "scan", only_here)
     site = site_of(source)
-    assert cache.scan_elsewhere(site)() == scan(site)
+    assert walkmod.scan_elsewhere(site)() == scan(site)
     assert "scanning the site in a child process failed" in caplog.text
 
 
 def test_with_other_threads_running_the_scan_stays_in_this_process(source: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(cache.threading, "active_count", lambda: 3)
+    monkeypatch.setattr(walkmod.threading, "active_count", lambda: 3)
     monkeypatch.setattr(cache.os, "fork", lambda: pytest.fail("forked with threads running"))
     site = site_of(source)
-    assert cache.scan_elsewhere(site)() == scan(site)
+    assert walkmod.scan_elsewhere(site)() == scan(site)
 
 
 def test_a_few_changes_go_to_the_journal_not_a_new_index(source: Path, tmp_path: Path, parsed: list[str]) -> None:
@@ -437,12 +439,12 @@ def test_scan_shares_list_every_file_once_and_a_child_scan_lists_them_all(source
         shared = list(zip(*first, strict=True)) + list(zip(*second, strict=True))
         assert sorted(shared) == sorted(rows)
     for here in (0.0, 0.4):
-        assert sorted(zip(*cache.scan_elsewhere(site, here)(), strict=True)) == sorted(rows)
+        assert sorted(zip(*scan_elsewhere(site, here)(), strict=True)) == sorted(rows)
     assert "_posts/sub/2022-03-01-deep.md" in whole[0]
 
 
 def test_read_file_reads_a_file_that_grew_or_shrank_since_the_scan(tmp_path: Path) -> None:
-    from finews_feeds.collector import read_file
+    from finews_feeds.walk import read_file
 
     path = tmp_path / "f"
     data = bytes(range(256)) * 1000
