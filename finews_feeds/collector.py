@@ -66,6 +66,17 @@ class _Loader(YamlLoader):  # type: ignore[misc]
         for first, resolvers in YamlLoader.yaml_implicit_resolvers.items()
     }
 
+    def resolve(self, kind: type, value: Any, implicit: tuple[bool, bool]) -> str:
+        # PyYAML's resolve (called from C for every node) rebuilds its candidate list on each
+        # call; the same rules, with the lists merged once (this loader has no path resolvers).
+        if kind is yaml.ScalarNode:
+            if implicit[0]:
+                for tag, regexp in _RESOLVERS.get(value[:1], _WILDCARD):
+                    if regexp.match(value):
+                        return str(tag)
+            return _STR
+        return _SEQ if kind is yaml.SequenceNode else _MAP
+
     def construct_document(self, node: yaml.Node) -> Any:
         # PyYAML's constructor (Python, with generators for recursive structures) is half the
         # cost of front matter; a mapping of plain scalars and lists is built directly, with
@@ -112,6 +123,11 @@ class _NotPlain(Exception):
 _STR = "tag:yaml.org,2002:str"
 _MAP = "tag:yaml.org,2002:map"
 _SEQ = "tag:yaml.org,2002:seq"
+_WILDCARD: list[tuple[str, re.Pattern[str]]] = list(_Loader.yaml_implicit_resolvers.get(None, []))
+_RESOLVERS: dict[str, list[tuple[str, re.Pattern[str]]]] = {
+    first: [*resolvers, *_WILDCARD] for first, resolvers in _Loader.yaml_implicit_resolvers.items() if first is not None
+}
+assert not _Loader.yaml_path_resolvers, "resolve() above assumes no path resolvers"
 _PLAIN_SCALARS = frozenset(f"tag:yaml.org,2002:{name}" for name in ("int", "float", "bool", "null"))
 _SPECIAL_KEYS = frozenset(("tag:yaml.org,2002:merge", "tag:yaml.org,2002:value"))
 

@@ -777,6 +777,7 @@ class _LibraryLoader(collector_module._Loader):  # type: ignore[misc,name-define
     """The collector's loader with PyYAML's own constructor, for reference."""
 
     construct_document = yaml.constructor.BaseConstructor.construct_document
+    resolve = yaml.resolver.BaseResolver.resolve
 
 
 def _load(text: str, loader: type) -> tuple[str, Any]:
