@@ -528,12 +528,20 @@ class Bodies:
         connection = self.connect()
         connection.execute("BEGIN IMMEDIATE")
         try:
-            connection.executemany("DELETE FROM bodies WHERE path = ?", ((p,) for p in removed))
-            connection.executemany("INSERT OR REPLACE INTO bodies (path, hash, html) VALUES (?, ?, ?)", rows)
+            cursor = connection.executemany("DELETE FROM bodies WHERE path = ?", ((p,) for p in removed))
+            changes = max(cursor.rowcount, 0)
+            cursor = connection.executemany("INSERT OR REPLACE INTO bodies (path, hash, html) VALUES (?, ?, ?)", rows)
+            changes += max(cursor.rowcount, 0)
             connection.execute("COMMIT")
         except BaseException:
             connection.execute("ROLLBACK")
             raise
+        if changes >= 256:
+            # The command line ends without closing connections (see cli.main), so SQLite never
+            # folds a big write-ahead log back into the file, and every later run that opens it
+            # reads all of it again (tens of megabytes after a cold build).
+            with contextlib.suppress(sqlite3.Error):
+                connection.execute("PRAGMA wal_checkpoint(TRUNCATE)")
 
     def close(self) -> None:
         connection = getattr(self._local, "connection", None)
