@@ -12,12 +12,12 @@ from __future__ import annotations
 import bisect
 import contextlib
 import dataclasses
+import functools
 import gc
 import hashlib
 import logging
 import marshal
 import os
-import threading
 import time
 from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 from zoneinfo import ZoneInfo
 
+from . import forks
 from .config import Config
 from .models import Collection, ContentSource, FileError, Post, Site, sort_key
 from .writer import FeedRecord, Manifest, OutputDir, load_manifest, save_manifest
@@ -216,7 +217,7 @@ def render_all(work: Sequence[tuple[FeedSpec, list[Post]]], job: _Job, workers: 
         for spec, posts in work:
             yield renderer.run(spec, posts)
         return
-    if hasattr(os, "fork") and threading.active_count() == 1:
+    if forks.can_fork():
         yield from _render_forked(work, job, count, portable)
         return
     # Spawned, not forked, when other threads run (the daemon's scheduler and web server):
@@ -242,54 +243,35 @@ def _render_forked(work: Sequence[tuple[FeedSpec, list[Post]]], job: _Job, count
         least = loads.index(min(loads))
         shares[least].append(item)
         loads[least] += len(item[1]) + 1
-    children: list[tuple[int, int, list[tuple[FeedSpec, list[Post]]]]] = []
+
+    def child_work(share: list[tuple[FeedSpec, list[Post]]]) -> bytes:
+        # Its own connection to the bodies file: SQLite's must not cross a fork.
+        renderer = _Renderer(_Job(job.options, job.out_root, _open_content(*portable)))
+        done = [renderer.run(spec, posts) for spec, posts in share]
+        return marshal.dumps([(r.key, r.written, r.unchanged) for r in done])
+
+    children: list[tuple[forks.Child | None, list[tuple[FeedSpec, list[Post]]]]] = []
     try:
         for share in shares[1:]:
-            read_end, write_end = os.pipe()
-            try:
-                pid = os.fork()
-            except OSError:
-                os.close(read_end)
-                os.close(write_end)
-                children.append((-1, -1, share))
-                continue
-            if pid == 0:  # pragma: no cover - the child; coverage does not follow it
-                code = 1
-                try:
-                    os.close(read_end)
-                    # Its own connection to the bodies file: SQLite's must not cross a fork.
-                    renderer = _Renderer(_Job(job.options, job.out_root, _open_content(*portable)))
-                    done = [renderer.run(spec, posts) for spec, posts in share]
-                    data = marshal.dumps([(r.key, r.written, r.unchanged) for r in done])
-                    with os.fdopen(write_end, "wb") as pipe:
-                        pipe.write(data)
-                    code = 0
-                finally:
-                    os._exit(code)
-            os.close(write_end)
-            children.append((pid, read_end, share))
+            children.append((forks.start(functools.partial(child_work, share)), share))
         renderer = _Renderer(job)
         for spec, posts in shares[0]:
             yield renderer.run(spec, posts)
         while children:
-            pid, read_end, share = children.pop(0)
+            child, share = children.pop(0)
+            data = child.result() if child is not None else None
             results: list[_Result] | None = None
-            if pid > 0:
-                with os.fdopen(read_end, "rb") as pipe:
-                    data = pipe.read()
-                _, status = os.waitpid(pid, 0)
-                if status == 0 and data:
-                    with contextlib.suppress(ValueError, EOFError, TypeError):
-                        results = [_Result(key, written, unchanged) for key, written, unchanged in marshal.loads(data)]
+            if data is not None:
+                with contextlib.suppress(ValueError, EOFError, TypeError):
+                    results = [_Result(key, written, unchanged) for key, written, unchanged in marshal.loads(data)]
             if results is None:
                 log.warning("rendering feeds in a child process failed; rendering its share here")
                 results = [renderer.run(spec, posts) for spec, posts in share]
             yield from results
     finally:
-        for pid, read_end, _ in children:  # only when the caller stopped early
-            if pid > 0:
-                os.close(read_end)
-                os.waitpid(pid, 0)
+        for child, _ in children:  # only when the caller stopped early
+            if child is not None:
+                child.abandon()
 
 
 # --------------------------------------------------------------------------- the build

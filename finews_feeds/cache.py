@@ -29,6 +29,7 @@ import concurrent.futures
 import contextlib
 import dataclasses
 import fcntl
+import functools
 import gc
 import hashlib
 import logging
@@ -51,7 +52,7 @@ from operator import attrgetter
 from pathlib import Path
 from typing import Any, BinaryIO, NamedTuple
 
-from . import collector, markup
+from . import collector, forks, markup
 from .collector import Parsed, read_entry, rerender
 from .models import Collection, ContentSource, FileError, Post, Site, sort_key
 from .walk import Columns, Entry, scan, scan_elsewhere, walk
@@ -189,7 +190,7 @@ class Index:
     #: CRC-32 of the journal record that ends at ``journal_end`` (0 when there is none).
     last_crc: int = dataclasses.field(default=0, compare=False)
     #: The child process writing this index in the background, if any (see :func:`save_index`).
-    pending: int = dataclasses.field(default=0, compare=False)
+    pending: forks.Child | None = dataclasses.field(default=None, compare=False)
 
     @property
     def cursor(self) -> Cursor:
@@ -286,20 +287,15 @@ def save_index(folder: Path, print_: str, index: Index, background: bool = False
     settle(index)
     folder.mkdir(parents=True, exist_ok=True)
     token = uuid.uuid4().hex
-    if background and hasattr(os, "fork") and threading.active_count() == 1:
-        try:
-            pid = os.fork()
-        except OSError:
-            pid = -1
-        if pid == 0:  # pragma: no cover - the child; coverage does not follow it
-            code = 1
-            try:
-                _write_index(folder, print_, index, token)
-                code = 0
-            finally:
-                os._exit(code)
-        if pid > 0:
-            index.token, index.journal_end, index.last_crc, index.pending = token, 0, 0, pid
+    if background and forks.can_fork():
+
+        def write() -> bytes:
+            _write_index(folder, print_, index, token)
+            return b"written"
+
+        child = forks.start(write)
+        if child is not None:
+            index.token, index.journal_end, index.last_crc, index.pending = token, 0, 0, child
             _PENDING[os.path.abspath(folder)] = index
             return
     _write_index(folder, print_, index, token)
@@ -313,12 +309,10 @@ _PENDING: dict[str, Index] = {}
 
 def settle(index: Index) -> None:
     """Wait for the background write of ``index``, if any. Raises OSError if it failed."""
-    pid, index.pending = index.pending, 0
-    if pid:
-        _, status = os.waitpid(pid, 0)
-        if status != 0:
-            log.warning("writing the cache index in a child process failed; writing it here")
-            raise OSError("the cache index was not written")
+    child, index.pending = index.pending, None
+    if child is not None and child.result() is None:
+        log.warning("writing the cache index in a child process failed")
+        raise OSError("the cache index was not written")
 
 
 def _write_index(folder: Path, print_: str, index: Index, token: str) -> None:
@@ -624,7 +618,7 @@ def parse_all(
         for entry in entries:
             yield _pack_item(entry, site, lazy)
         return
-    if hasattr(os, "fork") and threading.active_count() == 1:
+    if forks.can_fork():
         yield from _parse_forked(entries, site, count, lazy)
         return
     # Forking a process with other threads running (the daemon's scheduler and web server) can
@@ -652,52 +646,32 @@ def _parse_forked(
     each with an equal share. A child sends its results back in one piece, by column (see
     :func:`to_columns`): unpickling 10,000 posts here would take a core from the parsing."""
     parts = [items[i::count] for i in range(count)]
-    children: list[tuple[int, int, Sequence[Entry | tuple[Entry, Post]]]] = []
+    children: list[tuple[forks.Child | None, Sequence[Entry | tuple[Entry, Post]]]] = []
     try:
         for part in parts[1:]:
-            read_end, write_end = os.pipe()
-            try:
-                pid = os.fork()
-            except OSError:
-                os.close(read_end)
-                os.close(write_end)
-                children.append((-1, -1, part))
-                continue
-            if pid == 0:  # pragma: no cover - the child; coverage does not follow it
-                code = 1
-                try:
-                    os.close(read_end)
-                    data = _dump_results([_pack_item(item, site, lazy) for item in part])
-                    with os.fdopen(write_end, "wb") as out:
-                        out.write(data)
-                    code = 0
-                finally:
-                    os._exit(code)
-            os.close(write_end)
-            children.append((pid, read_end, part))
+            children.append((forks.start(functools.partial(_parse_share, part, site, lazy)), part))
         for item in parts[0]:
             yield _pack_item(item, site, lazy)
         while children:
-            pid, read_end, part = children.pop(0)
-            results = _child_results(pid, read_end, site.timezone)
+            child, part = children.pop(0)
+            results = _child_results(child, site.timezone)
             if results is None:
                 log.warning("parsing in a child process failed; parsing its share here")
                 results = [_pack_item(item, site, lazy) for item in part]
             yield from results
     finally:
-        for pid, read_end, _ in children:  # only when the caller stopped early
-            if pid > 0:
-                os.close(read_end)
-                os.waitpid(pid, 0)
+        for child, _ in children:  # only when the caller stopped early
+            if child is not None:
+                child.abandon()
 
 
-def _child_results(pid: int, read_end: int, zone: tzinfo) -> list[tuple[Entry, Outcome, bytes | None]] | None:
-    if pid < 0:
-        return None
-    with os.fdopen(read_end, "rb") as pipe:
-        data = pipe.read()
-    _, status = os.waitpid(pid, 0)
-    if status != 0 or not data:
+def _parse_share(part: Sequence[Entry | tuple[Entry, Post]], site: Site, lazy: bool) -> bytes:
+    return _dump_results([_pack_item(item, site, lazy) for item in part])
+
+
+def _child_results(child: forks.Child | None, zone: tzinfo) -> list[tuple[Entry, Outcome, bytes | None]] | None:
+    data = child.result() if child is not None else None
+    if data is None:
         return None
     try:
         return _load_results(data, zone)

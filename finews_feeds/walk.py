@@ -15,11 +15,11 @@ import marshal
 import os
 import re
 import stat as stat_module
-import threading
 from collections.abc import Callable
 from operator import attrgetter
 from typing import NamedTuple
 
+from . import forks
 from .models import Site
 
 log = logging.getLogger(__name__)
@@ -143,38 +143,18 @@ def read_file(path: str, size: int) -> bytes:
 
 
 def scan_elsewhere(site: Site, here: float = 0.0) -> Callable[[], Columns]:
-    """Start :func:`~finews_feeds.collector.scan` in a forked child; the returned function
-    gives its result (or scans here, when forking is unsafe or the child failed). With
-    ``here``, the returned function scans that share of the files itself (the child the rest):
-    for a caller that has other work first, and then time to wait."""
-    if not hasattr(os, "fork") or threading.active_count() != 1:
-        # Forking a process with other threads running (a daemon) can deadlock the child.
+    """Start :func:`scan` in a forked child; the returned function gives its result (or scans
+    here, when forking is unsafe or the child failed). With ``here``, the returned function
+    scans that share of the files itself (the child the rest): for a caller that has other
+    work first, and then time to wait."""
+    child = forks.start(lambda: marshal.dumps(scan(site, (here, 1.0)))) if forks.can_fork() else None
+    if child is None:
         return lambda: scan(site)
-    read_end, write_end = os.pipe()
-    try:
-        pid = os.fork()
-    except OSError:
-        os.close(read_end)
-        os.close(write_end)
-        return lambda: scan(site)
-    if pid == 0:  # pragma: no cover - the child; coverage does not follow it
-        code = 1
-        try:
-            os.close(read_end)
-            data = marshal.dumps(scan(site, (here, 1.0)))
-            with os.fdopen(write_end, "wb") as out:
-                out.write(data)
-            code = 0
-        finally:
-            os._exit(code)
-    os.close(write_end)
 
     def result() -> Columns:
         mine = scan(site, (0.0, here)) if here else None
-        with os.fdopen(read_end, "rb") as pipe:
-            data = pipe.read()
-        _, status = os.waitpid(pid, 0)
-        if status == 0 and data:
+        data = child.result()
+        if data is not None:
             with contextlib.suppress(ValueError, EOFError, TypeError):
                 paths, sizes, mtimes = marshal.loads(data)
                 if mine is not None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import marshal
 import os
 import sqlite3
+import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -323,13 +324,13 @@ def test_parallel_cold_parse_gives_the_same_collection(source: Path, tmp_path: P
 
 
 def test_scanning_in_a_child_process_gives_the_same_columns(source: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(walkmod.threading, "active_count", lambda: 1)
+    monkeypatch.setattr(threading, "active_count", lambda: 1)
     site = site_of(source)
     assert walkmod.scan_elsewhere(site)() == scan(site)
 
 
 def test_a_failed_child_scan_is_done_again_here(source: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
-    monkeypatch.setattr(walkmod.threading, "active_count", lambda: 1)
+    monkeypatch.setattr(threading, "active_count", lambda: 1)
     parent = os.getpid()
 
     def only_here(site: Site, share: tuple[float, float] = (0.0, 1.0)) -> Any:
@@ -344,7 +345,7 @@ def test_a_failed_child_scan_is_done_again_here(source: Path, monkeypatch: pytes
 
 
 def test_with_other_threads_running_the_scan_stays_in_this_process(source: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(walkmod.threading, "active_count", lambda: 3)
+    monkeypatch.setattr(threading, "active_count", lambda: 3)
     monkeypatch.setattr(cache.os, "fork", lambda: pytest.fail("forked with threads running"))
     site = site_of(source)
     assert walkmod.scan_elsewhere(site)() == scan(site)
