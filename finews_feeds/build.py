@@ -495,8 +495,11 @@ def _build_added(state: FeedState, changes: Changes, site: Site, config: Config,
     # earlier ones), its settings are the state's (plan_key), its posts are the same.
     same = [spec.key for spec in plan.specs if spec.key not in touched]
     manifest = _write(plan, options, changes.content, out, old, report, full=False, workers=workers, same=same)
-    save_state(out, FeedState.of(plan, state.key, changes.cursor, manifest,
-                                 datetime.fromtimestamp(due, UTC) if due is not None else None))
+    # Without new posts the kept plan is still this one, and its cursor still a point of the
+    # cache's history (what came after it changed no post): it stays as it is.
+    if changes.added or _manifest_digest(manifest.to_json()) != state.manifest:
+        save_state(out, FeedState.of(plan, state.key, changes.cursor, manifest,
+                                     datetime.fromtimestamp(due, UTC) if due is not None else None))
     report.seconds = time.perf_counter() - started
     return report
 
