@@ -3,8 +3,11 @@
 Incremental: each feed's signature is a hash of everything it shows (its header, its entries'
 ids, metadata and content hashes, the options). A feed whose signature matches the manifest of
 the last build, and whose files are all there, is not rendered at all; so after one new post
-only the feeds that contain it are rendered. Many feeds to render (a cold build) are spread
-over worker processes.
+only the feeds that contain it are rendered. Many feeds to render (a cold build) are shared
+with a forked child (spawned workers next to the daemon's threads).
+
+After only new posts, a build does not read the site at all: it updates the plan it kept (see
+"rebuild after new posts" below) with what the collector's cache says was added.
 """
 
 from __future__ import annotations

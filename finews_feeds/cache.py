@@ -20,6 +20,12 @@ folder cannot be written the run goes on without it.
 Why columns: a warm run over 100,000 posts must build 100,000 :class:`Post` objects. Loading
 one marshal record per field and setting each field of all posts with ``map`` keeps the work
 in C; a frozen dataclass's ``__init__`` (or pickle) costs several times more.
+
+A cold run (:data:`LAZY_FROM` files or more to read) reads posts up to their bodies only;
+:class:`Completion` renders a body when a post is first shown and records it (a journal record
+marked "rendered only"). :func:`collect_changes` answers what changed since a :class:`Cursor`
+(an index and a journal position) from the files' sizes and mtimes alone: the quick rebuild of
+:mod:`finews_feeds.build`.
 """
 
 from __future__ import annotations
