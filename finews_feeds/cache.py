@@ -242,39 +242,56 @@ def _settle_folder(folder: Path) -> None:
 
 
 def _load_index(folder: Path, expected: str, zone: tzinfo) -> Index | None:
-    _settle_folder(folder)
     path = folder / INDEX
     try:
-        with open(path, "rb") as handle:
-            header = _read_record(handle)
-            if not (isinstance(header, tuple) and len(header) == 4 and header[0] == FORMAT):
-                log.info("%s: cache from another version; rebuilding", path)
+        with open_index(folder, expected) as opened:
+            if opened is None:
                 return None
-            if header[1] != expected:
-                log.info("%s: cache made with other site settings; rebuilding", path)
-                return None
-            count, token = header[2], header[3]
-            paths, sizes, mtimes, others = (_read_record(handle) for _ in range(4))
+            handle, index, count = opened
+            paths = list(index.stats)
             columns = [paths[:count], *(_read_record(handle) for _ in COLUMNS[1:])]
-    except FileNotFoundError:
-        return None
     except Exception as exc:  # a corrupt cache must never stop a run
         log.warning("%s: unreadable cache index (%s); rebuilding", path, exc.__class__.__name__)
         return None
     try:
-        if not (len(paths) == len(sizes) == len(mtimes) == count + len(others)):
-            raise ValueError("columns of different lengths")
-        index = Index(
-            stats=dict(zip(paths, zip(sizes, mtimes, strict=True), strict=True)),
-            posts=from_columns(columns, zone),
-            others=dict(zip(paths[count:], others, strict=True)),
-            token=str(token),
-        )
+        index.posts = from_columns(columns, zone)
     except (TypeError, ValueError, OverflowError, OSError) as exc:
         log.warning("%s: inconsistent cache index (%s); rebuilding", path, exc)
         return None
     _replay(folder, index, zone)
     return index
+
+
+@contextlib.contextmanager
+def open_index(folder: Path, expected: str) -> Iterator[tuple[BinaryIO, Index, int] | None]:
+    """The index file of ``folder`` read up to its posts: the open file (at the first post
+    column), the index without posts (sizes and mtimes of every file, rejected and unpublished
+    files) and how many posts follow; None when there is no index of this code for these
+    settings. Raises what reading a corrupt file raises."""
+    _settle_folder(folder)
+    path = folder / INDEX
+    try:
+        handle = open(path, "rb")  # noqa: SIM115 - handed to the caller inside this context
+    except FileNotFoundError:
+        yield None
+        return
+    with handle:
+        header = _read_record(handle)
+        if not (isinstance(header, tuple) and len(header) == 4 and header[0] == FORMAT):
+            log.info("%s: cache from another version; rebuilding", path)
+            yield None
+            return
+        if header[1] != expected:
+            log.info("%s: cache made with other site settings; rebuilding", path)
+            yield None
+            return
+        count, token = header[2], header[3]
+        paths, sizes, mtimes, others = (_read_record(handle) for _ in range(4))
+        if not (len(paths) == len(sizes) == len(mtimes) == count + len(others)):
+            raise ValueError("columns of different lengths")
+        index = Index(stats=dict(zip(paths, zip(sizes, mtimes, strict=True), strict=True)), posts=[],
+                      others=dict(zip(paths[count:], others, strict=True)), token=str(token))
+        yield handle, index, count
 
 
 def _read_record(handle: BinaryIO) -> Any:
@@ -413,6 +430,19 @@ class _Record(NamedTuple):
         return columns
 
 
+def _apply_files(index: Index, record: _Record) -> None:
+    """What ``record`` says of its files (size and mtime, or gone; rejected or unpublished)
+    put in ``index``; its posts are the caller's business."""
+    for path, stat in zip(record.paths, record.stats, strict=True):
+        index.others.pop(path, None)
+        if stat is None:
+            index.stats.pop(path, None)
+        else:
+            index.stats[path] = (stat[0], stat[1])
+    index.others.update(record.rejected)
+    index.journal_end, index.last_crc = record.end, record.crc
+
+
 def _records(folder: Path, token: str) -> Iterator[_Record]:
     """The journal records of the index named ``token``, oldest first, up to the first torn,
     foreign or inconsistent one."""
@@ -446,8 +476,7 @@ def _records(folder: Path, token: str) -> Iterator[_Record]:
 
 def _replay(folder: Path, index: Index, zone: tzinfo) -> None:
     """Apply the journal records of ``index`` to it, oldest first."""
-    state: dict[str, tuple[int, int] | None] = {}
-    others: dict[str, str | None] = {}
+    state: set[str] = set()
     posts: dict[str, Post] = {}
     for record in _records(folder, index.token):
         try:
@@ -455,21 +484,13 @@ def _replay(folder: Path, index: Index, zone: tzinfo) -> None:
         except (ValueError, TypeError, OverflowError, EOFError) as exc:
             log.warning("%s: inconsistent cache journal (%s); reading its files again", folder, exc)
             break
-        for path, stat in zip(record.paths, record.stats, strict=True):
-            state[path] = None if stat is None else (stat[0], stat[1])
-            others.pop(path, None)
+        _apply_files(index, record)
+        state.update(record.paths)
+        for path in record.paths:
             posts.pop(path, None)
-        others.update(record.rejected)
         posts.update((post.path, post) for post in added)
-        index.journal_end, index.last_crc = record.end, record.crc
     if not state:
         return
-    for path, stat in state.items():
-        index.stats.pop(path, None)
-        index.others.pop(path, None)
-        if stat is not None:
-            index.stats[path] = stat
-    index.others.update(others)
     # A post rendered after it was read lazily comes back with the same date: it takes the old
     # one's place, so thousands of them need no sort of the whole index.
     kept: list[Post] = []
@@ -990,29 +1011,18 @@ def _collect_changes(site: Site, cache_dir: Path, since: Cursor, workers: int | 
     new = sorted((posts_since[path] for path, was_post in touched.items() if not was_post and path in posts_since),
                  key=sort_key)
     return Changes(added=new, changed_posts=any(touched.values()), errors=errors, cursor=light.cursor,
-                   content=CachedContent(site, bodies if bodies is not None else _open_bodies(folder, fresh=False)))
+                   # Bodies connects when a body is first asked for: often never, after no change.
+                   content=CachedContent(site, bodies if bodies is not None else Bodies(folder / BODIES)))
 
 
 def _load_light(folder: Path, expected: str) -> Index | None:
-    """The index of ``folder`` without its posts (its files' sizes and mtimes, its rejected
-    and unpublished files), if it was written by this code for these settings."""
-    _settle_folder(folder)
-    path = folder / INDEX
+    """The index of ``folder`` without its posts, if it was written by this code for these
+    settings (see :func:`open_index`)."""
     try:
-        with open(path, "rb") as handle:
-            header = _read_record(handle)
-            if not (isinstance(header, tuple) and len(header) == 4 and header[0] == FORMAT and header[1] == expected):
-                return None
-            count, token = header[2], header[3]
-            paths, sizes, mtimes, others = (_read_record(handle) for _ in range(4))
-        if not (len(paths) == len(sizes) == len(mtimes) == count + len(others)):
-            return None
-        return Index(stats=dict(zip(paths, zip(sizes, mtimes, strict=True), strict=True)), posts=[],
-                     others=dict(zip(paths[count:], others, strict=True)), token=str(token))
-    except FileNotFoundError:
-        return None
+        with open_index(folder, expected) as opened:
+            return opened[1] if opened is not None else None
     except Exception as exc:  # a corrupt cache must never stop a run; the full read rebuilds it
-        log.info("%s: unreadable cache index (%s)", path, exc.__class__.__name__)
+        log.info("%s: unreadable cache index (%s)", folder / INDEX, exc.__class__.__name__)
         return None
 
 
@@ -1039,14 +1049,7 @@ def _history(folder: Path, index: Index, since: Cursor, zone: tzinfo) -> tuple[d
             for post in added:
                 if not record.rendered_only or post.path in touched:
                     posts[post.path] = post
-        for path, stat in zip(record.paths, record.stats, strict=True):
-            index.others.pop(path, None)
-            if stat is None:
-                index.stats.pop(path, None)
-            else:
-                index.stats[path] = (stat[0], stat[1])
-        index.others.update(record.rejected)
-        index.journal_end, index.last_crc = record.end, record.crc
+        _apply_files(index, record)
         if record.end == since.journal_end:
             if record.crc != since.last_crc:
                 return None
