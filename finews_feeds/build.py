@@ -118,9 +118,14 @@ def signatures(plan: FeedPlan, options: FeedOptions, known: Mapping[str, str] | 
     return out
 
 
-def listings_signature(plan: FeedPlan, options: FeedOptions, newest: dict[str, datetime | None]) -> str:
-    """Everything the OPML, index page and head snippets show."""
-    digest = hashlib.blake2b(f"{RENDER_VERSION}\x1d{options.fingerprint()}\x1d".encode(), digest_size=16)
+def listings_signature(plan: FeedPlan, options: FeedOptions, newest: dict[str, datetime | None] | None = None) -> str:
+    """Everything the index page shows; without ``newest``, everything the OPML file, the head
+    snippets and the stylesheet show (the feeds, not their counts and dates)."""
+    digest = hashlib.blake2b(f"{RENDER_VERSION}\x1d{options.fingerprint()}\x1d{newest is None}\x1d".encode(),
+                             digest_size=16)
+    if newest is None:
+        digest.update("\x1d".join(spec.header() for spec in plan.specs).encode("utf-8", "surrogatepass"))
+        return digest.hexdigest()
     for spec in plan.specs:
         moment = newest.get(spec.key)
         digest.update(f"{spec.header()}\x1f{plan.counts.get(spec.key, 0)}\x1f{moment.isoformat() if moment else ''}\x1d"
@@ -343,13 +348,21 @@ def _write(plan: FeedPlan, options: FeedOptions, content: ContentSource, out: Ou
     newest = {spec.key: (plan.entries[spec.key][0].date.astimezone(options.timezone)
                          if plan.entries[spec.key] else None) for spec in plan.specs}
     manifest.listings_signature = listings_signature(plan, options, newest)
-    if (not full and manifest.listings_signature == old.listings_signature and old.listings
-            and all(out.exists(f) for f in old.listings)):
-        # Same feeds, counts and dates: the listings would come out byte for byte the same.
-        manifest.listings = list(old.listings)
-        report.files_unchanged += len(old.listings)
-    else:
-        for rel, data in feedmod.render_listings(plan.specs, options, plan.counts, newest).items():
+    manifest.outline_signature = listings_signature(plan, options)
+    # Listings whose signature is the last build's would come out byte for byte the same: the
+    # outline (OPML, head snippets) after any new post that starts no feed, the index page
+    # when no feed's count or newest date moved either.
+    parts = []
+    for part, signature, before in ((feedmod.OUTLINE, manifest.outline_signature, old.outline_signature),
+                                    (feedmod.INDEX_PAGE, manifest.listings_signature, old.listings_signature)):
+        kept = [rel for rel in old.listings if (rel == feedmod.INDEX) == (part == feedmod.INDEX_PAGE)]
+        if not full and signature == before and kept and all(out.exists(rel) for rel in kept):
+            manifest.listings.extend(kept)
+            report.files_unchanged += len(kept)
+        else:
+            parts.append(part)
+    if parts:
+        for rel, data in feedmod.render_listings(plan.specs, options, plan.counts, newest, parts).items():
             manifest.listings.append(rel)
             if out.write(rel, data):
                 report.files_written += 1

@@ -25,7 +25,7 @@ import json
 import mimetypes
 import re
 from collections import Counter
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Container, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from email.utils import format_datetime
@@ -552,14 +552,23 @@ def _listed(specs: Iterable[FeedSpec], options: FeedOptions, counts: Mapping[str
     return out
 
 
+#: The listings that show only which feeds there are (no counts, no dates): a new post that
+#: starts no feed leaves them as they were.
+OUTLINE = "outline"
+#: The page that also shows each feed's post count and newest date.
+INDEX_PAGE = "index"
+
+
 def render_listings(
     specs: Sequence[FeedSpec],
     options: FeedOptions,
     counts: Mapping[str, int],
     newest: Mapping[str, datetime | None],
+    parts: Container[str] = (OUTLINE, INDEX_PAGE),
 ) -> dict[str, bytes]:
-    """``feeds.opml``, ``index.html``, the head snippets and the XSL stylesheet."""
-    listed = _listed(specs, options, counts, newest)
+    """``feeds.opml``, the head snippets and the XSL stylesheet (``OUTLINE`` in ``parts``) and
+    ``index.html`` (``INDEX_PAGE``)."""
+    listed = _listed(specs, options, counts if INDEX_PAGE in parts else {}, newest if INDEX_PAGE in parts else {})
     groups = {kind: [item for item in listed if item.spec.kind == kind] for kind in ("site", "category", "tag")}
     env = _template_env()
     context: dict[str, Any] = {
@@ -570,18 +579,19 @@ def render_listings(
         "zh": _is_zh(options),
         "opml_url": join_url(options.base_url, OPML),
     }
-    context["rows"] = {kind: Markup("".join(_index_row(item, options.formats) for item in items))
-                       for kind, items in groups.items()}
-    opml_title = f"{options.site_title} {'全部订阅源' if context['zh'] else 'all feeds'}"
-    files: dict[str, bytes] = {
-        OPML: render_opml(groups, options),
-        INDEX: env.get_template("index.html.j2").render(context).encode("utf-8"),
-        HEAD_SNIPPET: _head_snippet([*groups["site"], *groups["category"]], options.formats,
-                                    (opml_title, str(context["opml_url"]))),
-        HEAD_SNIPPET_TAGS: _head_snippet(groups["tag"], options.formats, None),
-    }
-    if options.stylesheet:
-        files[STYLESHEET] = resources.files("finews_feeds").joinpath("templates/feeds/feed.xsl").read_bytes()
+    files: dict[str, bytes] = {}
+    if OUTLINE in parts:
+        opml_title = f"{options.site_title} {'全部订阅源' if context['zh'] else 'all feeds'}"
+        files[OPML] = render_opml(groups, options)
+        files[HEAD_SNIPPET] = _head_snippet([*groups["site"], *groups["category"]], options.formats,
+                                            (opml_title, str(context["opml_url"])))
+        files[HEAD_SNIPPET_TAGS] = _head_snippet(groups["tag"], options.formats, None)
+        if options.stylesheet:
+            files[STYLESHEET] = resources.files("finews_feeds").joinpath("templates/feeds/feed.xsl").read_bytes()
+    if INDEX_PAGE in parts:
+        context["rows"] = {kind: Markup("".join(_index_row(item, options.formats) for item in items))
+                           for kind, items in groups.items()}
+        files[INDEX] = env.get_template("index.html.j2").render(context).encode("utf-8")
     return files
 
 

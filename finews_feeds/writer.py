@@ -169,7 +169,8 @@ class Manifest:
     slugs: dict[str, dict[str, str]] = field(default_factory=dict)
     feeds: dict[str, FeedRecord] = field(default_factory=dict)
     listings: list[str] = field(default_factory=list)
-    listings_signature: str = ""
+    listings_signature: str = ""  #: of the index page
+    outline_signature: str = ""  #: of the other listings
 
     def all_files(self) -> set[str]:
         files = set(self.listings)
@@ -185,6 +186,7 @@ class Manifest:
             "feeds": {key: {"signature": r.signature, "files": r.files} for key, r in sorted(self.feeds.items())},
             "listings": sorted(self.listings),
             "listings_signature": self.listings_signature,
+            "outline_signature": self.outline_signature,
         }
         return json.dumps(data, ensure_ascii=False, sort_keys=True, separators=(",", ":")).encode("utf-8")
 
@@ -199,7 +201,7 @@ class Manifest:
             feeds = {str(key): FeedRecord(str(value["signature"]), [str(f) for f in value["files"]])
                      for key, value in data["feeds"].items()}
             return cls(str(data["options"]), slugs, feeds, [str(f) for f in data["listings"]],
-                       str(data.get("listings_signature", "")))
+                       str(data.get("listings_signature", "")), str(data.get("outline_signature", "")))
         except (ValueError, KeyError, TypeError, AttributeError):
             return cls()
 

@@ -336,6 +336,30 @@ def test_new_posts_are_added_without_reading_the_site_and_give_the_files_of_a_fu
     assert again.quick and again.written == []
 
 
+def test_a_new_post_in_existing_feeds_rewrites_the_index_page_but_not_the_outline_listings(tmp_path: Path) -> None:
+    site = copy_demo(tmp_path)
+    out = tmp_path / "a" / "out"
+    config = config_for(site, tmp_path / "a")
+    buildmod.run_build(config)
+    outline = ["feeds.opml", "_feeds_head.html", "_feeds_head_tags.html", "feed.xsl"]
+    before = {name: (out / name).stat().st_mtime_ns for name in outline}
+    (site / "_posts" / "2022-04-22-n1.md").write_text(post_text("最新", "2022-04-22 09:00:00"), encoding="utf-8")
+    report = buildmod.run_build(config)
+    assert report.quick and "index.html" in report.written
+    assert not set(outline) & set(report.written)
+    assert {name: (out / name).stat().st_mtime_ns for name in outline} == before
+    same_as_a_full_build(site, out, tmp_path / "b")
+    # A post with a new tag starts a feed: the outline lists it.
+    (site / "_posts" / "2022-04-22-n2.md").write_text(post_text("新标签", "2022-04-22 10:00:00", tags="[从未有过]"),
+                                                     encoding="utf-8")
+    report = buildmod.run_build(config)
+    assert {"feeds.opml", "_feeds_head_tags.html", "index.html"} <= set(report.written)
+    assert "从未有过" in (out / "feeds.opml").read_text(encoding="utf-8")
+    # A removed outline file comes back though nothing else changed.
+    (out / "feeds.opml").unlink()
+    assert buildmod.run_build(config).written == ["feeds.opml"]
+
+
 def test_an_edited_or_removed_post_makes_the_build_read_the_whole_site(tmp_path: Path) -> None:
     site = copy_demo(tmp_path)
     config = config_for(site, tmp_path / "a")
