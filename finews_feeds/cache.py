@@ -53,7 +53,7 @@ import zlib
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from datetime import datetime, tzinfo
-from itertools import compress, repeat
+from itertools import chain, compress, repeat
 from operator import attrgetter
 from pathlib import Path
 from typing import Any, BinaryIO, NamedTuple
@@ -69,6 +69,7 @@ log = logging.getLogger(__name__)
 FORMAT = 8
 INDEX = "index.marshal"
 JOURNAL = "journal.marshal"
+SCAN = "scan.marshal"
 #: Fold the journal into a new index past this size (each run reads the whole journal).
 JOURNAL_LIMIT = 8 << 20
 #: Write a new index instead of a journal record when this many files changed at once.
@@ -799,6 +800,8 @@ def collect_cached(site: Site, cache_dir: Path, now: datetime, workers: int | No
     if index is not None and not changed and not removed:
         # Nothing changed: the index is stored newest first, so not even a sort is needed.
         _remember(key, print_, index)
+        if bodies is not None and not (folder / SCAN).exists():  # a cache from before scans were kept
+            save_scan(folder, print_, index.cursor, (paths, sizes, mtimes), index.others)
         return _finish(site, index.posts, index.others, now, CachedContent(site, bodies),
                        Completion(site, folder, print_, index, bodies, workers), index.cursor)
 
@@ -838,6 +841,8 @@ def collect_cached(site: Site, cache_dir: Path, now: datetime, workers: int | No
         try:
             if not (journal and append_journal(folder, index, stale, added)):
                 save_index(folder, print_, index, background=lazy)
+            if len(current) == len(paths):
+                save_scan(folder, print_, index.cursor, (paths, sizes, mtimes), others)
         except OSError as exc:
             log.warning("%s: cannot write the cache index (%s)", folder, exc)
     _remember(key, print_, index)
@@ -957,31 +962,64 @@ def _collect_changes(site: Site, cache_dir: Path, since: Cursor, workers: int | 
     print_ = fingerprint(site)
     with _MEMO_LOCK:  # its journal position would be stale after this run's record
         _MEMO.pop(os.path.abspath(folder), None)
-    # The stat of every file (most of this run) goes on in a child while the index's file
-    # list is read here.
-    light = _load_light(folder, print_)
-    history = _history(folder, light, since, site.timezone) if light is not None else None
-    paths, sizes, mtimes = scanning()
-    if light is None or history is None:
-        return None
-    touched, posts_since = history
+    # The stat of every file (most of this run) goes on in a child while the last scan, or
+    # else the index's file list, is read here.
+    found = _since_last_scan(folder, print_, since)
+    touched: dict[str, bool] = {}
+    posts_since: dict[str, Post] = {}
+    if found is not None:
+        light, last = found
+        now = scanning()
+        compared = compare_scans(last.columns, now)
+        if compared is not None:
+            changed, new_paths, removed = compared
+            # A changed or removed file was a post at the cursor unless it was new since or
+            # not a post then: nothing changed after the cursor but bodies (_since_last_scan).
+            touched = {path: path not in new_paths and path not in light.others
+                       for path in chain((entry.path for entry in changed), removed)}
+            return _record_changes(folder, print_, site, light, now, changed, removed, touched, posts_since, workers)
+        # The same files in another order (a folder rewritten): compared by path below.
+        light.stats = dict(zip(last.columns[0], zip(last.columns[1], last.columns[2], strict=True), strict=True))
+    else:
+        loaded = _load_light(folder, print_)
+        history = _history(folder, loaded, since, site.timezone) if loaded is not None else None
+        now = scanning()
+        if loaded is None or history is None:
+            return None
+        light = loaded
+        touched, posts_since = history
+    paths, sizes, mtimes = now
     old = light.stats
     # Compared column-wise in C: a dict of the 100,000 new stats would cost more than this.
     differ = list(map(operator.ne, map(old.get, paths), zip(sizes, mtimes, strict=True)))
     changed = list(map(Entry, compress(paths, differ), compress(sizes, differ), compress(mtimes, differ)))
     seen = len(paths) - sum(1 for entry in changed if entry.path not in old)
     removed = set() if seen == len(old) else old.keys() - set(paths)
-    if len(changed) + len(removed) >= JOURNAL_FILES or light.journal_end >= JOURNAL_LIMIT:
-        return None
     # Whether each path was a post at the cursor: as it is now, unless it changed since.
     for path in [entry.path for entry in changed] + list(removed):
         touched.setdefault(path, path in old and path not in light.others)
+    return _record_changes(folder, print_, site, light, now, changed, removed, touched, posts_since, workers,
+                           rescanned=True)
+
+
+def _record_changes(folder: Path, print_: str, site: Site, light: Index, now: Columns, changed: list[Entry],
+                    removed: set[str], touched: dict[str, bool], posts_since: dict[str, Post], workers: int | None,
+                    rescanned: bool = False) -> Changes | None:
+    """The end of :func:`collect_changes`: read the files that changed, record them in the
+    journal and keep this scan as the last one. ``light``: the index at the journal's end, its
+    ``stats`` holding (at least) every changed or removed path as it was; ``touched``: each path
+    changed since the caller's cursor, with whether it was a post there; ``posts_since``: the
+    posts that changed paths were before this run; ``rescanned``: the last scan kept was not
+    this run's starting point (it is saved even when nothing changed)."""
+    if len(changed) + len(removed) >= JOURNAL_FILES or light.journal_end >= JOURNAL_LIMIT:
+        return None
+    old = light.stats
     bodies = _open_bodies(folder, fresh=False) if changed or removed else None
     rows: list[tuple[str, str, bytes]] = []
     gone = list(removed)
     added: list[Post] = []
     for path in removed:
-        del old[path]
+        old.pop(path, None)
         light.others.pop(path, None)
         posts_since.pop(path, None)
     for entry, outcome, html in parse_all(changed, site, workers):
@@ -1006,6 +1044,8 @@ def _collect_changes(site: Site, cache_dir: Path, since: Cursor, workers: int | 
         except OSError as exc:
             log.warning("%s: cannot write the cache index (%s)", folder, exc)
             return None
+    if changed or removed or rescanned:
+        save_scan(folder, print_, light.cursor, now, light.others)
     errors = sorted((FileError(path, message) for path, message in light.others.items() if message is not None),
                     key=lambda e: e.path)
     new = sorted((posts_since[path] for path, was_post in touched.items() if not was_post and path in posts_since),
@@ -1013,6 +1053,114 @@ def _collect_changes(site: Site, cache_dir: Path, since: Cursor, workers: int | 
     return Changes(added=new, changed_posts=any(touched.values()), errors=errors, cursor=light.cursor,
                    # Bodies connects when a body is first asked for: often never, after no change.
                    content=CachedContent(site, bodies if bodies is not None else Bodies(folder / BODIES)))
+
+
+# ---------------------------------------------------------------- the last scan
+#
+# Comparing 100,000 fresh stats with the index's by path (a dict lookup and a tuple per file,
+# after building the dict) was a fifth of a rebuild after one new post. A site's files come
+# back from the scan in the same order run after run, so the scan of the last run that wrote
+# the cache is kept as it came (``scan.marshal``, with the journal position it describes) and
+# compared with this one list against list, in C.
+
+
+class LastScan(NamedTuple):
+    cursor: Cursor  #: the cache's position this scan describes: its files are the index's there
+    columns: Columns
+    others: dict[str, str | None]  #: rejected (message) and unpublished (None) files there
+
+
+def save_scan(folder: Path, print_: str, cursor: Cursor, columns: Columns, others: dict[str, str | None]) -> None:
+    """Keep ``columns`` as the scan of the cache at ``cursor``; the caller's files there must be
+    exactly these. Never fatal: without it the next run compares by path."""
+    data = marshal.dumps((FORMAT, print_, tuple(cursor), list(columns[0]), list(columns[1]), list(columns[2]),
+                          dict(others)))
+    temp = folder / f".{SCAN}.{os.getpid()}.tmp"
+    try:
+        with open(temp, "wb") as handle:
+            handle.write(data)
+        os.replace(temp, folder / SCAN)
+    except OSError as exc:
+        log.info("%s: cannot keep the scan (%s)", folder, exc.strerror)
+        with contextlib.suppress(OSError):
+            os.unlink(temp)
+
+
+def load_scan(folder: Path, print_: str) -> LastScan | None:
+    try:
+        version, made_for, cursor, paths, sizes, mtimes, others = marshal.loads((folder / SCAN).read_bytes())
+        if (version != FORMAT or made_for != print_ or not isinstance(paths, list) or not isinstance(others, dict)
+                or not len(paths) == len(sizes) == len(mtimes)):
+            return None
+        return LastScan(Cursor(*cursor), (paths, sizes, mtimes), others)
+    except (OSError, ValueError, EOFError, TypeError):
+        return None
+
+
+def _since_last_scan(folder: Path, print_: str, since: Cursor) -> tuple[Index, LastScan] | None:
+    """The last scan, if the files at ``since`` are still its files, with the index at the
+    journal's end (its ``stats`` empty: the scan has them); else None. From the earlier of the
+    scan's position and ``since`` on, the journal may hold only bodies rendered since (records
+    marked "rendered only")."""
+    last = load_scan(folder, print_)
+    if last is None:
+        return None
+    _settle_folder(folder)
+    try:
+        with open(folder / INDEX, "rb") as handle:
+            header = _read_record(handle)
+    except (OSError, ValueError, EOFError, TypeError, struct.error):
+        return None
+    token = last.cursor.token
+    if not (isinstance(header, tuple) and len(header) == 4 and header[:2] == (FORMAT, print_)
+            and header[3] == token == since.token):
+        return None
+    at_scan, at_since = last.cursor[1:], since[1:]
+    seen_scan, seen_since = at_scan == (0, 0), at_since == (0, 0)
+    end, crc = 0, 0
+    for record in _records(folder, token):
+        if (seen_scan or seen_since) and not record.rendered_only:
+            return None
+        end, crc = record.end, record.crc
+        seen_scan = seen_scan or (end, crc) == at_scan
+        seen_since = seen_since or (end, crc) == at_since
+    if not (seen_scan and seen_since):
+        return None
+    return Index(stats={}, posts=[], others=dict(last.others), token=token, journal_end=end, last_crc=crc), last
+
+
+def compare_scans(before: Columns, now: Columns) -> tuple[list[Entry], set[str], set[str]] | None:
+    """What differs between two scans of a site: the files new or changed in ``now`` (new
+    ones last), the paths of the new ones, the paths gone. None when the files both hold come
+    in another order, or a scan lists a file twice (then compare by path)."""
+    old_paths, old_sizes, old_mtimes = before
+    paths, sizes, mtimes = now
+    new_paths: set[str] = set()
+    removed: set[str] = set()
+    if paths == old_paths:
+        if sizes == old_sizes and mtimes == old_mtimes:
+            return [], new_paths, removed
+        kept: Sequence[int] = range(len(paths))
+        kept_sizes, kept_mtimes = sizes, mtimes
+    else:
+        were, are = set(old_paths), set(paths)
+        if len(were) != len(old_paths) or len(are) != len(paths):
+            return None
+        new_paths, removed = are - were, were - are
+        if removed:
+            stayed = list(map(are.__contains__, old_paths))
+            old_paths = list(compress(old_paths, stayed))
+            old_sizes, old_mtimes = list(compress(old_sizes, stayed)), list(compress(old_mtimes, stayed))
+        still = list(map(were.__contains__, paths))
+        if list(compress(paths, still)) != old_paths:
+            return None
+        kept = list(compress(range(len(paths)), still))
+        kept_sizes, kept_mtimes = list(compress(sizes, still)), list(compress(mtimes, still))
+    differ = map(operator.or_, map(operator.ne, kept_sizes, old_sizes), map(operator.ne, kept_mtimes, old_mtimes))
+    indexes = list(compress(kept, differ))
+    if new_paths:
+        indexes += compress(range(len(paths)), map(operator.not_, still))
+    return [Entry(paths[i], sizes[i], mtimes[i]) for i in indexes], new_paths, removed
 
 
 def _load_light(folder: Path, expected: str) -> Index | None:

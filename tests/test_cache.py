@@ -12,6 +12,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from finews_feeds import cache
 from finews_feeds import walk as walkmod
@@ -333,12 +335,14 @@ def test_a_failed_child_scan_is_done_again_here(source: Path, monkeypatch: pytes
     monkeypatch.setattr(threading, "active_count", lambda: 1)
     parent = os.getpid()
 
+    scan_folders = walkmod.scan_folders
+
     def only_here(site: Site, share: tuple[float, float] = (0.0, 1.0)) -> Any:
         if os.getpid() != parent:
             raise RuntimeError("the child fails")
-        return scan(site, share)
+        return scan_folders(site, share)
 
-    monkeypatch.setattr(walkmod, "scan", only_here)
+    monkeypatch.setattr(walkmod, "scan_folders", only_here)
     site = site_of(source)
     assert walkmod.scan_elsewhere(site)() == scan(site)
     assert "scanning the site in a child process failed" in caplog.text
@@ -439,8 +443,9 @@ def test_scan_shares_list_every_file_once_and_a_child_scan_lists_them_all(source
         first, second = scan(site, (0.0, cut)), scan(site, (cut, 1.0))
         shared = list(zip(*first, strict=True)) + list(zip(*second, strict=True))
         assert sorted(shared) == sorted(rows)
-    for here in (0.0, 0.4):
-        assert sorted(zip(*scan_elsewhere(site, here)(), strict=True)) == sorted(rows)
+    for here in (0.0, 0.3, 0.4, 0.5, 1.0):
+        # In the order of one process's scan, whatever the share: the cache compares in order.
+        assert scan_elsewhere(site, here)() == whole
     assert "_posts/sub/2022-03-01-deep.md" in whole[0]
 
 
@@ -456,3 +461,163 @@ def test_read_file_reads_a_file_that_grew_or_shrank_since_the_scan(tmp_path: Pat
     assert read_file(str(path), 0) == data
     path.write_bytes(b"")
     assert read_file(str(path), 100) == b""
+
+
+# ---------------------------------------------------------------- the last scan and collect_changes
+
+
+def reference_changes(before: walkmod.Columns, now: walkmod.Columns) -> tuple[set[str], set[str], set[str]]:
+    """What differs, compared by path (what compare_scans must agree with)."""
+    old = dict(zip(before[0], zip(before[1], before[2], strict=True), strict=True))
+    new = dict(zip(now[0], zip(now[1], now[2], strict=True), strict=True))
+    changed = {path for path, stat in new.items() if old.get(path) != stat}
+    return changed, set(new) - set(old), set(old) - set(new)
+
+
+@st.composite
+def two_scans(draw: st.DrawFn) -> tuple[walkmod.Columns, walkmod.Columns, bool]:
+    """A scan, and a later one: some files gone, some changed, some new ones anywhere; with
+    ``shuffled``, the files that stayed in another order too."""
+    names = draw(st.lists(st.text("abc/", min_size=1, max_size=4), unique=True, max_size=30))
+    stats = draw(st.lists(st.tuples(st.integers(0, 3), st.integers(0, 3)), min_size=len(names), max_size=len(names)))
+    before = [(name, *stat) for name, stat in zip(names, stats, strict=True)]
+    later = []
+    for name, size, mtime in before:
+        fate = draw(st.sampled_from(["same", "same", "gone", "size", "mtime"]))
+        if fate != "gone":
+            later.append((name, size + (fate == "size"), mtime + (fate == "mtime")))
+    shuffled = draw(st.booleans())
+    if shuffled:
+        later = draw(st.permutations(later))
+    for new in draw(st.lists(st.text("xyz", min_size=1, max_size=3), unique=True, max_size=5)):
+        later.insert(draw(st.integers(0, len(later))), (new, 1, 1))
+
+    def columns(rows: list[tuple[str, int, int]]) -> walkmod.Columns:
+        return [r[0] for r in rows], [r[1] for r in rows], [r[2] for r in rows]
+
+    return columns(before), columns(later), shuffled
+
+
+@settings(max_examples=300, deadline=None)
+@given(two_scans())
+def test_compare_scans_finds_what_a_comparison_by_path_finds(scans: tuple[walkmod.Columns, walkmod.Columns, bool]) -> None:
+    before, now, shuffled = scans
+    found = cache.compare_scans(before, now)
+    if found is None:
+        assert shuffled  # only files in another order make it give up
+        return
+    changed, new_paths, removed = found
+    expected = reference_changes(before, now)
+    assert ({entry.path for entry in changed}, new_paths, removed) == expected
+    assert len(changed) == len(expected[0])
+    stats = dict(zip(now[0], zip(now[1], now[2], strict=True), strict=True))
+    assert all(stats[entry.path] == (entry.size, entry.mtime_ns) for entry in changed)
+
+
+def test_compare_scans_gives_up_on_a_file_listed_twice() -> None:
+    assert cache.compare_scans((["a"], [1], [1]), (["a", "a"], [1, 1], [1, 1])) is None
+
+
+def changes_since(root: Path, cache_dir: Path, since: Any) -> cache.Changes | None:
+    return cache.collect_changes(site_of(root), cache_dir, cache.Cursor(*since))
+
+
+@pytest.fixture
+def no_index_read(monkeypatch: pytest.MonkeyPatch) -> None:
+    """collect_changes must answer from the last scan, without reading the index's file list."""
+    def refuse(*args: Any) -> None:
+        raise AssertionError("the index was read")
+
+    monkeypatch.setattr(cache, "_load_light", refuse)
+
+
+def test_changes_since_a_collect_come_from_the_last_scan(source: Path, tmp_path: Path, no_index_read: None) -> None:
+    first = run(source, tmp_path / "c")
+    assert (site_folder(tmp_path / "c", first.site) / cache.SCAN).exists()
+    assert first.cursor is not None
+    nothing = changes_since(source, tmp_path / "c", first.cursor)
+    assert nothing is not None and nothing.added == [] and not nothing.changed_posts
+    assert [e.path for e in nothing.errors] == ["_posts/2022-04-20-bad.md"]
+    write(source, "_posts/2022-04-26-new.md", post("新"))
+    write(source, "_posts/2022-04-27-worse.md", "---\ntitle: [\n---\n")
+    write(source, "_posts/2022-04-20-off.md", post("上线"))  # unpublished until now: a new post too
+    added = changes_since(source, tmp_path / "c", first.cursor)
+    assert added is not None and not added.changed_posts
+    assert [p.title for p in added.added] == ["新", "上线"]
+    assert [e.path for e in added.errors] == ["_posts/2022-04-20-bad.md", "_posts/2022-04-27-worse.md"]
+    # From where that run left the cache, an edit of the same size is seen through its mtime.
+    target = source / "_posts/2022-04-22-p2.md"
+    target.write_text(target.read_text(encoding="utf-8").replace("标题2", "标题X"), encoding="utf-8")
+    os.utime(target, ns=(1, 1))
+    edited = changes_since(source, tmp_path / "c", added.cursor)
+    assert edited is not None and edited.changed_posts and edited.added == []
+    (source / "_posts/2022-04-23-p3.md").unlink()
+    removed = changes_since(source, tmp_path / "c", edited.cursor)
+    assert removed is not None and removed.changed_posts
+    # The cache those runs left is the site's, read in full by the next collect.
+    same(run(source, tmp_path / "c"), collect(site_of(source), None, NOW))
+
+
+def test_changes_since_an_older_cursor_are_told_though_another_collect_came_between(
+    source: Path, tmp_path: Path
+) -> None:
+    first = run(source, tmp_path / "c")
+    assert first.cursor is not None
+    write(source, "_posts/2022-04-26-a.md", post("甲"))
+    run(source, tmp_path / "c")  # e.g. the digest: the new post is in the cache, its scan kept
+    write(source, "_posts/2022-04-27-b.md", post("乙"))
+    changes = changes_since(source, tmp_path / "c", first.cursor)
+    assert changes is not None and [p.title for p in changes.added] == ["乙", "甲"]
+
+
+@pytest.mark.parametrize("damage", ["garbage", "reordered", "other cursor", "missing"])
+def test_a_damaged_or_stale_last_scan_gives_the_same_changes_and_is_kept_anew(
+    source: Path, tmp_path: Path, damage: str
+) -> None:
+    for i in range(6):
+        write(source, f"_posts/2022-03-0{i + 1}-x{i}.md", post(f"x{i}"))
+    first = run(source, tmp_path / "c")
+    assert first.cursor is not None
+    path = site_folder(tmp_path / "c", first.site) / cache.SCAN
+    version, print_, cursor, paths, sizes, mtimes, others = marshal.loads(path.read_bytes())
+    if damage == "garbage":
+        path.write_bytes(b"\x00garbage")
+    elif damage == "reordered":
+        path.write_bytes(marshal.dumps((version, print_, cursor, paths[::-1], sizes[::-1], mtimes[::-1], others)))
+    elif damage == "other cursor":
+        path.write_bytes(marshal.dumps((version, print_, (cursor[0], 99, 1), paths, sizes, mtimes, others)))
+    else:
+        path.unlink()
+    write(source, "_posts/2022-04-26-new.md", post("新"))
+    changes = changes_since(source, tmp_path / "c", first.cursor)
+    assert changes is not None and [p.title for p in changes.added] == ["新"] and not changes.changed_posts
+    kept = cache.load_scan(path.parent, print_)
+    assert kept is not None and kept.cursor == changes.cursor
+    assert sorted(kept.columns[0]) == sorted(scan(site_of(source))[0])
+
+
+def test_bodies_rendered_after_the_last_scan_leave_it_usable(
+    source: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, no_index_read: None
+) -> None:
+    monkeypatch.setattr(cache, "LAZY_FROM", 1)
+    lazy = run(source, tmp_path / "c")
+    assert lazy.cursor is not None and not any(p.rendered for p in lazy.posts)
+    lazy.complete(lazy.posts[:2])  # "rendered only" records after the scan's position
+    write(source, "_posts/2022-04-26-new.md", post("新"))
+    changes = changes_since(source, tmp_path / "c", lazy.cursor)
+    assert changes is not None and [p.title for p in changes.added] == ["新"] and not changes.changed_posts
+    # ... and from that run's position, with more rendered after it, again.
+    later = run(source, tmp_path / "c", memo=False)
+    later.complete(later.posts)
+    write(source, "_posts/2022-04-27-newer.md", post("更新"))
+    again = changes_since(source, tmp_path / "c", changes.cursor)
+    assert again is not None and [p.title for p in again.added] == ["更新"]
+
+
+def test_a_name_with_a_newline_is_listed_as_before(source: Path) -> None:
+    write(source, "_posts/2022-03-01-a\nb.md", post("换行"))
+    write(source, "_posts/x\n2022-03-02-not.md", post("不是"))
+    paths = scan(site_of(source))[0]
+    assert "_posts/2022-03-01-a\nb.md" in paths
+    assert not any("not.md" in p for p in paths)
+    assert len(paths) == 8
