@@ -395,7 +395,7 @@ STATE = ".finews-state.marshal"
 STATE_VERSION = 1
 #: The share of the files a quick rebuild stats itself, after its imports and reading its state
 #: and the cache's file list, while a child started first stats the rest.
-QUICK_SHARE = 0.3
+QUICK_SHARE = 0.5
 
 
 def plan_key(site: Site, options: FeedOptions) -> str:

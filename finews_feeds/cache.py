@@ -50,6 +50,7 @@ import threading
 import types
 import uuid
 import zlib
+from array import array
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from datetime import datetime, tzinfo
@@ -61,7 +62,7 @@ from typing import Any, BinaryIO, NamedTuple
 from . import collector, forks, markup
 from .collector import Parsed, read_entry, rerender
 from .models import Collection, ContentSource, FileError, Post, Site, sort_key
-from .walk import Columns, Entry, scan, scan_elsewhere, walk
+from .walk import SEP, Entry, Scan, scan_elsewhere, scan_text, walk
 
 log = logging.getLogger(__name__)
 
@@ -782,13 +783,14 @@ def collect_cached(site: Site, cache_dir: Path, now: datetime, workers: int | No
     index: Index | None
     if memo is not None and memo[0] == print_ and (folder / INDEX).exists():
         index = memo[1]
-        paths, sizes, mtimes = scan(site)
+        scanned = scan_text(site)
     else:
         # Stat the files in another process while this one loads the index: both take about
         # half a second at 100,000 posts, and this machine has two cores.
         scanning = scan_elsewhere(site)
         index = load_index(folder, print_, site.timezone)
-        paths, sizes, mtimes = scanning()
+        scanned = scanning()
+    paths, sizes, mtimes = scanned.columns()
     old = index or Index({}, [], {})
     # Compared column-wise in C: building a dict of the 100,000 new stats cost more than the
     # comparison itself.
@@ -801,7 +803,7 @@ def collect_cached(site: Site, cache_dir: Path, now: datetime, workers: int | No
         # Nothing changed: the index is stored newest first, so not even a sort is needed.
         _remember(key, print_, index)
         if bodies is not None and not (folder / SCAN).exists():  # a cache from before scans were kept
-            save_scan(folder, print_, index.cursor, (paths, sizes, mtimes), index.others)
+            save_scan(folder, print_, index.cursor, scanned, index.others)
         return _finish(site, index.posts, index.others, now, CachedContent(site, bodies),
                        Completion(site, folder, print_, index, bodies, workers), index.cursor)
 
@@ -842,7 +844,7 @@ def collect_cached(site: Site, cache_dir: Path, now: datetime, workers: int | No
             if not (journal and append_journal(folder, index, stale, added)):
                 save_index(folder, print_, index, background=lazy)
             if len(current) == len(paths):
-                save_scan(folder, print_, index.cursor, (paths, sizes, mtimes), others)
+                save_scan(folder, print_, index.cursor, scanned, others)
         except OSError as exc:
             log.warning("%s: cannot write the cache index (%s)", folder, exc)
     _remember(key, print_, index)
@@ -935,7 +937,7 @@ class Changes:
 
 
 def collect_changes(site: Site, cache_dir: Path, since: Cursor, workers: int | None = None,
-                    scanning: Callable[[], Columns] | None = None) -> Changes | None:
+                    scanning: Callable[[], Scan] | None = None) -> Changes | None:
     """What changed in the site since ``since``, reading only the files that changed and
     without loading the posts of the index: a rebuild after one new post on a site of 100,000
     posts then costs the stat of every file and little more. Records this run's changes in
@@ -957,7 +959,7 @@ def collect_changes(site: Site, cache_dir: Path, since: Cursor, workers: int | N
 
 
 def _collect_changes(site: Site, cache_dir: Path, since: Cursor, workers: int | None,
-                     scanning: Callable[[], Columns]) -> Changes | None:
+                     scanning: Callable[[], Scan]) -> Changes | None:
     folder = site_folder(cache_dir, site)
     print_ = fingerprint(site)
     with _MEMO_LOCK:  # its journal position would be stale after this run's record
@@ -970,7 +972,7 @@ def _collect_changes(site: Site, cache_dir: Path, since: Cursor, workers: int | 
     if found is not None:
         light, last = found
         now = scanning()
-        compared = compare_scans(last.columns, now)
+        compared = compare_scans(last.scan, now)
         if compared is not None:
             changed, new_paths, removed = compared
             # A changed or removed file was a post at the cursor unless it was new since or
@@ -979,7 +981,8 @@ def _collect_changes(site: Site, cache_dir: Path, since: Cursor, workers: int | 
                        for path in chain((entry.path for entry in changed), removed)}
             return _record_changes(folder, print_, site, light, now, changed, removed, touched, posts_since, workers)
         # The same files in another order (a folder rewritten): compared by path below.
-        light.stats = dict(zip(last.columns[0], zip(last.columns[1], last.columns[2], strict=True), strict=True))
+        before = last.scan.columns()
+        light.stats = dict(zip(before[0], zip(before[1], before[2], strict=True), strict=True))
     else:
         loaded = _load_light(folder, print_)
         history = _history(folder, loaded, since, site.timezone) if loaded is not None else None
@@ -988,7 +991,7 @@ def _collect_changes(site: Site, cache_dir: Path, since: Cursor, workers: int | 
             return None
         light = loaded
         touched, posts_since = history
-    paths, sizes, mtimes = now
+    paths, sizes, mtimes = now.columns()
     old = light.stats
     # Compared column-wise in C: a dict of the 100,000 new stats would cost more than this.
     differ = list(map(operator.ne, map(old.get, paths), zip(sizes, mtimes, strict=True)))
@@ -1002,7 +1005,7 @@ def _collect_changes(site: Site, cache_dir: Path, since: Cursor, workers: int | 
                            rescanned=True)
 
 
-def _record_changes(folder: Path, print_: str, site: Site, light: Index, now: Columns, changed: list[Entry],
+def _record_changes(folder: Path, print_: str, site: Site, light: Index, now: Scan, changed: list[Entry],
                     removed: set[str], touched: dict[str, bool], posts_since: dict[str, Post], workers: int | None,
                     rescanned: bool = False) -> Changes | None:
     """The end of :func:`collect_changes`: read the files that changed, record them in the
@@ -1066,15 +1069,14 @@ def _record_changes(folder: Path, print_: str, site: Site, light: Index, now: Co
 
 class LastScan(NamedTuple):
     cursor: Cursor  #: the cache's position this scan describes: its files are the index's there
-    columns: Columns
+    scan: Scan
     others: dict[str, str | None]  #: rejected (message) and unpublished (None) files there
 
 
-def save_scan(folder: Path, print_: str, cursor: Cursor, columns: Columns, others: dict[str, str | None]) -> None:
-    """Keep ``columns`` as the scan of the cache at ``cursor``; the caller's files there must be
+def save_scan(folder: Path, print_: str, cursor: Cursor, scan: Scan, others: dict[str, str | None]) -> None:
+    """Keep ``scan`` as the scan of the cache at ``cursor``; the caller's files there must be
     exactly these. Never fatal: without it the next run compares by path."""
-    data = marshal.dumps((FORMAT, print_, tuple(cursor), list(columns[0]), list(columns[1]), list(columns[2]),
-                          dict(others)))
+    data = marshal.dumps((FORMAT, print_, tuple(cursor), *scan, dict(others)))
     temp = folder / f".{SCAN}.{os.getpid()}.tmp"
     try:
         with open(temp, "wb") as handle:
@@ -1088,11 +1090,12 @@ def save_scan(folder: Path, print_: str, cursor: Cursor, columns: Columns, other
 
 def load_scan(folder: Path, print_: str) -> LastScan | None:
     try:
-        version, made_for, cursor, paths, sizes, mtimes, others = marshal.loads((folder / SCAN).read_bytes())
-        if (version != FORMAT or made_for != print_ or not isinstance(paths, list) or not isinstance(others, dict)
-                or not len(paths) == len(sizes) == len(mtimes)):
+        version, made_for, cursor, text, sizes, mtimes, others = marshal.loads((folder / SCAN).read_bytes())
+        if (version != FORMAT or made_for != print_ or not isinstance(text, str) or not isinstance(sizes, bytes)
+                or not isinstance(mtimes, bytes) or not isinstance(others, dict)
+                or not len(sizes) == len(mtimes) == 8 * text.count(SEP) or (text and text[-1] != SEP)):
             return None
-        return LastScan(Cursor(*cursor), (paths, sizes, mtimes), others)
+        return LastScan(Cursor(*cursor), Scan(text, sizes, mtimes), others)
     except (OSError, ValueError, EOFError, TypeError):
         return None
 
@@ -1129,38 +1132,82 @@ def _since_last_scan(folder: Path, print_: str, since: Cursor) -> tuple[Index, L
     return Index(stats={}, posts=[], others=dict(last.others), token=token, journal_end=end, last_crc=crc), last
 
 
-def compare_scans(before: Columns, now: Columns) -> tuple[list[Entry], set[str], set[str]] | None:
-    """What differs between two scans of a site: the files new or changed in ``now`` (new
-    ones last), the paths of the new ones, the paths gone. None when the files both hold come
-    in another order, or a scan lists a file twice (then compare by path)."""
-    old_paths, old_sizes, old_mtimes = before
-    paths, sizes, mtimes = now
-    new_paths: set[str] = set()
-    removed: set[str] = set()
-    if paths == old_paths:
-        if sizes == old_sizes and mtimes == old_mtimes:
-            return [], new_paths, removed
-        kept: Sequence[int] = range(len(paths))
-        kept_sizes, kept_mtimes = sizes, mtimes
+def compare_scans(before: Scan, now: Scan) -> tuple[list[Entry], set[str], set[str]] | None:
+    """What differs between two scans of a site: the files new or changed in ``now``, the
+    paths of the new ones, the paths gone. None when the part that differs lists a file twice
+    (no scan does: each folder is listed once).
+
+    The files both scans begin with and end with, in the same order, are found by comparing
+    the texts (memory against memory); only their sizes and mtimes are compared there, as byte
+    strings. What lies between is compared by path: after one new post, that is one file."""
+    text_before, text_now = before.text, now.text
+    if text_now == text_before:
+        start = tail_before = tail_now = len(text_now)
     else:
-        were, are = set(old_paths), set(paths)
-        if len(were) != len(old_paths) or len(are) != len(paths):
-            return None
-        new_paths, removed = are - were, were - are
-        if removed:
-            stayed = list(map(are.__contains__, old_paths))
-            old_paths = list(compress(old_paths, stayed))
-            old_sizes, old_mtimes = list(compress(old_sizes, stayed)), list(compress(old_mtimes, stayed))
-        still = list(map(were.__contains__, paths))
-        if list(compress(paths, still)) != old_paths:
-            return None
-        kept = list(compress(range(len(paths)), still))
-        kept_sizes, kept_mtimes = list(compress(sizes, still)), list(compress(mtimes, still))
-    differ = map(operator.or_, map(operator.ne, kept_sizes, old_sizes), map(operator.ne, kept_mtimes, old_mtimes))
-    indexes = list(compress(kept, differ))
-    if new_paths:
-        indexes += compress(range(len(paths)), map(operator.not_, still))
-    return [Entry(paths[i], sizes[i], mtimes[i]) for i in indexes], new_paths, removed
+        # Back to the start of the first path not in both beginnings: the separators before
+        # it are at the same places in both texts.
+        start = text_before.rfind(SEP, 0, _common_length(text_before, text_now, True)) + 1
+        end = _common_length(text_before, text_now, False, min(len(text_before), len(text_now)) - start)
+        tail_before, tail_now = len(text_before) - end, len(text_now) - end
+        if not all(at == start or text[at - 1] == SEP for at, text in ((tail_before, text_before), (tail_now, text_now))):
+            # What precedes the common end differs: on to the next path, in both.
+            step = text_before.find(SEP, tail_before) + 1 - tail_before
+            tail_before, tail_now = tail_before + step, tail_now + step
+    first = text_before.count(SEP, 0, start)  # files both begin with
+    last = text_before.count(SEP, tail_before)  # files both end with
+    count_before, count_now = before.files, now.files
+    changed: list[int] = []
+    for lo, hi, shift in ((0, first, 0), (count_now - last, count_now, count_before - count_now)):
+        for column_now, column_before in ((now.sizes, before.sizes), (now.mtimes, before.mtimes)):
+            part_now, part_before = column_now[8 * lo : 8 * hi], column_before[8 * (lo + shift) : 8 * (hi + shift)]
+            if part_now != part_before:
+                changed += compress(range(lo, hi), map(operator.ne, array("q", part_now), array("q", part_before)))
+    middle_now = text_now[start:tail_now].split(SEP)[:-1]
+    middle_before = text_before[start:tail_before].split(SEP)[:-1]
+    stats_before = dict(zip(middle_before, zip(array("q", before.sizes[8 * first : 8 * (count_before - last)]),
+                                               array("q", before.mtimes[8 * first : 8 * (count_before - last)]),
+                                               strict=True), strict=True))
+    if len(stats_before) != len(middle_before) or len(set(middle_now)) != len(middle_now):
+        return None
+    sizes, mtimes = array("q", now.sizes), array("q", now.mtimes)
+    new_paths: set[str] = set()
+    for i, path in enumerate(middle_now, first):
+        stat = stats_before.pop(path, None)
+        if stat is None:
+            new_paths.add(path)
+        if stat != (sizes[i], mtimes[i]):
+            changed.append(i)
+    # Paths of files changed in the common beginning or end (edits: rare) from a full split.
+    paths = text_now.split(SEP) if any(i < first or i >= first + len(middle_now) for i in changed) else None
+    entries = [Entry(paths[i] if paths is not None else middle_now[i - first], sizes[i], mtimes[i])
+               for i in sorted(changed)]
+    return entries, new_paths, set(stats_before)
+
+
+def _common_length(a: str, b: str, forward: bool, most: int | None = None) -> int:
+    """How many characters ``a`` and ``b`` have in common at their beginning (``forward``) or
+    end, up to ``most``: blocks compared as slices (memcmp), then halved around a difference."""
+    limit = min(len(a), len(b)) if most is None else most
+    done = 0
+
+    def same(lo: int, hi: int) -> bool:
+        if forward:
+            return a[lo:hi] == b[lo:hi]
+        return a[len(a) - hi : len(a) - lo] == b[len(b) - hi : len(b) - lo]
+
+    while done < limit:
+        upto = min(limit, done + (1 << 16))
+        if same(done, upto):
+            done = upto
+            continue
+        while upto - done > 1:  # the first `done` are the same, the first `upto` are not
+            middle = (done + upto) // 2
+            if same(done, middle):
+                done = middle
+            else:
+                upto = middle
+        return done
+    return done
 
 
 def _load_light(folder: Path, expected: str) -> Index | None:

@@ -15,7 +15,9 @@ import marshal
 import os
 import re
 import stat as stat_module
-from collections.abc import Callable
+import threading
+from array import array
+from collections.abc import Callable, Iterable
 from operator import attrgetter
 from typing import NamedTuple
 
@@ -26,7 +28,36 @@ log = logging.getLogger(__name__)
 
 #: A scan's result: paths (relative to the site, with `/`), sizes and mtimes in nanoseconds.
 Columns = tuple[list[str], list[int], list[int]]
+#: What no path holds: the separator of the paths in a :class:`Scan`.
+SEP = "\x00"
 
+
+class Scan(NamedTuple):
+    """A scan as a few big objects rather than 100,000 small ones: the paths, each followed by
+    :data:`SEP`, and the sizes and mtimes as native 64-bit integers. One string and two byte
+    strings go from a child process to its parent, into a file and back, and are compared with
+    another scan's, at the speed of copying memory (see ``cache.compare_scans``)."""
+
+    text: str
+    sizes: bytes
+    mtimes: bytes
+
+    @property
+    def files(self) -> int:
+        return len(self.sizes) // 8
+
+    def columns(self) -> Columns:
+        return (self.text.split(SEP)[:-1], array("q", self.sizes).tolist(), array("q", self.mtimes).tolist())
+
+
+def stamps(values: Iterable[int]) -> bytes:
+    """``values`` as native signed 64-bit integers; an mtime past 2262 (``touch -d 3000-01-01``)
+    wraps around, which still tells a change from no change."""
+    listed = list(values)
+    try:
+        return array("q", listed).tobytes()
+    except OverflowError:
+        return array("q", [(v + (1 << 63)) % (1 << 64) - (1 << 63) for v in listed]).tobytes()
 
 
 class Entry(NamedTuple):
@@ -53,59 +84,66 @@ def _post_names(extensions: tuple[str, ...], separator: str) -> re.Pattern[str]:
     return re.compile(rf"(?<![^\x00])\d{{2,4}}-\d{{1,2}}-\d{{1,2}}-[^\x00]+?(?i:{endings})(?![^\x00])")
 
 
-#: A posts folder's part of a scan: the folder (relative to the site, ending in `/`), then the
-#: paths, sizes and mtimes of its post files.
-Chunk = tuple[str, list[str], list[int], list[int]]
+#: A posts folder's part of a scan: the folder (relative to the site, ending in `/`) and its
+#: post files as a :class:`Scan`.
+Chunk = tuple[str, Scan]
+#: A posts folder as listed: its path, its path relative to the site (ending in `/`), the
+#: names of its post files.
+Listed = tuple[str, str, list[str]]
 
 
 def scan(site: Site, share: tuple[float, float] = (0.0, 1.0)) -> Columns:
-    """:func:`walk` as three columns (path, size, mtime_ns), for the cache's warm runs; see
-    :func:`scan_folders` for ``share``."""
+    """:func:`walk` as three columns (path, size, mtime_ns); see :func:`scan_folders` for
+    ``share``."""
+    return scan_text(site, share).columns()
+
+
+def scan_text(site: Site, share: tuple[float, float] = (0.0, 1.0)) -> Scan:
+    """:func:`scan` as a :class:`Scan`."""
     return flatten(scan_folders(site, share))
 
 
-def flatten(chunks: list[Chunk]) -> Columns:
-    paths: list[str] = []
-    sizes: list[int] = []
-    mtimes: list[int] = []
-    for _, chunk_paths, chunk_sizes, chunk_mtimes in chunks:
-        paths += chunk_paths
-        sizes += chunk_sizes
-        mtimes += chunk_mtimes
-    return paths, sizes, mtimes
+def scan_folders(site: Site, share: tuple[float, float] = (0.0, 1.0)) -> list[Chunk]:
+    """The post files of each posts folder, with their sizes and mtimes. With ``share``
+    (``(lo, hi)``), only that part of each folder's files is stat'ed, so that processes can
+    share the work (:func:`merge` puts the shares together)."""
+    lo, hi = share
+    return [(rel, stat_files(folder, rel, names[round(lo * len(names)) : round(hi * len(names))]))
+            for folder, rel, names in list_posts(site)]
+
+
+def flatten(chunks: list[Chunk]) -> Scan:
+    return Scan("".join(c.text for _, c in chunks), b"".join(c.sizes for _, c in chunks),
+                b"".join(c.mtimes for _, c in chunks))
 
 
 def merge(first: list[Chunk], second: list[Chunk]) -> list[Chunk]:
-    """The shares ``(0, x)`` and ``(x, 1)`` of one scan as one: folder by folder, in the order
-    of the first (the share that finds subfolders of posts folders), so that the result is
-    what one process scanning it all gets, whatever ``x``: the cache compares scans in order."""
-    rest = {chunk[0]: chunk for chunk in second}
+    """The shares ``(0, x)`` and ``(x, 1)`` of one listing as one scan, folder by folder, so
+    that the result is what one process scanning it all gets, whatever ``x``: the cache
+    compares scans in order."""
+    rest = dict(second)
     merged: list[Chunk] = []
-    for folder, paths, sizes, mtimes in first:
+    for folder, part in first:
         more = rest.pop(folder, None)
-        merged.append((folder, paths + more[1], sizes + more[2], mtimes + more[3]) if more else
-                      (folder, paths, sizes, mtimes))
+        merged.append((folder, Scan(part.text + more.text, part.sizes + more.sizes, part.mtimes + more.mtimes)
+                       if more is not None else part))
     merged.extend(chunk for chunk in second if chunk[0] in rest)
     return merged
 
 
-def scan_folders(site: Site, share: tuple[float, float] = (0.0, 1.0)) -> list[Chunk]:
-    """The post files of each posts folder, with their sizes and mtimes.
-
-    A `_posts` folder of 100,000 files is filtered with one regex over its listing and stat'ed
-    by ``map``, so the per-file work stays in C; other folders are few and small. With
-    ``share`` (``(lo, hi)``), only that part of each folder's post files is stat'ed and listed,
-    so that processes can share the work (:func:`merge` puts the shares together).
-    """
+def list_posts(site: Site) -> list[Listed]:
+    """Every posts folder of the site (`_posts` anywhere outside `_` and dot folders, and the
+    folders inside them) with the names of its post files, in the order of the listings: a
+    `_posts` folder of 100,000 files is filtered with one regex over its listing, in C."""
     extensions = tuple(e.lower() for e in site.extensions)
-    chunks: list[Chunk] = []
-    # (folder, path relative to the site, inside a _posts folder: its share of the files)
-    pending: list[tuple[str, str, tuple[float, float] | None]] = [(site.source, "", None)]
+    listed: list[Listed] = []
+    # (folder, path relative to the site, inside a _posts folder)
+    pending: list[tuple[str, str, bool]] = [(site.source, "", False)]
     while pending:
         folder, rel, in_posts = pending.pop()
         try:
-            if in_posts is not None:
-                chunks.append(_scan_posts_folder(folder, rel, extensions, pending, in_posts))
+            if in_posts:
+                listed.append((folder, rel, _post_files(folder, rel, extensions, pending)))
                 continue
             with os.scandir(folder) as entries:
                 for entry in entries:
@@ -114,55 +152,57 @@ def scan_folders(site: Site, share: tuple[float, float] = (0.0, 1.0)) -> list[Ch
                         continue
                     with contextlib.suppress(OSError):
                         if entry.is_dir(follow_symlinks=False):  # a symlinked folder could loop
-                            pending.append((entry.path, rel + name + "/", share if name == "_posts" else None))
+                            pending.append((entry.path, rel + name + "/", name == "_posts"))
         except OSError as exc:
             log.warning("%s: cannot list folder: %s", folder, exc.strerror)
-    return chunks
+    return listed
 
 
-def _scan_posts_folder(
-    folder: str,
-    rel: str,
-    extensions: tuple[str, ...],
-    pending: list[tuple[str, str, tuple[float, float] | None]],
-    share: tuple[float, float] = (0.0, 1.0),
-) -> Chunk:
+def _post_files(folder: str, rel: str, extensions: tuple[str, ...], pending: list[tuple[str, str, bool]]) -> list[str]:
     listing = os.listdir(folder)
     joined = "\n".join(listing)
     if joined.count("\n") == len(listing) - 1 or not listing:
-        found = _post_names(extensions, "\n").findall(joined)
+        found: list[str] = _post_names(extensions, "\n").findall(joined)
     else:  # a name with a newline in it
         found = _post_names(extensions, "\x00").findall("\x00".join(listing))
-    lo, hi = share
-    candidates = found if share == (0.0, 1.0) else found[round(lo * len(found)) : round(hi * len(found))]
-    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    if len(found) != len(listing):
+        # Folders inside a _posts folder hold posts too; they are rare, so stat what is left.
+        taken = set(found)
+        for name in listing:
+            if name in taken or name[0] in ".#_":
+                continue
+            with contextlib.suppress(OSError):
+                if stat_module.S_ISDIR(os.stat(os.path.join(folder, name), follow_symlinks=False).st_mode):
+                    pending.append((os.path.join(folder, name), rel + name + "/", True))
+    return found
+
+
+def stat_files(folder: str, rel: str, names: list[str]) -> Scan:
+    """The files ``names`` of ``folder`` (``rel`` from the site) that are regular files, with
+    their sizes and mtimes: stat'ed by ``map``, relative to the folder."""
+    try:
+        fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError as exc:
+        log.warning("%s: cannot list folder: %s", folder, exc.strerror)
+        return Scan("", b"", b"")
     try:
         try:
-            stats = list(map(functools.partial(os.stat, dir_fd=fd), candidates))
+            stats = list(map(functools.partial(os.stat, dir_fd=fd), names))
         except OSError:  # a file vanished since the listing: go one by one
             stats, kept = [], []
-            for name in candidates:
+            for name in names:
                 with contextlib.suppress(OSError):
                     stats.append(os.stat(name, dir_fd=fd))
                     kept.append(name)
-            candidates = kept
-        if not all(map(stat_module.S_ISREG, map(attrgetter("st_mode"), stats))):
-            pairs = [(n, st) for n, st in zip(candidates, stats, strict=True) if stat_module.S_ISREG(st.st_mode)]
-            candidates, stats = [n for n, _ in pairs], [st for _, st in pairs]
-        # Subfolders of a _posts folder hold posts too; they are rare, so stat what is left.
-        if len(found) != len(listing) and lo == 0.0 < hi:  # the first share looks for them
-            taken = set(found)
-            for name in listing:
-                if name in taken or name[0] in ".#_":
-                    continue
-                with contextlib.suppress(OSError):
-                    if stat_module.S_ISDIR(os.stat(name, dir_fd=fd, follow_symlinks=False).st_mode):
-                        # Found by the first share only, and listed by it whole.
-                        pending.append((os.path.join(folder, name), rel + name + "/", (0.0, 1.0)))
+            names = kept
     finally:
         os.close(fd)
-    return (rel, list(map(rel.__add__, candidates)), list(map(attrgetter("st_size"), stats)),
-            list(map(attrgetter("st_mtime_ns"), stats)))
+    if not all(map(stat_module.S_ISREG, map(attrgetter("st_mode"), stats))):
+        pairs = [(n, st) for n, st in zip(names, stats, strict=True) if stat_module.S_ISREG(st.st_mode)]
+        names, stats = [n for n, _ in pairs], [st for _, st in pairs]
+    # The folder once per file, in one join: no string per path is made here.
+    text = rel + (SEP + rel).join(names) + SEP if names else ""
+    return Scan(text, stamps(map(attrgetter("st_size"), stats)), stamps(map(attrgetter("st_mtime_ns"), stats)))
 
 
 def read_file(path: str, size: int) -> bytes:
@@ -178,23 +218,78 @@ def read_file(path: str, size: int) -> bytes:
         os.close(fd)
 
 
-def scan_elsewhere(site: Site, here: float = 0.0) -> Callable[[], Columns]:
-    """Start :func:`scan` in a forked child; the returned function gives its result (or scans
-    here, when forking is unsafe or the child failed). With ``here``, the returned function
-    scans that share of the files itself (the child the rest): for a caller that has other
-    work first, and then time to wait."""
-    child = forks.start(lambda: marshal.dumps(scan_folders(site, (here, 1.0)))) if forks.can_fork() else None
-    if child is None:
-        return lambda: scan(site)
+def scan_elsewhere(site: Site, here: float = 0.0) -> Callable[[], Scan]:
+    """Start :func:`scan_text` in a forked child; the returned function gives its result (or
+    scans here, when forking is unsafe or the child failed).
 
-    def result() -> Columns:
-        mine = scan_folders(site, (0.0, here)) if here else None
-        data = child.result()
-        if data is not None:
-            with contextlib.suppress(ValueError, EOFError, TypeError):
-                theirs = [(str(rel), list(paths), list(sizes), list(mtimes)) for rel, paths, sizes, mtimes in marshal.loads(data)]
-                return flatten(merge(mine, theirs) if mine is not None else theirs)
+    With ``here``, the returned function stats that share of the files itself (the child the
+    rest): for a caller that has other work first, and then time to wait. The child lists the
+    site and hands this process its share's names over a second pipe, so that the site is
+    listed once (the shares cannot overlap however files come and go) and not here."""
+    if not forks.can_fork():
+        return lambda: scan_text(site)
+    if not here:
+        return _whole(site, forks.start(lambda: _dump(scan_folders(site))))
+    handover, handing = os.pipe()
+
+    def work() -> bytes:
+        os.close(handover)
+        listed = list_posts(site)
+        cuts = [round(here * len(names)) for _, _, names in listed]
+        # From a thread: the share may be more than a pipe holds, and this process has its
+        # own share to stat meanwhile.
+        sender = threading.Thread(target=_send, args=(handing, marshal.dumps(
+            [(folder, rel, SEP.join(names[:cut])) for (folder, rel, names), cut in zip(listed, cuts, strict=True)])))
+        sender.start()
+        mine = [(rel, stat_files(folder, rel, names[cut:])) for (folder, rel, names), cut in zip(listed, cuts, strict=True)]
+        sender.join()
+        return _dump(mine)
+
+    child = forks.start(work)
+    os.close(handing)
+    if child is None:
+        os.close(handover)
+        return lambda: scan_text(site)
+
+    def result() -> Scan:
+        with os.fdopen(handover, "rb") as pipe:
+            given = pipe.read()
+        mine: list[Chunk] | None = None
+        with contextlib.suppress(ValueError, EOFError, TypeError):
+            mine = [(str(rel), stat_files(str(folder), str(rel), str(names).split(SEP) if names else []))
+                    for folder, rel, names in marshal.loads(given)]
+        theirs = _chunks_of(child)
+        if mine is not None and theirs is not None:
+            return flatten(merge(mine, theirs))
         log.warning("scanning the site in a child process failed; scanning here")
-        return scan(site)
+        return scan_text(site)
 
     return result
+
+
+def _whole(site: Site, child: forks.Child | None) -> Callable[[], Scan]:
+    def result() -> Scan:
+        chunks = _chunks_of(child)
+        if chunks is not None:
+            return flatten(chunks)
+        log.warning("scanning the site in a child process failed; scanning here")
+        return scan_text(site)
+
+    return result
+
+
+def _dump(chunks: list[Chunk]) -> bytes:
+    return marshal.dumps([(rel, tuple(part)) for rel, part in chunks])
+
+
+def _chunks_of(child: forks.Child | None) -> list[Chunk] | None:
+    data = child.result() if child is not None else None
+    if data is not None:
+        with contextlib.suppress(ValueError, EOFError, TypeError):
+            return [(str(rel), Scan(*part)) for rel, part in marshal.loads(data)]
+    return None
+
+
+def _send(fd: int, data: bytes) -> None:
+    with contextlib.suppress(OSError), os.fdopen(fd, "wb") as pipe:  # the parent may have stopped
+        pipe.write(data)

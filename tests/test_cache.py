@@ -328,23 +328,24 @@ def test_parallel_cold_parse_gives_the_same_collection(source: Path, tmp_path: P
 def test_scanning_in_a_child_process_gives_the_same_columns(source: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(threading, "active_count", lambda: 1)
     site = site_of(source)
-    assert walkmod.scan_elsewhere(site)() == scan(site)
+    assert walkmod.scan_elsewhere(site)().columns() == scan(site)
 
 
-def test_a_failed_child_scan_is_done_again_here(source: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+@pytest.mark.parametrize("here", [0.0, 0.4])
+def test_a_failed_child_scan_is_done_again_here(source: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,
+                                                here: float) -> None:
     monkeypatch.setattr(threading, "active_count", lambda: 1)
     parent = os.getpid()
+    list_posts = walkmod.list_posts
 
-    scan_folders = walkmod.scan_folders
-
-    def only_here(site: Site, share: tuple[float, float] = (0.0, 1.0)) -> Any:
+    def only_here(site: Site) -> Any:
         if os.getpid() != parent:
             raise RuntimeError("the child fails")
-        return scan_folders(site, share)
+        return list_posts(site)
 
-    monkeypatch.setattr(walkmod, "scan_folders", only_here)
+    monkeypatch.setattr(walkmod, "list_posts", only_here)
     site = site_of(source)
-    assert walkmod.scan_elsewhere(site)() == scan(site)
+    assert walkmod.scan_elsewhere(site, here)().columns() == scan(site)
     assert "scanning the site in a child process failed" in caplog.text
 
 
@@ -352,7 +353,7 @@ def test_with_other_threads_running_the_scan_stays_in_this_process(source: Path,
     monkeypatch.setattr(threading, "active_count", lambda: 3)
     monkeypatch.setattr(cache.os, "fork", lambda: pytest.fail("forked with threads running"))
     site = site_of(source)
-    assert walkmod.scan_elsewhere(site)() == scan(site)
+    assert walkmod.scan_elsewhere(site)().columns() == scan(site)
 
 
 def test_a_few_changes_go_to_the_journal_not_a_new_index(source: Path, tmp_path: Path, parsed: list[str]) -> None:
@@ -432,7 +433,8 @@ def test_a_journal_folded_by_another_process_gets_a_new_index_not_a_record(sourc
     assert index is not None and index.posts == held.posts and [p.title for p in held.posts[:2]] == ["乙", "甲"]
 
 
-def test_scan_shares_list_every_file_once_and_a_child_scan_lists_them_all(source: Path) -> None:
+def test_scan_shares_list_every_file_once_and_a_child_scan_lists_them_all(source: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(threading, "active_count", lambda: 1)
     for i in range(40):
         write(source, f"_posts/2022-03-{i % 28 + 1:02d}-x{i}.md", post(f"x{i}"))
     write(source, "_posts/sub/2022-03-01-deep.md", post("deep"))
@@ -445,7 +447,7 @@ def test_scan_shares_list_every_file_once_and_a_child_scan_lists_them_all(source
         assert sorted(shared) == sorted(rows)
     for here in (0.0, 0.3, 0.4, 0.5, 1.0):
         # In the order of one process's scan, whatever the share: the cache compares in order.
-        assert scan_elsewhere(site, here)() == whole
+        assert scan_elsewhere(site, here)().columns() == whole
     assert "_posts/sub/2022-03-01-deep.md" in whole[0]
 
 
@@ -466,6 +468,10 @@ def test_read_file_reads_a_file_that_grew_or_shrank_since_the_scan(tmp_path: Pat
 # ---------------------------------------------------------------- the last scan and collect_changes
 
 
+def as_scan(columns: walkmod.Columns) -> walkmod.Scan:
+    return walkmod.Scan("".join(p + walkmod.SEP for p in columns[0]), walkmod.stamps(columns[1]), walkmod.stamps(columns[2]))
+
+
 def reference_changes(before: walkmod.Columns, now: walkmod.Columns) -> tuple[set[str], set[str], set[str]]:
     """What differs, compared by path (what compare_scans must agree with)."""
     old = dict(zip(before[0], zip(before[1], before[2], strict=True), strict=True))
@@ -477,8 +483,9 @@ def reference_changes(before: walkmod.Columns, now: walkmod.Columns) -> tuple[se
 @st.composite
 def two_scans(draw: st.DrawFn) -> tuple[walkmod.Columns, walkmod.Columns, bool]:
     """A scan, and a later one: some files gone, some changed, some new ones anywhere; with
-    ``shuffled``, the files that stayed in another order too."""
-    names = draw(st.lists(st.text("abc/", min_size=1, max_size=4), unique=True, max_size=30))
+    ``shuffled``, the files that stayed in another order too. Paths share beginnings and
+    ends, and hold letters of all widths, to try the comparison of texts."""
+    names = draw(st.lists(st.text("ab/é财", min_size=1, max_size=4), unique=True, max_size=30))
     stats = draw(st.lists(st.tuples(st.integers(0, 3), st.integers(0, 3)), min_size=len(names), max_size=len(names)))
     before = [(name, *stat) for name, stat in zip(names, stats, strict=True)]
     later = []
@@ -489,7 +496,8 @@ def two_scans(draw: st.DrawFn) -> tuple[walkmod.Columns, walkmod.Columns, bool]:
     shuffled = draw(st.booleans())
     if shuffled:
         later = draw(st.permutations(later))
-    for new in draw(st.lists(st.text("xyz", min_size=1, max_size=3), unique=True, max_size=5)):
+    for new in draw(st.lists(st.text("ab/xé财", min_size=1, max_size=4).filter(lambda n: n not in names),
+                             unique=True, max_size=5)):
         later.insert(draw(st.integers(0, len(later))), (new, 1, 1))
 
     def columns(rows: list[tuple[str, int, int]]) -> walkmod.Columns:
@@ -501,11 +509,9 @@ def two_scans(draw: st.DrawFn) -> tuple[walkmod.Columns, walkmod.Columns, bool]:
 @settings(max_examples=300, deadline=None)
 @given(two_scans())
 def test_compare_scans_finds_what_a_comparison_by_path_finds(scans: tuple[walkmod.Columns, walkmod.Columns, bool]) -> None:
-    before, now, shuffled = scans
-    found = cache.compare_scans(before, now)
-    if found is None:
-        assert shuffled  # only files in another order make it give up
-        return
+    before, now, _ = scans
+    found = cache.compare_scans(as_scan(before), as_scan(now))
+    assert found is not None
     changed, new_paths, removed = found
     expected = reference_changes(before, now)
     assert ({entry.path for entry in changed}, new_paths, removed) == expected
@@ -515,7 +521,19 @@ def test_compare_scans_finds_what_a_comparison_by_path_finds(scans: tuple[walkmo
 
 
 def test_compare_scans_gives_up_on_a_file_listed_twice() -> None:
-    assert cache.compare_scans((["a"], [1], [1]), (["a", "a"], [1, 1], [1, 1])) is None
+    assert cache.compare_scans(as_scan((["x"], [1], [1])), as_scan((["b", "a", "b"], [1, 1, 1], [1, 1, 1]))) is None
+
+
+def test_compare_scans_tells_one_new_file_among_many_by_its_place() -> None:
+    paths = [f"_posts/2022-01-01-n{i:05d}.md" for i in range(20000)]
+    before = (paths, list(range(20000)), list(range(20000)))
+    for place in (0, 7, 19999, 20000):
+        now = ([*paths[:place], "_posts/2022-01-02-new.md", *paths[place:]], [*range(place), 5, *range(place, 20000)],
+               [*range(place), 5, *range(place, 20000)])
+        found = cache.compare_scans(as_scan(before), as_scan(now))
+        assert found == ([Entry("_posts/2022-01-02-new.md", 5, 5)], {"_posts/2022-01-02-new.md"}, set())
+    edited = (paths, list(range(20000)), [*range(12345), -1, *range(12346, 20000)])
+    assert cache.compare_scans(as_scan(before), as_scan(edited)) == ([Entry(paths[12345], 12345, -1)], set(), set())
 
 
 def changes_since(root: Path, cache_dir: Path, since: Any) -> cache.Changes | None:
@@ -579,13 +597,15 @@ def test_a_damaged_or_stale_last_scan_gives_the_same_changes_and_is_kept_anew(
     first = run(source, tmp_path / "c")
     assert first.cursor is not None
     path = site_folder(tmp_path / "c", first.site) / cache.SCAN
-    version, print_, cursor, paths, sizes, mtimes, others = marshal.loads(path.read_bytes())
+    version, print_, cursor, text, sizes, mtimes, others = marshal.loads(path.read_bytes())
     if damage == "garbage":
         path.write_bytes(b"\x00garbage")
     elif damage == "reordered":
-        path.write_bytes(marshal.dumps((version, print_, cursor, paths[::-1], sizes[::-1], mtimes[::-1], others)))
+        columns = walkmod.Scan(text, sizes, mtimes).columns()
+        backwards = as_scan((columns[0][::-1], columns[1][::-1], columns[2][::-1]))
+        path.write_bytes(marshal.dumps((version, print_, cursor, *backwards, others)))
     elif damage == "other cursor":
-        path.write_bytes(marshal.dumps((version, print_, (cursor[0], 99, 1), paths, sizes, mtimes, others)))
+        path.write_bytes(marshal.dumps((version, print_, (cursor[0], 99, 1), text, sizes, mtimes, others)))
     else:
         path.unlink()
     write(source, "_posts/2022-04-26-new.md", post("新"))
@@ -593,7 +613,7 @@ def test_a_damaged_or_stale_last_scan_gives_the_same_changes_and_is_kept_anew(
     assert changes is not None and [p.title for p in changes.added] == ["新"] and not changes.changed_posts
     kept = cache.load_scan(path.parent, print_)
     assert kept is not None and kept.cursor == changes.cursor
-    assert sorted(kept.columns[0]) == sorted(scan(site_of(source))[0])
+    assert kept.scan.columns() == scan(site_of(source))
 
 
 def test_bodies_rendered_after_the_last_scan_leave_it_usable(
