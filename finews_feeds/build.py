@@ -118,19 +118,16 @@ def signatures(plan: FeedPlan, options: FeedOptions, known: Mapping[str, str] | 
     return out
 
 
-def listings_signature(plan: FeedPlan, options: FeedOptions, newest: dict[str, datetime | None] | None = None) -> str:
-    """Everything the index page shows; without ``newest``, everything the OPML file, the head
-    snippets and the stylesheet show (the feeds, not their counts and dates)."""
-    digest = hashlib.blake2b(f"{RENDER_VERSION}\x1d{options.fingerprint()}\x1d{newest is None}\x1d".encode(),
-                             digest_size=16)
-    if newest is None:
-        digest.update("\x1d".join(spec.header() for spec in plan.specs).encode("utf-8", "surrogatepass"))
-        return digest.hexdigest()
-    for spec in plan.specs:
-        moment = newest.get(spec.key)
-        digest.update(f"{spec.header()}\x1f{plan.counts.get(spec.key, 0)}\x1f{moment.isoformat() if moment else ''}\x1d"
-                      .encode("utf-8", "surrogatepass"))
-    return digest.hexdigest()
+def listings_signatures(plan: FeedPlan, options: FeedOptions, newest: dict[str, datetime | None]) -> tuple[str, str]:
+    """Of everything the OPML file, the head snippets and the stylesheet show (the feeds, not
+    their counts and dates), and of everything the index page shows."""
+    base = f"{RENDER_VERSION}\x1d{options.fingerprint()}\x1d"
+    headers = "\x1d".join(spec.header() for spec in plan.specs)
+    shown = "\x1d".join(f"{plan.counts.get(spec.key, 0)}\x1f{moment.isoformat() if moment else ''}"
+                        for spec, moment in zip(plan.specs, map(newest.get, (spec.key for spec in plan.specs)), strict=True))
+    outline = hashlib.blake2b(f"{base}outline\x1d{headers}".encode("utf-8", "surrogatepass"), digest_size=16)
+    index = hashlib.blake2b(f"{base}index\x1d{headers}\x1e{shown}".encode("utf-8", "surrogatepass"), digest_size=16)
+    return outline.hexdigest(), index.hexdigest()
 
 
 # --------------------------------------------------------------------------- rendering
@@ -347,8 +344,7 @@ def _write(plan: FeedPlan, options: FeedOptions, content: ContentSource, out: Ou
 
     newest = {spec.key: (plan.entries[spec.key][0].date.astimezone(options.timezone)
                          if plan.entries[spec.key] else None) for spec in plan.specs}
-    manifest.listings_signature = listings_signature(plan, options, newest)
-    manifest.outline_signature = listings_signature(plan, options)
+    manifest.outline_signature, manifest.listings_signature = listings_signatures(plan, options, newest)
     # Listings whose signature is the last build's would come out byte for byte the same: the
     # outline (OPML, head snippets) after any new post that starts no feed, the index page
     # when no feed's count or newest date moved either.
@@ -535,6 +531,7 @@ def _rebuild_added(config: Config, now: datetime, workers: int | None) -> BuildR
         # process imports the rest, reads the state and the cache's file list, and then
         # stats its own share.
         scanning = scan_elsewhere(site, here=QUICK_SHARE)
+        from . import feeds  # noqa: F401 - imported while the child lists the site, not after it
         from .cache import Cursor, collect_changes
 
         state = load_state(out, site.timezone)

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import html
 import json
-import mimetypes
 import re
 from collections import Counter
 from collections.abc import Callable, Container, Iterable, Mapping, Sequence
@@ -132,10 +131,12 @@ class FeedSpec:
     home_url: str  #: the page on the site this feed follows
     folder: str  #: relative folder of its files: "", "categories/<slug>", "tags/<slug>"
     limit: int
+    #: ``kind:name``, the feed's key in plans, manifests and states (asked for often enough
+    #: to be made once)
+    key: str = field(init=False, repr=False, compare=False)
 
-    @property
-    def key(self) -> str:
-        return f"{self.kind}:{self.name}"
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "key", f"{self.kind}:{self.name}")
 
     def path(self, fmt: str) -> str:
         return f"{self.folder}/{FILE_NAMES[fmt]}" if self.folder else FILE_NAMES[fmt]
@@ -294,9 +295,16 @@ def _local(moment: datetime, zone: ZoneInfo) -> datetime:
     return moment.astimezone(zone).replace(microsecond=0)
 
 
+#: Image types by extension: a fixed table, not the system's (mimetypes reads /etc/mime.types,
+#: which differs between machines, and a feed must not).
+IMAGE_TYPES = {"jpg": "image/jpeg", "jpeg": "image/jpeg", "jpe": "image/jpeg", "png": "image/png", "gif": "image/gif",
+               "webp": "image/webp", "avif": "image/avif", "svg": "image/svg+xml", "bmp": "image/bmp",
+               "ico": "image/vnd.microsoft.icon", "tif": "image/tiff", "tiff": "image/tiff"}
+
+
 def _image_type(url: str) -> str:
-    guessed, _ = mimetypes.guess_type(url.split("?", 1)[0])
-    return guessed if guessed and guessed.startswith("image/") else "image/jpeg"
+    name = url.split("#", 1)[0].split("?", 1)[0].rsplit("/", 1)[-1]
+    return IMAGE_TYPES.get(name.rsplit(".", 1)[-1].lower(), "image/jpeg") if "." in name else "image/jpeg"
 
 
 def entry_data(post: Post, options: FeedOptions, content: ContentSource | None) -> EntryData:
