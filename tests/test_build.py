@@ -355,9 +355,15 @@ def test_a_new_post_in_existing_feeds_rewrites_the_index_page_but_not_the_outlin
     report = buildmod.run_build(config)
     assert {"feeds.opml", "_feeds_head_tags.html", "index.html"} <= set(report.written)
     assert "从未有过" in (out / "feeds.opml").read_text(encoding="utf-8")
-    # A removed outline file comes back though nothing else changed.
+    # A removed outline file comes back though nothing else changed; so does a feed's file
+    # (a feed the new post does not reach).
     (out / "feeds.opml").unlink()
     assert buildmod.run_build(config).written == ["feeds.opml"]
+    (out / "categories" / "eastmoney" / "atom.xml").unlink()
+    (site / "_posts" / "2022-04-22-n3.md").write_text(post_text("再一篇", "2022-04-22 11:00:00"), encoding="utf-8")
+    report = buildmod.run_build(config)
+    assert report.quick and "categories/eastmoney/atom.xml" in report.written
+    same_as_a_full_build(site, out, tmp_path / "c")
 
 
 def test_an_edited_or_removed_post_makes_the_build_read_the_whole_site(tmp_path: Path) -> None:
