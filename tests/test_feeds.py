@@ -3,7 +3,7 @@ from __future__ import annotations
 import json
 import locale
 from collections.abc import Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta, timezone
 
 import feedparser
 import pytest
@@ -381,3 +381,25 @@ def test_any_text_gives_well_formed_feeds_that_keep_the_text(title: str, summary
         assert rss_of(files).findtext("channel/item/guid") == post.id
         assert json_of(files)["items"][0]["content_html"] == clean_text(body)  # type: ignore[index]
         assert spec.folder.count("/") <= 1 and ".." not in spec.folder.split("/")
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.datetimes(min_value=datetime(1000, 1, 1), max_value=datetime(9999, 12, 31)),
+       st.integers(-23 * 60 - 59, 23 * 60 + 59))
+def test_rfc822_dates_are_those_of_the_email_module(moment: datetime, minutes: int) -> None:
+    from email.utils import format_datetime
+
+    from finews_feeds.feeds import _rfc822
+
+    aware = moment.replace(tzinfo=timezone(timedelta(minutes=minutes)), microsecond=0)
+    assert _rfc822(aware) == format_datetime(aware)
+
+
+def test_image_types_come_from_the_extension_whatever_the_query_or_case() -> None:
+    from finews_feeds.feeds import _image_type
+
+    assert _image_type("https://x.cn/a/b.PNG?w=1#top") == "image/png"
+    assert _image_type("https://x.cn/a.webp") == "image/webp"
+    assert _image_type("https://x.cn/photo") == "image/jpeg"
+    assert _image_type("https://x.cn/a.b/photo") == "image/jpeg"
+    assert _image_type("https://x.cn/a.exe") == "image/jpeg"
