@@ -27,7 +27,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo
 
 from . import forks
@@ -36,6 +36,7 @@ from .models import Collection, ContentSource, FileError, Post, Site, sort_key
 from .writer import FeedRecord, Manifest, OutputDir, load_manifest, save_manifest
 
 if TYPE_CHECKING:
+    from . import feeds
     from .cache import Changes
     from .feeds import EntryData, FeedOptions, FeedPlan, FeedSpec
 
@@ -303,9 +304,12 @@ def _build(collection: Collection, config: Config, out: OutputDir, *, full: bool
     old = load_manifest(out)
     plan = feedmod.plan_feeds(collection.posts, collection.site, options, old.slugs)
     _complete(plan, collection)
-    manifest = _write(plan, options, collection.content, out, old, report, full=full, workers=workers)
+    listing = feedmod.ListingCache()
+    manifest = _write(plan, options, collection.content, out, old, report, full=full, workers=workers,
+                      listing=listing)
     if collection.cursor is not None:
-        state = FeedState.of(plan, plan_key(collection.site, options), collection.cursor, manifest, collection.due)
+        state = FeedState.of(plan, plan_key(collection.site, options), collection.cursor, manifest, collection.due,
+                             listing.dump())
         save_state(out, state)
     report.seconds = time.perf_counter() - started
     return report
@@ -313,11 +317,12 @@ def _build(collection: Collection, config: Config, out: OutputDir, *, full: bool
 
 def _write(plan: FeedPlan, options: FeedOptions, content: ContentSource, out: OutputDir, old: Manifest,
            report: BuildReport, *, full: bool, workers: int | None, same: Iterable[str] = (),
-           present: Callable[[str], bool] | None = None) -> Manifest:
+           present: Callable[[str], bool] | None = None, listing: feeds.ListingCache | None = None) -> Manifest:
     """Render and write what changed in ``plan`` since the build of ``old``, remove what is
     gone, and save the new manifest (returned). ``same``: keys of feeds known to show what they
     showed in that build (their signatures are taken from ``old``); ``present``: tells whether
-    a file of ``old`` is still there, if the caller found out already (else it is stat'ed)."""
+    a file of ``old`` is still there, if the caller found out already (else it is stat'ed);
+    ``listing``: what the last index page was made of (see ``feeds.ListingCache``), updated."""
     from . import feeds as feedmod
 
     exists = present or out.exists
@@ -361,7 +366,7 @@ def _write(plan: FeedPlan, options: FeedOptions, content: ContentSource, out: Ou
         else:
             parts.append(part)
     if parts:
-        for rel, data in feedmod.render_listings(plan.specs, options, plan.counts, newest, parts).items():
+        for rel, data in feedmod.render_listings(plan.specs, options, plan.counts, newest, parts, listing).items():
             manifest.listings.append(rel)
             if out.write(rel, data):
                 report.files_written += 1
@@ -391,7 +396,7 @@ def _write(plan: FeedPlan, options: FeedOptions, content: ContentSource, out: Ou
 # the whole site as before. Both ways end in :func:`feeds.assemble_plan` and :func:`_write`.
 
 STATE = ".finews-state.marshal"
-STATE_VERSION = 1
+STATE_VERSION = 2
 #: The share of the files a quick rebuild stats itself, after its imports and reading its state
 #: and the cache's file list, while a child started first stats the rest.
 QUICK_SHARE = 0.4
@@ -418,14 +423,15 @@ class FeedState:
     counts: dict[str, int]  #: feed key -> posts in its category or tag (the site's: all)
     entries: dict[str, list[str]]  #: feed key -> paths of the posts it shows, in order
     posts: list[Post]  #: every post some feed shows, rendered
+    listing: Any  #: ``feeds.ListingCache.dump()`` of the index page written with it
 
     @classmethod
     def of(cls, plan: FeedPlan, key: str, cursor: tuple[str, int, int], manifest: Manifest,
-           due: datetime | None) -> FeedState:
+           due: datetime | None, listing: Any) -> FeedState:
         shown = {post.path: post for posts in plan.entries.values() for post in posts}
         return cls(key, tuple(cursor), _manifest_digest(manifest.to_json()),  # type: ignore[arg-type]
                    due.timestamp() if due is not None else None, dict(plan.counts),
-                   {k: [p.path for p in posts] for k, posts in plan.entries.items()}, list(shown.values()))
+                   {k: [p.path for p in posts] for k, posts in plan.entries.items()}, list(shown.values()), listing)
 
 
 def save_state(out: OutputDir, state: FeedState) -> None:
@@ -434,7 +440,7 @@ def save_state(out: OutputDir, state: FeedState) -> None:
     # Version 2: without the references of later versions, which depend on reference counts,
     # the same state gives the same bytes, and an unchanged state file is not written again.
     data = marshal.dumps((STATE_VERSION, state.key, tuple(state.cursor), state.manifest, state.due, state.counts,
-                          state.entries, to_columns(state.posts)), 2)
+                          state.entries, to_columns(state.posts), state.listing), 2)
     out.write(STATE, data)
 
 
@@ -444,10 +450,11 @@ def load_state(out: OutputDir, zone: ZoneInfo) -> FeedState | None:
     from .writer import MANIFEST
 
     try:
-        version, key, cursor, manifest, due, counts, entries, columns = marshal.loads((out.root / STATE).read_bytes())
+        version, key, cursor, manifest, due, counts, entries, columns, listing = \
+            marshal.loads((out.root / STATE).read_bytes())
         if version != STATE_VERSION or manifest != _manifest_digest((out.root / MANIFEST).read_bytes()):
             return None
-        return FeedState(key, tuple(cursor), manifest, due, counts, entries, from_columns(columns, zone))
+        return FeedState(key, tuple(cursor), manifest, due, counts, entries, from_columns(columns, zone), listing)
     except (OSError, ValueError, EOFError, TypeError, OverflowError):
         return None
 
@@ -509,13 +516,14 @@ def _build_added(state: FeedState, changes: Changes, site: Site, config: Config,
     # A feed no new post went to shows what it showed: its slug stays (assign_slugs keeps
     # earlier ones), its settings are the state's (plan_key), its posts are the same.
     same = [spec.key for spec in plan.specs if spec.key not in touched]
+    listing = feedmod.ListingCache.load(state.listing)
     manifest = _write(plan, options, changes.content, out, old, report, full=False, workers=workers, same=same,
-                      present=present)
+                      present=present, listing=listing)
     # Without new posts the kept plan is still this one, and its cursor still a point of the
     # cache's history (what came after it changed no post): it stays as it is.
     if changes.added or _manifest_digest(manifest.to_json()) != state.manifest:
         save_state(out, FeedState.of(plan, state.key, changes.cursor, manifest,
-                                     datetime.fromtimestamp(due, UTC) if due is not None else None))
+                                     datetime.fromtimestamp(due, UTC) if due is not None else None, listing.dump()))
     report.seconds = time.perf_counter() - started
     return report
 

@@ -32,10 +32,9 @@ from html import escape
 from importlib import resources
 from itertools import chain
 from operator import attrgetter
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo
 
-import jinja2
 from feedgen.feed import FeedGenerator
 from lxml import etree
 from markupsafe import Markup
@@ -44,6 +43,9 @@ from .config import FeedsConfig
 from .errors import ConfigError
 from .models import ContentSource, Post, Site
 from .slugs import assign_slugs, join_url
+
+if TYPE_CHECKING:
+    import jinja2
 
 FORMATS = ("rss", "atom", "json")
 _DATE = attrgetter("date")
@@ -536,6 +538,9 @@ def render_feed(spec: FeedSpec, options: FeedOptions, entries: Sequence[EntryDat
 @lru_cache(maxsize=1)
 def _template_env() -> jinja2.Environment:
     # One per process: a daemon rebuilding every few minutes compiles the page template once.
+    # Imported here: a rebuild after a new post usually has the page from a ListingCache.
+    import jinja2
+
     return jinja2.Environment(
         loader=jinja2.PackageLoader("finews_feeds", "templates/feeds"),
         autoescape=True,
@@ -572,40 +577,98 @@ OUTLINE = "outline"
 INDEX_PAGE = "index"
 
 
+@dataclass(slots=True)
+class ListingCache:
+    """What the last index page was made of, so that after a new post only the rows of the
+    feeds it reaches are made again and the page template is not rendered (nor Jinja imported):
+    the page around the rows, for one set of feeds, and each feed's row."""
+
+    frame_key: str = ""  #: what the page around the rows depends on (see :func:`_frame_key`)
+    #: the page cut at its rows: text, kind, text, kind, ..., text
+    frame: list[str] = field(default_factory=list)
+    #: feed key -> (its header, count, newest entry's POSIX time, its row)
+    rows: dict[str, tuple[str, int, float | None, str]] = field(default_factory=dict)
+
+    def dump(self) -> tuple[Any, ...]:
+        return (self.frame_key, self.frame, self.rows)
+
+    @classmethod
+    def load(cls, data: Any) -> ListingCache:
+        """From :meth:`dump`; anything else gives an empty cache."""
+        try:
+            frame_key, frame, rows = data
+            if isinstance(frame_key, str) and isinstance(frame, list) and isinstance(rows, dict):
+                return cls(frame_key, frame, rows)
+        except (TypeError, ValueError):
+            pass
+        return cls()
+
+
 def render_listings(
     specs: Sequence[FeedSpec],
     options: FeedOptions,
     counts: Mapping[str, int],
     newest: Mapping[str, datetime | None],
     parts: Container[str] = (OUTLINE, INDEX_PAGE),
+    cache: ListingCache | None = None,
 ) -> dict[str, bytes]:
     """``feeds.opml``, the head snippets and the XSL stylesheet (``OUTLINE`` in ``parts``) and
-    ``index.html`` (``INDEX_PAGE``)."""
-    listed = _listed(specs, options, counts if INDEX_PAGE in parts else {}, newest if INDEX_PAGE in parts else {})
-    groups = {kind: [item for item in listed if item.spec.kind == kind] for kind in ("site", "category", "tag")}
-    env = _template_env()
-    context: dict[str, Any] = {
-        "options": options,
-        "groups": groups,
-        "formats": options.formats,
-        "media_types": MEDIA_TYPES,
-        "zh": _is_zh(options),
-        "opml_url": join_url(options.base_url, OPML),
-    }
+    ``index.html`` (``INDEX_PAGE``). ``cache``: what the last index page was made of; it is
+    used where it still holds, and updated."""
+    listed: list[Listed] = []
+
+    def groups() -> dict[str, list[Listed]]:
+        if not listed:
+            listed.extend(_listed(specs, options, counts, newest))
+        return {kind: [item for item in listed if item.spec.kind == kind] for kind in ("site", "category", "tag")}
+
+    zh = _is_zh(options)
+    opml_url = join_url(options.base_url, OPML)
     files: dict[str, bytes] = {}
     if OUTLINE in parts:
-        opml_title = f"{options.site_title} {'全部订阅源' if context['zh'] else 'all feeds'}"
-        files[OPML] = render_opml(groups, options)
-        files[HEAD_SNIPPET] = _head_snippet([*groups["site"], *groups["category"]], options.formats,
-                                            (opml_title, str(context["opml_url"])))
-        files[HEAD_SNIPPET_TAGS] = _head_snippet(groups["tag"], options.formats, None)
+        grouped = groups()
+        opml_title = f"{options.site_title} {'全部订阅源' if zh else 'all feeds'}"
+        files[OPML] = render_opml(grouped, options)
+        files[HEAD_SNIPPET] = _head_snippet([*grouped["site"], *grouped["category"]], options.formats,
+                                            (opml_title, opml_url))
+        files[HEAD_SNIPPET_TAGS] = _head_snippet(grouped["tag"], options.formats, None)
         if options.stylesheet:
             files[STYLESHEET] = resources.files("finews_feeds").joinpath("templates/feeds/feed.xsl").read_bytes()
-    if INDEX_PAGE in parts:
-        context["rows"] = {kind: Markup("".join(_index_row(item, options.formats) for item in items))
-                           for kind, items in groups.items()}
-        files[INDEX] = env.get_template("index.html.j2").render(context).encode("utf-8")
+    if INDEX_PAGE not in parts:
+        return files
+    cache = cache if cache is not None else ListingCache()
+    rows: dict[str, list[str]] = {"site": [], "category": [], "tag": []}
+    made: dict[str, tuple[str, int, float | None, str]] = {}
+    for spec in specs:
+        header, count, moment = spec.header(), counts.get(spec.key, 0), newest.get(spec.key)
+        stamp = moment.timestamp() if moment is not None else None
+        known = cache.rows.get(spec.key)
+        if known is not None and known[:3] == (header, count, stamp):
+            row = known[3]
+        else:
+            row = _index_row(Listed(spec, {fmt: spec.url(options, fmt) for fmt in options.formats}, count,
+                                    moment.strftime("%Y-%m-%d %H:%M") if moment else ""), options.formats)
+        made[spec.key] = (header, count, stamp, row)
+        rows[spec.kind].append(row)
+    cache.rows = made
+    frame_key = _frame_key(specs, options)
+    if cache.frame_key != frame_key or not cache.frame:
+        context: dict[str, Any] = {"options": options, "groups": groups(), "formats": options.formats,
+                                   "media_types": MEDIA_TYPES, "zh": zh, "opml_url": opml_url,
+                                   "rows": {kind: Markup(f"\x00{kind}\x00") for kind in rows}}
+        page = _template_env().get_template("index.html.j2").render(context)
+        cache.frame_key, cache.frame = frame_key, re.split("\x00(site|category|tag)\x00", page)
+    files[INDEX] = "".join(piece if i % 2 == 0 else "".join(rows[piece])
+                           for i, piece in enumerate(cache.frame)).encode("utf-8")
     return files
+
+
+def _frame_key(specs: Sequence[FeedSpec], options: FeedOptions) -> str:
+    """Everything the index page shows besides its rows: the options, the site feed (linked
+    from the page's head) and how many feeds of each kind there are."""
+    sizes = Counter(spec.kind for spec in specs)
+    return repr((options.fingerprint(), [spec.header() for spec in specs if spec.kind == "site"],
+                 sizes["site"], sizes["category"], sizes["tag"]))
 
 
 # The rows of the listings are built here rather than in Jinja: with thousands of tags in

@@ -403,3 +403,22 @@ def test_image_types_come_from_the_extension_whatever_the_query_or_case() -> Non
     assert _image_type("https://x.cn/photo") == "image/jpeg"
     assert _image_type("https://x.cn/a.b/photo") == "image/jpeg"
     assert _image_type("https://x.cn/a.exe") == "image/jpeg"
+
+
+def test_an_index_page_from_the_listing_cache_is_the_page_made_without_it() -> None:
+    from finews_feeds.feeds import INDEX_PAGE, ListingCache
+
+    opts = options()
+    cache = ListingCache()
+    steps = [POSTS,
+             [*POSTS, make_post(6)],  # a count and a date move
+             [*POSTS, make_post(6), make_post(7, tags=("全新标签",))],  # a new feed: the page around the rows too
+             [*POSTS, make_post(7, tags=("全新标签",))]]  # one post gone
+    for posts in steps:
+        plan = plan_feeds(posts, make_site(), opts)
+        newest = {s.key: plan.entries[s.key][0].date for s in plan.specs}
+        cached = render_listings(plan.specs, opts, plan.counts, newest, [INDEX_PAGE], cache)
+        assert cached == {"index.html": render_listings(plan.specs, opts, plan.counts, newest)["index.html"]}
+        assert set(cache.rows) == {s.key for s in plan.specs} and cache.frame
+        cache = ListingCache.load(cache.dump())
+    assert ListingCache.load(("garbage",)) == ListingCache()
