@@ -13,12 +13,14 @@ import unicodedata
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import TYPE_CHECKING
 from urllib.parse import quote, urljoin, urlsplit
 
 import lxml.etree
 import lxml.html
-from markdown_it import MarkdownIt
-from markdown_it.rules_block.html_block import HTML_SEQUENCES
+
+if TYPE_CHECKING:
+    from markdown_it import MarkdownIt
 
 #: Characters XML 1.0 forbids (C0 controls but tab/LF/CR, surrogates, U+FFFE/U+FFFF) and the
 #: C1/DEL controls, which are legal but render as garbage in every reader.
@@ -122,8 +124,31 @@ def _join_network_path(link: str, scheme: str) -> str:
     return _join(scheme + "://host/", link)
 
 
+# CommonMark's HTML block starts (markdown-it's rules_block.html_block.HTML_SEQUENCES, held equal
+# to it by a test): copied, because importing markdown-it (a fifth of a quick rebuild's imports)
+# is only needed for the lines that are not plain HTML, text and links, which few posts have.
+_BLOCK_TAGS = ("address|article|aside|base|basefont|blockquote|body|caption|center|col|colgroup|dd|details|dialog|"
+               "dir|div|dl|dt|fieldset|figcaption|figure|footer|form|frame|frameset|h1|h2|h3|h4|h5|h6|head|header|hr|"
+               "html|iframe|legend|li|link|main|menu|menuitem|nav|noframes|ol|optgroup|option|p|param|search|section|"
+               "summary|table|tbody|td|tfoot|th|thead|title|tr|track|ul")
+_ATTRIBUTE = r"""(?:\s+[a-zA-Z_:][a-zA-Z0-9:._-]*(?:\s*=\s*(?:[^"'=<>`\x00-\x20]+|'[^']*'|"[^"]*"))?)"""
+HTML_SEQUENCES: list[tuple[re.Pattern[str], re.Pattern[str], bool]] = [
+    (re.compile(r"^<(?a:(script|pre|style|textarea))(?=(\s|>|$))", re.IGNORECASE),
+     re.compile(r"<\/(?a:(script|pre|style|textarea))>", re.IGNORECASE), True),
+    (re.compile(r"^<!--"), re.compile(r"-->"), True),
+    (re.compile(r"^<\?"), re.compile(r"\?>"), True),
+    (re.compile(r"^<![A-Za-z]"), re.compile(r">"), True),
+    (re.compile(r"^<!\[CDATA\["), re.compile(r"\]\]>"), True),
+    (re.compile(rf"^</?(?a:({_BLOCK_TAGS}))(?=(\s|/?>|$))", re.IGNORECASE), re.compile(r"^$"), True),
+    (re.compile(rf"^(?:<[A-Za-z][A-Za-z0-9\-]*{_ATTRIBUTE}*\s*\/?>|<\/[A-Za-z][A-Za-z0-9\-]*\s*>)\s*$"),
+     re.compile(r"^$"), False),
+]
+
+
 @lru_cache(maxsize=1)
 def _markdown() -> MarkdownIt:
+    from markdown_it import MarkdownIt
+
     # The commonmark preset passes raw HTML through and renders <http://...> autolinks.
     return MarkdownIt("commonmark", {"html": True})
 

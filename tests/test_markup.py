@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
@@ -337,3 +340,22 @@ def test_network_path_links_take_the_base_scheme() -> None:
     assert absolute_url("//h.example/a b", "http://s.example/x.html") == "http://h.example/a%20b"
     assert absolute_url("//h.example/a", "https://s.example/x.html") == "https://h.example/a"
     assert absolute_url("//h.example/a", "https://[bad/x.html") == "//h.example/a"
+
+
+def test_html_block_starts_are_markdown_its() -> None:
+    from markdown_it.rules_block.html_block import HTML_SEQUENCES as theirs
+
+    from finews_feeds.markup import HTML_SEQUENCES as ours
+
+    def shape(sequences: Any) -> list[tuple[str, int, str, int, bool]]:
+        return [(a.pattern, a.flags, b.pattern, b.flags, c) for a, b, c in sequences]
+
+    assert shape(ours) == shape(theirs)
+
+
+def test_plain_html_text_and_links_are_rendered_without_importing_markdown_it() -> None:
+    code = ("import sys; from finews_feeds.markup import render_body; "
+            "render_body('<p>正文。</p>\\n\\n[返回首页](/)\\n\\n（文章来源：财联社）', 'https://x.cn'); "
+            "print('markdown_it' in sys.modules)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "False"
