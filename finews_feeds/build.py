@@ -47,8 +47,11 @@ log = logging.getLogger(__name__)
 
 #: Bump when the rendered output changes for the same input, so old manifests do not match.
 RENDER_VERSION = "2"
-#: Feeds to render from which worker processes pay off (starting one costs ~0.3 s).
+#: Feeds to render from which spawned worker processes pay off (starting one costs ~0.3 s).
 PARALLEL_FROM = 200
+#: ... and from which a forked child does (a few milliseconds to start): the four feeds a new
+#: post usually reaches take two processes half the time of one.
+FORK_FROM = 2
 
 
 @dataclass(slots=True)
@@ -217,14 +220,16 @@ def _batches(work: Sequence[tuple[FeedSpec, list[Post]]], count: int) -> list[li
 def render_all(work: Sequence[tuple[FeedSpec, list[Post]]], job: _Job, workers: int | None = None) -> Iterator[_Result]:
     """Render and write every feed in ``work``, in worker processes when there are many."""
     count = workers if workers is not None else (os.cpu_count() or 1)
-    portable = _portable_content(job.content) if count > 1 and len(work) >= PARALLEL_FROM else None
+    forking = forks.can_fork()
+    enough = len(work) >= (FORK_FROM if forking else PARALLEL_FROM)
+    portable = _portable_content(job.content) if count > 1 and enough else None
     if portable is None:
         renderer = _Renderer(job)
         for spec, posts in work:
             yield renderer.run(spec, posts)
         return
-    if forks.can_fork():
-        yield from _render_forked(work, job, count, portable)
+    if forking:
+        yield from _render_forked(work, job, min(count, len(work)), portable)
         return
     # Spawned, not forked, when other threads run (the daemon's scheduler and web server):
     # forking while they hold locks can deadlock the child.
