@@ -19,11 +19,12 @@ from feed_checks import atom_problems, json_feed_problems, rss_problems
 
 from finews_feeds import build as buildmod
 from finews_feeds import cache
-from finews_feeds.build import STATE
+from finews_feeds.build import STATE, STATE_POSTS
 from finews_feeds.cli import cli
 from finews_feeds.collector import collect_site
 from finews_feeds.config import Config, build_config
-from finews_feeds.writer import LOCK, MANIFEST
+from finews_feeds.site import resolve_site
+from finews_feeds.writer import LOCK, MANIFEST, OutputDir
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = Path(__file__).parent / "data"
@@ -114,7 +115,7 @@ def test_demo_site_feeds_hold_the_right_entries_in_every_format(demo_build: tupl
 def test_demo_site_writes_listings_and_category_display_names(demo_build: tuple[Path, buildmod.BuildReport, Config]) -> None:
     out, report, _ = demo_build
     assert sorted(p.name for p in out.iterdir()) == [
-        LOCK, MANIFEST, STATE, "_feeds_head.html", "_feeds_head_tags.html", "atom.xml", "categories", "feed.json", "feed.xsl",
+        LOCK, MANIFEST, STATE_POSTS, STATE, "_feeds_head.html", "_feeds_head_tags.html", "atom.xml", "categories", "feed.json", "feed.xsl",
         "feeds.opml", "index.html", "rss.xml", "tags",
     ]
     parsed = parse((out / "categories" / "cailianshe" / "atom.xml").read_bytes())
@@ -187,8 +188,8 @@ def test_worker_processes_write_the_same_bytes_as_one_process(tmp_path: Path, mo
     report = buildmod.run_build(two, workers=2)
     assert report.feeds_written == 94
     # The build state names the collector cache it was made with: each build has its own.
-    strip = {k: v[1] for k, v in files_under(tmp_path / "one" / "out").items() if k != STATE}
-    assert {k: v[1] for k, v in files_under(tmp_path / "two" / "out").items() if k != STATE} == strip
+    strip = {k: v[1] for k, v in files_under(tmp_path / "one" / "out").items() if k not in (STATE, STATE_POSTS)}
+    assert {k: v[1] for k, v in files_under(tmp_path / "two" / "out").items() if k not in (STATE, STATE_POSTS)} == strip
 
 
 def test_formats_dropped_from_the_config_are_removed(tmp_path: Path) -> None:
@@ -303,8 +304,8 @@ def same_as_a_full_build(site: Path, out: Path, tmp: Path) -> None:
     fresh = config_for(site, tmp)
     report = buildmod.run_build(fresh)
     assert not report.quick
-    built = {k: v[1] for k, v in files_under(out).items() if k not in (STATE, LOCK)}
-    assert built == {k: v[1] for k, v in files_under(tmp / "out").items() if k not in (STATE, LOCK)}
+    built = {k: v[1] for k, v in files_under(out).items() if k not in (STATE, STATE_POSTS, LOCK)}
+    assert built == {k: v[1] for k, v in files_under(tmp / "out").items() if k not in (STATE, STATE_POSTS, LOCK)}
 
 
 def copy_demo(tmp_path: Path) -> Path:
@@ -442,3 +443,53 @@ def test_full_flag_reads_the_whole_site(tmp_path: Path) -> None:
     buildmod.run_build(config)
     assert not buildmod.run_build(config, full=True).quick
     assert buildmod.run_build(config).quick
+
+
+def test_the_shown_posts_are_appended_to_and_written_anew_once_mostly_unshown(tmp_path: Path,
+                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    site = copy_demo(tmp_path)
+    out = tmp_path / "a" / "out"
+    config = config_for(site, tmp_path / "a")
+    buildmod.run_build(config)
+    first = (out / STATE_POSTS).read_bytes()
+    (site / "_posts" / "2022-04-22-n1.md").write_text(post_text("甲", "2022-04-22 09:00:00"), encoding="utf-8")
+    assert buildmod.run_build(config).quick
+    grown = (out / STATE_POSTS).read_bytes()
+    assert grown.startswith(first) and len(grown) > len(first)  # appended, the rest untouched
+    # What a build that failed after appending leaves is cut off by the next one.
+    with open(out / STATE_POSTS, "ab") as handle:
+        handle.write(b"torn record")
+    (site / "_posts" / "2022-04-22-n2.md").write_text(post_text("乙", "2022-04-22 10:00:00"), encoding="utf-8")
+    assert buildmod.run_build(config).quick
+    assert b"torn record" not in (out / STATE_POSTS).read_bytes()
+    same_as_a_full_build(site, out, tmp_path / "b")
+    # With no room for posts no feed shows any more, the file is written anew, holding only
+    # the posts the feeds show.
+    monkeypatch.setattr(buildmod, "STATE_POSTS_SLACK", -10_000)
+    (site / "_posts" / "2022-04-22-n3.md").write_text(post_text("丙", "2022-04-22 11:00:00"), encoding="utf-8")
+    assert buildmod.run_build(config).quick
+    assert not (out / STATE_POSTS).read_bytes().startswith(first[:40])
+    state = buildmod.load_state(OutputDir(out), resolve_site(config).timezone)
+    assert state is not None
+    shown = {path for paths in state.entries.values() for path in paths}
+    assert {post.path for post in state.posts} == shown
+    monkeypatch.undo()
+    (site / "_posts" / "2022-04-22-n4.md").write_text(post_text("丁", "2022-04-22 12:00:00"), encoding="utf-8")
+    assert buildmod.run_build(config).quick
+    same_as_a_full_build(site, out, tmp_path / "c")
+
+
+def test_a_missing_or_foreign_posts_file_makes_the_build_read_the_whole_site(tmp_path: Path) -> None:
+    site = copy_demo(tmp_path)
+    out = tmp_path / "a" / "out"
+    config = config_for(site, tmp_path / "a")
+    buildmod.run_build(config)
+    for damage in ("missing", "foreign"):
+        if damage == "missing":
+            (out / STATE_POSTS).unlink()
+        else:
+            (out / STATE_POSTS).write_bytes((out / STATE_POSTS).read_bytes().replace(b"u ", b"u!", 1))
+        (site / "_posts" / f"2022-04-22-{damage}.md").write_text(post_text(damage, "2022-04-22 09:00:00"),
+                                                                 encoding="utf-8")
+        assert not buildmod.run_build(config).quick
+        same_as_a_full_build(site, out, tmp_path / damage)
