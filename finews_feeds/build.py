@@ -408,7 +408,7 @@ STATE_VERSION = 3
 STATE_POSTS_SLACK = 1000
 #: The share of the files a quick rebuild stats itself, after its imports and reading its state
 #: and the cache's file list, while a child started first stats the rest.
-QUICK_SHARE = 0.4
+QUICK_SHARE = 0.5
 
 
 def plan_key(site: Site, options: FeedOptions) -> str:
