@@ -313,8 +313,9 @@ def _build(collection: Collection, config: Config, out: OutputDir, *, full: bool
     manifest = _write(plan, options, collection.content, out, old, report, full=full, workers=workers,
                       listing=listing)
     if collection.cursor is not None:
+        folders = FeedFolders(out, {}).now(plan, ())
         state = FeedState.of(plan, plan_key(collection.site, options), collection.cursor, manifest, collection.due,
-                             listing.dump())
+                             listing.dump(), folders)
         save_state(out, state)
     report.seconds = time.perf_counter() - started
     return report
@@ -391,6 +392,46 @@ def _write(plan: FeedPlan, options: FeedOptions, content: ContentSource, out: Ou
     return manifest
 
 
+class FeedFolders:
+    """Whether the files of the last build are all there, told from the mtimes of the feeds'
+    folders: a file created, removed or renamed in a folder moves its mtime, so a folder whose
+    mtime is the one the last build saw after writing holds what that build left (one stat for
+    a feed's three files; otherwise they are stat'ed one by one)."""
+
+    def __init__(self, out: OutputDir, recorded: Mapping[str, int]) -> None:
+        self.out = out
+        self.recorded = recorded
+        self.seen: dict[str, int | None] = {}
+
+    def _mtime(self, folder: str) -> int | None:
+        try:
+            return os.stat(os.path.join(self.out.root, folder)).st_mtime_ns
+        except OSError:
+            return None
+
+    def __call__(self, rel: str) -> bool:
+        folder = rel.rpartition("/")[0]
+        if folder and folder in self.recorded:
+            if folder not in self.seen:
+                self.seen[folder] = self._mtime(folder)
+            if self.seen[folder] == self.recorded[folder]:
+                return True
+        return self.out.exists(rel)
+
+    def now(self, plan: FeedPlan, written: Iterable[str]) -> dict[str, int]:
+        """The mtimes to record after a build of ``plan`` that wrote ``written``."""
+        changed = {rel.rpartition("/")[0] for rel in written}
+        folders: dict[str, int] = {}
+        for spec in plan.specs:
+            folder = spec.folder
+            known = self.seen.get(folder)
+            if known is not None and folder not in changed and known == self.recorded.get(folder):
+                folders[folder] = known
+            elif folder and (mtime := self._mtime(folder)) is not None:
+                folders[folder] = mtime
+        return folders
+
+
 # --------------------------------------------------------------------------- rebuild after new posts
 #
 # A build keeps its plan (which posts each feed shows, how many each category and tag has, and
@@ -403,7 +444,7 @@ def _write(plan: FeedPlan, options: FeedOptions, content: ContentSource, out: Ou
 STATE = ".finews-state.marshal"
 #: The posts the feeds show, apart from the rest of the state (see :class:`StoredPosts`).
 STATE_POSTS = ".finews-state-posts.marshal"
-STATE_VERSION = 3
+STATE_VERSION = 4
 #: Posts no feed shows any more that the posts file may hold beyond as many as the feeds show.
 STATE_POSTS_SLACK = 1000
 #: The share of the files a quick rebuild stats itself, after its imports and reading its state
@@ -444,16 +485,18 @@ class FeedState:
     entries: dict[str, list[str]]  #: feed key -> paths of the posts it shows, in order
     posts: list[Post]  #: every post some feed shows, rendered (loaded: perhaps some more)
     listing: Any  #: ``feeds.ListingCache.dump()`` of the index page written with it
+    folders: dict[str, int]  #: feed folder -> its mtime after the build (see :class:`FeedFolders`)
     stored: StoredPosts | None = None  #: where its posts are (loaded), or were (to be saved)
 
     @classmethod
     def of(cls, plan: FeedPlan, key: str, cursor: tuple[str, int, int], manifest: Manifest,
-           due: datetime | None, listing: Any, stored: StoredPosts | None = None) -> FeedState:
+           due: datetime | None, listing: Any, folders: dict[str, int],
+           stored: StoredPosts | None = None) -> FeedState:
         shown = {post.path: post for posts in plan.entries.values() for post in posts}
         return cls(key, tuple(cursor), _manifest_digest(manifest.to_json()),  # type: ignore[arg-type]
                    due.timestamp() if due is not None else None, dict(plan.counts),
                    {k: [p.path for p in posts] for k, posts in plan.entries.items()}, list(shown.values()), listing,
-                   stored)
+                   folders, stored)
 
 
 _RECORD_SIZE = 8
@@ -493,7 +536,7 @@ def save_state(out: OutputDir, state: FeedState) -> None:
     # Version 2: without the references of later versions, which depend on reference counts,
     # the same state gives the same bytes, and an unchanged state file is not written again.
     data = marshal.dumps((STATE_VERSION, state.key, tuple(state.cursor), state.manifest, state.due, state.counts,
-                          state.entries, state.listing, stored.token, stored.size), 2)
+                          state.entries, state.listing, state.folders, stored.token, stored.size), 2)
     out.write(STATE, data)
 
 
@@ -503,7 +546,7 @@ def load_state(out: OutputDir, zone: ZoneInfo) -> FeedState | None:
     from .writer import MANIFEST
 
     try:
-        version, key, cursor, manifest, due, counts, entries, listing, token, size = \
+        version, key, cursor, manifest, due, counts, entries, listing, folders, token, size = \
             marshal.loads((out.root / STATE).read_bytes())
         if version != STATE_VERSION or manifest != _manifest_digest((out.root / MANIFEST).read_bytes()):
             return None
@@ -519,7 +562,7 @@ def load_state(out: OutputDir, zone: ZoneInfo) -> FeedState | None:
             return None
         posts = {post.path: post for columns in records[1:] for post in from_columns(columns, zone)}
         return FeedState(key, tuple(cursor), manifest, due, counts, entries, list(posts.values()), listing,
-                         StoredPosts(token, size, frozenset(posts)))
+                         folders, StoredPosts(token, size, frozenset(posts)))
     except (OSError, ValueError, EOFError, TypeError, OverflowError):
         return None
 
@@ -533,9 +576,9 @@ def _insert(bucket: list[Post], post: Post, limit: int) -> None:
 
 
 def _build_added(state: FeedState, changes: Changes, site: Site, config: Config, out: OutputDir, now: datetime,
-                 workers: int | None, present: Callable[[str], bool] | None = None) -> BuildReport | None:
+                 workers: int | None) -> BuildReport | None:
     """:func:`_build` for a site that only gained posts since ``state``; None when that is
-    not the case (the caller then reads the whole site). ``present``: as for :func:`_write`."""
+    not the case (the caller then reads the whole site)."""
     from . import feeds as feedmod
 
     started = time.perf_counter()
@@ -582,6 +625,7 @@ def _build_added(state: FeedState, changes: Changes, site: Site, config: Config,
     # earlier ones), its settings are the state's (plan_key), its posts are the same.
     same = [spec.key for spec in plan.specs if spec.key not in touched]
     listing = feedmod.ListingCache.load(state.listing)
+    present = FeedFolders(out, state.folders)
     manifest = _write(plan, options, changes.content, out, old, report, full=False, workers=workers, same=same,
                       present=present, listing=listing)
     # Without new posts the kept plan is still this one, and its cursor still a point of the
@@ -589,7 +633,7 @@ def _build_added(state: FeedState, changes: Changes, site: Site, config: Config,
     if changes.added or _manifest_digest(manifest.to_json()) != state.manifest:
         save_state(out, FeedState.of(plan, state.key, changes.cursor, manifest,
                                      datetime.fromtimestamp(due, UTC) if due is not None else None, listing.dump(),
-                                     state.stored))
+                                     present.now(plan, report.written), state.stored))
     report.seconds = time.perf_counter() - started
     return report
 
@@ -609,44 +653,21 @@ def _rebuild_added(config: Config, now: datetime, workers: int | None) -> BuildR
         # process imports the rest, reads the state and the cache's file list, and then
         # stats its own share.
         scanning = scan_elsewhere(site, here=QUICK_SHARE)
-        # And whether the files of the last build are all there, in another: 6,000 stats.
-        checking = forks.start(functools.partial(_missing_files, out)) if forks.can_fork() else None
-        try:
-            from . import feeds  # noqa: F401 - imported while the child lists the site, not after it
-            from .cache import Cursor, collect_changes
+        from . import feeds  # noqa: F401 - imported while the child lists the site, not after it
+        from .cache import Cursor, collect_changes
 
-            state = load_state(out, site.timezone)
-            if state is None:
-                scanning()
-                return None
-            changes = collect_changes(site, Path(config.site.cache_dir), Cursor(*state.cursor), workers, scanning)
-            if changes is None:
-                return None
-            collected = time.perf_counter() - started
-            report = _build_added(state, changes, site, config, out, now, workers, _present(checking))
-            if report is not None:
-                report.collect_seconds = collected
-            return report
-        finally:
-            if checking is not None:
-                checking.abandon()
-
-
-def _missing_files(out: OutputDir) -> bytes:
-    """The files of the last build's manifest that are not there (as a forked child's result)."""
-    return marshal.dumps(sorted(rel for rel in load_manifest(out).all_files() if not out.exists(rel)))
-
-
-def _present(checking: forks.Child | None) -> Callable[[str], bool] | None:
-    """What :func:`_missing_files` found, as a test of a file's presence; None when it failed."""
-    data = checking.result() if checking is not None else None
-    if data is None:
-        return None
-    try:
-        missing = frozenset(marshal.loads(data))
-    except (ValueError, EOFError, TypeError):
-        return None
-    return lambda rel: rel not in missing
+        state = load_state(out, site.timezone)
+        if state is None:
+            scanning()
+            return None
+        changes = collect_changes(site, Path(config.site.cache_dir), Cursor(*state.cursor), workers, scanning)
+        if changes is None:
+            return None
+        collected = time.perf_counter() - started
+        report = _build_added(state, changes, site, config, out, now, workers)
+        if report is not None:
+            report.collect_seconds = collected
+        return report
 
 
 def _complete(plan: FeedPlan, collection: Collection) -> None:

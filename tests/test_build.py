@@ -493,3 +493,19 @@ def test_a_missing_or_foreign_posts_file_makes_the_build_read_the_whole_site(tmp
                                                                  encoding="utf-8")
         assert not buildmod.run_build(config).quick
         same_as_a_full_build(site, out, tmp_path / damage)
+
+
+def test_feed_folders_tell_missing_files_by_one_stat_per_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    out = OutputDir(tmp_path)
+    for name in ("rss.xml", "atom.xml"):
+        out.write(f"tags/a/{name}", b"x")
+    recorded = {"tags/a": (tmp_path / "tags" / "a").stat().st_mtime_ns}
+    stats: list[str] = []
+    monkeypatch.setattr(OutputDir, "exists", lambda self, rel: stats.append(rel) or (self.root / rel).is_file())
+    folders = buildmod.FeedFolders(out, recorded)
+    assert folders("tags/a/rss.xml") and folders("tags/a/atom.xml") and stats == []
+    (tmp_path / "tags" / "a" / "atom.xml").unlink()
+    os.utime(tmp_path / "tags" / "a", ns=(1, 1))  # as any removal leaves it: another mtime
+    folders = buildmod.FeedFolders(out, recorded)
+    assert folders("tags/a/rss.xml") and not folders("tags/a/atom.xml")
+    assert stats == ["tags/a/rss.xml", "tags/a/atom.xml"]
