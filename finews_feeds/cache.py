@@ -740,7 +740,7 @@ def _load_results(data: bytes, zone: tzinfo) -> list[tuple[Entry, Outcome, bytes
 
 #: Per process, per site cache folder: the fingerprint and the index of the last run, so a
 #: daemon's repeated runs reuse post objects instead of loading them again.
-_MEMO: dict[str, tuple[str, Index]] = {}
+_MEMO: dict[str, tuple[str, Index, Scan | None]] = {}
 _MEMO_LOCK = threading.Lock()
 
 
@@ -781,8 +781,9 @@ def collect_cached(site: Site, cache_dir: Path, now: datetime, workers: int | No
     with _MEMO_LOCK:
         memo = _MEMO.get(key)
     index: Index | None
+    before: Scan | None = None
     if memo is not None and memo[0] == print_ and (folder / INDEX).exists():
-        index = memo[1]
+        index, before = memo[1], memo[2]
         scanned = scan_text(site)
     else:
         # Stat the files in another process while this one loads the index: both take about
@@ -790,18 +791,24 @@ def collect_cached(site: Site, cache_dir: Path, now: datetime, workers: int | No
         scanning = scan_elsewhere(site)
         index = load_index(folder, print_, site.timezone)
         scanned = scanning()
-    paths, sizes, mtimes = scanned.columns()
     old = index or Index({}, [], {})
-    # Compared column-wise in C: building a dict of the 100,000 new stats cost more than the
-    # comparison itself.
-    differ = list(map(operator.ne, map(old.stats.get, paths), zip(sizes, mtimes, strict=True)))
-    changed = list(map(Entry, compress(paths, differ), compress(sizes, differ), compress(mtimes, differ)))
-    seen = len(paths) - sum(1 for entry in changed if entry.path not in old.stats)
-    removed = set() if seen == len(old.stats) else old.stats.keys() - set(paths)
+    # A daemon's later runs compare with the scan of the run before (what its index holds) as
+    # the quick rebuild does; others by path.
+    compared = compare_scans(before, scanned) if before is not None else None
+    if compared is not None:
+        changed, _, removed = compared
+    else:
+        paths, sizes, mtimes = scanned.columns()
+        # Compared column-wise in C: building a dict of the 100,000 new stats cost more than
+        # the comparison itself.
+        differ = list(map(operator.ne, map(old.stats.get, paths), zip(sizes, mtimes, strict=True)))
+        changed = list(map(Entry, compress(paths, differ), compress(sizes, differ), compress(mtimes, differ)))
+        seen = len(paths) - sum(1 for entry in changed if entry.path not in old.stats)
+        removed = set() if seen == len(old.stats) else old.stats.keys() - set(paths)
     bodies = _open_bodies(folder, fresh=index is None)
     if index is not None and not changed and not removed:
         # Nothing changed: the index is stored newest first, so not even a sort is needed.
-        _remember(key, print_, index)
+        _remember(key, print_, index, scanned)
         if bodies is not None and not (folder / SCAN).exists():  # a cache from before scans were kept
             save_scan(folder, print_, index.cursor, scanned, index.others)
         return _finish(site, index.posts, index.others, now, CachedContent(site, bodies),
@@ -811,7 +818,8 @@ def collect_cached(site: Site, cache_dir: Path, now: datetime, workers: int | No
     current.update((entry.path, (entry.size, entry.mtime_ns)) for entry in changed)
     for path in removed:
         del current[path]
-    if len(current) != len(paths):  # only if a scan ever listed a file twice
+    if len(current) != scanned.files:  # only if a scan ever listed a file twice
+        paths, sizes, mtimes = scanned.columns()
         current = dict(zip(paths, zip(sizes, mtimes, strict=True), strict=True))
     stale = {entry.path for entry in changed} | removed
     posts = [post for post in old.posts if post.path not in stale]
@@ -843,11 +851,11 @@ def collect_cached(site: Site, cache_dir: Path, now: datetime, workers: int | No
         try:
             if not (journal and append_journal(folder, index, stale, added)):
                 save_index(folder, print_, index, background=lazy)
-            if len(current) == len(paths):
+            if len(current) == scanned.files:
                 save_scan(folder, print_, index.cursor, scanned, others)
         except OSError as exc:
             log.warning("%s: cannot write the cache index (%s)", folder, exc)
-    _remember(key, print_, index)
+    _remember(key, print_, index, scanned if len(current) == scanned.files else None)
     return _finish(site, posts, others, now, CachedContent(site, bodies),
                    Completion(site, folder, print_, index, bodies, workers), index.cursor if bodies is not None else None)
 
@@ -1180,7 +1188,7 @@ def compare_scans(before: Scan, now: Scan) -> tuple[list[Entry], set[str], set[s
     # Paths of files changed in the common beginning or end (edits: rare) from a full split.
     paths = text_now.split(SEP) if any(i < first or i >= first + len(middle_now) for i in changed) else None
     entries = [Entry(paths[i] if paths is not None else middle_now[i - first], sizes[i], mtimes[i])
-               for i in sorted(changed)]
+               for i in sorted(set(changed))]  # a file whose size and mtime both changed is found twice
     return entries, new_paths, set(stats_before)
 
 
@@ -1254,9 +1262,9 @@ def _history(folder: Path, index: Index, since: Cursor, zone: tzinfo) -> tuple[d
     return touched, posts
 
 
-def _remember(key: str, print_: str, index: Index) -> None:
+def _remember(key: str, print_: str, index: Index, scanned: Scan | None) -> None:
     with _MEMO_LOCK:
-        _MEMO[key] = (print_, index)
+        _MEMO[key] = (print_, index, scanned)
 
 
 def forget() -> None:

@@ -312,6 +312,18 @@ def test_memo_in_one_process_sees_edits(source: Path, tmp_path: Path, parsed: li
     third = run(source, tmp_path / "c", memo=True)
     assert parsed == ["_posts/2022-04-22-p2.md"]
     assert [p.title for p in third.posts] == ["标题4", "标题3", "改", "标题1", "标题0"]
+    # Later runs compare with the scan of the run before, in memory: a new file, a removed one,
+    # an edit of the same size seen through its mtime, a rejected file fixed.
+    write(source, "_posts/2022-04-26-new.md", post("新"))
+    (source / "_posts/2022-04-20-p0.md").unlink()
+    target = source / "_posts/2022-04-21-p1.md"
+    target.write_text(target.read_text(encoding="utf-8").replace("标题1", "标题X"), encoding="utf-8")
+    os.utime(target, ns=(5, 5))
+    write(source, "_posts/2022-04-20-bad.md", post("修好"))
+    parsed.clear()
+    fourth = run(source, tmp_path / "c", memo=True)
+    assert sorted(parsed) == ["_posts/2022-04-20-bad.md", "_posts/2022-04-21-p1.md", "_posts/2022-04-26-new.md"]
+    same(fourth, collect(site_of(source), None, NOW))
 
 
 def test_parallel_cold_parse_gives_the_same_collection(source: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -490,9 +502,9 @@ def two_scans(draw: st.DrawFn) -> tuple[walkmod.Columns, walkmod.Columns, bool]:
     before = [(name, *stat) for name, stat in zip(names, stats, strict=True)]
     later = []
     for name, size, mtime in before:
-        fate = draw(st.sampled_from(["same", "same", "gone", "size", "mtime"]))
+        fate = draw(st.sampled_from(["same", "same", "gone", "size", "mtime", "both"]))
         if fate != "gone":
-            later.append((name, size + (fate == "size"), mtime + (fate == "mtime")))
+            later.append((name, size + (fate in ("size", "both")), mtime + (fate in ("mtime", "both"))))
     shuffled = draw(st.booleans())
     if shuffled:
         later = draw(st.permutations(later))
