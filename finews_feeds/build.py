@@ -49,8 +49,9 @@ log = logging.getLogger(__name__)
 RENDER_VERSION = "2"
 #: Feeds to render from which spawned worker processes pay off (starting one costs ~0.3 s).
 PARALLEL_FROM = 200
-#: ... and from which a forked child does (a few milliseconds to start): the four feeds a new
-#: post usually reaches take two processes half the time of one.
+#: ... and from which a forked child does in a quick rebuild (a few milliseconds to start
+#: there): the four feeds a new post usually reaches take two processes half the time of one.
+#: A process holding a whole site's posts forks slower, and waits for PARALLEL_FROM.
 FORK_FROM = 2
 
 
@@ -217,11 +218,13 @@ def _batches(work: Sequence[tuple[FeedSpec, list[Post]]], count: int) -> list[li
     return [ordered[i::n] for i in range(n)]
 
 
-def render_all(work: Sequence[tuple[FeedSpec, list[Post]]], job: _Job, workers: int | None = None) -> Iterator[_Result]:
-    """Render and write every feed in ``work``, in worker processes when there are many."""
+def render_all(work: Sequence[tuple[FeedSpec, list[Post]]], job: _Job, workers: int | None = None,
+               fork_from: int = PARALLEL_FROM) -> Iterator[_Result]:
+    """Render and write every feed in ``work``, in worker processes when there are many
+    (forked ones from ``fork_from`` feeds)."""
     count = workers if workers is not None else (os.cpu_count() or 1)
     forking = forks.can_fork()
-    enough = len(work) >= (FORK_FROM if forking else PARALLEL_FROM)
+    enough = len(work) >= (fork_from if forking else PARALLEL_FROM)
     portable = _portable_content(job.content) if count > 1 and enough else None
     if portable is None:
         renderer = _Renderer(job)
@@ -323,12 +326,14 @@ def _build(collection: Collection, config: Config, out: OutputDir, *, full: bool
 
 def _write(plan: FeedPlan, options: FeedOptions, content: ContentSource, out: OutputDir, old: Manifest,
            report: BuildReport, *, full: bool, workers: int | None, same: Iterable[str] = (),
-           present: Callable[[str], bool] | None = None, listing: feeds.ListingCache | None = None) -> Manifest:
+           present: Callable[[str], bool] | None = None, listing: feeds.ListingCache | None = None,
+           fork_from: int = PARALLEL_FROM) -> Manifest:
     """Render and write what changed in ``plan`` since the build of ``old``, remove what is
     gone, and save the new manifest (returned). ``same``: keys of feeds known to show what they
     showed in that build (their signatures are taken from ``old``); ``present``: tells whether
     a file of ``old`` is still there, if the caller found out already (else it is stat'ed);
-    ``listing``: what the last index page was made of (see ``feeds.ListingCache``), updated."""
+    ``listing``: what the last index page was made of (see ``feeds.ListingCache``), updated;
+    ``fork_from``: as for :func:`render_all`."""
     from . import feeds as feedmod
 
     exists = present or out.exists
@@ -347,7 +352,7 @@ def _write(plan: FeedPlan, options: FeedOptions, content: ContentSource, out: Ou
             work.append((spec, plan.entries[spec.key]))
 
     job = _Job(options, str(out.root), content)
-    for result in render_all(work, job, workers):
+    for result in render_all(work, job, workers, fork_from):
         report.files_written += len(result.written)
         report.files_unchanged += len(result.unchanged)
         report.written.extend(result.written)
@@ -627,7 +632,7 @@ def _build_added(state: FeedState, changes: Changes, site: Site, config: Config,
     listing = feedmod.ListingCache.load(state.listing)
     present = FeedFolders(out, state.folders)
     manifest = _write(plan, options, changes.content, out, old, report, full=False, workers=workers, same=same,
-                      present=present, listing=listing)
+                      present=present, listing=listing, fork_from=FORK_FROM)
     # Without new posts the kept plan is still this one, and its cursor still a point of the
     # cache's history (what came after it changed no post): it stays as it is.
     if changes.added or _manifest_digest(manifest.to_json()) != state.manifest:

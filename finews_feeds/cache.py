@@ -62,7 +62,7 @@ from typing import Any, BinaryIO, NamedTuple
 from . import collector, forks, markup
 from .collector import Parsed, read_entry, rerender
 from .models import Collection, ContentSource, FileError, Post, Site, sort_key
-from .walk import SEP, Entry, Scan, scan_elsewhere, scan_text, walk
+from .walk import SEP, Entry, Scan, scan_elsewhere, walk
 
 log = logging.getLogger(__name__)
 
@@ -784,7 +784,8 @@ def collect_cached(site: Site, cache_dir: Path, now: datetime, workers: int | No
     before: Scan | None = None
     if memo is not None and memo[0] == print_ and (folder / INDEX).exists():
         index, before = memo[1], memo[2]
-        scanned = scan_text(site)
+        # Half the stat in a child when forking is safe (not next to a daemon's threads).
+        scanned = scan_elsewhere(site, 0.5)()
     else:
         # Stat the files in another process while this one loads the index: both take about
         # half a second at 100,000 posts, and this machine has two cores.
