@@ -989,7 +989,7 @@ def _collect_changes(site: Site, cache_dir: Path, since: Cursor, workers: int | 
             touched = {path: path not in new_paths and path not in light.others
                        for path in chain((entry.path for entry in changed), removed)}
             return _record_changes(folder, print_, site, light, now, changed, removed, touched, posts_since, workers)
-        # The same files in another order (a folder rewritten): compared by path below.
+        # A file listed twice where the scans differ (no walk does that): compared by path below.
         before = last.scan.columns()
         light.stats = dict(zip(before[0], zip(before[1], before[2], strict=True), strict=True))
     else:
