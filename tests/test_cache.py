@@ -653,3 +653,12 @@ def test_a_name_with_a_newline_is_listed_as_before(source: Path) -> None:
     assert "_posts/2022-03-01-a\nb.md" in paths
     assert not any("not.md" in p for p in paths)
     assert len(paths) == 8
+
+
+def test_a_scan_keeps_an_mtime_past_2262_as_a_wrapped_value_that_still_tells_changes(tmp_path: Path) -> None:
+    far = (1 << 64) + 12345  # `touch -d 3000-01-01` is past what 64 bits of nanoseconds hold
+    packed = walkmod.Scan("a" + walkmod.SEP, walkmod.stamps([1]), walkmod.stamps([far]))
+    assert packed.columns() == (["a"], [1], [12345])
+    later = walkmod.Scan("a" + walkmod.SEP, walkmod.stamps([1]), walkmod.stamps([far + 1]))
+    assert cache.compare_scans(packed, later) == ([Entry("a", 1, 12346)], set(), set())
+    assert walkmod.stamps([-5, 1 << 63]) == walkmod.stamps([-5, -(1 << 63)])  # wraps, as C's int64 would
