@@ -504,16 +504,8 @@ class FeedState:
                    folders, stored)
 
 
-_RECORD_SIZE = 8
-
-
-def _record(value: Any) -> bytes:
-    data = marshal.dumps(value, 2)
-    return len(data).to_bytes(_RECORD_SIZE, "little") + data
-
-
 def save_state(out: OutputDir, state: FeedState) -> None:
-    from .cache import to_columns
+    from .cache import pack_record, to_columns
 
     stored = state.stored
     new = [post for post in state.posts if stored is None or post.path not in stored.paths]
@@ -523,7 +515,7 @@ def save_state(out: OutputDir, state: FeedState) -> None:
                 handle.truncate(stored.size)  # whatever a build that failed before its state left
                 handle.seek(stored.size)
                 if new:
-                    handle.write(_record(to_columns(new)))
+                    handle.write(pack_record(to_columns(new), 2))
                 size = handle.tell()
             stored = StoredPosts(stored.token, size, stored.paths | {post.path for post in new})
         except OSError:
@@ -531,10 +523,10 @@ def save_state(out: OutputDir, state: FeedState) -> None:
     else:
         stored = None
     if stored is None:
-        posts = _record(to_columns(state.posts))
+        posts = pack_record(to_columns(state.posts), 2)
         # Named after what it holds: the same posts give the same file, not written again.
         token = hashlib.blake2b(posts, digest_size=16).hexdigest()
-        data = _record(token) + posts
+        data = pack_record(token, 2) + posts
         out.write(STATE_POSTS, data)
         stored = StoredPosts(token, len(data), frozenset(post.path for post in state.posts))
     state.stored = stored
@@ -547,7 +539,7 @@ def save_state(out: OutputDir, state: FeedState) -> None:
 
 def load_state(out: OutputDir, zone: ZoneInfo) -> FeedState | None:
     """The state of the last build of ``out``, if it is still the one of its manifest."""
-    from .cache import from_columns
+    from .cache import from_columns, read_records
     from .writer import MANIFEST
 
     try:
@@ -557,13 +549,8 @@ def load_state(out: OutputDir, zone: ZoneInfo) -> FeedState | None:
             return None
         with open(out.root / STATE_POSTS, "rb") as handle:
             data = handle.read(size)
-        records: list[Any] = []
-        offset = 0
-        while offset < len(data):
-            length = int.from_bytes(data[offset : offset + _RECORD_SIZE], "little")
-            records.append(marshal.loads(data[offset + _RECORD_SIZE : offset + _RECORD_SIZE + length]))
-            offset += _RECORD_SIZE + length
-        if offset != size or not records or records[0] != token:
+        records = read_records(data) if len(data) == size else []
+        if not records or records[0] != token:
             return None
         posts = {post.path: post for columns in records[1:] for post in from_columns(columns, zone)}
         return FeedState(key, tuple(cursor), manifest, due, counts, entries, list(posts.values()), listing,

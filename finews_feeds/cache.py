@@ -38,6 +38,7 @@ import fcntl
 import functools
 import gc
 import hashlib
+import io
 import logging
 import marshal
 import multiprocessing
@@ -304,6 +305,25 @@ def _read_record(handle: BinaryIO) -> Any:
     return marshal.loads(data)
 
 
+def pack_record(value: Any, version: int = marshal.version) -> bytes:
+    """``value`` marshalled after its length: a record of the index file (and of the feed
+    build's state), read back by :func:`read_records`."""
+    data = marshal.dumps(value, version)
+    return _LENGTH.pack(len(data)) + data
+
+
+def read_records(data: bytes) -> list[Any]:
+    """Every record of ``data``; EOFError when the last one is cut short."""
+    handle = io.BytesIO(data)
+    records = []
+    try:
+        while handle.tell() < len(data):
+            records.append(_read_record(handle))
+    except struct.error:  # not even a whole length
+        raise EOFError("record cut short") from None
+    return records
+
+
 def save_index(folder: Path, print_: str, index: Index, background: bool = False) -> None:
     """Write the index atomically, a record at a time (no 70 MB string of the whole index), and
     start an empty journal for it. With ``background`` (a cold run, where writing 100,000 posts
@@ -354,9 +374,7 @@ def _write_index(folder: Path, print_: str, index: Index, token: str) -> None:
     try:
         with os.fdopen(fd, "wb") as handle:
             for record in records:
-                data = marshal.dumps(record)
-                handle.write(_LENGTH.pack(len(data)))
-                handle.write(data)
+                handle.write(pack_record(record))
         os.chmod(temp, 0o644)  # mkstemp makes it private; the bodies file next to it is not
         os.replace(temp, folder / INDEX)
     except BaseException:
