@@ -6,12 +6,12 @@ import marshal
 import os
 import sqlite3
 import threading
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
+from cache_fixtures import no_memo  # noqa: F401 - autouse in this module
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -60,14 +60,6 @@ def source(tmp_path: Path) -> Path:
     write(root, "_posts/2022-04-20-bad.md", "---\ntitle: [\n---\n")
     write(root, "_posts/2022-04-20-off.md", "---\ntitle: off\npublished: false\n---\n")
     return root
-
-
-@pytest.fixture(autouse=True)
-def no_memo() -> Iterator[None]:
-    # Each collect in these tests should go through the files on disk unless a test says otherwise.
-    cache.forget()
-    yield
-    cache.forget()
 
 
 @pytest.fixture

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from cache_fixtures import no_memo  # noqa: F401 - autouse in this module
 
 from finews_feeds import build as buildmod
 from finews_feeds import cache
@@ -84,13 +85,6 @@ def base_site(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def site_dir(base_site: Path, tmp_path: Path) -> Path:
     """A copy of the site that a test may edit."""
     return Path(shutil.copytree(base_site, tmp_path / "site"))
-
-
-@pytest.fixture(autouse=True)
-def no_memo() -> Iterator[None]:
-    cache.forget()
-    yield
-    cache.forget()
 
 
 @pytest.fixture
