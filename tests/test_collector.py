@@ -812,3 +812,73 @@ def test_typical_front_matter_takes_the_direct_way(monkeypatch: pytest.MonkeyPat
         "layout": "post", "title": "恒瑞医药宣布政策要求", "date": "2021-03-17 23:55:49 +0800",
         "categories": "eastmoney", "tags": ["东方财富", "期货"],
     }
+
+
+# ---------------------------------------------------------------- the simple front matter path
+
+
+_SIMPLE_SAFE = st.sampled_from(["a", "新闻", "5G", "2022-04-20 09:15:40 +0800", " ", "x y", "A股", "😀", "\xa0", "\u3000"])
+_SIMPLE_TRICKY = st.sampled_from([
+    ":", ": ", "#", " #", "-", "- ", "?", ",", "[", "]", "{", "}", "'", "''", '"', "\\", "!", "&", "*", "|", ">", "%", "@",
+    "`", "~", "=", "<<", "yes", "Off", "null", "12", "0x1F", "1:20", "1.5", ".inf", "\t", "\x0b", "\x85", "\u2028",
+    "\ufeff", "\n", "\n ", "",
+])
+# Mostly what front matter holds, so that many documents take the simple path, and now and then
+# anything near it.
+_SIMPLE_TEXT = st.lists(st.one_of(*[_SIMPLE_SAFE] * 6, _SIMPLE_TRICKY), min_size=1, max_size=5).map("".join)
+_SIMPLE_VALUES = st.one_of(
+    _SIMPLE_TEXT,
+    _SIMPLE_TEXT.map(lambda t: f'"{t}"'),
+    _SIMPLE_TEXT.map(lambda t: f"'{t}'"),
+    st.lists(st.one_of(_SIMPLE_TEXT, _SIMPLE_TEXT.map(lambda t: f'"{t}"'), _SIMPLE_TEXT.map(lambda t: f"'{t}'")),
+             max_size=4).map(lambda items: "[" + ",".join(items) + "]"),
+    st.lists(_SIMPLE_TEXT, max_size=4).map(lambda items: "[" + ", ".join(items) + "]"),
+)
+_SIMPLE_KEY_NAMES = st.sampled_from(["title", "tags", "a-b", "_x", "k1", "yes", "on", "null", "y", "Y", "NO", "_"])
+_SIMPLE_KEYS = st.one_of(_SIMPLE_KEY_NAMES, _SIMPLE_KEY_NAMES, _SIMPLE_KEY_NAMES, _SIMPLE_TEXT)
+_SIMPLE_LINES = st.one_of(
+    *[st.tuples(_SIMPLE_KEYS, st.just(": "), _SIMPLE_VALUES).map("".join)] * 4,
+    st.tuples(_SIMPLE_KEYS, st.sampled_from([": ", ":  ", ":", " : ", ":\t"]), _SIMPLE_VALUES,
+              st.sampled_from(["", " ", "  ", " # c", "\t"])).map("".join),
+    st.sampled_from(["", " ", "# c", " # c", "---", "...", "  - x", "- x", "%YAML 1.1", "  k: v"]),
+)
+
+
+_SAFE_TEXT = st.lists(_SIMPLE_SAFE, min_size=1, max_size=4).map("".join)
+_SAFE_LINES = st.tuples(st.sampled_from(["title", "tags", "date", "a-b", "_x", "k1", "Y_"]), st.just(": "), st.one_of(
+    _SAFE_TEXT, _SAFE_TEXT.map(lambda t: f'"{t}"'), st.lists(_SAFE_TEXT, max_size=3).map(lambda i: "[" + ", ".join(i) + "]"),
+)).map("".join)
+
+
+@settings(max_examples=1500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.one_of(st.lists(_SIMPLE_LINES, max_size=6), st.lists(st.one_of(*[_SAFE_LINES] * 6, _SIMPLE_LINES), max_size=6))
+       .map("\n".join))
+def test_the_simple_front_matter_path_reads_what_pyyaml_reads_or_nothing(text: str) -> None:
+    simple = collector_module.simple_front_matter(text)
+    if simple is not None:
+        assert ("value", repr(simple)) == _load(text, _LibraryLoader)
+
+
+@pytest.mark.parametrize("text, expected", [
+    ('layout: post\ntitle: "中央深改委会议要求：加强数字政府建设？"\ndate: 2022-04-20 09:15:40 +0800\n'
+     "categories: cailianshe\ntags: 财联社新闻\n",
+     {"layout": "post", "title": "中央深改委会议要求：加强数字政府建设？", "date": "2022-04-20 09:15:40 +0800",
+      "categories": "cailianshe", "tags": "财联社新闻"}),
+    ("# a comment\n\ntags: [东方财富, 'A股', \"5G: 新\"]\ntitle: it's C# and a:b\n", {"tags": ["东方财富", "A股", "5G: 新"],
+                                                                             "title": "it's C# and a:b"}),
+    ("tags: []\ntitle: ''\nx: \"\"\n", {"tags": [], "title": "", "x": ""}),
+    ("title: a\ntitle: b\n", {"title": "b"}),
+    ("title: a b  \ntags: [ x ,y ]  \n", {"title": "a b", "tags": ["x", "y"]}),
+])
+def test_typical_front_matter_takes_the_simple_path(text: str, expected: dict[str, Any]) -> None:
+    assert collector_module.simple_front_matter(text) == expected
+    assert yaml.load(text, Loader=_LibraryLoader) == expected
+
+
+@pytest.mark.parametrize("text", [
+    "n: 12\n", "t: yes\n", "z: ~\n", "e:\n", "yes: key\n", "a: b # c\n", "a: b: c\n", "a: &x b\n", "a: - b\n",
+    "a: [b,]\n", "a: [b, [c]]\n", "a: [x: y]\n", "a: [1]\n", "a: \"q\\\"\"\n", "a: 'it''s'\n", "a: \"x\" y\n",
+    "a:\tb\n", "a: b\x0bc\n", "a: b\x85c\n", "a: b\n  c\n", "a:\n  - b\n", "a: >\n  b\n", "---\na: b\n", "",
+])
+def test_anything_else_is_left_to_pyyaml(text: str) -> None:
+    assert collector_module.simple_front_matter(text) is None
