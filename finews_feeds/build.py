@@ -672,8 +672,30 @@ def _complete(plan: FeedPlan, collection: Collection) -> None:
         plan.entries[key] = [done.get(post.path, post) for post in posts]
 
 
+#: The collector's generation-0 threshold during a build (Python's default is 700).
+GC_THRESHOLD = 20_000
+
+
+@contextlib.contextmanager
+def _fewer_collections() -> Iterator[None]:
+    # A build allocates a few objects per post, nearly all of which live until it ends: at the
+    # default threshold the collector runs every 700 of them and finds nothing to free (a
+    # twentieth of a cold build, in this process and in every forked child).
+    before = gc.get_threshold()
+    gc.set_threshold(max(before[0], GC_THRESHOLD), *before[1:])
+    try:
+        yield
+    finally:
+        gc.set_threshold(*before)
+
+
 def run_build(config: Config, *, full: bool = False, now: datetime | None = None, workers: int | None = None) -> BuildReport:
     """Collect the site of ``config`` and build its feeds (the `build` command and the daemon)."""
+    with _fewer_collections():
+        return _run_build(config, full=full, now=now, workers=workers)
+
+
+def _run_build(config: Config, *, full: bool, now: datetime | None, workers: int | None) -> BuildReport:
     started = time.perf_counter()
     moment = now if now is not None else datetime.now(UTC)
     if not full and config.site.cache_dir:

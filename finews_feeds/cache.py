@@ -55,7 +55,7 @@ from array import array
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from datetime import datetime, tzinfo
-from itertools import chain, compress, repeat
+from itertools import chain, compress, pairwise, repeat
 from operator import attrgetter
 from pathlib import Path
 from typing import Any, BinaryIO, NamedTuple
@@ -84,6 +84,9 @@ PARALLEL_FROM = 1500
 #: site of 100,000, and the body is two thirds of the cost of a post.
 LAZY_FROM = 1000
 _CHUNK = 256
+#: This process's share of a forked parse against a child's: a child also packs its results
+#: for this process (:func:`_dump_results`), about a tenth of the parse itself.
+MAIN_SHARE_WEIGHT = 1.1
 
 #: What a file gave: a post, a rejection, or None (unpublished).
 Outcome = Post | FileError | None
@@ -690,9 +693,13 @@ def _parse_forked(
     items: Sequence[Entry | tuple[Entry, Post]], site: Site, count: int, lazy: bool
 ) -> Iterator[tuple[Entry, Outcome, bytes | None]]:
     """:func:`parse_all` over ``count`` processes: this one and ``count - 1`` forked children,
-    each with an equal share. A child sends its results back in one piece, by column (see
-    :func:`to_columns`): unpickling 10,000 posts here would take a core from the parsing."""
-    parts = [items[i::count] for i in range(count)]
+    each with a share (this one's a little larger, :data:`MAIN_SHARE_WEIGHT`). A child sends its
+    results back in one piece, by column (see :func:`to_columns`): unpickling 10,000 posts here
+    would take a core from the parsing."""
+    weight = MAIN_SHARE_WEIGHT + count - 1
+    cuts = [0, round(len(items) * MAIN_SHARE_WEIGHT / weight)]
+    cuts += [cuts[1] + round((len(items) - cuts[1]) * i / (count - 1)) for i in range(1, count)]
+    parts = [items[start:end] for start, end in pairwise(cuts)]
     children: list[tuple[forks.Child | None, Sequence[Entry | tuple[Entry, Post]]]] = []
     try:
         for part in parts[1:]:
@@ -806,8 +813,9 @@ def collect_cached(site: Site, cache_dir: Path, now: datetime, workers: int | No
         scanned = scan_elsewhere(site, 0.5)()
     else:
         # Stat the files in another process while this one loads the index: both take about
-        # half a second at 100,000 posts, and this machine has two cores.
-        scanning = scan_elsewhere(site)
+        # half a second at 100,000 posts, and this machine has two cores. Without an index to
+        # load, this process stats half the files itself.
+        scanning = scan_elsewhere(site, 0.0 if (folder / INDEX).exists() else 0.5)
         index = load_index(folder, print_, site.timezone)
         scanned = scanning()
     old = index or Index({}, [], {})

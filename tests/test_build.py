@@ -137,6 +137,19 @@ def test_a_rebuild_without_changes_writes_nothing_and_keeps_mtimes(demo_build: t
 # --------------------------------------------------------------------------- incremental
 
 
+def test_a_build_collects_garbage_less_often_and_restores_the_threshold(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import gc
+
+    config = config_for(ROOT / "demo-site", tmp_path)
+    seen: list[tuple[int, int, int]] = []
+    build_feeds = buildmod.build_feeds
+    monkeypatch.setattr(buildmod, "build_feeds", lambda *a, **k: seen.append(gc.get_threshold()) or build_feeds(*a, **k))
+    before = gc.get_threshold()
+    buildmod.run_build(config, full=True)
+    assert seen == [(buildmod.GC_THRESHOLD, *before[1:])]
+    assert gc.get_threshold() == before
+
+
 def test_one_new_post_rewrites_only_the_feeds_that_contain_it_then_its_removal_removes_its_tag(tmp_path: Path) -> None:
     site = tmp_path / "site"
     shutil.copytree(DEMO, site)
