@@ -148,11 +148,12 @@ _SIMPLE_CHARS = re.compile("[^\n\x20-\x7e\xa0-\u2027\u202a-\ud7ff\ue000-\ufefe\u
 _KEY = r"[A-Za-z_][A-Za-z0-9_-]{0,200}"
 #: A plain scalar: not starting with an indicator, no `: ` or ` #`, not ending with `:`.
 _PLAIN = r"""[^\n \-?:,\[\]{}#&*!|>'"%@`][^\n:#]*(?:(?::(?=[^\n ])|(?<! )#)[^\n:#]*)*"""
-#: One line of simple front matter: a key and a string (quoted or plain) or a flow list; a
-#: comment; or nothing.
-_SIMPLE_LINE = re.compile(
-    rf"""(?:({_KEY}): +(?:"([^"\\]*)"|'([^']*)'|\[(.*)\]|({_PLAIN}?)) *|#.*| *)"""
-)
+_SCALAR = rf"""(?:"([^"\\]*)"|'([^']*)'|({_PLAIN}))"""
+#: One line of simple front matter: a key and a string (quoted or plain), a flow list, or
+#: nothing (a block list follows); a comment; or nothing.
+_SIMPLE_LINE = re.compile(rf"(?:({_KEY}):(?: +(?:{_SCALAR}|\[(.*)\]))? *|#.*| *)")
+#: An item of a block list: a string, quoted or plain.
+_SIMPLE_ITEM = re.compile(rf"( *)- +{_SCALAR} *")
 _FLOW_PLAIN_ITEM = r"""[^ ,\[\]{}:#'"&*!|>%@`?\-][^,\[\]{}:#'"]*"""
 _FLOW_PLAIN = re.compile(rf" *{_FLOW_PLAIN_ITEM}(?:, *{_FLOW_PLAIN_ITEM})*")
 _FLOW_ITEM = re.compile(rf""" *(?:"([^"\\]*)"|'([^']*)'|({_FLOW_PLAIN_ITEM}?)) *(,|$)""")
@@ -168,32 +169,58 @@ def _is_str(plain: str) -> bool:
 
 def simple_front_matter(fm: str) -> dict[str, Any] | None:
     """The mapping PyYAML reads from ``fm``, when ``fm`` is plain `key: value` lines whose values
-    are strings or single-line flow lists of strings; None for anything else."""
+    are strings or lists of strings (flow lists on one line, or block lists of `- item` lines);
+    None for anything else."""
     if _SIMPLE_CHARS.search(fm):
         return None
     out: dict[str, Any] = {}
+    listing: list[str] | None = None  # the block list being read, under the last key
+    indent = -1
+    key = ""
     for line in fm.split("\n"):
+        if listing is not None:
+            item = _SIMPLE_ITEM.fullmatch(line)
+            if item is not None and indent in (-1, len(item[1])):
+                value = _scalar(*item.groups()[1:])
+                if value is None:
+                    return None
+                listing.append(value)
+                indent = len(item[1])
+                continue
+            if not listing:
+                return None  # `key:` alone is null (left to PyYAML)
+            listing = None
         match = _SIMPLE_LINE.fullmatch(line)
         if match is None:
             return None
-        key, double, single, flow, plain = match.groups()
+        key, double, single, plain, flow = match.groups()
         if key is None:
             continue  # a comment or a blank line
         if not _is_str(key):
             return None
-        if plain is not None:
-            plain = plain.rstrip(" ")  # the pattern takes the spaces after it too
-            if not _is_str(plain):
-                return None
-            out[key] = plain
-        elif flow is not None:
+        if flow is not None:
             items = _flow_items(flow)
             if items is None:
                 return None
             out[key] = items
+        elif double is None and single is None and plain is None:
+            listing = out[key] = []
+            indent = -1
         else:
-            out[key] = double if double is not None else single
+            value = _scalar(double, single, plain)
+            if value is None:
+                return None
+            out[key] = value
+    if listing is not None and not listing:
+        return None
     return out or None
+
+
+def _scalar(double: str | None, single: str | None, plain: str | None) -> str | None:
+    if plain is not None:
+        plain = plain.rstrip(" ")  # the pattern takes the spaces after it too
+        return plain if _is_str(plain) else None
+    return double if double is not None else single
 
 
 def _flow_items(inner: str) -> list[str] | None:

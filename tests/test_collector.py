@@ -840,13 +840,19 @@ _SIMPLE_LINES = st.one_of(
     *[st.tuples(_SIMPLE_KEYS, st.just(": "), _SIMPLE_VALUES).map("".join)] * 4,
     st.tuples(_SIMPLE_KEYS, st.sampled_from([": ", ":  ", ":", " : ", ":\t"]), _SIMPLE_VALUES,
               st.sampled_from(["", " ", "  ", " # c", "\t"])).map("".join),
+    st.tuples(_SIMPLE_KEYS, st.sampled_from([":", ": ", ":  ", " :"])).map("".join),
+    *[st.tuples(st.sampled_from(["", " ", "  ", "    "]), st.sampled_from(["- ", "-  ", "-", "- - "]), _SIMPLE_VALUES)
+      .map("".join)] * 2,
     st.sampled_from(["", " ", "# c", " # c", "---", "...", "  - x", "- x", "%YAML 1.1", "  k: v"]),
 )
 
 
 _SAFE_TEXT = st.lists(_SIMPLE_SAFE, min_size=1, max_size=4).map("".join)
-_SAFE_LINES = st.tuples(st.sampled_from(["title", "tags", "date", "a-b", "_x", "k1", "Y_"]), st.just(": "), st.one_of(
-    _SAFE_TEXT, _SAFE_TEXT.map(lambda t: f'"{t}"'), st.lists(_SAFE_TEXT, max_size=3).map(lambda i: "[" + ", ".join(i) + "]"),
+_SAFE_LINES = st.tuples(st.sampled_from(["title", "tags", "date", "a-b", "_x", "k1", "Y_"]), st.sampled_from([":", ": "]), st.one_of(
+    _SAFE_TEXT.map(" ".__add__), _SAFE_TEXT.map(lambda t: f' "{t}"'),
+    st.lists(_SAFE_TEXT, max_size=3).map(lambda i: " [" + ", ".join(i) + "]"),
+    st.tuples(st.sampled_from(["\n", "\n  ", "\n    "]), st.lists(_SAFE_TEXT, min_size=1, max_size=3))
+    .map(lambda t: "".join(f"{t[0]}- {item}" for item in t[1])),
 )).map("".join)
 
 
@@ -869,6 +875,7 @@ def test_the_simple_front_matter_path_reads_what_pyyaml_reads_or_nothing(text: s
     ("tags: []\ntitle: ''\nx: \"\"\n", {"tags": [], "title": "", "x": ""}),
     ("title: a\ntitle: b\n", {"title": "b"}),
     ("title: a b  \ntags: [ x ,y ]  \n", {"title": "a b", "tags": ["x", "y"]}),
+    ("categories: \n  - cailianshe\ntags:\n- 财联社新闻\n- '5G'\n", {"categories": ["cailianshe"], "tags": ["财联社新闻", "5G"]}),
 ])
 def test_typical_front_matter_takes_the_simple_path(text: str, expected: dict[str, Any]) -> None:
     assert collector_module.simple_front_matter(text) == expected
@@ -878,7 +885,9 @@ def test_typical_front_matter_takes_the_simple_path(text: str, expected: dict[st
 @pytest.mark.parametrize("text", [
     "n: 12\n", "t: yes\n", "z: ~\n", "e:\n", "yes: key\n", "a: b # c\n", "a: b: c\n", "a: &x b\n", "a: - b\n",
     "a: [b,]\n", "a: [b, [c]]\n", "a: [x: y]\n", "a: [1]\n", "a: \"q\\\"\"\n", "a: 'it''s'\n", "a: \"x\" y\n",
-    "a:\tb\n", "a: b\x0bc\n", "a: b\x85c\n", "a: b\n  c\n", "a:\n  - b\n", "a: >\n  b\n", "---\na: b\n", "",
+    "a:\tb\n", "a: b\x0bc\n", "a: b\x85c\n", "a: b\n  c\n", "a: >\n  b\n", "---\na: b\n", "", "a:\nb: c\n",
+    "a:\n  - b\n    - c\n", "a:\n  - b\n - c\n", "a:\n  - b\n\n  - c\n", "a:\n  - 1\n", "a:\n  - b: c\n", "a:\n  -\n",
+    "a:\n  - - b\n", "- a\n",
 ])
 def test_anything_else_is_left_to_pyyaml(text: str) -> None:
     assert collector_module.simple_front_matter(text) is None
