@@ -89,26 +89,25 @@ def median_of(runs: list[Run]) -> Run:
     return Run(middle.seconds, max(run.peak_mb for run in runs), middle.output, tuple(run.seconds for run in runs))
 
 
+_PAGE = os.sysconf("SC_PAGE_SIZE")
+
+
 def _tree_rss(root_pid: int) -> int:
     """Resident bytes of a process and all its descendants."""
-    children: dict[int, list[int]] = {}
-    rss: dict[int, int] = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat", "rb") as handle:
-                fields = handle.read().rsplit(b")", 1)[1].split()
-            pid = int(entry)
-            children.setdefault(int(fields[1]), []).append(pid)
-            rss[pid] = int(fields[21]) * os.sysconf("SC_PAGE_SIZE")
-        except (OSError, IndexError, ValueError):
-            continue
+    # Each process's children from /proc/PID/task/TID/children: a few reads per sample, where
+    # reading every process's stat took a millisecond, every 20 ms, on one of the two cores
+    # the builds measured here use.
     total, stack = 0, [root_pid]
     while stack:
         pid = stack.pop()
-        total += rss.get(pid, 0)
-        stack.extend(children.get(pid, []))
+        try:
+            with open(f"/proc/{pid}/statm", "rb") as handle:
+                total += int(handle.read().split()[1]) * _PAGE
+            for task in os.listdir(f"/proc/{pid}/task"):
+                with open(f"/proc/{pid}/task/{task}/children", "rb") as handle:
+                    stack.extend(map(int, handle.read().split()))
+        except (OSError, IndexError, ValueError):
+            continue  # it ended meanwhile
     return total
 
 

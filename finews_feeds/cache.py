@@ -55,7 +55,7 @@ from array import array
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from datetime import datetime, tzinfo
-from itertools import chain, compress, pairwise, repeat
+from itertools import chain, compress, repeat
 from operator import attrgetter
 from pathlib import Path
 from typing import Any, BinaryIO, NamedTuple
@@ -84,9 +84,8 @@ PARALLEL_FROM = 1500
 #: site of 100,000, and the body is two thirds of the cost of a post.
 LAZY_FROM = 1000
 _CHUNK = 256
-#: This process's share of a forked parse against a child's: a child also packs its results
-#: for this process (:func:`_dump_results`), about a tenth of the parse itself.
-MAIN_SHARE_WEIGHT = 1.1
+#: Files per batch of a forked parse: the processes finish within a batch of each other.
+_BATCH = 16
 
 #: What a file gave: a post, a rejection, or None (unpublished).
 Outcome = Post | FileError | None
@@ -693,42 +692,57 @@ def _parse_forked(
     items: Sequence[Entry | tuple[Entry, Post]], site: Site, count: int, lazy: bool
 ) -> Iterator[tuple[Entry, Outcome, bytes | None]]:
     """:func:`parse_all` over ``count`` processes: this one and ``count - 1`` forked children,
-    each with a share (this one's a little larger, :data:`MAIN_SHARE_WEIGHT`). A child sends its
-    results back in one piece, by column (see :func:`to_columns`): unpickling 10,000 posts here
-    would take a core from the parsing."""
-    weight = MAIN_SHARE_WEIGHT + count - 1
-    cuts = [0, round(len(items) * MAIN_SHARE_WEIGHT / weight)]
-    cuts += [cuts[1] + round((len(items) - cuts[1]) * i / (count - 1)) for i in range(1, count)]
-    parts = [items[start:end] for start, end in pairwise(cuts)]
-    children: list[tuple[forks.Child | None, Sequence[Entry | tuple[Entry, Post]]]] = []
+    each taking the next batch of files when it is free (:class:`~finews_feeds.forks.Tickets`).
+    A child sends its results back in one piece, by column (see :func:`to_columns`): unpickling
+    10,000 posts here would take a core from the parsing."""
+    size = forks.Tickets.per_ticket(len(items), _BATCH)
+    batches = [items[i : i + size] for i in range(0, len(items), size)]
+    tickets = forks.Tickets(len(batches))
+    children: list[forks.Child | None] = []
     try:
-        for part in parts[1:]:
-            children.append((forks.start(functools.partial(_parse_share, part, site, lazy)), part))
-        for item in parts[0]:
-            yield _pack_item(item, site, lazy)
+        children = [forks.start(functools.partial(_parse_taken, tickets, batches, site, lazy)) for _ in range(count - 1)]
+        done: set[int] = set()
+        for number in tickets.take():
+            done.add(number)
+            for item in batches[number]:
+                yield _pack_item(item, site, lazy)
         while children:
-            child, part = children.pop(0)
-            results = _child_results(child, site.timezone)
-            if results is None:
-                log.warning("parsing in a child process failed; parsing its share here")
-                results = [_pack_item(item, site, lazy) for item in part]
+            taken = _child_results(children.pop(0), site.timezone)
+            if taken is None:
+                log.warning("parsing in a child process failed; parsing what it took here")
+                continue
+            numbers, results = taken
+            done.update(numbers)
             yield from results
+        for number in range(len(batches)):
+            if number not in done:  # taken by a child that failed
+                for item in batches[number]:
+                    yield _pack_item(item, site, lazy)
     finally:
-        for child, _ in children:  # only when the caller stopped early
+        tickets.close()
+        for child in children:  # only when the caller stopped early
             if child is not None:
                 child.abandon()
 
 
-def _parse_share(part: Sequence[Entry | tuple[Entry, Post]], site: Site, lazy: bool) -> bytes:
-    return _dump_results([_pack_item(item, site, lazy) for item in part])
+def _parse_taken(tickets: forks.Tickets, batches: Sequence[Sequence[Entry | tuple[Entry, Post]]], site: Site,
+                 lazy: bool) -> bytes:
+    numbers: list[int] = []
+    results: list[tuple[Entry, Outcome, bytes | None]] = []
+    for number in tickets.take():
+        numbers.append(number)
+        results.extend(_pack_item(item, site, lazy) for item in batches[number])
+    return marshal.dumps((numbers, _dump_results(results)))
 
 
-def _child_results(child: forks.Child | None, zone: tzinfo) -> list[tuple[Entry, Outcome, bytes | None]] | None:
+def _child_results(child: forks.Child | None, zone: tzinfo) -> tuple[list[int], list[tuple[Entry, Outcome, bytes | None]]] | None:
+    """The batches a child took and what it made of them; None when it failed."""
     data = child.result() if child is not None else None
     if data is None:
         return None
     try:
-        return _load_results(data, zone)
+        numbers, results = marshal.loads(data)
+        return [int(number) for number in numbers], _load_results(results, zone)
     except (ValueError, EOFError, TypeError, IndexError) as exc:
         log.warning("unreadable results from a child process (%s)", exc)
         return None

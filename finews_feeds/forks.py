@@ -2,7 +2,8 @@
 share to a child and do the rest here.
 
 A child inherits everything (the posts, the plan: nothing is pickled over) and sends back one
-piece of bytes. Forking is only safe while this process runs a single thread: with other
+piece of bytes. Work is cut into numbered pieces handed out by :class:`Tickets`: whichever
+process is free takes the next, so all finish together. Forking is only safe while this process runs a single thread: with other
 threads (the daemon's scheduler and web server) a lock held at the fork can deadlock the child,
 so callers check :func:`can_fork` and otherwise do the work here or in spawned workers.
 """
@@ -10,8 +11,10 @@ so callers check :func:`can_fork` and otherwise do the work here or in spawned w
 from __future__ import annotations
 
 import os
+import sys
 import threading
-from collections.abc import Callable
+from array import array
+from collections.abc import Callable, Iterator
 
 
 def can_fork() -> bool:
@@ -65,3 +68,44 @@ def start(work: Callable[[], bytes]) -> Child | None:
             os._exit(code)
     os.close(write_end)
     return Child(pid, read_end)
+
+
+class Tickets:
+    """The numbers ``0 .. count - 1``, each handed out once to whichever of this process and its
+    forked children asks next (:meth:`take`): pieces of work go to whoever is free, so the
+    processes finish together however the pieces differ in cost, and this process can do some
+    other work first.
+
+    The numbers wait in a pipe that every process reads, 4 bytes at a time (a read of a pipe is
+    atomic). They are all written before any is read: at most :data:`LIMIT` of them, 4,096
+    bytes, one page, the least a pipe holds."""
+
+    LIMIT = 1024
+
+    def __init__(self, count: int) -> None:
+        if not 0 <= count <= self.LIMIT:
+            raise ValueError(f"{count} tickets: at most {self.LIMIT}")
+        self._read, write = os.pipe()
+        try:
+            data = memoryview(array("I", range(count)).tobytes())
+            while data:  # a signal can cut a write short
+                data = data[os.write(write, data):]
+        finally:
+            os.close(write)  # the readers see the end of the pipe once the numbers are taken
+
+    def take(self) -> Iterator[int]:
+        """The numbers this process gets, until none is left."""
+        while True:
+            data = os.read(self._read, 4)
+            if len(data) < 4:
+                return
+            yield int.from_bytes(data, sys.byteorder)
+
+    def close(self) -> None:
+        os.close(self._read)
+
+    @classmethod
+    def per_ticket(cls, items: int, least: int = 1) -> int:
+        """How many of ``items`` pieces of work to give per ticket: ``least``, or more when
+        there would be more tickets than :data:`LIMIT`."""
+        return max(least, -(-items // cls.LIMIT))

@@ -410,6 +410,26 @@ def test_forked_finish_of_posts_read_up_to_their_bodies_gives_the_full_parse(
     assert forked == [workers]
 
 
+@pytest.mark.parametrize("workers", [2, 3])
+def test_what_a_failed_child_took_is_parsed_here(base_site: Path, monkeypatch: pytest.MonkeyPatch,
+                                                 caplog: pytest.LogCaptureFixture, workers: int) -> None:
+    site = site_of(base_site)
+    entries = walk(site)
+    here = results(entries, site, 1)
+    monkeypatch.setattr(cache, "PARALLEL_FROM", 1)
+    monkeypatch.setattr(cache, "_BATCH", 1)
+    monkeypatch.setattr("finews_feeds.cache.threading.active_count", lambda: 1)
+
+    def take_one_then_fail(tickets: Any, *args: Any) -> bytes:
+        next(tickets.take())
+        raise RuntimeError("a child that dies after taking work")
+
+    monkeypatch.setattr(cache, "_parse_taken", take_one_then_fail)
+    with caplog.at_level(logging.WARNING, logger="finews_feeds.cache"):
+        assert results(entries, site, workers) == here
+    assert caplog.text.count("parsing in a child process failed; parsing what it took here") == workers - 1
+
+
 def test_forked_lazy_cold_collect_then_forked_complete_equals_a_full_collect(
     site_dir: Path, tmp_path: Path, lazy: None, forked: list[int]
 ) -> None:
