@@ -15,7 +15,6 @@ from __future__ import annotations
 import bisect
 import contextlib
 import dataclasses
-import functools
 import gc
 import hashlib
 import logging
@@ -219,20 +218,24 @@ def _batches(work: Sequence[tuple[FeedSpec, list[Post]]], count: int) -> list[li
 
 
 def render_all(work: Sequence[tuple[FeedSpec, list[Post]]], job: _Job, workers: int | None = None,
-               fork_from: int = PARALLEL_FROM) -> Iterator[_Result]:
+               fork_from: int | None = None, first: Callable[[], None] | None = None) -> Iterator[_Result]:
     """Render and write every feed in ``work``, in worker processes when there are many
-    (forked ones from ``fork_from`` feeds)."""
+    (forked ones from ``fork_from`` feeds, by default :data:`PARALLEL_FROM`). ``first``, if
+    given, is called in this process before it renders any feed: forked workers start
+    meanwhile."""
     count = workers if workers is not None else (os.cpu_count() or 1)
     forking = forks.can_fork()
-    enough = len(work) >= (fork_from if forking else PARALLEL_FROM)
+    enough = len(work) >= (fork_from if forking and fork_from is not None else PARALLEL_FROM)
     portable = _portable_content(job.content) if count > 1 and enough else None
+    if portable is not None and forking:
+        yield from _render_forked(work, job, min(count, len(work)), portable, first)
+        return
+    if first is not None:
+        first()
     if portable is None:
         renderer = _Renderer(job)
         for spec, posts in work:
             yield renderer.run(spec, posts)
-        return
-    if forking:
-        yield from _render_forked(work, job, min(count, len(work)), portable)
         return
     # Spawned, not forked, when other threads run (the daemon's scheduler and web server):
     # forking while they hold locks can deadlock the child.
@@ -247,43 +250,58 @@ def render_all(work: Sequence[tuple[FeedSpec, list[Post]]], job: _Job, workers: 
 
 
 def _render_forked(work: Sequence[tuple[FeedSpec, list[Post]]], job: _Job, count: int,
-                   portable: tuple[Site, str | None]) -> Iterator[_Result]:
-    """:func:`render_all` over this process and ``count - 1`` forked children, each with a
-    share of about as many entries. A child has the posts already (no pickling them over) and
-    writes its files itself; it sends back only what it wrote."""
-    shares: list[list[tuple[FeedSpec, list[Post]]]] = [[] for _ in range(count)]
-    loads = [0] * count
-    for item in sorted(work, key=lambda item: -len(item[1]) - 1):
-        least = loads.index(min(loads))
-        shares[least].append(item)
-        loads[least] += len(item[1]) + 1
+                   portable: tuple[Site, str | None], first: Callable[[], None] | None) -> Iterator[_Result]:
+    """:func:`render_all` over this process and ``count - 1`` forked children, each taking the
+    next feeds, largest first, when it is free (:class:`~finews_feeds.forks.Tickets`). A child
+    has the posts already (no pickling them over) and writes its files itself; it sends back
+    only what it wrote."""
+    ordered = sorted(work, key=lambda item: -len(item[1]))
+    size = forks.Tickets.per_ticket(len(ordered))
+    batches = [ordered[i : i + size] for i in range(0, len(ordered), size)]
+    tickets = forks.Tickets(len(batches))
 
-    def child_work(share: list[tuple[FeedSpec, list[Post]]]) -> bytes:
+    def child_work() -> bytes:
         # Its own connection to the bodies file: SQLite's must not cross a fork.
         renderer = _Renderer(_Job(job.options, job.out_root, _open_content(*portable)))
-        done = [renderer.run(spec, posts) for spec, posts in share]
-        return marshal.dumps([(r.key, r.written, r.unchanged) for r in done])
+        numbers: list[int] = []
+        done: list[_Result] = []
+        for number in tickets.take():
+            numbers.append(number)
+            done.extend(renderer.run(spec, posts) for spec, posts in batches[number])
+        return marshal.dumps((numbers, [(r.key, r.written, r.unchanged) for r in done]))
 
-    children: list[tuple[forks.Child | None, list[tuple[FeedSpec, list[Post]]]]] = []
+    children: list[forks.Child | None] = []
     try:
-        for share in shares[1:]:
-            children.append((forks.start(functools.partial(child_work, share)), share))
+        children = [forks.start(child_work) for _ in range(count - 1)]
+        if first is not None:
+            first()
         renderer = _Renderer(job)
-        for spec, posts in shares[0]:
-            yield renderer.run(spec, posts)
+        taken: set[int] = set()
+        for number in tickets.take():
+            taken.add(number)
+            for spec, posts in batches[number]:
+                yield renderer.run(spec, posts)
         while children:
-            child, share = children.pop(0)
+            child = children.pop(0)
             data = child.result() if child is not None else None
             results: list[_Result] | None = None
             if data is not None:
                 with contextlib.suppress(ValueError, EOFError, TypeError):
-                    results = [_Result(key, written, unchanged) for key, written, unchanged in marshal.loads(data)]
+                    numbers, rows = marshal.loads(data)
+                    theirs = [int(number) for number in numbers]
+                    results = [_Result(key, written, unchanged) for key, written, unchanged in rows]
+                    taken.update(theirs)
             if results is None:
-                log.warning("rendering feeds in a child process failed; rendering its share here")
-                results = [renderer.run(spec, posts) for spec, posts in share]
+                log.warning("rendering feeds in a child process failed; rendering what it took here")
+                continue
             yield from results
+        for number in range(len(batches)):
+            if number not in taken:  # taken by a child that failed
+                for spec, posts in batches[number]:
+                    yield renderer.run(spec, posts)
     finally:
-        for child, _ in children:  # only when the caller stopped early
+        tickets.close()
+        for child in children:  # only when the caller stopped early
             if child is not None:
                 child.abandon()
 
@@ -327,7 +345,7 @@ def _build(collection: Collection, config: Config, out: OutputDir, *, full: bool
 def _write(plan: FeedPlan, options: FeedOptions, content: ContentSource, out: OutputDir, old: Manifest,
            report: BuildReport, *, full: bool, workers: int | None, same: Iterable[str] = (),
            present: Callable[[str], bool] | None = None, listing: feeds.ListingCache | None = None,
-           fork_from: int = PARALLEL_FROM) -> Manifest:
+           fork_from: int | None = None) -> Manifest:
     """Render and write what changed in ``plan`` since the build of ``old``, remove what is
     gone, and save the new manifest (returned). ``same``: keys of feeds known to show what they
     showed in that build (their signatures are taken from ``old``); ``present``: tells whether
@@ -351,16 +369,6 @@ def _write(plan: FeedPlan, options: FeedOptions, content: ContentSource, out: Ou
         else:
             work.append((spec, plan.entries[spec.key]))
 
-    job = _Job(options, str(out.root), content)
-    for result in render_all(work, job, workers, fork_from):
-        report.files_written += len(result.written)
-        report.files_unchanged += len(result.unchanged)
-        report.written.extend(result.written)
-        if result.written:
-            report.feeds_written += 1
-        else:
-            report.feeds_unchanged += 1
-
     newest = {spec.key: (plan.entries[spec.key][0].date.astimezone(options.timezone)
                          if plan.entries[spec.key] else None) for spec in plan.specs}
     manifest.outline_signature, manifest.listings_signature = listings_signatures(plan, options, newest)
@@ -376,14 +384,29 @@ def _write(plan: FeedPlan, options: FeedOptions, content: ContentSource, out: Ou
             report.files_unchanged += len(kept)
         else:
             parts.append(part)
-    if parts:
-        for rel, data in feedmod.render_listings(plan.specs, options, plan.counts, newest, parts, listing).items():
-            manifest.listings.append(rel)
-            if out.write(rel, data):
-                report.files_written += 1
-                report.written.append(rel)
-            else:
-                report.files_unchanged += 1
+    listings: dict[str, bytes] = {}
+
+    def render_listings() -> None:
+        # While forked workers start on the feeds (render_all calls this first).
+        if parts:
+            listings.update(feedmod.render_listings(plan.specs, options, plan.counts, newest, parts, listing))
+
+    job = _Job(options, str(out.root), content)
+    for result in render_all(work, job, workers, fork_from, first=render_listings):
+        report.files_written += len(result.written)
+        report.files_unchanged += len(result.unchanged)
+        report.written.extend(result.written)
+        if result.written:
+            report.feeds_written += 1
+        else:
+            report.feeds_unchanged += 1
+    for rel, data in listings.items():
+        manifest.listings.append(rel)
+        if out.write(rel, data):
+            report.files_written += 1
+            report.written.append(rel)
+        else:
+            report.files_unchanged += 1
 
     current = manifest.all_files()
     for rel in sorted(old.all_files() - current):

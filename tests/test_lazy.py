@@ -14,6 +14,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, date, datetime
 from pathlib import Path
@@ -24,6 +25,7 @@ from cache_fixtures import no_memo  # noqa: F401 - autouse in this module
 
 from finews_feeds import build as buildmod
 from finews_feeds import cache
+from finews_feeds import feeds as feedmod
 from finews_feeds.cache import Outcome, collect_cached, parse_all
 from finews_feeds.collector import Entry, collect, collect_site, summarize, walk
 from finews_feeds.config import Config, build_config
@@ -494,6 +496,35 @@ def test_feeds_from_a_forked_lazy_collection_rendered_by_workers_are_byte_identi
     assert report.feeds_written == report.feeds
     lazy_files = files_under(tmp_path / "out-lazy")
     assert lazy_files == files_under(tmp_path / "out-full")
+
+
+def test_feeds_a_failed_render_child_took_are_rendered_here(
+    site_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    build(config_of(site_dir, tmp_path, "full", cached=False))
+    parent = os.getpid()
+    run = buildmod._Renderer.run
+
+    def only_here(self: Any, spec: Any, posts: Any) -> Any:
+        if os.getpid() != parent:
+            raise RuntimeError("a child that dies after taking feeds")
+        return run(self, spec, posts)
+
+    monkeypatch.setattr(buildmod._Renderer, "run", only_here)
+    render_listings = feedmod.render_listings
+
+    def slowly(*args: Any) -> Any:
+        time.sleep(0.5)  # the children take feeds meanwhile (this process renders its listings first)
+        return render_listings(*args)
+
+    monkeypatch.setattr(feedmod, "render_listings", slowly)
+    monkeypatch.setattr(buildmod, "PARALLEL_FROM", 1)
+    monkeypatch.setattr("finews_feeds.forks.threading.active_count", lambda: 1)
+    with caplog.at_level(logging.WARNING, logger="finews_feeds.build"):
+        report = build(config_of(site_dir, tmp_path, "forked"), workers=3)
+    assert caplog.text.count("rendering feeds in a child process failed; rendering what it took here") == 2
+    assert report.feeds_written == report.feeds
+    assert files_under(tmp_path / "out-forked") == files_under(tmp_path / "out-full")
 
 
 def test_a_lazy_build_then_an_edit_rewrites_the_same_files_as_a_full_build(
