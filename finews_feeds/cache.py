@@ -86,6 +86,8 @@ LAZY_FROM = 1000
 _CHUNK = 256
 #: Files per batch of a forked parse: the processes finish within a batch of each other.
 _BATCH = 16
+#: A child packs its results for the parent every this many files.
+_PACK_EVERY = 1000
 
 #: What a file gave: a post, a rejection, or None (unpublished).
 Outcome = Post | FileError | None
@@ -728,11 +730,18 @@ def _parse_forked(
 def _parse_taken(tickets: forks.Tickets, batches: Sequence[Sequence[Entry | tuple[Entry, Post]]], site: Site,
                  lazy: bool) -> bytes:
     numbers: list[int] = []
+    packed: list[bytes] = []
     results: list[tuple[Entry, Outcome, bytes | None]] = []
     for number in tickets.take():
         numbers.append(number)
         results.extend(_pack_item(item, site, lazy) for item in batches[number])
-    return marshal.dumps((numbers, _dump_results(results)))
+        if len(results) >= _PACK_EVERY:
+            # Packed as it goes: what is left to pack once the tickets run out, while the
+            # parent waits, is the last few results.
+            packed.append(_dump_results(results))
+            results = []
+    packed.append(_dump_results(results))
+    return marshal.dumps((numbers, packed))
 
 
 def _child_results(child: forks.Child | None, zone: tzinfo) -> tuple[list[int], list[tuple[Entry, Outcome, bytes | None]]] | None:
@@ -741,8 +750,8 @@ def _child_results(child: forks.Child | None, zone: tzinfo) -> tuple[list[int], 
     if data is None:
         return None
     try:
-        numbers, results = marshal.loads(data)
-        return [int(number) for number in numbers], _load_results(results, zone)
+        numbers, packed = marshal.loads(data)
+        return [int(number) for number in numbers], [result for part in packed for result in _load_results(part, zone)]
     except (ValueError, EOFError, TypeError, IndexError) as exc:
         log.warning("unreadable results from a child process (%s)", exc)
         return None

@@ -371,6 +371,8 @@ def forked(monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) ->
         return original(items, site, count, lazy)
 
     monkeypatch.setattr(cache, "PARALLEL_FROM", 1)
+    monkeypatch.setattr(cache, "_BATCH", 2)  # many batches, and a child's results in several packs
+    monkeypatch.setattr(cache, "_PACK_EVERY", 3)
     monkeypatch.setattr(cache, "_parse_forked", spy)
     monkeypatch.setattr("finews_feeds.cache.threading.active_count", lambda: 1)
     with caplog.at_level(logging.WARNING, logger="finews_feeds.cache"):
