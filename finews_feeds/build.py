@@ -40,7 +40,7 @@ if TYPE_CHECKING:
     from .feeds import EntryData, FeedOptions, FeedPlan, FeedSpec
 
 # feeds (feedgen, lxml, jinja2) and the collector are imported where used: a quick rebuild
-# starts its walk of the site in a child process before it needs them (see _rebuild_added).
+# starts its walk of the site in a child process before it needs them (see rebuild_added).
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +74,7 @@ class BuildReport:
     #: new posts" below); False when it read the whole site.
     quick: bool = False
     written: list[str] = field(default_factory=list)  #: relative paths written, sorted
+    added: list[Post] = field(default_factory=list)  #: the posts a quick build put in the feeds
 
     def exit_code(self, strict: bool = False) -> int:
         """0, or 1 when ``strict`` and the collector rejected files."""
@@ -610,11 +611,13 @@ def _build_added(state: FeedState, changes: Changes, site: Site, config: Config,
     due = state.due
     counts = Counter(state.counts)
     touched: set[str] = set()
+    shown: list[Post] = []
     for post in changes.added:
         moment = post.date.timestamp()
         if not site.future and moment > limit:
             due = moment if due is None else min(due, moment)
             continue
+        shown.append(post)
         keys = [("site:", options.limit)]
         keys += [(f"category:{name}", options.category_limit) for name in post.categories]
         if options.tags:
@@ -635,7 +638,8 @@ def _build_added(state: FeedState, changes: Changes, site: Site, config: Config,
     old = load_manifest(out)
     plan = feedmod.assemble_plan(site, options, buckets.get("site:", []), counts["site:"], named("category"),
                                  named("tag"), counted("category"), counted("tag"), old.slugs)
-    report = BuildReport(output=str(out.root), posts=counts["site:"], rejected=list(changes.errors), quick=True)
+    report = BuildReport(output=str(out.root), posts=counts["site:"], rejected=list(changes.errors), quick=True,
+                         added=shown)
     # A feed no new post went to shows what it showed: its slug stays (assign_slugs keeps
     # earlier ones), its settings are the state's (plan_key), its posts are the same.
     same = [spec.key for spec in plan.specs if spec.key not in touched]
@@ -653,11 +657,16 @@ def _build_added(state: FeedState, changes: Changes, site: Site, config: Config,
     return report
 
 
-def _rebuild_added(config: Config, now: datetime, workers: int | None) -> BuildReport | None:
-    """The build of a site that only gained posts since the last build, else None."""
+def rebuild_added(config: Config, now: datetime, workers: int | None = None) -> BuildReport | None:
+    """The quick rebuild: the build of a site that only gained posts since the last build
+    (see the module doc), without reading the others; None when that is not the case or
+    cannot be told (no collector cache, no build state, anything else changed): the caller
+    reads the whole site then (:func:`run_build` does both)."""
     from .site import resolve_site
     from .walk import scan_elsewhere
 
+    if not config.site.cache_dir:
+        return None
     site = resolve_site(config)
     out = OutputDir(output_folder(config))
     with out.lock():
@@ -682,6 +691,7 @@ def _rebuild_added(config: Config, now: datetime, workers: int | None) -> BuildR
         report = _build_added(state, changes, site, config, out, now, workers)
         if report is not None:
             report.collect_seconds = collected
+            report.seconds = time.perf_counter() - started
         return report
 
 
@@ -721,8 +731,8 @@ def run_build(config: Config, *, full: bool = False, now: datetime | None = None
 def _run_build(config: Config, *, full: bool, now: datetime | None, workers: int | None) -> BuildReport:
     started = time.perf_counter()
     moment = now if now is not None else datetime.now(UTC)
-    if not full and config.site.cache_dir:
-        quick = _rebuild_added(config, moment, workers)
+    if not full:
+        quick = rebuild_added(config, moment, workers)
         if quick is not None:
             quick.seconds = time.perf_counter() - started
             log.info("feeds built: %s", quick.summary())

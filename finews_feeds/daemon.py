@@ -18,7 +18,7 @@ import signal
 import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta, tzinfo
 from pathlib import Path, PurePath
@@ -28,7 +28,7 @@ from zoneinfo import ZoneInfo
 
 from .config import Config
 from .errors import ConfigError, FinewsError
-from .models import Collection
+from .models import Collection, Post
 
 log = logging.getLogger(__name__)
 
@@ -106,7 +106,7 @@ class Rebuilder:
     the middle of a build still reaches the feeds.
     """
 
-    def __init__(self, build: Callable[[], Collection | None], stop: threading.Event) -> None:
+    def __init__(self, build: Callable[[], object], stop: threading.Event) -> None:
         self._build = build
         self._stop = stop
         self._lock = threading.Lock()
@@ -142,6 +142,7 @@ def build_result(report: Any, now: datetime) -> dict[str, Any]:
         "feeds_removed": report.feeds_removed,
         "rejected_files": len(report.rejected),
         "seconds": round(report.seconds, 3),
+        "quick": report.quick,  # only new posts read (else the whole site)
     }
 
 
@@ -232,6 +233,7 @@ class Daemon:
         self._categories: list[tuple[str, str]] = []
         self._tags: frozenset[str] = frozenset()
         self._categories_lock = threading.Lock()
+        self._names_known = False  # whether a build has read the whole site since the start
         # The start-up build and a caught-up digest would both read a cold site at once; one waits
         # and then reads the warm cache.
         self._collect_lock = threading.Lock()
@@ -244,14 +246,24 @@ class Daemon:
 
     # -- jobs ----------------------------------------------------------------------------------
 
-    def _build_once(self) -> Collection | None:
-        from .build import build_feeds
+    def _build_once(self) -> None:
+        from .build import build_feeds, rebuild_added
 
         started = time.perf_counter()
+        collection: Collection | None = None
         try:
-            collection = self.collect()
+            report = None
+            if self._names_known:
+                # After new posts only (what a watched site mostly sees), the build reads those
+                # and the feeds they reach, not the whole site. The first build reads it all, for
+                # the subscribe form's categories and tags; edits and deletions do too.
+                with self._collect_lock:  # it records the new posts in the collector's cache
+                    report = rebuild_added(self.config, self.clock())
             collected = time.perf_counter()
-            report = build_feeds(collection, self.config)
+            if report is None:
+                collection = self.collect()
+                collected = time.perf_counter()
+                report = build_feeds(collection, self.config)
         except FinewsError as exc:
             log.error("feed build failed: %s", exc.message)
             self.status.record_build({"ok": False, "finished_at": self.clock().isoformat(), "error": exc.message})
@@ -261,20 +273,29 @@ class Daemon:
             self.status.record_build({"ok": False, "finished_at": self.clock().isoformat(), "error": repr(exc)})
             return None
         report.seconds = time.perf_counter() - started
-        report.collect_seconds = collected - started
+        if collection is not None:
+            report.collect_seconds = collected - started
         log.info("feeds built: %s", report.summary())
         self.status.record_build(build_result(report, self.clock()))
-        self._remember_categories(collection)
-        return collection
+        if collection is not None:
+            self._remember_categories(collection.posts, replace=True)
+        else:
+            self._remember_categories(report.added, replace=False)
 
-    def _remember_categories(self, collection: Collection) -> None:
-        names = {name for post in collection.posts for name in post.categories}
+    def _remember_categories(self, posts: Sequence[Post], *, replace: bool) -> None:
+        """The subscribe form's choices: the categories and tags of ``posts`` (every post of the
+        site), or with ``replace`` false those added to the ones known."""
+        names = {name for post in posts for name in post.categories}
         names.update(self.config.categories)
-        ordered = sorted(names, key=lambda n: (self.config.category_order(n), n))
-        tags = frozenset(tag for post in collection.posts for tag in post.tags)
+        tags = {tag for post in posts for tag in post.tags}
         with self._categories_lock:
-            self._categories = [(name, collection.site.category_title(name)) for name in ordered]
-            self._tags = tags
+            if not replace:
+                names.update(name for name, _ in self._categories)
+                tags.update(self._tags)
+            ordered = sorted(names, key=lambda n: (self.config.category_order(n), n))
+            self._categories = [(name, self.site.category_title(name)) for name in ordered]
+            self._tags = frozenset(tags)
+            self._names_known = True
 
     def categories(self) -> list[tuple[str, str]]:
         """Choices of the subscribe form: every category of the site, in the configured order."""

@@ -23,6 +23,8 @@ import pytest
 from aiosmtpd.controller import Controller
 from smtp_fakes import SECRET, Sink, database_url, free_port, postgres_available, running, wait_until
 
+from finews_feeds import daemon as daemon_module
+from finews_feeds.config import load_config
 from finews_feeds.daemon import Rebuilder, bind_socket, is_post_path
 from finews_feeds.store import Store
 
@@ -445,6 +447,38 @@ def test_only_post_files_and_the_site_config_trigger_a_rebuild(tmp_path: Path) -
           "sub/_config.yml"]
     assert [is_post_path(root, str(root / p), extensions) for p in yes] == [True] * len(yes)
     assert [is_post_path(root, str(root / p), extensions) for p in no] == [False] * len(no)
+
+
+def test_after_new_posts_the_daemon_rebuilds_from_them_alone_and_learns_their_categories_and_tags(tmp_path: Path) -> None:
+    site = make_site(tmp_path)
+    config = load_config(write_config(tmp_path, site, 25, f"sqlite:///{tmp_path}/db.sqlite3", 8080),
+                         {"FINEWS_SECRET_KEY": SECRET})
+    daemon = daemon_module.Daemon(config)
+    threading.Thread(target=daemon.stop.wait, daemon=True).start()  # a daemon has threads: no forking
+
+    daemon._build_once()  # the first build reads the whole site
+    first = daemon.status.last_build
+    assert first is not None and (first["ok"], first["quick"], first["posts"]) == (True, False, 2)
+    assert [name for name, _ in daemon.categories()] == ["cailianshe", "yicai"]
+    assert daemon.tags() == {"测试"}
+
+    new = write_post(site, "sina", "n3", "新浪新闻一则", "2022-04-20 21:00:00")
+    new.write_text(new.read_text(encoding="utf-8").replace("tags: [测试]", "tags: [测试, 新标签]"), encoding="utf-8")
+    daemon._build_once()
+    quick = daemon.status.last_build
+    assert quick is not None and (quick["ok"], quick["quick"], quick["posts"]) == (True, True, 3)
+    assert [name for name, _ in daemon.categories()] == ["cailianshe", "sina", "yicai"]
+    assert daemon.tags() == {"测试", "新标签"}
+    assert "新浪新闻一则" in (tmp_path / "feeds" / "rss.xml").read_text(encoding="utf-8")
+    assert "新浪新闻一则" in (tmp_path / "feeds" / "tags" / "新标签" / "atom.xml").read_text(encoding="utf-8")
+
+    new.unlink()  # a removal: the whole site is read again, and the names are those of its posts
+    daemon._build_once()
+    full = daemon.status.last_build
+    assert full is not None and (full["ok"], full["quick"], full["posts"]) == (True, False, 2)
+    assert [name for name, _ in daemon.categories()] == ["cailianshe", "yicai"]
+    assert daemon.tags() == {"测试"}
+    daemon.stop.set()
 
 
 def test_a_rebuild_asked_for_during_a_build_runs_after_it_and_none_is_lost() -> None:
