@@ -6,7 +6,8 @@ and how fast SIGTERM ends it, idle and in the middle of a send.
 Generates a site with make_site.py, starts `finews-feeds daemon` (watch on) against an aiosmtpd
 sink, and prints:
 - seconds from start to the first build served (/healthz has a last build);
-- seconds from a post file saved to its title in the served /feeds/rss.xml (watchdog + rebuild);
+- seconds from a post file saved (the daemon idle) to its title in the served /feeds/rss.xml
+  (watchdog + rebuild);
 - feed requests per second over one keep-alive connection: 200 with gzip, and 304 answers to
   If-None-Match, with their ratio (what a conditional GET saves the server);
 - seconds from SIGTERM to exit, idle and while the digest is being sent (slowed sink), and that the
@@ -57,6 +58,16 @@ def health(base: str) -> dict[str, object] | None:
         return None
 
 
+def wait_quiet(base: str, quiet: float = 2.0) -> None:
+    """Until the last build has stayed the last one for ``quiet`` seconds: the daemon is idle."""
+    last, since = None, time.perf_counter()
+    while time.perf_counter() - since < quiet:
+        current = (health(base) or {}).get("last_build")
+        if current != last:
+            last, since = current, time.perf_counter()
+        time.sleep(0.1)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--posts", type=int, default=2000)
@@ -75,7 +86,7 @@ def main() -> None:
     subprocess.run([sys.executable, str(MAKE_SITE), str(site), "--posts", str(args.posts)], check=True,
                    stdout=subprocess.DEVNULL)
     posts = sorted(site.rglob("_posts/*.md"))
-    day = posts[-1].name[:10]
+    day = max(post.name[:10] for post in posts)  # the new post goes last of the newest day: first in the feed
     db = f"sqlite:///{root}/var/finews.sqlite3"
     with Store.open(db) as store:
         for n in range(args.subscribers):
@@ -118,6 +129,7 @@ watch = true
         ready = wait(lambda: bool((health(base) or {}).get("last_build")))
         print(f"posts: {len(posts)}, subscribers: {args.subscribers}")
         print(f"start to first build served: {ready:.2f} s")
+        wait_quiet(base)  # a post saved to an idle daemon, not while a build runs or is due
 
         new = posts[-1].parent / f"{day}-NWBENCH0000001.md"
         new.write_text(f'---\ntitle: "基准测试新文章"\ndate: {day} 23:59:00 +0800\n---\n<p>正文。</p>\n',

@@ -37,7 +37,10 @@ STOP_TIMEOUT = 10.0
 #: Seconds it waits for a feed build in progress before leaving it behind.
 BUILD_WAIT = 3.0
 #: Seconds between a file event and the rebuild it asks for (a burst of events gives one rebuild).
-WATCH_DEBOUNCE = 0.5
+#: An editor's save (a write, a rename) takes milliseconds; a longer burst costs one more
+#: rebuild at most (a request during a build makes it go round again), while every second
+#: here is a second before readers see a new post.
+WATCH_DEBOUNCE = 0.25
 #: Seconds before a digest run that could not reach everyone is tried again (doubling each time).
 RETRY_FIRST = 300.0
 #: File watcher events that mean the content changed (opening a file to read it is not one).
