@@ -15,6 +15,7 @@ from __future__ import annotations
 import bisect
 import contextlib
 import dataclasses
+import functools
 import gc
 import hashlib
 import logging
@@ -657,13 +658,16 @@ def _build_added(state: FeedState, changes: Changes, site: Site, config: Config,
     return report
 
 
-def rebuild_added(config: Config, now: datetime, workers: int | None = None) -> BuildReport | None:
+def rebuild_added(config: Config, now: datetime, workers: int | None = None,
+                  touched: Iterable[str] | None = None) -> BuildReport | None:
     """The quick rebuild: the build of a site that only gained posts since the last build
     (see the module doc), without reading the others; None when that is not the case or
     cannot be told (no collector cache, no build state, anything else changed): the caller
-    reads the whole site then (:func:`run_build` does both)."""
+    reads the whole site then (:func:`run_build` does both). ``touched``: every path that may
+    have changed since the last build, when a file watcher knows them: those are stat'ed
+    instead of every file of the site."""
     from .site import resolve_site
-    from .walk import scan_elsewhere
+    from .walk import scan_elsewhere, scan_text
 
     if not config.site.cache_dir:
         return None
@@ -676,15 +680,17 @@ def rebuild_added(config: Config, now: datetime, workers: int | None = None) -> 
         # The stat of every file, most of this build, starts in a child now, while this
         # process imports the rest, reads the state and the cache's file list, and then
         # stats its own share.
-        scanning = scan_elsewhere(site, here=QUICK_SHARE)
+        # With the watcher's paths, the walk is only what the cache falls back on.
+        scanning = scan_elsewhere(site, here=QUICK_SHARE) if touched is None else functools.partial(scan_text, site)
         from . import feeds  # noqa: F401 - imported while the child lists the site, not after it
         from .cache import Cursor, collect_changes
 
         state = load_state(out, site.timezone)
         if state is None:
-            scanning()
+            if touched is None:
+                scanning()  # the child's result, or it is left behind
             return None
-        changes = collect_changes(site, Path(config.site.cache_dir), Cursor(*state.cursor), workers, scanning)
+        changes = collect_changes(site, Path(config.site.cache_dir), Cursor(*state.cursor), workers, scanning, touched)
         if changes is None:
             return None
         collected = time.perf_counter() - started

@@ -63,7 +63,7 @@ from typing import Any, BinaryIO, NamedTuple
 from . import collector, forks, markup
 from .collector import Parsed, read_entry, rerender
 from .models import Collection, ContentSource, FileError, Post, Site, sort_key
-from .walk import SEP, Entry, Scan, scan_elsewhere, walk
+from .walk import SEP, Entry, Scan, rescan, scan_elsewhere, walk
 
 log = logging.getLogger(__name__)
 
@@ -995,20 +995,24 @@ class Changes:
 
 
 def collect_changes(site: Site, cache_dir: Path, since: Cursor, workers: int | None = None,
-                    scanning: Callable[[], Scan] | None = None) -> Changes | None:
+                    scanning: Callable[[], Scan] | None = None,
+                    touched: Iterable[str] | None = None) -> Changes | None:
     """What changed in the site since ``since``, reading only the files that changed and
     without loading the posts of the index: a rebuild after one new post on a site of 100,000
     posts then costs the stat of every file and little more. Records this run's changes in
     the cache like :func:`collect_cached`. None when the cache cannot tell (another index was
     written since, or the changes are too many for the journal): read the whole site then.
     ``scanning``: the scan of the site's files (:func:`scan_elsewhere`) if the caller started
-    it already, so that it runs while the caller reads its own state."""
+    it already, so that it runs while the caller reads its own state. ``touched``: every path
+    (relative to the site) that may have changed since the last scan, if the caller knows (a
+    file watcher): only those are looked at again (:func:`~finews_feeds.walk.rescan`), when the
+    last scan is at hand."""
     # As in load_index: the columns loaded are not garbage, and collections on the way would
     # walk them again and again.
     enabled = gc.isenabled()
     gc.disable()
     try:
-        return _collect_changes(site, cache_dir, since, workers, scanning or scan_elsewhere(site))
+        return _collect_changes(site, cache_dir, since, workers, scanning or scan_elsewhere(site), touched)
     finally:
         gc.freeze()
         gc.unfreeze()
@@ -1017,7 +1021,7 @@ def collect_changes(site: Site, cache_dir: Path, since: Cursor, workers: int | N
 
 
 def _collect_changes(site: Site, cache_dir: Path, since: Cursor, workers: int | None,
-                     scanning: Callable[[], Scan]) -> Changes | None:
+                     scanning: Callable[[], Scan], touched_paths: Iterable[str] | None) -> Changes | None:
     folder = site_folder(cache_dir, site)
     print_ = fingerprint(site)
     with _MEMO_LOCK:  # its journal position would be stale after this run's record
@@ -1029,7 +1033,8 @@ def _collect_changes(site: Site, cache_dir: Path, since: Cursor, workers: int | 
     posts_since: dict[str, Post] = {}
     if found is not None:
         light, last = found
-        now = scanning()
+        rescanned = rescan(site, last.scan, touched_paths) if touched_paths is not None else None
+        now = rescanned if rescanned is not None else scanning()
         compared = compare_scans(last.scan, now)
         if compared is not None:
             changed, new_paths, removed = compared

@@ -237,6 +237,11 @@ class Daemon:
         self._tags: frozenset[str] = frozenset()
         self._categories_lock = threading.Lock()
         self._names_known = False  # whether a build has read the whole site since the start
+        # What the file watcher reported since the last build began: post paths, and whether the
+        # next build must walk the site all the same.
+        self._touched: set[str] = set()
+        self._walk_next = False
+        self._touched_lock = threading.Lock()
         # The start-up build and a caught-up digest would both read a cold site at once; one waits
         # and then reads the warm cache.
         self._collect_lock = threading.Lock()
@@ -249,29 +254,71 @@ class Daemon:
 
     # -- jobs ----------------------------------------------------------------------------------
 
+    # -- the watcher's findings ---------------------------------------------------------------
+
+    def note_file_event(self, root: Path, paths: list[str], extensions: tuple[str, ...]) -> bool:
+        """Record the post files of a file event for the next build; whether it concerns posts."""
+        posts = [path for path in paths if is_post_path(root, path, extensions)]
+        if not posts:
+            return False
+        rels = [PurePath(os.path.relpath(path, root)).as_posix() for path in posts]
+        with self._touched_lock:
+            if "_config.yml" in rels:
+                self._walk_next = True
+            self._touched.update(rels)
+        return True
+
+    def note_folder_event(self, root: Path, paths: list[str]) -> bool:
+        """A folder created, moved or deleted: whether the walk goes into it (the next build then
+        walks the site instead of trusting the paths reported)."""
+        from .walk import entered
+
+        rels = [os.path.relpath(path, root) for path in paths]
+        if not any(rel != ".." and not rel.startswith(".." + os.sep) and entered(self.site, PurePath(rel).as_posix())
+                   for rel in rels):
+            return False
+        with self._touched_lock:
+            self._walk_next = True
+        return True
+
+    def _take_touched(self) -> frozenset[str] | None:
+        """The post paths reported since the last build, or None when it must walk the site:
+        nothing reported (the interval job, a request from outside the watcher: the walk is the
+        safety net for anything the watcher missed), a folder moved, the site's config changed,
+        or the build before failed."""
+        with self._touched_lock:
+            touched = None if self._walk_next or not self._touched else frozenset(self._touched)
+            self._touched.clear()
+            self._walk_next = False
+        return touched
+
     def _build_once(self) -> None:
         from .build import build_feeds, rebuild_added
 
         started = time.perf_counter()
         collection: Collection | None = None
+        touched = self._take_touched()
         try:
             report = None
             if self._names_known:
                 # After new posts only (what a watched site mostly sees), the build reads those
-                # and the feeds they reach, not the whole site. The first build reads it all, for
-                # the subscribe form's categories and tags; edits and deletions do too.
+                # and the feeds they reach, not the whole site; when the watcher reported them,
+                # without even a walk. The first build reads it all, for the subscribe form's
+                # categories and tags; edits and deletions do too.
                 with self._collect_lock:  # it records the new posts in the collector's cache
-                    report = rebuild_added(self.config, self.clock())
+                    report = rebuild_added(self.config, self.clock(), touched=touched)
             collected = time.perf_counter()
             if report is None:
                 collection = self.collect()
                 collected = time.perf_counter()
                 report = build_feeds(collection, self.config)
         except FinewsError as exc:
+            self._walk_after_failure()
             log.error("feed build failed: %s", exc.message)
             self.status.record_build({"ok": False, "finished_at": self.clock().isoformat(), "error": exc.message})
             return None
         except Exception as exc:
+            self._walk_after_failure()
             log.exception("feed build failed")
             self.status.record_build({"ok": False, "finished_at": self.clock().isoformat(), "error": repr(exc)})
             return None
@@ -284,6 +331,11 @@ class Daemon:
             self._remember_categories(collection.posts, replace=True)
         else:
             self._remember_categories(report.added, replace=False)
+
+    def _walk_after_failure(self) -> None:
+        # The paths this build took are not in the cache: the next one walks the site.
+        with self._touched_lock:
+            self._walk_next = True
 
     def _remember_categories(self, posts: Sequence[Post], *, replace: bool) -> None:
         """The subscribe form's choices: the categories and tags of ``posts`` (every post of the
@@ -406,10 +458,15 @@ class Daemon:
 
         class Handler(FileSystemEventHandler):
             def on_any_event(self, event: FileSystemEvent) -> None:
-                if event.event_type not in CHANGE_EVENTS or event.is_directory or daemon.stop.is_set():
+                if event.event_type not in CHANGE_EVENTS or daemon.stop.is_set():
                     return
-                paths = [event.src_path, getattr(event, "dest_path", "") or ""]
-                if not any(p and is_post_path(root, os.fsdecode(p), extensions) for p in paths):
+                paths = [os.fsdecode(p) for p in (event.src_path, getattr(event, "dest_path", "") or "") if p]
+                if event.is_directory:
+                    # A folder of posts created, moved or deleted: its files need not each
+                    # report; the next build walks the site.
+                    if event.event_type == "modified" or not daemon.note_folder_event(root, paths):
+                        return
+                elif not daemon.note_file_event(root, paths, extensions):
                     return
                 log.debug("file event %s %s: rebuild", event.event_type, event.src_path)
                 daemon.rebuilder.mark()

@@ -75,6 +75,7 @@ def walk(site: Site) -> list[Entry]:
     return list(map(Entry, paths, sizes, mtimes))
 
 
+@functools.lru_cache(maxsize=32)
 def _post_names(extensions: tuple[str, ...], separator: str) -> re.Pattern[str]:
     """Names of post files inside a listing joined by ``separator`` (a character no name of it
     holds): with a newline, ``^``/``$`` anchors make it twice as fast as lookarounds for NUL."""
@@ -203,6 +204,93 @@ def stat_files(folder: str, rel: str, names: list[str]) -> Scan:
     # The folder once per file, in one join: no string per path is made here.
     text = rel + (SEP + rel).join(names) + SEP if names else ""
     return Scan(text, stamps(map(attrgetter("st_size"), stats)), stamps(map(attrgetter("st_mtime_ns"), stats)))
+
+
+def walked(site: Site, rel: str) -> bool:
+    """Whether :func:`list_posts` lists the path ``rel`` (relative to the site, with `/`) as a
+    post file, from its name alone: the walk's rules for one path (whether the file exists and
+    is a regular file, and whether a folder on the way is a symlink, the caller checks)."""
+    *folders, name = rel.split("/")
+    extensions = tuple(e.lower() for e in site.extensions)
+    return bool(name) and _entered(folders, extensions) is True and _post_names(extensions, SEP).fullmatch(name) is not None
+
+
+def entered(site: Site, rel: str) -> bool:
+    """Whether the walk goes into the folder ``rel`` (relative to the site, with `/`): whether
+    posts can come or go with it."""
+    return _entered(rel.split("/"), tuple(e.lower() for e in site.extensions)) is not None
+
+
+def _entered(folders: list[str], extensions: tuple[str, ...]) -> bool | None:
+    """None when the walk does not go into ``folders``; else whether they are in a posts folder."""
+    inside = False
+    for depth, folder in enumerate(folders):
+        if not folder:
+            return None
+        if inside:
+            # A folder inside a posts folder whose name looks like a post is taken for one.
+            if folder[0] in ".#_" or _post_names(extensions, SEP).fullmatch(folder):
+                return None
+        elif folder == "_posts":
+            inside = True
+        elif folder[0] in ".#_" or folder[-1] == "~" or (depth == 0 and folder in ("node_modules", "vendor")):
+            return None
+    return inside
+
+
+def rescan(site: Site, last: Scan, paths: Iterable[str]) -> Scan | None:
+    """``last`` with ``paths`` (relative to the site) looked at again: what a scan finds now if
+    only those files changed since ``last`` (a file watcher's report). A path the walk lists
+    that is a regular file now gets its new size and mtime, or comes last if it is new; any
+    other goes. None for more than :data:`RESCAN_MOST` paths (a walk is then as quick)."""
+    wanted = sorted(set(paths))
+    if len(wanted) > RESCAN_MOST:
+        return None
+    text, sizes, mtimes = last.text, bytearray(last.sizes), bytearray(last.mtimes)
+    added: list[tuple[str, int, int]] = []
+    for rel in wanted:
+        found = _stat_walked(site, rel)
+        key = rel + SEP
+        if text.startswith(key):
+            at = 0
+        else:
+            at = text.find(SEP + key)
+            at += 1 if at >= 0 else 0  # past the separator before it
+        if at >= 0:
+            index = text.count(SEP, 0, at)
+            if found is None:
+                text = text[:at] + text[at + len(key):]
+                del sizes[8 * index : 8 * index + 8]
+                del mtimes[8 * index : 8 * index + 8]
+            else:
+                sizes[8 * index : 8 * index + 8] = stamps([found[0]])
+                mtimes[8 * index : 8 * index + 8] = stamps([found[1]])
+        elif found is not None:
+            added.append((rel, *found))
+    text += "".join(rel + SEP for rel, _, _ in added)
+    sizes += stamps(size for _, size, _ in added)
+    mtimes += stamps(mtime for _, _, mtime in added)
+    return Scan(text, bytes(sizes), bytes(mtimes))
+
+
+#: :func:`rescan` looks again at this many paths at most.
+RESCAN_MOST = 200
+
+
+def _stat_walked(site: Site, rel: str) -> tuple[int, int] | None:
+    """The size and mtime of ``rel`` if the walk would list it now, else None."""
+    if not walked(site, rel):
+        return None
+    path = site.source
+    try:
+        for folder in rel.split("/")[:-1]:  # the walk enters no symlinked folder
+            path = os.path.join(path, folder)
+            if not stat_module.S_ISDIR(os.lstat(path).st_mode):
+                return None
+        info = os.stat(os.path.join(path, rel.rsplit("/", 1)[-1]))
+    except OSError:
+        return None
+    return (info.st_size, info.st_mtime_ns) if stat_module.S_ISREG(info.st_mode) else None
 
 
 def read_file(path: str, size: int) -> bytes:

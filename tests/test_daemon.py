@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -478,6 +479,69 @@ def test_after_new_posts_the_daemon_rebuilds_from_them_alone_and_learns_their_ca
     assert full is not None and (full["ok"], full["quick"], full["posts"]) == (True, False, 2)
     assert [name for name, _ in daemon.categories()] == ["cailianshe", "yicai"]
     assert daemon.tags() == {"测试"}
+    daemon.stop.set()
+
+
+def test_the_daemon_stats_only_the_files_the_watcher_reported_and_walks_when_it_cannot_trust_them(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from finews_feeds import walk
+
+    site = make_site(tmp_path)
+    config = load_config(write_config(tmp_path, site, 25, f"sqlite:///{tmp_path}/db.sqlite3", 8080),
+                         {"FINEWS_SECRET_KEY": SECRET})
+    daemon = daemon_module.Daemon(config)
+    threading.Thread(target=daemon.stop.wait, daemon=True).start()  # a daemon has threads: no forking
+    root = site.resolve()
+    extensions = tuple(daemon.site.extensions)
+    walks: list[int] = []
+    list_posts = walk.list_posts
+    monkeypatch.setattr(walk, "list_posts", lambda s: walks.append(1) or list_posts(s))
+    rss = tmp_path / "feeds" / "rss.xml"
+
+    daemon._build_once()
+    assert walks and daemon.status.last_build["quick"] is False  # type: ignore[index]
+
+    # A new post the watcher reported: stat'ed alone, no walk.
+    walks.clear()
+    new = write_post(site, "sina", "n3", "只看报告的文件", "2022-04-20 21:00:00")
+    assert daemon.note_file_event(root, [str(new)], extensions)
+    assert not daemon.note_file_event(root, [str(site / "README.md")], extensions)
+    daemon._build_once()
+    assert walks == [] and daemon.status.last_build["quick"] is True  # type: ignore[index]
+    assert "只看报告的文件" in rss.read_text(encoding="utf-8")
+
+    # Nothing reported (the interval job): a walk, which finds a post the watcher missed.
+    missed = write_post(site, "sina", "n4", "监视器漏掉的文件", "2022-04-20 22:00:00")
+    daemon._build_once()
+    assert walks == [1] and daemon.status.last_build["quick"] is True  # type: ignore[index]
+    assert "监视器漏掉的文件" in rss.read_text(encoding="utf-8")
+
+    # A folder of posts moved in reports no file of its own: a walk.
+    walks.clear()
+    moved = tmp_path / "elsewhere" / "_posts"
+    moved.mkdir(parents=True)
+    (moved / "2022-04-20-n5.md").write_text(missed.read_text(encoding="utf-8").replace("监视器漏掉的文件", "搬进来的文件"),
+                                            encoding="utf-8")
+    shutil.move(str(tmp_path / "elsewhere"), str(site / "moved"))
+    assert not daemon.note_folder_event(root, [str(site / ".git" / "objects")])
+    assert daemon.note_folder_event(root, [str(site / "moved")])
+    daemon.note_file_event(root, [str(new)], extensions)
+    daemon._build_once()
+    assert walks == [1]
+    assert "搬进来的文件" in rss.read_text(encoding="utf-8")
+
+    # A failed build: the paths it took are not in the cache, so the next build walks.
+    walks.clear()
+    latest = write_post(site, "sina", "n6", "失败之后的文件", "2022-04-20 23:00:00")
+    daemon.note_file_event(root, [str(latest)], extensions)
+    monkeypatch.setattr("finews_feeds.build.rebuild_added", lambda *a, **k: (_ for _ in ()).throw(OSError("disk full")))
+    daemon._build_once()
+    assert daemon.status.last_build["ok"] is False  # type: ignore[index]
+    monkeypatch.undo()
+    monkeypatch.setattr(walk, "list_posts", lambda s: walks.append(1) or list_posts(s))
+    daemon._build_once()
+    assert walks == [1] and "失败之后的文件" in rss.read_text(encoding="utf-8")
     daemon.stop.set()
 
 
