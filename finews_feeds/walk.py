@@ -3,7 +3,8 @@
 Apart from the collector because it is the first thing a build does and the one that takes
 longest on a large warm site (a stat of every file): this module imports nothing heavy, so a
 build can start the walk in a child process before it imports the rest (see
-:func:`scan_elsewhere`).
+:func:`scan_elsewhere`). A daemon whose file watcher reports the paths that changed updates the
+last scan with those alone (:func:`rescan`, with the walk's rules for one path, :func:`walked`).
 """
 
 from __future__ import annotations
