@@ -729,7 +729,8 @@ def _fewer_collections() -> Iterator[None]:
 
 
 def run_build(config: Config, *, full: bool = False, now: datetime | None = None, workers: int | None = None) -> BuildReport:
-    """Collect the site of ``config`` and build its feeds (the `build` command and the daemon)."""
+    """Build the feeds of the site of ``config``: the quick rebuild when only posts were added
+    since the last build, else collect the whole site (the `build` command)."""
     with _fewer_collections():
         return _run_build(config, full=full, now=now, workers=workers)
 

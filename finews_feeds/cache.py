@@ -63,7 +63,7 @@ from typing import Any, BinaryIO, NamedTuple
 from . import collector, forks, markup
 from .collector import Parsed, read_entry, rerender
 from .models import Collection, ContentSource, FileError, Post, Site, sort_key
-from .walk import SEP, Entry, Scan, rescan, scan_elsewhere, walk
+from .walk import SEP, Entry, Scan, rescan, scan_elsewhere, scan_text, walk
 
 log = logging.getLogger(__name__)
 
@@ -1012,7 +1012,9 @@ def collect_changes(site: Site, cache_dir: Path, since: Cursor, workers: int | N
     enabled = gc.isenabled()
     gc.disable()
     try:
-        return _collect_changes(site, cache_dir, since, workers, scanning or scan_elsewhere(site), touched)
+        if scanning is None:  # with ``touched``, a walk is only the fallback: not started ahead
+            scanning = scan_elsewhere(site) if touched is None else functools.partial(scan_text, site)
+        return _collect_changes(site, cache_dir, since, workers, scanning, touched)
     finally:
         gc.freeze()
         gc.unfreeze()

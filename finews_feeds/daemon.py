@@ -252,8 +252,6 @@ class Daemon:
         with self._collect_lock:
             return collect_site(self.config, self.clock())
 
-    # -- jobs ----------------------------------------------------------------------------------
-
     # -- the watcher's findings ---------------------------------------------------------------
 
     def note_file_event(self, root: Path, paths: list[str], extensions: tuple[str, ...]) -> bool:
@@ -291,6 +289,8 @@ class Daemon:
             self._touched.clear()
             self._walk_next = False
         return touched
+
+    # -- jobs ----------------------------------------------------------------------------------
 
     def _build_once(self) -> None:
         from .build import build_feeds, rebuild_added

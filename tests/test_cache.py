@@ -583,6 +583,31 @@ def test_changes_since_a_collect_come_from_the_last_scan(source: Path, tmp_path:
     same(run(source, tmp_path / "c"), collect(site_of(source), None, NOW))
 
 
+def test_changes_from_the_paths_a_watcher_reported_need_no_walk_unless_the_last_scan_is_gone(
+    source: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    first = run(source, tmp_path / "c")
+    assert first.cursor is not None
+    walks: list[int] = []
+    list_posts = walkmod.list_posts
+    monkeypatch.setattr(walkmod, "list_posts", lambda site: walks.append(1) or list_posts(site))
+    write(source, "_posts/2022-04-26-new.md", post("新"))
+    write(source, "_posts/notes.md", "not a post")
+    reported = ["_posts/2022-04-26-new.md", "_posts/notes.md", "_posts/2022-04-19-gone.md"]
+    changes = cache.collect_changes(site_of(source), tmp_path / "c", cache.Cursor(*first.cursor), touched=reported)
+    assert changes is not None and [p.title for p in changes.added] == ["新"] and not changes.changed_posts
+    assert walks == []
+    # The cache now holds the new post as a walk would have found it.
+    assert cache.compare_scans(walkmod.scan_text(site_of(source)), cache.load_scan(
+        site_folder(tmp_path / "c", first.site), cache.fingerprint(first.site)).scan) == ([], set(), set())
+    # Without a last scan to start from, the reported paths are not enough: a walk.
+    walks.clear()
+    (site_folder(tmp_path / "c", first.site) / cache.SCAN).unlink()
+    write(source, "_posts/2022-04-27-more.md", post("又一篇"))
+    more = cache.collect_changes(site_of(source), tmp_path / "c", cache.Cursor(*changes.cursor), touched=[])
+    assert more is not None and [p.title for p in more.added] == ["又一篇"] and walks == [1]
+
+
 def test_changes_since_an_older_cursor_are_told_though_another_collect_came_between(
     source: Path, tmp_path: Path
 ) -> None:
