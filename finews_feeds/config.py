@@ -90,6 +90,7 @@ class DigestConfig:
     send_empty: bool = _key(False, "Send a digest on a day without articles.")
     templates: str = _key("", "Folder with digest.html.j2 and digest.txt.j2 overriding the bundled ones; empty: bundled.")
     list_id: str = _key("", "List-Id header value, e.g. `finews digest <digest.finews.example>`; empty: derived from the site.")
+    unsubscribe_mailbox: str = _key("", "Address also offered in List-Unsubscribe as mailto:ADDRESS?subject=unsubscribe, for mail clients without one-click; set it only if someone or something acts on that mail. Empty: the one-click link alone.")
 
 
 @dataclass(frozen=True)
@@ -257,6 +258,9 @@ def _validate(config: Config) -> None:
 
     zone("site.timezone", config.site.timezone)
     zone("digest.timezone", config.digest.timezone)
+    mailbox = config.digest.unsubscribe_mailbox
+    if mailbox and not re.fullmatch(r"[^@\s<>,;:\"?&]+@[^@\s<>,;:\"?&]+\.[^@\s<>,;:\"?&.]+", mailbox):
+        raise ConfigError(f"digest.unsubscribe_mailbox = {mailbox!r}: expected a bare address, e.g. unsubscribe@example.com")
     if not re.fullmatch(r"([01]?\d|2[0-3]):[0-5]\d", config.digest.send_at):
         raise ConfigError(f"digest.send_at = {config.digest.send_at!r}: expected HH:MM, e.g. 07:30")
     if not config.site.extensions or not all(e.startswith(".") for e in config.site.extensions):

@@ -153,10 +153,12 @@ def confirm_url(config: Config, token: str) -> str:
 
 
 def list_headers(config: Config, site: Site, unsubscribe: str) -> dict[str, str]:
-    """The bulk-mail headers Gmail and Yahoo require (RFC 2369, RFC 8058, RFC 2919)."""
-    sender = parseaddr(config.digest.from_)[1] or "digest@localhost"
+    """The bulk-mail headers Gmail and Yahoo require (RFC 2369, RFC 8058, RFC 2919). A mailto
+    is offered only for ``digest.unsubscribe_mailbox``: a request mailed where nobody acts on
+    it would leave the subscriber subscribed."""
+    mailbox = config.digest.unsubscribe_mailbox
     return {
-        "List-Unsubscribe": f"<{unsubscribe}>, <mailto:{sender}?subject=unsubscribe>",
+        "List-Unsubscribe": f"<{unsubscribe}>" + (f", <mailto:{mailbox}?subject=unsubscribe>" if mailbox else ""),
         "List-Unsubscribe-Post": "List-Unsubscribe=One-Click",
         "List-Id": list_id(config, site),
     }

@@ -78,6 +78,9 @@ def test_secrets_come_from_the_environment_only() -> None:
         ({"site": {"future": "yes"}}, "site.future = 'yes': expected true or false"),
         ({"categories": {"x": {"colour": "red"}}}, "unknown key categories.x.colour = 'red'"),
         ({"nonsense": {}}, "unknown section [nonsense]"),
+        ({"digest": {"unsubscribe_mailbox": "Unsubscribe <u@example.com>"}},
+         "digest.unsubscribe_mailbox = 'Unsubscribe <u@example.com>': expected a bare address"),
+        ({"digest": {"unsubscribe_mailbox": "u@example.com?subject=x"}}, "digest.unsubscribe_mailbox = 'u@example.com?subject=x'"),
     ],
 )
 def test_bad_values_name_the_key_and_the_value(values: dict[str, object], message: str) -> None:

@@ -23,13 +23,14 @@ from smtp_fakes import (
     database_url,
     make_collection,
     make_config,
+    make_site,
     postgres_available,
     running,
     wait_until,
 )
 
 from finews_feeds.config import Config, build_config
-from finews_feeds.delivery import DeliveryReport, send_confirmation, send_digest
+from finews_feeds.delivery import DeliveryReport, list_headers, send_confirmation, send_digest
 from finews_feeds.errors import ConfigError, DeliveryError, SubscriberError
 from finews_feeds.mailer import (
     ConnectionFailure,
@@ -101,8 +102,8 @@ def test_each_active_subscriber_gets_one_message_with_the_bulk_mail_headers(
     msg = received.message
     token = msg["List-Unsubscribe"].split("<https://subscribe.example.org/unsubscribe/", 1)[1].split(">", 1)[0]
     assert read_token(SECRET, "unsubscribe", token) == "ann@example.org"
-    assert msg["List-Unsubscribe"] == (f"<https://subscribe.example.org/unsubscribe/{token}>, "
-                                       "<mailto:digest@news.example.org?subject=unsubscribe>")
+    # No mailto: nobody reads a mailbox for unsubscribe requests unless the operator says so.
+    assert msg["List-Unsubscribe"] == f"<https://subscribe.example.org/unsubscribe/{token}>"
     assert b"=?utf-8?" not in received.data.split(b"List-Unsubscribe:", 1)[1].split(b"\r\nList-", 1)[0]
     assert msg["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
     assert msg["List-Id"] == "finews 财经新闻 digest <digest.news.example.org>"
@@ -649,3 +650,12 @@ def test_the_send_command_shows_a_progress_bar_on_a_terminal(sink: Sink, port: i
         b"sending  [########################------------]  2/3",
         b"sending  [####################################]  3/3",
     ]
+
+
+def test_a_configured_unsubscribe_mailbox_is_offered_after_the_one_click_link() -> None:
+    config = make_config(25, digest={"unsubscribe_mailbox": "leave@news.example.org"})
+    headers = list_headers(config, make_site(), "https://subscribe.example.org/unsubscribe/T")
+    assert headers["List-Unsubscribe"] == ("<https://subscribe.example.org/unsubscribe/T>, "
+                                           "<mailto:leave@news.example.org?subject=unsubscribe>")
+    assert headers["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
+    assert list_headers(make_config(25), make_site(), "https://x.example/u/T")["List-Unsubscribe"] == "<https://x.example/u/T>"
