@@ -3,9 +3,10 @@ share to a child and do the rest here.
 
 A child inherits everything (the posts, the plan: nothing is pickled over) and sends back one
 piece of bytes. Work is cut into numbered pieces handed out by :class:`Tickets`: whichever
-process is free takes the next, so all finish together. Forking is only safe while this process runs a single thread: with other
-threads (the daemon's scheduler and web server) a lock held at the fork can deadlock the child,
-so callers check :func:`can_fork` and otherwise do the work here or in spawned workers.
+process is free takes the next, so all finish together. Forking is only safe while this
+process runs a single thread: with other threads (the daemon's scheduler and web server) a lock
+held at the fork can deadlock the child, so callers check :func:`can_fork` and otherwise do the
+work here or in spawned workers.
 """
 
 from __future__ import annotations
