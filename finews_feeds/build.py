@@ -254,58 +254,23 @@ def render_all(work: Sequence[tuple[FeedSpec, list[Post]]], job: _Job, workers: 
 def _render_forked(work: Sequence[tuple[FeedSpec, list[Post]]], job: _Job, count: int,
                    portable: tuple[Site, str | None], first: Callable[[], None] | None) -> Iterator[_Result]:
     """:func:`render_all` over this process and ``count - 1`` forked children, each taking the
-    next feeds, largest first, when it is free (:class:`~finews_feeds.forks.Tickets`). A child
+    next feeds, largest first, when it is free (:func:`~finews_feeds.forks.share`). A child
     has the posts already (no pickling them over) and writes its files itself; it sends back
     only what it wrote."""
     ordered = sorted(work, key=lambda item: -len(item[1]))
     size = forks.Tickets.per_ticket(len(ordered))
-    batches = [ordered[i : i + size] for i in range(0, len(ordered), size)]
-    tickets = forks.Tickets(len(batches))
 
-    def child_work() -> bytes:
+    def there() -> Callable[[tuple[FeedSpec, list[Post]]], _Result]:
         # Its own connection to the bodies file: SQLite's must not cross a fork.
         renderer = _Renderer(_Job(job.options, job.out_root, _open_content(*portable)))
-        numbers: list[int] = []
-        done: list[_Result] = []
-        for number in tickets.take():
-            numbers.append(number)
-            done.extend(renderer.run(spec, posts) for spec, posts in batches[number])
-        return marshal.dumps((numbers, [(r.key, r.written, r.unchanged) for r in done]))
+        return lambda item: renderer.run(*item)
 
-    children: list[forks.Child | None] = []
-    try:
-        children = [forks.start(child_work) for _ in range(count - 1)]
-        if first is not None:
-            first()
-        renderer = _Renderer(job)
-        taken: set[int] = set()
-        for number in tickets.take():
-            taken.add(number)
-            for spec, posts in batches[number]:
-                yield renderer.run(spec, posts)
-        while children:
-            child = children.pop(0)
-            data = child.result() if child is not None else None
-            results: list[_Result] | None = None
-            if data is not None:
-                with contextlib.suppress(ValueError, EOFError, TypeError):
-                    numbers, rows = marshal.loads(data)
-                    theirs = [int(number) for number in numbers]
-                    results = [_Result(key, written, unchanged) for key, written, unchanged in rows]
-                    taken.update(theirs)
-            if results is None:
-                log.warning("rendering feeds in a child process failed; rendering what it took here")
-                continue
-            yield from results
-        for number in range(len(batches)):
-            if number not in taken:  # taken by a child that failed
-                for spec, posts in batches[number]:
-                    yield renderer.run(spec, posts)
-    finally:
-        tickets.close()
-        for child in children:  # only when the caller stopped early
-            if child is not None:
-                child.abandon()
+    renderer = _Renderer(job)
+    yield from forks.share(
+        [ordered[i : i + size] for i in range(0, len(ordered), size)], count - 1, lambda item: renderer.run(*item), there,
+        lambda done: marshal.dumps([(r.key, r.written, r.unchanged) for r in done]),
+        lambda data: [_Result(key, written, unchanged) for key, written, unchanged in marshal.loads(data)],
+        lambda: log.warning("rendering feeds in a child process failed; rendering what it took here"), first)
 
 
 # --------------------------------------------------------------------------- the build

@@ -694,67 +694,15 @@ def _parse_forked(
     items: Sequence[Entry | tuple[Entry, Post]], site: Site, count: int, lazy: bool
 ) -> Iterator[tuple[Entry, Outcome, bytes | None]]:
     """:func:`parse_all` over ``count`` processes: this one and ``count - 1`` forked children,
-    each taking the next batch of files when it is free (:class:`~finews_feeds.forks.Tickets`).
-    A child sends its results back in one piece, by column (see :func:`to_columns`): unpickling
-    10,000 posts here would take a core from the parsing."""
+    each taking the next batch of files when it is free (:func:`~finews_feeds.forks.share`).
+    A child sends its results back by column (see :func:`to_columns`): unpickling 10,000 posts
+    here would take a core from the parsing."""
     size = forks.Tickets.per_ticket(len(items), _BATCH)
-    batches = [items[i : i + size] for i in range(0, len(items), size)]
-    tickets = forks.Tickets(len(batches))
-    children: list[forks.Child | None] = []
-    try:
-        children = [forks.start(functools.partial(_parse_taken, tickets, batches, site, lazy)) for _ in range(count - 1)]
-        done: set[int] = set()
-        for number in tickets.take():
-            done.add(number)
-            for item in batches[number]:
-                yield _pack_item(item, site, lazy)
-        while children:
-            taken = _child_results(children.pop(0), site.timezone)
-            if taken is None:
-                log.warning("parsing in a child process failed; parsing what it took here")
-                continue
-            numbers, results = taken
-            done.update(numbers)
-            yield from results
-        for number in range(len(batches)):
-            if number not in done:  # taken by a child that failed
-                for item in batches[number]:
-                    yield _pack_item(item, site, lazy)
-    finally:
-        tickets.close()
-        for child in children:  # only when the caller stopped early
-            if child is not None:
-                child.abandon()
-
-
-def _parse_taken(tickets: forks.Tickets, batches: Sequence[Sequence[Entry | tuple[Entry, Post]]], site: Site,
-                 lazy: bool) -> bytes:
-    numbers: list[int] = []
-    packed: list[bytes] = []
-    results: list[tuple[Entry, Outcome, bytes | None]] = []
-    for number in tickets.take():
-        numbers.append(number)
-        results.extend(_pack_item(item, site, lazy) for item in batches[number])
-        if len(results) >= _PACK_EVERY:
-            # Packed as it goes: what is left to pack once the tickets run out, while the
-            # parent waits, is the last few results.
-            packed.append(_dump_results(results))
-            results = []
-    packed.append(_dump_results(results))
-    return marshal.dumps((numbers, packed))
-
-
-def _child_results(child: forks.Child | None, zone: tzinfo) -> tuple[list[int], list[tuple[Entry, Outcome, bytes | None]]] | None:
-    """The batches a child took and what it made of them; None when it failed."""
-    data = child.result() if child is not None else None
-    if data is None:
-        return None
-    try:
-        numbers, packed = marshal.loads(data)
-        return [int(number) for number in numbers], [result for part in packed for result in _load_results(part, zone)]
-    except (ValueError, EOFError, TypeError, IndexError) as exc:
-        log.warning("unreadable results from a child process (%s)", exc)
-        return None
+    work = functools.partial(_pack_item, site=site, lazy=lazy)
+    yield from forks.share(
+        [items[i : i + size] for i in range(0, len(items), size)], count - 1, work, lambda: work, _dump_results,
+        functools.partial(_load_results, zone=site.timezone),
+        lambda: log.warning("parsing in a child process failed; parsing what it took here"), pack_every=_PACK_EVERY)
 
 
 def _dump_results(results: Sequence[tuple[Entry, Outcome, bytes | None]]) -> bytes:

@@ -11,11 +11,19 @@ work here or in spawned workers.
 
 from __future__ import annotations
 
+import logging
+import marshal
 import os
 import sys
 import threading
 from array import array
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
+from typing import TypeVar
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+R = TypeVar("R")
 
 
 def can_fork() -> bool:
@@ -110,3 +118,68 @@ class Tickets:
         """How many of ``items`` pieces of work to give per ticket: ``least``, or more when
         there would be more tickets than :data:`LIMIT`."""
         return max(least, -(-items // cls.LIMIT))
+
+
+def share(batches: Sequence[Sequence[T]], children: int, here: Callable[[T], R], there: Callable[[], Callable[[T], R]],
+          pack: Callable[[list[R]], bytes], unpack: Callable[[bytes], list[R]], on_failure: Callable[[], None],
+          first: Callable[[], None] | None = None, pack_every: int = 1000) -> Iterator[R]:
+    """Every item of ``batches`` done, by this process (``here``) and ``children`` forked
+    children, each taking the next batch when it is free (:class:`Tickets`); results in any
+    order. A child makes its worker with ``there()`` (in the child: its own connections, say)
+    and packs its results with ``pack`` every ``pack_every`` items, as it goes, so that once
+    the batches run out the parent waits for the last few only; the parent reads them with
+    ``unpack``. ``first`` runs here while the children start. A child that fails is reported
+    with ``on_failure`` and the batches it took are done here."""
+    tickets = Tickets(len(batches))
+
+    def child() -> bytes:
+        work = there()
+        numbers: list[int] = []
+        packed: list[bytes] = []
+        results: list[R] = []
+        for number in tickets.take():
+            numbers.append(number)
+            results.extend(map(work, batches[number]))
+            if len(results) >= pack_every:
+                packed.append(pack(results))
+                results = []
+        packed.append(pack(results))
+        return marshal.dumps((numbers, packed))
+
+    started: list[Child | None] = []
+    try:
+        started = [start(child) for _ in range(children)]
+        if first is not None:
+            first()
+        done: set[int] = set()
+        for number in tickets.take():
+            done.add(number)
+            yield from map(here, batches[number])
+        while started:
+            theirs = _results_of(started.pop(0), unpack)
+            if theirs is None:
+                on_failure()
+                continue
+            done.update(theirs[0])
+            yield from theirs[1]
+        for number in range(len(batches)):
+            if number not in done:  # taken by a child that failed
+                yield from map(here, batches[number])
+    finally:
+        tickets.close()
+        for left in started:  # only when the caller stopped early
+            if left is not None:
+                left.abandon()
+
+
+def _results_of(child: Child | None, unpack: Callable[[bytes], list[R]]) -> tuple[list[int], list[R]] | None:
+    """The batches a child took and what it made of them; None when it failed."""
+    data = child.result() if child is not None else None
+    if data is None:
+        return None
+    try:
+        numbers, packed = marshal.loads(data)
+        return [int(number) for number in numbers], [result for part in packed for result in unpack(part)]
+    except (ValueError, EOFError, TypeError, IndexError) as exc:
+        log.warning("unreadable results from a child process (%s)", exc)
+        return None

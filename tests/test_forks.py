@@ -5,6 +5,7 @@ from __future__ import annotations
 import marshal
 import os
 import time
+from collections.abc import Callable
 
 import pytest
 
@@ -58,3 +59,29 @@ def test_per_ticket_keeps_the_tickets_under_the_limit(items: int, least: int, ex
     size = forks.Tickets.per_ticket(items, least)
     assert size == expected
     assert -(-items // size) <= forks.Tickets.LIMIT
+
+
+@pytest.mark.parametrize("child_fails", [False, True])
+def test_shared_work_is_done_once_each_and_what_a_failed_child_took_is_done_here(child_fails: bool) -> None:
+    parent = os.getpid()
+    failures: list[int] = []
+
+    def there() -> Callable[[int], int]:
+        def work(item: int) -> int:
+            if child_fails:
+                raise RuntimeError("a child that dies after taking work")
+            time.sleep(0.001)
+            return item * item
+
+        return work
+
+    def here(item: int) -> int:
+        assert os.getpid() == parent
+        time.sleep(0.001)
+        return item * item
+
+    batches = [list(range(i, i + 5)) for i in range(0, 200, 5)]
+    done = list(forks.share(batches, 2, here, there, marshal.dumps, marshal.loads, lambda: failures.append(1),
+                            first=lambda: time.sleep(0.05), pack_every=7))
+    assert sorted(done) == [i * i for i in range(200)]
+    assert failures == ([1, 1] if child_fails else [])

@@ -424,11 +424,19 @@ def test_what_a_failed_child_took_is_parsed_here(base_site: Path, monkeypatch: p
     monkeypatch.setattr(cache, "_BATCH", 1)
     monkeypatch.setattr("finews_feeds.cache.threading.active_count", lambda: 1)
 
-    def take_one_then_fail(tickets: Any, *args: Any) -> bytes:
-        next(tickets.take())
-        raise RuntimeError("a child that dies after taking work")
+    parent = os.getpid()
+    pack_item = cache._pack_item
+    calls: list[int] = []
 
-    monkeypatch.setattr(cache, "_parse_taken", take_one_then_fail)
+    def only_here(*args: Any, **kwargs: Any) -> Any:
+        if os.getpid() != parent:
+            raise RuntimeError("a child that dies after taking work")
+        if not calls:
+            time.sleep(0.3)  # the children take batches meanwhile
+        calls.append(1)
+        return pack_item(*args, **kwargs)
+
+    monkeypatch.setattr(cache, "_pack_item", only_here)
     with caplog.at_level(logging.WARNING, logger="finews_feeds.cache"):
         assert results(entries, site, workers) == here
     assert caplog.text.count("parsing in a child process failed; parsing what it took here") == workers - 1
