@@ -94,24 +94,20 @@ Chunk = tuple[str, Scan]
 Listed = tuple[str, str, list[str]]
 
 
-def scan(site: Site, share: tuple[float, float] = (0.0, 1.0)) -> Columns:
-    """:func:`walk` as three columns (path, size, mtime_ns); see :func:`scan_folders` for
-    ``share``."""
-    return scan_text(site, share).columns()
+def scan(site: Site) -> Columns:
+    """:func:`walk` as three columns (path, size, mtime_ns)."""
+    return scan_text(site).columns()
 
 
-def scan_text(site: Site, share: tuple[float, float] = (0.0, 1.0)) -> Scan:
+def scan_text(site: Site) -> Scan:
     """:func:`scan` as a :class:`Scan`."""
-    return flatten(scan_folders(site, share))
+    return flatten(scan_folders(site))
 
 
-def scan_folders(site: Site, share: tuple[float, float] = (0.0, 1.0)) -> list[Chunk]:
-    """The post files of each posts folder, with their sizes and mtimes. With ``share``
-    (``(lo, hi)``), only that part of each folder's files is stat'ed, so that processes can
-    share the work (:func:`merge` puts the shares together)."""
-    lo, hi = share
-    return [(rel, stat_files(folder, rel, names[round(lo * len(names)) : round(hi * len(names))]))
-            for folder, rel, names in list_posts(site)]
+def scan_folders(site: Site) -> list[Chunk]:
+    """The post files of each posts folder, with their sizes and mtimes (processes that share
+    the work: :func:`scan_elsewhere`)."""
+    return [(rel, stat_files(folder, rel, names)) for folder, rel, names in list_posts(site)]
 
 
 def flatten(chunks: list[Chunk]) -> Scan:
