@@ -681,7 +681,7 @@ GC_THRESHOLD = 20_000
 
 
 @contextlib.contextmanager
-def _fewer_collections() -> Iterator[None]:
+def fewer_collections() -> Iterator[None]:
     # A build allocates a few objects per post, nearly all of which live until it ends: at the
     # default threshold the collector runs every 700 of them and finds nothing to free (a
     # twentieth of a cold build, in this process and in every forked child).
@@ -696,7 +696,7 @@ def _fewer_collections() -> Iterator[None]:
 def run_build(config: Config, *, full: bool = False, now: datetime | None = None, workers: int | None = None) -> BuildReport:
     """Build the feeds of the site of ``config``: the quick rebuild when only posts were added
     since the last build, else collect the whole site (the `build` command)."""
-    with _fewer_collections():
+    with fewer_collections():
         return _run_build(config, full=full, now=now, workers=workers)
 
 

@@ -293,6 +293,12 @@ class Daemon:
     # -- jobs ----------------------------------------------------------------------------------
 
     def _build_once(self) -> None:
+        from .build import fewer_collections
+
+        with fewer_collections():  # as the `build` command: the build's objects live until it ends
+            self._build()
+
+    def _build(self) -> None:
         from .build import build_feeds, rebuild_added
 
         started = time.perf_counter()

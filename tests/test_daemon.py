@@ -545,6 +545,24 @@ def test_the_daemon_stats_only_the_files_the_watcher_reported_and_walks_when_it_
     daemon.stop.set()
 
 
+def test_a_daemon_build_collects_garbage_less_often_as_the_build_command_does(tmp_path: Path,
+                                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    import gc
+
+    from finews_feeds import build as buildmod
+
+    site = make_site(tmp_path)
+    config = load_config(write_config(tmp_path, site, 25, f"sqlite:///{tmp_path}/db.sqlite3", 8080),
+                         {"FINEWS_SECRET_KEY": SECRET})
+    daemon = daemon_module.Daemon(config)
+    seen: list[int] = []
+    build_feeds = buildmod.build_feeds
+    monkeypatch.setattr(buildmod, "build_feeds", lambda *a, **k: seen.append(gc.get_threshold()[0]) or build_feeds(*a, **k))
+    before = gc.get_threshold()
+    daemon._build_once()
+    assert seen == [buildmod.GC_THRESHOLD] and gc.get_threshold() == before
+
+
 def test_a_rebuild_asked_for_during_a_build_runs_after_it_and_none_is_lost() -> None:
     started, release = threading.Event(), threading.Event()
     builds: list[int] = []
