@@ -33,7 +33,7 @@ from zoneinfo import ZoneInfo
 from . import forks
 from .config import Config
 from .models import Collection, ContentSource, FileError, Post, Site, sort_key
-from .writer import FeedRecord, Manifest, OutputDir, load_manifest, save_manifest
+from .writer import FeedRecord, Manifest, OutputDir, load_manifest, record_intent, save_manifest
 
 if TYPE_CHECKING:
     from . import feeds
@@ -146,6 +146,9 @@ class _Job:
     options: FeedOptions
     out_root: str
     content: ContentSource
+    #: Set when a worker died: its feeds were rendered again here, but the temporary file it
+    #: was writing, if any, is still in that feed's folder.
+    worker_failed: bool = False
 
 
 @dataclass(slots=True)
@@ -270,7 +273,12 @@ def _render_forked(work: Sequence[tuple[FeedSpec, list[Post]]], job: _Job, count
         [ordered[i : i + size] for i in range(0, len(ordered), size)], count - 1, lambda item: renderer.run(*item), there,
         lambda done: marshal.dumps([(r.key, r.written, r.unchanged) for r in done]),
         lambda data: [_Result(key, written, unchanged) for key, written, unchanged in marshal.loads(data)],
-        lambda: log.warning("rendering feeds in a child process failed; rendering what it took here"), first)
+        functools.partial(_worker_failed, job), first)
+
+
+def _worker_failed(job: _Job) -> None:
+    log.warning("rendering feeds in a child process failed; rendering what it took here")
+    job.worker_failed = True
 
 
 # --------------------------------------------------------------------------- the build
@@ -321,6 +329,11 @@ def _write(plan: FeedPlan, options: FeedOptions, content: ContentSource, out: Ou
     ``fork_from``: as for :func:`render_all`."""
     from . import feeds as feedmod
 
+    if old.interrupted:
+        # The last build did not finish (see the writer's module doc): none of its signatures
+        # is trusted, every file it may have left is known, and its temporary files go.
+        old = _recovered(old, out)
+        out.sweep_temporaries(old.all_files())
     exists = present or out.exists
     sigs = signatures(plan, options, {key: old.feeds[key].signature for key in same if key in old.feeds})
     manifest = Manifest(options=options.fingerprint(), slugs=plan.slugs)
@@ -352,6 +365,9 @@ def _write(plan: FeedPlan, options: FeedOptions, content: ContentSource, out: Ou
         else:
             parts.append(part)
     listings: dict[str, bytes] = {}
+    intent = work or parts or not old.all_files() <= manifest.all_files() | set(feedmod.LISTING_FILES)
+    if intent:
+        record_intent(out, [*manifest.all_files(), *feedmod.LISTING_FILES])
 
     def render_listings() -> None:
         # While forked workers start on the feeds (render_all calls this first).
@@ -367,6 +383,9 @@ def _write(plan: FeedPlan, options: FeedOptions, content: ContentSource, out: Ou
             report.feeds_written += 1
         else:
             report.feeds_unchanged += 1
+    if job.worker_failed:
+        # A dead worker's feeds were written here, so their folders are among those written.
+        out.sweep_temporaries(report.written)
     for rel, data in listings.items():
         manifest.listings.append(rel)
         if out.write(rel, data):
@@ -380,11 +399,32 @@ def _write(plan: FeedPlan, options: FeedOptions, content: ContentSource, out: Ou
         if out.remove(rel):
             report.files_removed += 1
     report.feeds_removed = sum(1 for key in old.feeds if key not in manifest.feeds)
-    save_manifest(out, manifest)
+    save_manifest(out, manifest, written=bool(report.files_written or report.files_removed))
 
     report.feeds = len(plan.specs)
     report.written.sort()
     return manifest
+
+
+def _recovered(old: Manifest, out: OutputDir) -> Manifest:
+    """The intent an interrupted build left, or, for a manifest that could not be read at all,
+    every feed and listing file found where a build writes them: all are candidates for removal,
+    none is trusted."""
+    from . import feeds as feedmod
+
+    if not old.unreadable:
+        return old
+    names = set(feedmod.FILE_NAMES.values())
+    found: dict[str, FeedRecord] = {"site:": FeedRecord("", [name for name in sorted(names) if out.exists(name)])}
+    for kind in feedmod.FEED_FOLDERS:
+        with contextlib.suppress(OSError):
+            for folder in sorted(os.scandir(out.root / kind), key=lambda e: e.name):
+                if folder.is_dir(follow_symlinks=False):
+                    files = [f"{kind}/{folder.name}/{name}" for name in sorted(names) if out.exists(f"{kind}/{folder.name}/{name}")]
+                    found[f"found:{kind}/{folder.name}"] = FeedRecord("", files)
+    listings = [name for name in feedmod.LISTING_FILES if out.exists(name)]
+    found.update((key, record) for key, record in old.feeds.items())  # an intent's files
+    return Manifest(old.options, old.slugs, found, listings, interrupted=True)
 
 
 class FeedFolders:
@@ -602,6 +642,8 @@ def _build_added(state: FeedState, changes: Changes, site: Site, config: Config,
         return {key[len(prefix):]: n for key, n in counts.items() if key.startswith(prefix)}
 
     old = load_manifest(out)
+    if old.interrupted:
+        return None
     plan = feedmod.assemble_plan(site, options, buckets.get("site:", []), counts["site:"], named("category"),
                                  named("tag"), counted("category"), counted("tag"), old.slugs)
     report = BuildReport(output=str(out.root), posts=counts["site:"], rejected=list(changes.errors), quick=True,

@@ -58,6 +58,10 @@ OPML = "feeds.opml"
 INDEX = "index.html"
 HEAD_SNIPPET = "_feeds_head.html"
 HEAD_SNIPPET_TAGS = "_feeds_head_tags.html"
+#: Every listing file a build may write (see :func:`render_listings`).
+LISTING_FILES = (OPML, HEAD_SNIPPET, HEAD_SNIPPET_TAGS, STYLESHEET, INDEX)
+#: The folders of category and tag feeds (see :attr:`FeedSpec.folder`).
+FEED_FOLDERS = ("categories", "tags")
 GENERATOR = "finews-feeds"
 
 ATOM_NS = "http://www.w3.org/2005/Atom"

@@ -435,6 +435,8 @@ def create_app(
                 manifest = Manifest.from_json(path.read_bytes())
             except OSError:
                 return {}
+            if manifest is None:
+                return {}
             slug_cache["key"], slug_cache["slugs"] = key, dict(manifest.slugs.get("category", {}))
         return dict(slug_cache["slugs"])
 

@@ -7,16 +7,27 @@ touched, so its mtime (and the Last-Modified a web server derives from it) stays
 The manifest remembers, for each feed of the last build, a signature of everything it shows and
 the files it wrote; the next build renders only feeds whose signature changed and removes the
 files of feeds that no longer exist (and only those: the output folder may hold other files).
+
+A build that is killed (SIGKILL, power loss, a full disk) must not leave a manifest that vouches
+for files it did not describe: a feed rewritten by the killed build would count as unchanged for
+ever. So, before it changes any file, a build durably records its intent (:func:`record_intent`,
+``.finews-intent.json``: every file it may write); only after its files are on disk does it write
+the manifest and drop the intent. A build that finds an intent knows the last one did not finish:
+it trusts no signature (renders every feed, as ``--full`` does), counts every file of the intent
+as one a build wrote (so what the new build does not write is removed), and sweeps the temporary
+files the killed build left.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import fcntl
 import json
+import logging
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -24,10 +35,15 @@ from typing import Any
 from .errors import BuildError
 
 MANIFEST = ".finews-manifest.json"
+INTENT = ".finews-intent.json"
 LOCK = ".finews-build.lock"
 MANIFEST_VERSION = 1
+#: Suffix of the temporary files written next to their targets (see :func:`_temporary`).
+TEMP_SUFFIX = ".tmp"
 #: Mode of written files: readable by the web server, like files a static site generator writes.
 FILE_MODE = 0o644
+
+log = logging.getLogger(__name__)
 
 
 class OutputDir:
@@ -75,9 +91,10 @@ class OutputDir:
         self._folders[rel.rpartition("/")[0]] = folder
         return folder / parts[-1]
 
-    def write(self, rel: str, data: bytes) -> bool:
+    def write(self, rel: str, data: bytes, durable: bool = False) -> bool:
         """Write ``data`` to ``rel`` atomically unless the file already holds exactly these bytes.
-        Returns whether the file was written."""
+        Returns whether the file was written. ``durable``: on disk (file and folder synced)
+        when this returns, for the manifest that later builds rely on."""
         path = self.target(rel)
         try:
             if path.stat().st_size == len(data) and path.read_bytes() == data:
@@ -95,9 +112,14 @@ class OutputDir:
             with os.fdopen(fd, "wb") as handle:
                 handle.write(data)
                 os.fchmod(handle.fileno(), FILE_MODE)
-            # No fsync: the rename alone is what makes readers see the old or the new file,
-            # never a mix; after a power cut the next build writes the file again.
+                if durable:
+                    os.fsync(handle.fileno())
+            # Feeds are not synced one by one (a cold build writes thousands): the rename alone
+            # makes readers see the old or the new file, and the build syncs once before its
+            # manifest says the files are there (see the module doc).
             os.replace(temp, path)
+            if durable:
+                _sync_folder(path.parent)
         except OSError as exc:
             with contextlib.suppress(OSError):
                 os.unlink(temp)
@@ -110,10 +132,12 @@ class OutputDir:
             path = self.target(rel)
         except BuildError:
             return False
+        removed = True
         try:
             path.unlink()
         except FileNotFoundError:
-            return False
+            # Perhaps never written: an interrupted build creates a folder before its file.
+            removed = False
         except OSError as exc:
             raise BuildError(f"cannot remove {path}: {exc.strerror}") from None
         parent = path.parent
@@ -123,8 +147,9 @@ class OutputDir:
             except OSError:
                 break
             self._checked.discard(parent)
+            self._folders.pop(parent.relative_to(self.root).as_posix(), None)
             parent = parent.parent
-        return True
+        return removed
 
     @contextlib.contextmanager
     def lock(self) -> Iterator[None]:
@@ -136,6 +161,9 @@ class OutputDir:
             raise BuildError(f"cannot lock {self.root}: {exc.strerror}") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
+            # Whoever holds the lock is the only writer: temporary files here are a dead build's
+            # (its manifest or state; those in feed folders are swept after its intent is read).
+            self.sweep_temporaries(())
             yield
         finally:
             os.close(fd)  # closing releases the lock
@@ -143,16 +171,41 @@ class OutputDir:
     def exists(self, rel: str) -> bool:
         return os.path.isfile(os.path.join(self.root, rel))
 
+    def sweep_temporaries(self, files: Iterable[str]) -> int:
+        """Remove the temporary files an interrupted build left in the folders of ``files``
+        (and the output folder itself); returns how many."""
+        folders = {self.root} | {self.root / rel.rpartition("/")[0] for rel in files if "/" in rel}
+        removed = 0
+        for folder in folders:
+            try:
+                names = [e.name for e in os.scandir(folder) if e.name.startswith(".") and e.name.endswith(TEMP_SUFFIX)]
+            except OSError:
+                continue
+            for name in names:
+                with contextlib.suppress(OSError):
+                    os.unlink(folder / name)
+                    removed += 1
+        return removed
+
+
+def _sync_folder(folder: Path) -> None:
+    """Make a rename in ``folder`` durable."""
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
 
 def _temporary(path: Path) -> tuple[int, str]:
     """A new file next to ``path``, open for writing: named after this process (builds of one
     folder hold its lock, so no other process writes that name), else by mkstemp, which
     costs a third of writing a small feed."""
-    temp = f"{path.parent}/.{path.name}.{os.getpid()}.tmp"
+    temp = f"{path.parent}/.{path.name}.{os.getpid()}{TEMP_SUFFIX}"
     try:
         return os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o600), temp
     except FileExistsError:  # left by a crashed build of a process with the same id
-        return tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        return tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=TEMP_SUFFIX)
 
 
 @dataclass(slots=True)
@@ -171,6 +224,11 @@ class Manifest:
     listings: list[str] = field(default_factory=list)
     listings_signature: str = ""  #: of the index page
     outline_signature: str = ""  #: of the other listings
+    #: True when the last build did not finish, or its manifest could not be read: no
+    #: signature is kept (see the module doc).
+    interrupted: bool = False
+    #: True when a manifest file was there but could not be read: what it listed is unknown.
+    unreadable: bool = False
 
     def all_files(self) -> set[str]:
         files = set(self.listings)
@@ -191,27 +249,67 @@ class Manifest:
         return json.dumps(data, ensure_ascii=False, sort_keys=True, separators=(",", ":")).encode("utf-8")
 
     @classmethod
-    def from_json(cls, raw: bytes) -> Manifest:
-        """The manifest in ``raw``; an unreadable or foreign one is treated as no manifest."""
+    def from_json(cls, raw: bytes) -> Manifest | None:
+        """The manifest in ``raw``; None when it is unreadable or foreign."""
         try:
             data = json.loads(raw)
             if not isinstance(data, dict) or data.get("version") != MANIFEST_VERSION:
-                return cls()
+                return None
             slugs = {str(kind): {str(k): str(v) for k, v in names.items()} for kind, names in data["slugs"].items()}
             feeds = {str(key): FeedRecord(str(value["signature"]), [str(f) for f in value["files"]])
                      for key, value in data["feeds"].items()}
             return cls(str(data["options"]), slugs, feeds, [str(f) for f in data["listings"]],
                        str(data.get("listings_signature", "")), str(data.get("outline_signature", "")))
         except (ValueError, KeyError, TypeError, AttributeError):
-            return cls()
+            return None
 
 
 def load_manifest(out: OutputDir) -> Manifest:
+    """The manifest of the last build: empty when there is none; ``interrupted`` (no signature,
+    the intent's files added) when that build did not finish; also ``unreadable`` when the file
+    is there but damaged or foreign."""
     try:
-        return Manifest.from_json((out.root / MANIFEST).read_bytes())
-    except OSError:
-        return Manifest()
+        raw = (out.root / MANIFEST).read_bytes()
+    except FileNotFoundError:
+        manifest: Manifest | None = Manifest()
+    except OSError as exc:
+        log.warning("%s: cannot read the manifest (%s); rendering every feed again", out.root / MANIFEST, exc.strerror)
+        manifest = None
+    else:
+        manifest = Manifest.from_json(raw)
+        if manifest is None:
+            log.warning("%s: unreadable manifest; rendering every feed again", out.root / MANIFEST)
+    if manifest is None:
+        manifest = Manifest(interrupted=True, unreadable=True)
+    try:
+        intent = json.loads((out.root / INTENT).read_bytes())
+        files = [str(rel) for rel in intent["files"]]
+    except FileNotFoundError:
+        return manifest
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        log.warning("%s: unreadable (%s); rendering every feed again", out.root / INTENT, exc.__class__.__name__)
+        return dataclasses.replace(manifest, interrupted=True, unreadable=True)
+    log.warning("%s: the last build did not finish; rendering every feed again", out.root)
+    feeds = {key: FeedRecord("", record.files) for key, record in manifest.feeds.items()}
+    feeds["intent:"] = FeedRecord("", files)
+    return Manifest(manifest.options, manifest.slugs, feeds, manifest.listings, interrupted=True,
+                    unreadable=manifest.unreadable)
 
 
-def save_manifest(out: OutputDir, manifest: Manifest) -> None:
-    out.write(MANIFEST, manifest.to_json())
+def record_intent(out: OutputDir, files: Iterable[str]) -> None:
+    """Record, durably, that a build is about to write ``files`` (see the module doc)."""
+    out.write(INTENT, json.dumps({"files": sorted(set(files))}, ensure_ascii=False).encode("utf-8"), durable=True)
+
+
+def save_manifest(out: OutputDir, manifest: Manifest, written: bool = True) -> None:
+    """Save ``manifest`` once the files it describes are written, and drop the intent.
+    ``written``: whether any file was written or removed since the intent."""
+    if written:
+        # One flush of everything written, so the manifest never reaches the disk before the
+        # files it describes (after a power cut); an fsync per feed would cost a cold build
+        # thousands of them.
+        os.sync()
+    out.write(MANIFEST, manifest.to_json(), durable=True)
+    # Not durable: an intent that comes back after a power cut costs one full render.
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(out.root / INTENT)

@@ -522,3 +522,105 @@ def test_feed_folders_tell_missing_files_by_one_stat_per_folder(tmp_path: Path, 
     folders = buildmod.FeedFolders(out, recorded)
     assert folders("tags/a/rss.xml") and not folders("tags/a/atom.xml")
     assert stats == ["tags/a/rss.xml", "tags/a/atom.xml"]
+
+
+# --------------------------------------------------------------------------- interrupted builds, damaged state
+#
+# A build may be killed at any moment (SIGKILL, a power cut, a full disk) and any file it keeps
+# may be damaged; the next plain build must still write what a clean `--full` build of the same
+# site writes, byte for byte, and leave nothing of the killed one behind.
+
+# Runs the `finews-feeds` command line, dying (SIGKILL) or failing as a full disk does (ENOSPC)
+# at the K-th rename of the run: every file the build writes, its manifest and state and the
+# collector's cache all land by a rename, so K = 1, 2, ... visits every point of the write phase.
+INTERRUPTER = """
+import errno, os, signal, sys
+K, MODE = int(sys.argv[1]), sys.argv[2]
+calls = [0]
+def interrupted(rename):
+    def call(*args, **kwargs):
+        calls[0] += 1
+        if calls[0] == K:
+            if MODE == "kill":
+                os.kill(os.getpid(), signal.SIGKILL)
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return rename(*args, **kwargs)
+    return call
+os.replace, os.rename = interrupted(os.replace), interrupted(os.rename)
+from finews_feeds.cli import main
+sys.argv = ["finews-feeds", *sys.argv[3:]]
+main()
+"""
+RETRACTED = "2022-04-21-retracted.md"
+
+
+def published(out: Path) -> dict[str, bytes]:
+    """What a build published: every file but its own bookkeeping (dot-files: manifest, state, lock)."""
+    return {k: v[1] for k, v in files_under(out).items() if not any(part.startswith(".") for part in k.split("/"))}
+
+
+def leftovers(out: Path) -> list[str]:
+    return sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.name.endswith(".tmp")
+                  or (p.is_dir() and not any(p.iterdir())))
+
+
+@pytest.fixture(scope="module")
+def small_site(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    site = tmp_path_factory.mktemp("small") / "site"
+    subprocess.run([sys.executable, str(MAKE_SITE), str(site), "--posts", "40", "--seed", "2"], check=True,
+                   stdout=subprocess.DEVNULL)
+    return site
+
+
+def test_a_build_killed_or_out_of_disk_at_any_write_is_repaired_by_the_next_plain_build(tmp_path: Path,
+                                                                                        small_site: Path) -> None:
+    site = tmp_path / "site"
+    shutil.copytree(small_site, site)
+    toml = _write_config(tmp_path, site)
+    script = tmp_path / "interrupt.py"
+    script.write_text(INTERRUPTER, encoding="utf-8")
+    retracted = site / "_posts" / RETRACTED
+    # The retracted post reaches the site feed, its category's and a new tag's (a feed of its own).
+    post = post_text("将被撤回的文章", "2022-04-21 08:00:00", tags="[撤回专用标签, 财联社新闻]")
+
+    def build(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "finews_feeds", "--config", str(toml), "--log-level", "ERROR",
+                               "build", *args], capture_output=True, text=True, cwd=tmp_path)
+
+    assert build().returncode == 0
+    shutil.copytree(tmp_path / "out", tmp_path / "start-out")
+    shutil.copytree(tmp_path / "cache", tmp_path / "start-cache")
+    without = published(tmp_path / "out")
+    retracted.write_text(post, encoding="utf-8")
+    assert build("--full").returncode == 0
+    with_post = published(tmp_path / "out")
+    assert with_post.keys() - without.keys() == {"tags/撤回专用标签/rss.xml", "tags/撤回专用标签/atom.xml",
+                                                "tags/撤回专用标签/feed.json"}
+
+    interrupted_while_writing = 0
+    for mode in ("kill", "enospc"):
+        for flags in (("--full",), ()):
+            for k in range(1, 100):
+                for name in ("out", "cache"):
+                    shutil.rmtree(tmp_path / name)
+                    shutil.copytree(tmp_path / f"start-{name}", tmp_path / name)
+                retracted.write_text(post, encoding="utf-8")
+                run = subprocess.run([sys.executable, str(script), str(k), mode, "--config", str(toml),
+                                      "--log-level", "ERROR", "build", *flags], capture_output=True, cwd=tmp_path)
+                if run.returncode == 0:
+                    break  # fewer than k renames: every point was visited
+                assert run.returncode == (-9 if mode == "kill" else 4), run.stderr
+                if published(tmp_path / "out") not in (without, with_post):
+                    interrupted_while_writing += 1
+                # Retracted after the killed build (odd k), or kept (even k): either way the next
+                # plain build, and the one after it, publish what a clean full build does.
+                keep = k % 2 == 0
+                if not keep:
+                    retracted.unlink()
+                for _ in range(2):
+                    again = build()
+                    assert again.returncode == 0, again.stderr
+                    assert published(tmp_path / "out") == (with_post if keep else without), (mode, flags, k)
+                assert leftovers(tmp_path / "out") == [], (mode, flags, k)
+                assert again.stdout.startswith(f"posts: {41 if keep else 40}, ") and " 0 written" in again.stdout
+    assert interrupted_while_writing >= 8  # the renames visited did fall between the feeds' writes

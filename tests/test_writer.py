@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from finews_feeds.errors import BuildError
-from finews_feeds.writer import MANIFEST, FeedRecord, Manifest, OutputDir, load_manifest, save_manifest
+from finews_feeds.writer import MANIFEST, FeedRecord, Manifest, OutputDir, load_manifest, record_intent, save_manifest
 
 
 def test_a_new_file_is_written_readable_by_a_web_server(tmp_path: Path) -> None:
@@ -100,8 +100,25 @@ def test_the_manifest_round_trips(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("raw", [b"", b"{", b"[]", b'{"version": 99}', b'{"version": 1, "feeds": 3}'])
-def test_a_broken_or_foreign_manifest_counts_as_none(tmp_path: Path, raw: bytes) -> None:
+def test_a_broken_or_foreign_manifest_is_trusted_for_nothing(tmp_path: Path, raw: bytes) -> None:
     (tmp_path / MANIFEST).write_bytes(raw)
+    assert load_manifest(OutputDir(tmp_path)) == Manifest(interrupted=True, unreadable=True)
+
+
+def test_an_intent_left_behind_distrusts_the_manifest_and_lists_its_files(tmp_path: Path) -> None:
+    out = OutputDir(tmp_path)
+    manifest = Manifest("opts", {}, {"site:": FeedRecord("sig", ["rss.xml"])}, ["index.html"])
+    save_manifest(out, manifest)
+    record_intent(out, ["tags/new/rss.xml", "rss.xml"])
+    loaded = load_manifest(out)
+    assert loaded.interrupted and not loaded.unreadable
+    assert [record.signature for record in loaded.feeds.values()] == ["", ""]
+    assert loaded.all_files() == {"rss.xml", "index.html", "tags/new/rss.xml"}
+    save_manifest(out, manifest, written=False)
+    assert load_manifest(out) == manifest
+
+
+def test_no_manifest_is_an_empty_one(tmp_path: Path) -> None:
     assert load_manifest(OutputDir(tmp_path)) == Manifest()
 
 
