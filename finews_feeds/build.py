@@ -535,7 +535,7 @@ class FeedState:
 
 
 def save_state(out: OutputDir, state: FeedState) -> None:
-    from .cache import pack_record, to_columns
+    from .cache import pack_record, sealed, to_columns
 
     stored = state.stored
     new = [post for post in state.posts if stored is None or post.path not in stored.paths]
@@ -564,17 +564,21 @@ def save_state(out: OutputDir, state: FeedState) -> None:
     # the same state gives the same bytes, and an unchanged state file is not written again.
     data = marshal.dumps((STATE_VERSION, state.key, tuple(state.cursor), state.manifest, state.due, state.counts,
                           state.entries, state.listing, state.folders, stored.token, stored.size), 2)
-    out.write(STATE, data)
+    out.write(STATE, sealed(data))
 
 
 def load_state(out: OutputDir, zone: ZoneInfo) -> FeedState | None:
     """The state of the last build of ``out``, if it is still the one of its manifest."""
-    from .cache import from_columns, read_records
+    from .cache import from_columns, read_records, unsealed
     from .writer import MANIFEST
 
     try:
+        raw = (out.root / STATE).read_bytes()
+    except OSError:
+        return None
+    try:
         version, key, cursor, manifest, due, counts, entries, listing, folders, token, size = \
-            marshal.loads((out.root / STATE).read_bytes())
+            marshal.loads(unsealed(raw))
         if version != STATE_VERSION or manifest != _manifest_digest((out.root / MANIFEST).read_bytes()):
             return None
         with open(out.root / STATE_POSTS, "rb") as handle:
@@ -585,7 +589,10 @@ def load_state(out: OutputDir, zone: ZoneInfo) -> FeedState | None:
         posts = {post.path: post for columns in records[1:] for post in from_columns(columns, zone)}
         return FeedState(key, tuple(cursor), manifest, due, counts, entries, list(posts.values()), listing,
                          folders, StoredPosts(token, size, frozenset(posts)))
-    except (OSError, ValueError, EOFError, TypeError, OverflowError):
+    except OSError:
+        return None
+    except (ValueError, EOFError, TypeError, OverflowError) as exc:
+        log.warning("%s: damaged build state (%s); reading the whole site", out.root, exc)
         return None
 
 

@@ -68,7 +68,7 @@ from .walk import SEP, Entry, Scan, rescan, scan_elsewhere, scan_text, walk
 log = logging.getLogger(__name__)
 
 #: Bump when the layout of the index or the bodies file changes.
-FORMAT = 8
+FORMAT = 9
 INDEX = "index.marshal"
 JOURNAL = "journal.marshal"
 SCAN = "scan.marshal"
@@ -219,7 +219,10 @@ class Cursor(NamedTuple):
     last_crc: int
 
 
-_LENGTH = struct.Struct("<Q")
+#: A record of the index (and of the build's state): length, CRC-32, then the marshalled value.
+#: A damaged file is told by its checksums, never loaded: marshal reads a flipped bit in a
+#: title as a different title.
+_FRAME = struct.Struct("<QI")
 #: A journal record: length, CRC-32, then the marshalled record.
 _RECORD = struct.Struct("<QI")
 
@@ -302,18 +305,31 @@ def open_index(folder: Path, expected: str) -> Iterator[tuple[BinaryIO, Index, i
 
 
 def _read_record(handle: BinaryIO) -> Any:
-    size = _LENGTH.unpack(handle.read(_LENGTH.size))[0]
+    """The next record of ``handle``; ValueError or EOFError when it is damaged or cut short."""
+    head = handle.read(_FRAME.size)
+    if len(head) != _FRAME.size:
+        raise EOFError("record cut short")
+    size, crc = _FRAME.unpack(head)
+    # A length read from damaged bytes may be anything up to 2**64: never allocated.
+    if size > _remaining(handle):
+        raise EOFError("record cut short")
     data = handle.read(size)
-    if len(data) != size:
-        raise EOFError("index file is truncated")
+    if zlib.crc32(data) != crc:
+        raise ValueError("record checksum mismatch")
     return marshal.loads(data)
 
 
+def _remaining(handle: BinaryIO) -> int:
+    if isinstance(handle, io.BytesIO):
+        return handle.getbuffer().nbytes - handle.tell()
+    return os.fstat(handle.fileno()).st_size - handle.tell()
+
+
 def pack_record(value: Any, version: int = marshal.version) -> bytes:
-    """``value`` marshalled after its length: a record of the index file (and of the feed
-    build's state), read back by :func:`read_records`."""
+    """``value`` marshalled after its length and checksum: a record of the index file (and of
+    the feed build's state), read back by :func:`read_records`."""
     data = marshal.dumps(value, version)
-    return _LENGTH.pack(len(data)) + data
+    return _FRAME.pack(len(data), zlib.crc32(data)) + data
 
 
 def read_records(data: bytes) -> list[Any]:
@@ -326,6 +342,19 @@ def read_records(data: bytes) -> list[Any]:
     except struct.error:  # not even a whole length
         raise EOFError("record cut short") from None
     return records
+
+
+def sealed(data: bytes) -> bytes:
+    """``data`` after its digest, for a file read back whole by :func:`unsealed`."""
+    return hashlib.blake2b(data, digest_size=16).digest() + data
+
+
+def unsealed(raw: bytes) -> bytes:
+    """What :func:`sealed` sealed; ValueError when ``raw`` is damaged."""
+    data = raw[16:]
+    if len(raw) < 16 or hashlib.blake2b(data, digest_size=16).digest() != raw[:16]:
+        raise ValueError("checksum mismatch")
+    return data
 
 
 def save_index(folder: Path, print_: str, index: Index, background: bool = False) -> None:
@@ -562,12 +591,29 @@ class Bodies:
         return connection
 
     def get(self, path: str, content_hash: str) -> str | None:
+        """The body stored for ``path`` if it is the one of ``content_hash``; None otherwise,
+        and when the file is damaged (it is then started afresh, once)."""
         try:
             row = self.connect().execute("SELECT html FROM bodies WHERE path = ? AND hash = ?", (path, content_hash)).fetchone()
-            return bytes(row[0]).decode("utf-8") if row else None
-        except (sqlite3.Error, UnicodeDecodeError) as exc:
-            log.warning("%s: cannot read a cached body (%s)", self.path, exc)
+        except sqlite3.DatabaseError as exc:
+            self.discard(exc)
             return None
+        if row is None:
+            return None
+        html = bytes(row[0])
+        # The hash names the rendered bytes: a damaged page of the file cannot pass for a body.
+        if hashlib.blake2b(html, digest_size=12).hexdigest() != content_hash:
+            self.discard(ValueError(f"the body of {path} does not match its hash"))
+            return None
+        return html.decode("utf-8")
+
+    def discard(self, exc: Exception) -> None:
+        """Start a fresh file in place of a damaged one (its bodies are rendered again when shown)."""
+        if getattr(self._local, "discarded", False):
+            return
+        log.warning("%s: damaged (%s); starting it afresh", self.path, exc)
+        self._local.discarded = True
+        _reset(self)
 
     def write(self, rows: Iterable[tuple[str, str, bytes]], removed: Iterable[str]) -> None:
         connection = self.connect()
@@ -596,18 +642,24 @@ class Bodies:
 
 
 class CachedContent:
-    """``Collection.content``: a post's HTML from the cache, else rendered again from its file."""
+    """``Collection.content``: a post's HTML from the cache, else rendered again from its file
+    (and stored again, after a damaged bodies file was started afresh)."""
 
     def __init__(self, site: Site, bodies: Bodies | None) -> None:
         self.site = site
         self.bodies = bodies
 
     def __call__(self, post: Post) -> str:
-        if self.bodies is not None:
-            html = self.bodies.get(post.path, post.content_hash)
-            if html is not None:
-                return html
-        return rerender(self.site, post)
+        if self.bodies is None:
+            return rerender(self.site, post)
+        html = self.bodies.get(post.path, post.content_hash)
+        if html is not None:
+            return html
+        html = rerender(self.site, post)
+        if hashlib.blake2b(html.encode("utf-8"), digest_size=12).hexdigest() == post.content_hash:
+            with contextlib.suppress(sqlite3.Error):
+                self.bodies.write([(post.path, post.content_hash, html.encode("utf-8"))], ())
+        return html
 
 
 # ---------------------------------------------------------------- parsing
@@ -1089,7 +1141,7 @@ class LastScan(NamedTuple):
 def save_scan(folder: Path, print_: str, cursor: Cursor, scan: Scan, others: dict[str, str | None]) -> None:
     """Keep ``scan`` as the scan of the cache at ``cursor``; the caller's files there must be
     exactly these. Never fatal: without it the next run compares by path."""
-    data = marshal.dumps((FORMAT, print_, tuple(cursor), *scan, dict(others)))
+    data = sealed(marshal.dumps((FORMAT, print_, tuple(cursor), *scan, dict(others))))
     temp = folder / f".{SCAN}.{os.getpid()}.tmp"
     try:
         with open(temp, "wb") as handle:
@@ -1103,13 +1155,23 @@ def save_scan(folder: Path, print_: str, cursor: Cursor, scan: Scan, others: dic
 
 def load_scan(folder: Path, print_: str) -> LastScan | None:
     try:
-        version, made_for, cursor, text, sizes, mtimes, others = marshal.loads((folder / SCAN).read_bytes())
+        raw = (folder / SCAN).read_bytes()
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        log.warning("%s: cannot read the last scan (%s); comparing by path", folder / SCAN, exc.strerror)
+        return None
+    try:
+        version, made_for, cursor, text, sizes, mtimes, others = marshal.loads(unsealed(raw))
         if (version != FORMAT or made_for != print_ or not isinstance(text, str) or not isinstance(sizes, bytes)
                 or not isinstance(mtimes, bytes) or not isinstance(others, dict)
                 or not len(sizes) == len(mtimes) == 8 * text.count(SEP) or (text and text[-1] != SEP)):
             return None
         return LastScan(Cursor(*cursor), Scan(text, sizes, mtimes), others)
-    except (OSError, ValueError, EOFError, TypeError):
+    except (ValueError, EOFError, TypeError) as exc:
+        log.warning("%s: damaged (%s); comparing by path", folder / SCAN, exc)
+        with contextlib.suppress(OSError):
+            os.unlink(folder / SCAN)
         return None
 
 
@@ -1126,7 +1188,7 @@ def _since_last_scan(folder: Path, print_: str, since: Cursor) -> tuple[Index, L
         with open(folder / INDEX, "rb") as handle:
             header = _read_record(handle)
     except (OSError, ValueError, EOFError, TypeError, struct.error):
-        return None
+        return None  # the full read that follows warns and rebuilds
     token = last.cursor.token
     if not (isinstance(header, tuple) and len(header) == 4 and header[:2] == (FORMAT, print_)
             and header[3] == token == since.token):
@@ -1286,7 +1348,11 @@ def _open_bodies(folder: Path, fresh: bool) -> Bodies | None:
         bodies = Bodies(folder / BODIES)
         if fresh:
             _reset(bodies)
-        bodies.connect()
+        try:
+            bodies.connect().execute("SELECT count(*) FROM bodies WHERE path = ''").fetchone()
+        except sqlite3.DatabaseError as exc:
+            bodies.discard(exc)
+            bodies.connect()
         return bodies
     except (OSError, sqlite3.Error) as exc:
         log.warning("%s: cache unusable (%s); reading without it", folder, exc)
@@ -1294,12 +1360,16 @@ def _open_bodies(folder: Path, fresh: bool) -> Bodies | None:
 
 
 def _write_bodies(bodies: Bodies, rows: Sequence[tuple[str, str, bytes]], removed: Iterable[str]) -> Bodies | None:
-    try:
-        bodies.write(rows, removed)
-        return bodies
-    except sqlite3.Error as exc:
-        log.warning("%s: cannot write cached bodies (%s); going on without the cache", bodies.path, exc)
-        return None
+    for attempt in range(2):
+        try:
+            bodies.write(rows, removed)
+            return bodies
+        except sqlite3.DatabaseError as exc:
+            if attempt == 0 and not isinstance(exc, sqlite3.OperationalError):
+                bodies.discard(exc)  # damaged: once more into a fresh file
+                continue
+            log.warning("%s: cannot write cached bodies (%s); going on without the cache", bodies.path, exc)
+    return None
 
 
 def _reset(bodies: Bodies) -> None:

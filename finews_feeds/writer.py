@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import fcntl
+import hashlib
 import json
 import logging
 import os
@@ -37,7 +38,8 @@ from .errors import BuildError
 MANIFEST = ".finews-manifest.json"
 INTENT = ".finews-intent.json"
 LOCK = ".finews-build.lock"
-MANIFEST_VERSION = 1
+#: Version 2: with a checksum (a flipped bit in a slug would move a feed).
+MANIFEST_VERSION = 2
 #: Suffix of the temporary files written next to their targets (see :func:`_temporary`).
 TEMP_SUFFIX = ".tmp"
 #: Mode of written files: readable by the web server, like files a static site generator writes.
@@ -246,6 +248,7 @@ class Manifest:
             "listings_signature": self.listings_signature,
             "outline_signature": self.outline_signature,
         }
+        data["checksum"] = _checksum(data)
         return json.dumps(data, ensure_ascii=False, sort_keys=True, separators=(",", ":")).encode("utf-8")
 
     @classmethod
@@ -253,7 +256,8 @@ class Manifest:
         """The manifest in ``raw``; None when it is unreadable or foreign."""
         try:
             data = json.loads(raw)
-            if not isinstance(data, dict) or data.get("version") != MANIFEST_VERSION:
+            if (not isinstance(data, dict) or data.get("version") != MANIFEST_VERSION
+                    or data.pop("checksum", None) != _checksum(data)):
                 return None
             slugs = {str(kind): {str(k): str(v) for k, v in names.items()} for kind, names in data["slugs"].items()}
             feeds = {str(key): FeedRecord(str(value["signature"]), [str(f) for f in value["files"]])
@@ -262,6 +266,11 @@ class Manifest:
                        str(data.get("listings_signature", "")), str(data.get("outline_signature", "")))
         except (ValueError, KeyError, TypeError, AttributeError):
             return None
+
+
+def _checksum(data: dict[str, Any]) -> str:
+    text = json.dumps(data, ensure_ascii=False, sort_keys=True, separators=(",", ":"))
+    return hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=16).hexdigest()
 
 
 def load_manifest(out: OutputDir) -> Manifest:

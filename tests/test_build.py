@@ -3,8 +3,10 @@ collector, feeds and writer; incremental rebuilds; the `build` command."""
 
 from __future__ import annotations
 
+import gc
 import json
 import os
+import random
 import shutil
 import subprocess
 import sys
@@ -230,11 +232,26 @@ def test_sample_post_feeds_match_the_golden_files(tmp_path: Path, name: str) -> 
 # --------------------------------------------------------------------------- edge cases
 
 
+def _tree(root: Path) -> dict[str, tuple[int, int]]:
+    return {p.relative_to(root).as_posix(): (p.lstat().st_mtime_ns, p.lstat().st_size)
+            for p in root.rglob("*") if not p.is_dir()}
+
+
 def test_edge_case_site_stays_inside_the_output_folder_and_every_file_is_valid(tmp_path: Path, edge_site: Path) -> None:
-    config = config_for(edge_site, tmp_path)
+    # The whole temporary tree, not only the output folder: a hostile slug or path that escaped
+    # it would write next to it (its parent) or anywhere under the test's folder.
+    work = tmp_path / "work"
+    work.mkdir()
+    site = work / "site"
+    shutil.copytree(edge_site, site, symlinks=True)
+    config = config_for(site, work)
+    top = tmp_path
+    before = _tree(top)
     report = buildmod.run_build(config)
-    out = tmp_path / "out"
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["cache", "out"]
+    out = work / "out"
+    created = {k: v for k, v in _tree(top).items() if before.get(k) != v}
+    assert not [k for k in created if not k.startswith(("work/out/", "work/cache/"))]
+    assert sorted(p.name for p in work.iterdir()) == ["cache", "out", "site"]
     for path in out.rglob("*"):
         assert path.resolve().is_relative_to(out.resolve())
     tags = sorted(p.name for p in (out / "tags").iterdir())
@@ -624,3 +641,93 @@ def test_a_build_killed_or_out_of_disk_at_any_write_is_repaired_by_the_next_plai
                 assert leftovers(tmp_path / "out") == [], (mode, flags, k)
                 assert again.stdout.startswith(f"posts: {41 if keep else 40}, ") and " 0 written" in again.stdout
     assert interrupted_while_writing >= 8  # the renames visited did fall between the feeds' writes
+
+
+def _damaged(data: bytes, how: str) -> bytes:
+    rng = random.Random(f"{how}:{len(data)}")
+    if how == "truncated":
+        return data[: len(data) // 2]
+    if how == "garbage":
+        return rng.randbytes(max(len(data), 64))
+    if how == "bit flips":
+        flipped = bytearray(data)
+        for _ in range(8):
+            at = rng.randrange(len(flipped))
+            flipped[at] ^= 1 << rng.randrange(8)
+        return bytes(flipped)
+    assert how == "huge length"  # what a length prefix read from random bytes may say
+    return b"\xff" * 8 + data[8:]
+
+
+def _state_files(tmp: Path) -> list[str]:
+    out = [p.relative_to(tmp).as_posix() for p in sorted((tmp / "out").iterdir())
+           if p.name.startswith(".") and p.name != LOCK]
+    kept = [p.relative_to(tmp).as_posix() for p in sorted((tmp / "cache").rglob("*")) if p.is_file()]
+    return out + kept
+
+
+@pytest.mark.parametrize("how", ["truncated", "garbage", "bit flips", "huge length"])
+@pytest.mark.parametrize("path", ["command line", "daemon"])
+def test_a_damaged_state_or_cache_file_is_discarded_and_rebuilt_never_trusted(tmp_path: Path, small_site: Path, how: str,
+                                                                          path: str, caplog: pytest.LogCaptureFixture) -> None:
+    site = tmp_path / "site"
+    shutil.copytree(small_site, site)
+    config = config_for(site, tmp_path)
+    posts = site / "_posts"
+    buildmod.run_build(config)
+    # A second build after a new post leaves the rest of what builds keep: a journal, a scan,
+    # the quick rebuild's state.
+    (posts / "2022-04-21-a.md").write_text(post_text("第一篇新文章", "2022-04-21 08:00:00"), encoding="utf-8")
+    assert buildmod.run_build(config).quick
+    files = _state_files(tmp_path)
+    assert {".finews-manifest.json", STATE, STATE_POSTS} <= {Path(f).name for f in files}
+    assert {cache.INDEX, cache.JOURNAL, cache.SCAN, cache.BODIES} <= {Path(f).name for f in files}
+    for name in ("out", "cache"):
+        shutil.copytree(tmp_path / name, tmp_path / f"start-{name}")
+    reference = {}
+    for retract in (False, True):
+        # The site as it will be: the new post kept, or retracted (its tag feed then goes).
+        (posts / "2022-04-21-b.md").write_text(post_text("第二篇新文章", "2022-04-21 09:00:00", tags="[单篇标签]"),
+                                               encoding="utf-8")
+        if retract:
+            (posts / "2022-04-21-b.md").unlink()
+        cache.forget()
+        buildmod.run_build(config_for(site, tmp_path / f"reference-{retract}"), full=True)
+        reference[retract] = published(tmp_path / f"reference-{retract}" / "out")
+
+    for damaged in files:
+        for retract in (False, True):
+            for name in ("out", "cache"):
+                shutil.rmtree(tmp_path / name)
+                shutil.copytree(tmp_path / f"start-{name}", tmp_path / name)
+            (posts / "2022-04-21-b.md").write_text(post_text("第二篇新文章", "2022-04-21 09:00:00", tags="[单篇标签]"),
+                                                   encoding="utf-8")
+            if retract:
+                # The post and its own tag feed were published by a build the damaged state forgot.
+                buildmod.run_build(config)
+                (posts / "2022-04-21-b.md").unlink()
+            cache.forget()
+            gc.collect()  # closes the last build's SQLite connections, as the end of its process would
+            target = tmp_path / damaged
+            if not target.exists():
+                continue  # SQLite's -wal and -shm files go with the last connection
+            target.write_bytes(_damaged(target.read_bytes(), how))
+            caplog.clear()
+            if path == "daemon":
+                # As the daemon does: the quick rebuild of the paths its watcher reported, else
+                # the whole site read in this process.
+                report = buildmod.rebuild_added(config, datetime.now(UTC), touched=["_posts/2022-04-21-b.md"])
+                if report is None:
+                    report = buildmod.build_feeds(collect_site(config, datetime.now(UTC)), config)
+            else:
+                report = buildmod.run_build(config)
+            assert published(tmp_path / "out") == reference[retract], (damaged, retract)
+            assert len([r for r in caplog.records if r.levelname == "WARNING"]) <= 1, (damaged, caplog.text)
+            # Rebuilt: the next build finds everything in order and has nothing to say.
+            caplog.clear()
+            cache.forget()
+            again = buildmod.run_build(config)
+            assert (again.files_written, again.files_removed) == (0, 0), damaged
+            assert published(tmp_path / "out") == reference[retract], (damaged, retract)
+            assert [r for r in caplog.records if r.levelname == "WARNING"] == [], (damaged, caplog.text)
+            assert report.posts == again.posts

@@ -197,14 +197,39 @@ def test_category_title_change_reaches_the_source(source: Path, tmp_path: Path) 
     assert {p.source for p in titled.posts} == {"新闻"}
 
 
-@pytest.mark.parametrize("garbage", [b"", b"not marshal at all", b"\x00" * 100])
-def test_a_corrupt_index_is_discarded(source: Path, tmp_path: Path, parsed: list[str], garbage: bytes) -> None:
+@pytest.mark.parametrize("garbage", [b"", b"not marshal at all", b"\x00" * 100,
+                                     b"\xff" * 8 + b"a length prefix read as 2**64 - 1"])
+def test_a_corrupt_index_is_discarded(source: Path, tmp_path: Path, parsed: list[str], garbage: bytes,
+                                      caplog: pytest.LogCaptureFixture) -> None:
     cold = run(source, tmp_path / "c")
     (site_folder(tmp_path / "c", cold.site) / INDEX).write_bytes(garbage)
     parsed.clear()
+    caplog.clear()
     again = run(source, tmp_path / "c")
     assert len(parsed) == 7
     same(cold, again)
+    assert [r.levelname for r in caplog.records].count("WARNING") <= 2  # the damage, and the rejected post
+    # Rebuilt: the next run reads nothing.
+    parsed.clear()
+    cache.forget()
+    same(cold, run(source, tmp_path / "c"))
+    assert parsed == []
+
+
+def test_a_damaged_index_or_scan_is_not_trusted_by_the_changes_since_a_cursor(source: Path, tmp_path: Path) -> None:
+    """The quick rebuild's way in (collect_changes): a damaged index or scan gives no answer
+    (the caller then reads the whole site), never a crash or a wrong one."""
+    cold = run(source, tmp_path / "c")
+    assert cold.cursor is not None
+    folder = site_folder(tmp_path / "c", cold.site)
+    write(source, "_posts/2022-04-26-new.md", post("新"))
+    for name, data in ((INDEX, b"\xff" * 8), (INDEX, b"\x00" * 12), (cache.SCAN, b"garbage" * 10)):
+        kept = (folder / name).read_bytes()
+        (folder / name).write_bytes(data)
+        cache.forget()
+        changes = cache.collect_changes(cold.site, tmp_path / "c", cold.cursor)
+        assert changes is None or [p.slug for p in changes.added] == ["new"]
+        (folder / name).write_bytes(kept)
 
 
 def test_an_index_with_columns_of_another_shape_is_discarded(source: Path, tmp_path: Path, parsed: list[str]) -> None:
@@ -220,8 +245,7 @@ def test_an_index_with_columns_of_another_shape_is_discarded(source: Path, tmp_p
     records[2] = records[2][:-1]  # one size short
     with open(path, "wb") as handle:
         for record in records:
-            data = marshal.dumps(record)
-            handle.write(cache._LENGTH.pack(len(data)) + data)
+            handle.write(cache.pack_record(record))
     parsed.clear()
     again = run(source, tmp_path / "c")
     assert len(parsed) == 7
@@ -259,7 +283,8 @@ def test_the_setter_fallback_gives_the_same_posts(source: Path, tmp_path: Path, 
     assert from_columns(to_columns(cold.posts), cold.site.timezone) == cold.posts
 
 
-def test_a_corrupt_bodies_file_is_discarded(source: Path, tmp_path: Path) -> None:
+def test_a_corrupt_bodies_file_is_discarded(source: Path, tmp_path: Path, parsed: list[str],
+                                            caplog: pytest.LogCaptureFixture) -> None:
     cold = run(source, tmp_path / "c")
     folder = site_folder(tmp_path / "c", cold.site)
     (folder / INDEX).unlink()
@@ -267,6 +292,15 @@ def test_a_corrupt_bodies_file_is_discarded(source: Path, tmp_path: Path) -> Non
         (folder / name).write_bytes(b"garbage" * 100)
     again = run(source, tmp_path / "c")
     same(cold, again)
+    # Replaced, not given up on: the next run is warm, reads no file and says nothing.
+    caplog.clear()
+    parsed.clear()
+    cache.forget()
+    warm = run(source, tmp_path / "c")
+    same(cold, warm)
+    assert parsed == []
+    assert [r for r in caplog.records if r.levelname == "WARNING"] == []
+    assert warm.content(warm.posts[0]).startswith("<p>正文4。</p>")
 
 
 def test_an_unwritable_cache_folder_is_not_fatal(source: Path, tmp_path: Path) -> None:
@@ -624,15 +658,15 @@ def test_a_damaged_or_stale_last_scan_gives_the_same_changes_and_is_kept_anew(
     first = run(source, tmp_path / "c")
     assert first.cursor is not None
     path = site_folder(tmp_path / "c", first.site) / cache.SCAN
-    version, print_, cursor, text, sizes, mtimes, others = marshal.loads(path.read_bytes())
+    version, print_, cursor, text, sizes, mtimes, others = marshal.loads(cache.unsealed(path.read_bytes()))
     if damage == "garbage":
         path.write_bytes(b"\x00garbage")
     elif damage == "reordered":
         columns = walkmod.Scan(text, sizes, mtimes).columns()
         backwards = as_scan((columns[0][::-1], columns[1][::-1], columns[2][::-1]))
-        path.write_bytes(marshal.dumps((version, print_, cursor, *backwards, others)))
+        path.write_bytes(cache.sealed(marshal.dumps((version, print_, cursor, *backwards, others))))
     elif damage == "other cursor":
-        path.write_bytes(marshal.dumps((version, print_, (cursor[0], 99, 1), text, sizes, mtimes, others)))
+        path.write_bytes(cache.sealed(marshal.dumps((version, print_, (cursor[0], 99, 1), text, sizes, mtimes, others))))
     else:
         path.unlink()
     write(source, "_posts/2022-04-26-new.md", post("新"))
