@@ -20,10 +20,12 @@ from hypothesis import strategies as st
 from smtp_fakes import (
     SECRET,
     Sink,
+    TricklingServer,
     database_url,
     make_collection,
     make_config,
     make_site,
+    outcome_within,
     postgres_available,
     running,
     wait_until,
@@ -253,6 +255,31 @@ def test_a_server_that_stops_answering_ends_the_run_and_the_next_run_finishes(
     # The timed-out attempts may have been stored late by the server: all carry one Message-ID.
     assert {r.message["Message-ID"] for r in received["a@example.org"]} == {
         message_id(DAY, "a@example.org", "news.example.org")}
+
+
+def test_a_server_that_trickles_the_reply_to_data_leaves_the_row_to_retry_and_a_rerun_sends_it(
+        sink: Sink, port: int, store: Store) -> None:
+    add_active(store, "a@example.org", "b@example.org")
+    with TricklingServer("data") as slow:
+        config = make_config(slow.port, smtp={"timeout": 5.0, "send_deadline_seconds": 1.0, "max_retries": 1})
+        # A hung send never returns: the bound is generous, for a loaded machine (two attempts of 1 s each).
+        report = outcome_within(30.0, lambda: send(config, store, sleep=lambda s: None))
+    assert isinstance(report, DeliveryReport)
+    assert (report.sent, report.retried) == (0, 1)
+    overdue = f"no complete reply from SMTP server 127.0.0.1:{slow.port} within smtp.send_deadline_seconds = 1 s (at DATA)"
+    assert report.aborted == f"the SMTP server failed 2 times in a row: {overdue}"
+    assert report.temporary_failures == [("a@example.org", overdue)]
+    ledger = store.ledger(DAY)
+    assert [(d.email, d.state, d.attempts, d.last_error) for d in ledger] == [
+        ("a@example.org", "failed-temporary", 2, overdue), ("b@example.org", "pending", 0, "")]
+    # The server stored both attempts before trickling its reply: one Message-ID, as after a lost 250.
+    msg_id = message_id(DAY, "a@example.org", "news.example.org")
+    assert len(slow.stored) == 2 and all(f"Message-ID: {msg_id}".encode() in data for data in slow.stored)
+    again = send(make_config(port), store)
+    assert (again.sent, again.ok) == (2, True)
+    assert counts(sink) == {"a@example.org": 1, "b@example.org": 1}
+    assert sink.by_recipient()["a@example.org"][0].message["Message-ID"] == msg_id
+    assert {d.state for d in store.ledger(DAY)} == {"sent"}
 
 
 def test_no_server_at_all_ends_the_run_with_everything_still_to_send(store: Store) -> None:
