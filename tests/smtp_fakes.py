@@ -177,6 +177,7 @@ def wait_until(predicate: Any, timeout: float = 20.0) -> bool:
 
 
 PG_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+PG_CONNINFO = "host=127.0.0.1 port=5432 user=postgres dbname=test"
 
 
 def postgres_available() -> bool:
