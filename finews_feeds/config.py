@@ -102,7 +102,8 @@ class SmtpConfig:
     rate_per_second: float = _key(10.0, "Most messages sent per second; 0: no limit.")
     max_retries: int = _key(5, "Retries of a temporary failure (4xx, dropped connection) before giving up for this run.")
     retry_backoff: float = _key(1.0, "First wait before a retry, in seconds; doubled at each retry.")
-    timeout: float = _key(30.0, "Seconds to wait for the server before treating it as a connection error.")
+    timeout: float = _key(30.0, "Seconds one read or write on the connection may wait for the server before it counts as a connection error.")
+    send_deadline_seconds: float = _key(60.0, "Seconds one message may take in all (connecting, EHLO/STARTTLS/login, MAIL/RCPT/DATA and the final reply): a server that trickles its answers is dropped at this point and the message retried as a temporary failure.")
     bounce_after: int = _key(3, "Permanent failures (5xx) after which a subscriber is marked bounced.")
     dkim_selector: str = _key("", "DKIM selector; DKIM signing is on when selector, domain and key_file are set.")
     dkim_domain: str = _key("", "DKIM signing domain (d=).")
@@ -128,6 +129,7 @@ class SchedulerConfig:
     rebuild_every_minutes: int = _key(10, "Rebuild the feeds every N minutes; 0: only on start and on file changes.")
     watch: bool = _key(False, "Rebuild as soon as a post file appears or changes (watchdog).")
     misfire_grace_minutes: int = _key(720, "How late a missed digest run may still start (minutes).")
+    build_stuck_after_seconds: float = _key(600.0, "A feed build still running after this many seconds makes /healthz answer 503 (a hung build); 0: never.")
 
 
 @dataclass(frozen=True)
@@ -269,6 +271,9 @@ def _validate(config: Config) -> None:
         raise ConfigError(f"web.port = {config.web.port!r}: expected a port number up to 65535")
     if config.smtp.port > 65535:
         raise ConfigError(f"smtp.port = {config.smtp.port!r}: expected a port number up to 65535")
+    if config.smtp.send_deadline_seconds <= 0:
+        raise ConfigError(f"smtp.send_deadline_seconds = {config.smtp.send_deadline_seconds!r}: expected a positive number of seconds",
+                          hint="without a deadline a server that trickles its replies holds the sender forever")
     if config.site.summary_chars < 10:
         raise ConfigError(f"site.summary_chars = {config.site.summary_chars!r}: expected at least 10")
     for key in ("limit", "category_limit", "tag_limit"):

@@ -53,13 +53,24 @@ def utc_now() -> datetime:
 
 @dataclass
 class DaemonStatus:
-    """The last build and send results, shared between the jobs and /healthz."""
+    """The last build and send results and the build in progress, shared between the jobs and /healthz."""
 
     started_at: datetime
     last_build: dict[str, Any] | None = None
     last_send: dict[str, Any] | None = None
     builds: int = 0
+    #: The build in progress: when it started (for the report) and its start on the monotonic clock.
+    build_started_at: datetime | None = None
+    build_started_mono: float | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def build_started(self, at: datetime, mono: float) -> None:
+        with self._lock:
+            self.build_started_at, self.build_started_mono = at, mono
+
+    def build_ended(self) -> None:
+        with self._lock:
+            self.build_started_at = self.build_started_mono = None
 
     def record_build(self, result: dict[str, Any]) -> None:
         with self._lock:
@@ -70,14 +81,34 @@ class DaemonStatus:
         with self._lock:
             self.last_send = result
 
-    def snapshot(self) -> dict[str, Any]:
+    def snapshot(self, mono: float) -> dict[str, Any]:
+        """The status at ``mono`` (the monotonic clock's now)."""
         with self._lock:
+            running = None
+            if self.build_started_at is not None and self.build_started_mono is not None:
+                running = {"started_at": self.build_started_at.isoformat(),
+                           "seconds": round(mono - self.build_started_mono, 3)}
             return {
                 "started_at": self.started_at.isoformat(),
                 "builds": self.builds,
+                "build_running": running,
                 "last_build": self.last_build,
                 "last_send": self.last_send,
             }
+
+
+def build_problems(snapshot: dict[str, Any], stuck_after: float) -> list[str]:
+    """What is wrong with the feeds in a :meth:`DaemonStatus.snapshot`: a build running longer than
+    ``stuck_after`` seconds (0: no limit), or a last build that failed (until one succeeds)."""
+    problems: list[str] = []
+    running = snapshot["build_running"]
+    if running is not None and stuck_after > 0 and running["seconds"] > stuck_after:
+        problems.append(f"a feed build has been running for {running['seconds']:.0f} s "
+                        f"(longer than scheduler.build_stuck_after_seconds = {stuck_after:g})")
+    last = snapshot["last_build"]
+    if last is not None and not last.get("ok", True):
+        problems.append(f"the last feed build failed: {last.get('error', 'unknown error')}")
+    return problems
 
 
 class Busy:
@@ -215,6 +246,7 @@ class Daemon:
         digest_day: date | None = None,
         retry_first: float = RETRY_FIRST,
         clock: Callable[[], datetime] = utc_now,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         from .scheduler import digest_zone
         from .site import resolve_site
@@ -223,6 +255,8 @@ class Daemon:
         secret_of(config)  # links in mails and pages need it: fail at start, not at 07:30
         self.config = config
         self.clock = clock
+        #: How long a build has run (for /healthz), unaffected by changes of the wall clock.
+        self.monotonic = monotonic
         self.digest_day = digest_day
         self.digest_in = digest_in
         self.retry_first = retry_first
@@ -295,8 +329,12 @@ class Daemon:
     def _build_once(self) -> None:
         from .build import fewer_collections
 
-        with fewer_collections():  # as the `build` command: the build's objects live until it ends
-            self._build()
+        self.status.build_started(self.clock(), self.monotonic())
+        try:
+            with fewer_collections():  # as the `build` command: the build's objects live until it ends
+                self._build()
+        finally:
+            self.status.build_ended()
 
     def _build(self) -> None:
         from .build import build_feeds, rebuild_added
@@ -443,11 +481,19 @@ class Daemon:
         log.info("confirmation mail sent to %s", email)
 
     def health(self) -> dict[str, Any]:
+        """The body of /healthz: ``ok`` (false gives 503) unless ``problems`` names something wrong."""
         from .scheduler import scheduler_status
 
-        report = self.status.snapshot()
+        report = self.status.snapshot(self.monotonic())
         report["scheduler"] = scheduler_status(self.scheduler)
-        report["ok"] = report["scheduler"]["state"] == "running" and not self.stop.is_set()
+        problems: list[str] = []
+        if report["scheduler"]["state"] != "running":
+            problems.append(f"the scheduler is {report['scheduler']['state']}")
+        if self.stop.is_set():
+            problems.append("the daemon is stopping")
+        problems += build_problems(report, self.config.scheduler.build_stuck_after_seconds)
+        report["problems"] = problems
+        report["ok"] = not problems
         return report
 
     # -- running -------------------------------------------------------------------------------

@@ -36,7 +36,7 @@ from zoneinfo import ZoneInfo
 
 from .config import Config
 from .digest import DigestRenderer, Recipient, Selection, Variant, posts_of_day, web_base_url
-from .errors import ConfigError, DeliveryError, SubscriberError
+from .errors import ConfigError, DeliveryError, StoreError, SubscriberError
 from .mailer import ConnectionFailure, PermanentFailure, SmtpTransport, TemporaryFailure, transport_from_config
 from .message import build_message, domain_of, format_address, message_id
 from .models import Collection, Post, Site
@@ -284,6 +284,8 @@ class _Run:
         retries = self.config.smtp.max_retries
         for attempt in range(retries + 1):
             self.limiter.wait()
+            # A run whose claim went with its database session must not send on (another may have the day).
+            self.store.check_claim(self.day)
             status = self.store.start_sending(self.day, sub.id, msg_id, self.now())
             if status != "active":
                 self.report.skipped[f"subscriber is {status}"] += 1
@@ -323,6 +325,13 @@ class _Run:
             self.store.mark_sent(self.day, sub.id, self.now())
             self.report.sent += 1
             return
+
+
+def _stopped(exc: StoreError, day: date) -> StoreError:
+    """``exc`` saying which send it stopped, and that running it again is safe."""
+    return type(exc)(f"the send of the {day} digest stopped: {exc.message}",
+                     hint="run the same command again: every step is committed on its own, so the ledger is "
+                          "consistent and only those not yet sent get the digest")
 
 
 def _reason(message: str) -> str:
@@ -406,10 +415,22 @@ def send_digest(
                     progress(done, report.open)
                 if report.aborted:
                     break
-    finally:
+    except BaseException as exc:
         if transport is not None:
             transport.close()
+        try:
+            store.release_run(day, owner, now(), finished=False)
+        except StoreError as release:
+            # The error that ended the run is the one to report; a claim left behind is taken over.
+            log.debug("the claim on the %s digest was not released: %s", day, release.message)
+        if isinstance(exc, StoreError):
+            raise _stopped(exc, day) from None
+        raise
+    transport.close()
+    try:
         store.release_run(day, owner, now(), finished=finished)
+    except StoreError as exc:
+        raise _stopped(exc, day) from None
     log.info("digest %s: sent %d, skipped %d, failed %d", day, report.sent, sum(report.skipped.values()),
              sum(report.failed.values()))
     return report

@@ -64,6 +64,10 @@ class StoreError(FinewsError):
     exit_code = 6
 
 
+class DatabaseConnectionLost(StoreError):
+    """The connection to the database went away in the middle of the work (a server restart, an ended session)."""
+
+
 class SubscriberError(FinewsError):
     """A subscriber operation was refused (bad address, unknown subscriber)."""
 

@@ -7,7 +7,16 @@ decide what to do:
 - :class:`TemporaryFailure`: a 4xx reply; try again later.
 - :class:`ConnectionFailure`: no answer, refused or dropped connection, timeout. The message may
   or may not have been accepted if this happened after DATA; delivery resends it with the same
-  Message-ID.
+  Message-ID. :class:`SendDeadlineExceeded` is the one for a message that was not through within
+  ``smtp.send_deadline_seconds``.
+
+``smtp.timeout`` bounds each read and write on the socket, which a server trickling one byte a
+second never reaches; so each message also has a deadline, covering the connect (and EHLO,
+STARTTLS, login) when it needs one, MAIL, RCPT, DATA and the final reply. smtplib is given a
+socket timeout shrunk to the time left before every read and write (replies are read through
+:class:`_DeadlineReader` rather than the socket's buffered file, whose one ``readline`` would
+make any number of reads). Past the deadline the connection is dropped without QUIT: it is in
+an unknown state. Name resolution is the one step no socket timeout reaches.
 
 The MAIL / RCPT / DATA steps are run one by one rather than through ``sendmail`` so that a
 connection the server closed while idle (found out at MAIL, before any data went out) is
@@ -18,15 +27,21 @@ from __future__ import annotations
 
 import logging
 import smtplib
+import socket
 import ssl
+import time
 from dataclasses import dataclass
 from email.message import EmailMessage
 from email.utils import getaddresses, parseaddr
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .config import Config
 from .errors import ConfigError, DeliveryError
 from .message import MESSAGE_POLICY
+
+if TYPE_CHECKING:
+    from _typeshed import ReadableBuffer
 
 log = logging.getLogger(__name__)
 
@@ -55,8 +70,118 @@ class ConnectionFailure(TemporaryFailure):
     """The connection failed, was refused, dropped or timed out."""
 
 
+class SendDeadlineExceeded(ConnectionFailure):
+    """The server did not get through one message within ``smtp.send_deadline_seconds``."""
+
+
 class PermanentFailure(SendFailure):
     """A 5xx reply: this message will never be accepted as it is."""
+
+
+class DeadlinePassed(TimeoutError):
+    """Raised instead of a read or write that would start after the deadline (an ``OSError``, as
+    smtplib expects of its socket)."""
+
+
+class Deadline:
+    """When the message in progress must be through (``time.monotonic``); None between messages."""
+
+    def __init__(self) -> None:
+        self.at: float | None = None
+        #: The step in progress, for the failure message: "connect", then each command's verb.
+        self.stage = "connect"
+
+    def start(self, seconds: float) -> None:
+        self.at = time.monotonic() + seconds
+        self.stage = "connect"
+
+    def clear(self) -> None:
+        self.at = None
+
+    def passed(self) -> bool:
+        return self.at is not None and time.monotonic() >= self.at
+
+    def timeout(self, per_operation: float) -> float:
+        """The socket timeout for the next read or write: ``per_operation``, or the time left if shorter."""
+        if self.at is None:
+            return per_operation
+        left = self.at - time.monotonic()
+        if left <= 0:
+            raise DeadlinePassed("the send deadline has passed")
+        return min(per_operation, left)
+
+
+class _DeadlineReader:
+    """What smtplib reads replies from (its ``file``): lines out of ``recv`` calls, each under the deadline."""
+
+    def __init__(self, sock: socket.socket, deadline: Deadline, per_operation: float) -> None:
+        self._sock = sock
+        self._deadline = deadline
+        self._per_operation = per_operation
+        self._buffer = bytearray()
+
+    def readline(self, limit: int) -> bytes:
+        while True:
+            end = self._buffer.find(b"\n", 0, limit)
+            if end >= 0 or len(self._buffer) >= limit:
+                size = end + 1 if end >= 0 else limit
+                line = bytes(self._buffer[:size])
+                del self._buffer[:size]
+                return line
+            self._sock.settimeout(self._deadline.timeout(self._per_operation))
+            chunk = self._sock.recv(4096)
+            if not chunk:
+                line = bytes(self._buffer)
+                self._buffer.clear()
+                return line
+            self._buffer += chunk
+
+    def close(self) -> None:
+        """smtplib closes the socket itself."""
+
+
+class _DeadlineMixin(smtplib.SMTP):
+    """smtplib with every read and write of the connection bounded by a shared :class:`Deadline`."""
+
+    deadline: Deadline
+
+    def _per_operation(self) -> float:
+        return float(self.timeout)
+
+    def _get_socket(self, host: str, port: int, timeout: float) -> socket.socket:
+        self.deadline.stage = "connect"
+        # (smtplib's hook for the connection, not in its stubs)
+        sock: socket.socket = super()._get_socket(  # type: ignore[misc]
+            host, port, self.deadline.timeout(self._per_operation()))
+        return sock
+
+    def putcmd(self, cmd: str, args: str = "") -> None:
+        self.deadline.stage = cmd.split(" ", 1)[0].upper()
+        super().putcmd(cmd, args)
+
+    def send(self, s: ReadableBuffer | str) -> None:
+        if self.sock:
+            # sendall honours a timeout as the limit of the whole call, and a TLS write is one call.
+            self.sock.settimeout(self.deadline.timeout(self._per_operation()))
+        super().send(s)
+
+    def getreply(self) -> tuple[int, bytes]:
+        if self.file is None and self.sock is not None:
+            self.file = _DeadlineReader(self.sock, self.deadline, self._per_operation())
+        return super().getreply()
+
+
+class _DeadlineSMTP(_DeadlineMixin):
+    def __init__(self, host: str, port: int, *, deadline: Deadline, timeout: float, local_hostname: str | None) -> None:
+        self.deadline = deadline
+        super().__init__(host, port, local_hostname=local_hostname, timeout=timeout)
+
+
+class _DeadlineSMTP_SSL(_DeadlineMixin, smtplib.SMTP_SSL):
+    def __init__(self, host: str, port: int, *, deadline: Deadline, timeout: float, local_hostname: str | None,
+                 context: ssl.SSLContext) -> None:
+        self.deadline = deadline
+        super().__init__(host, port, local_hostname=local_hostname, timeout=timeout, context=context)
 
 
 @dataclass(frozen=True)
@@ -124,6 +249,7 @@ class SmtpTransport:
         username: str = "",
         password: str = "",
         timeout: float = 30.0,
+        send_deadline: float = 60.0,
         dkim: DkimKey | None = None,
         ssl_context: ssl.SSLContext | None = None,
         local_hostname: str | None = None,
@@ -139,10 +265,12 @@ class SmtpTransport:
         self.username = username
         self.password = password
         self.timeout = timeout
+        self.send_deadline = send_deadline
         self.dkim = dkim
         self.ssl_context = ssl_context
         self.local_hostname = local_hostname
-        self._smtp: smtplib.SMTP | None = None
+        self._smtp: _DeadlineMixin | None = None
+        self._deadline = Deadline()
         #: Connections opened so far (the benchmark and tests read it).
         self.connections = 0
 
@@ -155,13 +283,14 @@ class SmtpTransport:
         if self._smtp is not None:
             return self._smtp
         where = f"{self.host}:{self.port}"
+        smtp: _DeadlineMixin | None = None
         try:
-            smtp: smtplib.SMTP
             if self.security == "tls":
-                smtp = smtplib.SMTP_SSL(self.host, self.port, timeout=self.timeout, context=self._context(),
-                                        local_hostname=self.local_hostname)
+                smtp = _DeadlineSMTP_SSL(self.host, self.port, deadline=self._deadline, timeout=self.timeout,
+                                         local_hostname=self.local_hostname, context=self._context())
             else:
-                smtp = smtplib.SMTP(self.host, self.port, timeout=self.timeout, local_hostname=self.local_hostname)
+                smtp = _DeadlineSMTP(self.host, self.port, deadline=self._deadline, timeout=self.timeout,
+                                     local_hostname=self.local_hostname)
             smtp.ehlo()
             if self.security == "starttls":
                 if not smtp.has_extn("starttls"):
@@ -184,6 +313,10 @@ class SmtpTransport:
         except smtplib.SMTPResponseException as exc:
             raise _failure(exc.smtp_code, exc.smtp_error, f"connect to {where}") from None
         except (smtplib.SMTPException, OSError) as exc:
+            if smtp is not None:
+                smtp.close()
+            if self._deadline.passed():
+                raise self._overdue() from None
             raise ConnectionFailure(f"cannot connect to SMTP server {where}: {exc or type(exc).__name__}") from None
         self._smtp = smtp
         self.connections += 1
@@ -193,10 +326,17 @@ class SmtpTransport:
         smtp, self._smtp = self._smtp, None
         if smtp is None:
             return
+        self._deadline.start(self.send_deadline)
         try:
             smtp.quit()
         except (smtplib.SMTPException, OSError):
             smtp.close()
+        finally:
+            self._deadline.clear()
+
+    def _overdue(self) -> SendDeadlineExceeded:
+        return SendDeadlineExceeded(f"no complete reply from SMTP server {self.host}:{self.port} within "
+                                    f"smtp.send_deadline_seconds = {self.send_deadline:g} s (at {self._deadline.stage})")
 
     def _drop(self) -> None:
         smtp, self._smtp = self._smtp, None
@@ -231,14 +371,19 @@ class SmtpTransport:
             raise PermanentFailure("the message has no recipient")
         if self.dkim is not None:
             data = self.dkim.sign(data)
+        self._deadline.start(self.send_deadline)
         try:
             self._send_once(data, sender, recipients, retry_idle_drop=True)
         except SendFailure:
             raise
         except (smtplib.SMTPException, OSError) as exc:
             self._drop()
+            if self._deadline.passed():
+                raise self._overdue() from None
             raise ConnectionFailure(f"connection to {self.host}:{self.port} failed: "
                                     f"{exc or type(exc).__name__}") from None
+        finally:
+            self._deadline.clear()
 
     def _send_once(self, data: bytes, sender: str, recipients: tuple[str, ...], retry_idle_drop: bool) -> None:
         reused = self._smtp is not None
@@ -256,7 +401,7 @@ class SmtpTransport:
         except smtplib.SMTPServerDisconnected:
             # Nothing of this message went out: a server that closed an idle connection is no failure.
             self._drop()
-            if reused and retry_idle_drop:
+            if reused and retry_idle_drop and not self._deadline.passed():
                 log.debug("SMTP connection was closed by the server while idle; reconnecting")
                 self._send_once(data, sender, recipients, retry_idle_drop=False)
                 return
@@ -312,5 +457,6 @@ def transport_from_config(config: Config) -> SmtpTransport:
         username=smtp.username,
         password=config.smtp_password,
         timeout=smtp.timeout,
+        send_deadline=smtp.send_deadline_seconds,
         dkim=DkimKey.from_config(config),
     )

@@ -32,7 +32,7 @@ from sqlalchemy import Connection, Engine, Row, and_, create_engine, event, func
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, IntegrityError, OperationalError, SQLAlchemyError
 
-from .errors import StoreError, SubscriberError
+from .errors import DatabaseConnectionLost, StoreError, SubscriberError
 from .migrations import deliveries, runs, subscribers, upgrade
 from .subscribers import normalize_email, normalize_names
 
@@ -208,7 +208,7 @@ class Store:
         except OperationalError as exc:
             engine.dispose()
             raise StoreError(f"cannot open the database {parsed.render_as_string(hide_password=True)}: "
-                             f"{str(exc.orig).strip().splitlines()[0] if exc.orig else exc}") from None
+                             f"{_reason(exc)}") from None
         if before == 0:
             log.info("created the subscriber database %s", parsed.render_as_string(hide_password=True))
         return store
@@ -231,7 +231,7 @@ class Store:
             with self.engine.begin() as conn:
                 yield conn
         except OperationalError as exc:
-            raise StoreError(f"database error: {str(exc.orig).strip().splitlines()[0] if exc.orig else exc}") from None
+            raise _store_error(exc) from None
 
     # -- subscribers ---------------------------------------------------------------------------
 
@@ -390,13 +390,18 @@ class Store:
             with self._lock:
                 if day in self._run_connections:
                     return "another run in this process"
-                conn = self.engine.connect()
+                try:
+                    conn = self.engine.connect()
+                except OperationalError as exc:
+                    raise _store_error(exc) from None
                 try:
                     got = conn.execute(text("SELECT pg_try_advisory_lock(:a, :b)"),
                                        dict(zip("ab", self._advisory_key(day), strict=True))).scalar()
                     conn.commit()
-                except SQLAlchemyError:
+                except SQLAlchemyError as exc:
                     conn.close()
+                    if isinstance(exc, OperationalError):
+                        raise _store_error(exc) from None
                     raise
                 if not got:
                     conn.close()
@@ -435,8 +440,27 @@ class Store:
                     conn2.execute(text("SELECT pg_advisory_unlock(:a, :b)"),
                                   dict(zip("ab", self._advisory_key(day), strict=True)))
                     conn2.commit()
+                except SQLAlchemyError as exc:
+                    # Only a session that is gone fails here, and the server freed its lock with it: nothing
+                    # is left to undo, and this must not hide the error that ended the run.
+                    log.debug("the claim on the %s digest went with its database session (%s)", day, _reason(exc))
+                    conn2.invalidate()
                 finally:
                     conn2.close()
+
+    def check_claim(self, day: date) -> None:
+        """Raise :class:`DatabaseConnectionLost` when the PostgreSQL session holding ``day``'s claim has ended
+        (a server restart, a terminated backend): its advisory lock went with it, so another sender may
+        already have the day, and this run must not send on. A no-op on SQLite and without a claim."""
+        conn = self._run_connections.get(day)
+        if conn is None:
+            return
+        try:
+            conn.execute(text("SELECT 1"))
+            conn.commit()
+        except SQLAlchemyError as exc:
+            raise DatabaseConnectionLost(f"the database connection was lost (the session holding the claim on "
+                                         f"the day ended: {_reason(exc)})") from None
 
     def run_info(self, day: date) -> dict[str, Any] | None:
         with self._tx() as conn:
@@ -569,6 +593,19 @@ class Store:
         counts = dict.fromkeys(LEDGER_STATES, 0)
         counts.update({state: int(n) for state, n in rows})
         return counts
+
+
+def _reason(exc: SQLAlchemyError) -> str:
+    """The driver's first line (SQLAlchemy's own adds the statement and a link)."""
+    orig = getattr(exc, "orig", None)
+    lines = str(orig if orig is not None else exc).strip().splitlines()
+    return lines[0] if lines else type(exc).__name__
+
+
+def _store_error(exc: OperationalError) -> StoreError:
+    if exc.connection_invalidated:
+        return DatabaseConnectionLost(f"the database connection was lost ({_reason(exc)})")
+    return StoreError(f"database error: {_reason(exc)}")
 
 
 def _key(day: date, subscriber_id: int) -> Any:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import ssl
 import threading
 import time
 from collections.abc import Iterator
@@ -176,6 +177,7 @@ def wait_until(predicate: Any, timeout: float = 20.0) -> bool:
 
 
 PG_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+PG_CONNINFO = "host=127.0.0.1 port=5432 user=postgres dbname=test"
 
 
 def postgres_available() -> bool:
@@ -206,3 +208,150 @@ def database_url(kind: str, folder: Any) -> Iterator[str]:
     finally:
         with psycopg.connect("host=127.0.0.1 port=5432 user=postgres dbname=test", autocommit=True) as conn:
             conn.execute(f"DROP SCHEMA {schema} CASCADE")
+
+
+class TricklingServer:
+    """A hand-written SMTP server on loopback that answers promptly except at ``stage``, where its reply
+    comes one byte every ``interval`` seconds and never ends (continuation lines, ``250-still working``).
+
+    Each byte arrives well within any per-read timeout, so only a deadline on the whole message ends
+    the client's wait. Stages: ``greeting``, ``ehlo``, ``mail``, ``data`` (the reply after the message's
+    final dot: the message is stored, the client cannot know it), ``quit``. The first ``prompt_connections``
+    connections answer promptly throughout and are closed by the server after one message (an idle
+    connection the server ended).
+    """
+
+    STAGES = ("greeting", "ehlo", "mail", "data", "quit")
+
+    def __init__(self, stage: str, interval: float = 0.05, prompt_connections: int = 0,
+                 tls: ssl.SSLContext | None = None) -> None:
+        assert stage in self.STAGES, stage
+        #: Offer STARTTLS with this server context (the trickling then happens inside TLS).
+        self.tls = tls
+        self.stage = stage
+        self.interval = interval
+        self.prompt_connections = prompt_connections
+        self.stored: list[bytes] = []
+        self.connections = 0
+        #: Connections whose client closed them (the server never closes one while trickling).
+        self.closed_by_client = 0
+        self._stop = threading.Event()
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self._listener.settimeout(0.1)
+        self.port = int(self._listener.getsockname()[1])
+        self._threads: list[threading.Thread] = []
+        self._lock = threading.Lock()
+
+    def __enter__(self) -> TricklingServer:
+        thread = threading.Thread(target=self._accept, name="trickling-smtp", daemon=True)
+        thread.start()
+        self._threads.append(thread)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        for thread in list(self._threads):
+            thread.join(10)
+        self._listener.close()
+
+    def _accept(self) -> None:
+        while not self._stop.is_set():
+            try:
+                conn, _ = self._listener.accept()
+            except TimeoutError:
+                continue
+            with self._lock:
+                self.connections += 1
+                prompt = self.connections <= self.prompt_connections
+            thread = threading.Thread(target=self._serve, args=(conn, prompt), daemon=True)
+            thread.start()
+            self._threads.append(thread)
+
+    def _reply(self, conn: socket.socket, text: str, stage: str, prompt: bool) -> bool:
+        """Send a reply (``text`` has no line end); False when the client went away."""
+        if prompt or stage != self.stage:
+            conn.sendall(text.encode() + b"\r\n")
+            return True
+        code = text[:3]
+        while not self._stop.is_set():
+            for byte in f"{code}-still working\r\n".encode():
+                try:
+                    conn.sendall(bytes([byte]))
+                except OSError:
+                    return False
+                if self._stop.wait(self.interval):
+                    return False
+        return False
+
+    def _serve(self, conn: socket.socket, prompt: bool) -> None:
+        reader = conn.makefile("rb")
+        secure = False
+        try:
+            if not self._reply(conn, "220 trickle.example ESMTP", "greeting", prompt):
+                return self._gone()
+            while not self._stop.is_set():
+                line = reader.readline()
+                if not line:
+                    return self._gone()
+                verb = line[:4].upper()
+                if verb == b"EHLO":
+                    offer = b"250-STARTTLS\r\n" if self.tls is not None and not secure else b""
+                    conn.sendall(b"250-trickle.example\r\n250-8BITMIME\r\n" + offer)
+                    ok = self._reply(conn, "250 SMTPUTF8", "ehlo", prompt)
+                elif verb == b"STAR" and self.tls is not None:
+                    conn.sendall(b"220 go ahead\r\n")
+                    reader.close()
+                    conn = self.tls.wrap_socket(conn, server_side=True)
+                    reader = conn.makefile("rb")
+                    secure, ok = True, True
+                elif verb == b"MAIL":
+                    ok = self._reply(conn, "250 OK", "mail", prompt)
+                elif verb == b"DATA":
+                    conn.sendall(b"354 go ahead\r\n")
+                    data = b""
+                    while not data.endswith(b"\r\n.\r\n"):
+                        chunk = reader.readline()
+                        if not chunk:
+                            return self._gone()
+                        data += chunk
+                    with self._lock:
+                        self.stored.append(data)
+                    ok = self._reply(conn, "250 accepted", "data", prompt)
+                    if prompt:
+                        return None
+                elif verb == b"QUIT":
+                    return None if self._reply(conn, "221 bye", "quit", prompt) else self._gone()
+                else:  # HELO, RCPT, RSET, NOOP
+                    conn.sendall(b"250 OK\r\n")
+                    ok = True
+                if not ok:
+                    return self._gone()
+        except OSError:
+            return self._gone()
+        finally:
+            reader.close()
+            conn.close()
+        return None
+
+    def _gone(self) -> None:
+        if not self._stop.is_set():
+            with self._lock:
+                self.closed_by_client += 1
+
+
+def outcome_within(seconds: float, call: Any) -> Any:
+    """Run ``call()`` in a thread: what it returned, or the exception it raised. Fails the test when it is
+    still running after ``seconds`` (the thread is left behind, a daemon)."""
+    outcome: list[Any] = []
+
+    def run() -> None:
+        try:
+            outcome.append(call())
+        except Exception as exc:
+            outcome.append(exc)
+
+    thread = threading.Thread(target=run, name="bounded-call", daemon=True)
+    thread.start()
+    thread.join(seconds)
+    assert not thread.is_alive(), f"still waiting after {seconds} s"
+    return outcome[0]

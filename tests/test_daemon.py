@@ -14,6 +14,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -65,7 +66,8 @@ def later_send_at(hours: float) -> str:
     return (datetime.now(ZONE) + timedelta(hours=hours)).strftime("%H:%M")
 
 
-def write_config(root: Path, site: Path, smtp_port: int, db: str, web_port: int, **digest: Any) -> Path:
+def write_config(root: Path, site: Path, smtp_port: int, db: str, web_port: int, output: Path | None = None,
+                 **digest: Any) -> Path:
     send_at = digest.get("send_at", later_send_at(6))
     path = root / "finews.toml"
     path.write_text(f"""
@@ -73,7 +75,7 @@ def write_config(root: Path, site: Path, smtp_port: int, db: str, web_port: int,
 source = "{site}"
 cache_dir = "{root / 'cache'}"
 [feeds]
-output = "{root / 'feeds'}"
+output = "{output or root / 'feeds'}"
 [digest]
 send_at = "{send_at}"
 timezone = "Asia/Shanghai"
@@ -601,3 +603,112 @@ def test_the_listening_socket_says_tcp_so_responses_are_not_held_back_by_nagle()
         with socket.create_connection(sock.getsockname()), sock.accept()[0] as accepted:
             assert accepted.proto == socket.IPPROTO_TCP
             assert accepted.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
+
+
+def test_healthz_is_503_with_the_reason_while_the_last_build_failed_and_200_once_one_succeeds(
+    tmp_path: Path, smtp_port: int, daemons: list[Daemon]
+) -> None:
+    site = make_site(tmp_path)
+    blocker = tmp_path / "blocker"
+    blocker.write_text("a file where the output folder's parent should be\n", encoding="utf-8")
+    port = free_port()
+    config = write_config(tmp_path, site, smtp_port, f"sqlite:///{tmp_path}/var/finews.sqlite3", port,
+                          output=blocker / "feeds")
+    daemon = Daemon(config, port)
+    daemons.append(daemon)
+    daemon.wait_ready()
+    with httpx.Client(base_url=daemon.base, timeout=5) as client:
+        failed = client.get("/healthz")
+        body = failed.json()
+        assert (failed.status_code, body["ok"], body["last_build"]["ok"]) == (503, False, False), body
+        error = f"cannot create the output folder {blocker / 'feeds'}: Not a directory"
+        assert body["last_build"]["error"] == error
+        assert body["problems"] == [f"the last feed build failed: {error}"]
+        assert body["scheduler"]["state"] == "running" and body["build_running"] is None
+
+        blocker.unlink()
+        write_post(site, "sina", "n3", "修好之后的文章", "2022-04-20 21:00:00")  # the watcher asks for a rebuild
+        assert wait_until(lambda: client.get("/healthz").status_code == 200, timeout=30), daemon.output()
+        body = client.get("/healthz").json()
+        assert (body["ok"], body["problems"], body["last_build"]["ok"], body["last_build"]["posts"]) == (
+            True, [], True, 3)
+    assert daemon.stop()[0] == 0
+
+
+@dataclass
+class Monotonic:
+    """A monotonic clock the test moves by hand."""
+
+    now: float = 500.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class HangingDaemon(daemon_module.Daemon):
+    """The real daemon, whose feed build hangs until the test lets it go on."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.hanging = threading.Event()
+        self.go_on = threading.Event()
+
+    def _build(self) -> None:
+        self.hanging.set()
+        assert self.go_on.wait(60)
+        super()._build()
+
+
+def test_healthz_is_503_while_a_build_runs_past_the_limit_and_200_once_it_finishes(tmp_path: Path) -> None:
+    import uvicorn
+    from apscheduler.schedulers.background import BackgroundScheduler
+
+    from finews_feeds.web import create_app
+
+    site = make_site(tmp_path)
+    port = free_port()
+    path = write_config(tmp_path, site, 25, f"sqlite:///{tmp_path}/var/finews.sqlite3", port)
+    path.write_text(path.read_text(encoding="utf-8").replace(
+        "[scheduler]\n", "[scheduler]\nbuild_stuck_after_seconds = 1\n"), encoding="utf-8")
+    config = load_config(path, {"FINEWS_SECRET_KEY": SECRET})
+    monotonic = Monotonic()
+    daemon = HangingDaemon(config, monotonic=monotonic)
+    daemon.scheduler = BackgroundScheduler()
+    daemon.scheduler.start()
+    with Store.open(config.database.url) as store:
+        app = create_app(config, store=store, send_confirmation=lambda _email: None, health=daemon.health)
+        server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, lifespan="off"))
+        web = threading.Thread(target=server.run, daemon=True)
+        web.start()
+        build = threading.Thread(target=daemon.rebuilder.request, daemon=True)
+        try:
+            assert wait_until(lambda: server.started, timeout=10)
+            build.start()
+            assert daemon.hanging.wait(20)
+            with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=5) as client:
+                monotonic.now += 0.5
+                young = client.get("/healthz")
+                assert (young.status_code, young.json()["problems"]) == (200, [])
+                assert young.json()["build_running"]["seconds"] == 0.5
+
+                monotonic.now += 2.0
+                stuck = client.get("/healthz")
+                assert (stuck.status_code, stuck.json()["ok"]) == (503, False)
+                assert stuck.json()["problems"] == [
+                    "a feed build has been running for 2 s (longer than scheduler.build_stuck_after_seconds = 1)"]
+                assert stuck.json()["build_running"]["seconds"] == 2.5
+                assert stuck.json()["last_build"] is None
+
+                daemon.go_on.set()
+                build.join(60)
+                assert not build.is_alive()
+                done = client.get("/healthz")
+                body = done.json()
+                assert (done.status_code, body["problems"], body["build_running"]) == (200, [], None)
+                assert (body["last_build"]["ok"], body["last_build"]["posts"]) == (True, 2)
+        finally:
+            daemon.go_on.set()
+            daemon.stop.set()
+            server.should_exit = True
+            web.join(10)
+            daemon.scheduler.shutdown(wait=False)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -14,16 +15,20 @@ from email.message import EmailMessage
 from pathlib import Path
 from typing import Any
 
+import psycopg
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from smtp_fakes import (
+    PG_CONNINFO,
     SECRET,
     Sink,
+    TricklingServer,
     database_url,
     make_collection,
     make_config,
     make_site,
+    outcome_within,
     postgres_available,
     running,
     wait_until,
@@ -31,7 +36,7 @@ from smtp_fakes import (
 
 from finews_feeds.config import Config, build_config
 from finews_feeds.delivery import DeliveryReport, list_headers, send_confirmation, send_digest
-from finews_feeds.errors import ConfigError, DeliveryError, SubscriberError
+from finews_feeds.errors import ConfigError, DatabaseConnectionLost, DeliveryError, StoreError, SubscriberError
 from finews_feeds.mailer import (
     ConnectionFailure,
     PermanentFailure,
@@ -255,6 +260,31 @@ def test_a_server_that_stops_answering_ends_the_run_and_the_next_run_finishes(
         message_id(DAY, "a@example.org", "news.example.org")}
 
 
+def test_a_server_that_trickles_the_reply_to_data_leaves_the_row_to_retry_and_a_rerun_sends_it(
+        sink: Sink, port: int, store: Store) -> None:
+    add_active(store, "a@example.org", "b@example.org")
+    with TricklingServer("data") as slow:
+        config = make_config(slow.port, smtp={"timeout": 5.0, "send_deadline_seconds": 1.0, "max_retries": 1})
+        # A hung send never returns: the bound is generous, for a loaded machine (two attempts of 1 s each).
+        report = outcome_within(30.0, lambda: send(config, store, sleep=lambda s: None))
+    assert isinstance(report, DeliveryReport)
+    assert (report.sent, report.retried) == (0, 1)
+    overdue = f"no complete reply from SMTP server 127.0.0.1:{slow.port} within smtp.send_deadline_seconds = 1 s (at DATA)"
+    assert report.aborted == f"the SMTP server failed 2 times in a row: {overdue}"
+    assert report.temporary_failures == [("a@example.org", overdue)]
+    ledger = store.ledger(DAY)
+    assert [(d.email, d.state, d.attempts, d.last_error) for d in ledger] == [
+        ("a@example.org", "failed-temporary", 2, overdue), ("b@example.org", "pending", 0, "")]
+    # The server stored both attempts before trickling its reply: one Message-ID, as after a lost 250.
+    msg_id = message_id(DAY, "a@example.org", "news.example.org")
+    assert len(slow.stored) == 2 and all(f"Message-ID: {msg_id}".encode() in data for data in slow.stored)
+    again = send(make_config(port), store)
+    assert (again.sent, again.ok) == (2, True)
+    assert counts(sink) == {"a@example.org": 1, "b@example.org": 1}
+    assert sink.by_recipient()["a@example.org"][0].message["Message-ID"] == msg_id
+    assert {d.state for d in store.ledger(DAY)} == {"sent"}
+
+
 def test_no_server_at_all_ends_the_run_with_everything_still_to_send(store: Store) -> None:
     from smtp_fakes import free_port
 
@@ -351,6 +381,37 @@ def test_a_message_that_cannot_be_built_fails_for_that_subscriber_only(sink: Sin
     assert [d.state for d in store.ledger(DAY)] == ["sent", "failed-permanent", "sent"]
     odd = store.get_subscriber("odd@example.org")
     assert odd is not None and odd.status == "active"
+
+
+class LosingStore(Store):
+    """The database goes away after the first message is accepted: the `sent` commit fails, and so does the
+    release of the claim afterwards."""
+
+    def mark_sent(self, day: date, subscriber_id: int, now: datetime | None = None) -> None:
+        raise DatabaseConnectionLost("the database connection was lost (server closed the connection unexpectedly)")
+
+    def release_run(self, day: date, owner: str, now: datetime | None = None, finished: bool = True) -> None:
+        raise StoreError("database error: connection refused")
+
+
+def test_a_database_lost_in_the_middle_is_the_error_reported_not_the_failed_release(
+        sink: Sink, port: int, store: Store) -> None:
+    add_active(store, "a@example.org", "b@example.org")
+    config = make_config(port)
+    with pytest.raises(DatabaseConnectionLost) as caught:
+        send_digest(config, LosingStore(store.engine), lambda: transport_from_config(config), DAY, make_collection(),
+                    lambda: T0)
+    assert caught.value.message == ("the send of the 2022-04-20 digest stopped: the database connection was lost "
+                                    "(server closed the connection unexpectedly)")
+    assert caught.value.hint is not None and caught.value.hint.startswith("run the same command again")
+    assert caught.value.exit_code == 6
+    # The ledger says what it knows: the first message may have gone, so it is resent with its Message-ID.
+    assert [d.state for d in store.ledger(DAY)] == ["sending", "pending"]
+    store.release_run(DAY, store.run_info(DAY)["owner"], T0, finished=False)  # type: ignore[index]
+    assert send(config, store).sent == 2
+    received = sink.by_recipient()
+    assert (len(received["a@example.org"]), len(received["b@example.org"])) == (2, 1)
+    assert len({r.message["Message-ID"] for r in received["a@example.org"]}) == 1
 
 
 def test_a_public_url_that_is_not_http_stops_before_anything_is_claimed(port: int, store: Store) -> None:
@@ -504,6 +565,61 @@ def killed_and_restarted(sink: Sink, port: int, tmp_path: Path, db: str) -> None
     assert rerun.returncode == 0
     assert len(sink.messages) == 11  # the third run sent nothing
 
+
+
+def terminate_sessions(application_name: str) -> int:
+    """End the server side of every PostgreSQL session of ``application_name`` (what a server restart does to
+    them, without restarting a server other tests share); how many there were."""
+    with psycopg.connect(PG_CONNINFO, autocommit=True) as conn:
+        ended = conn.execute("SELECT count(*) FROM (SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                             "WHERE application_name = %s) AS t", (application_name,)).fetchone()
+        assert wait_until(lambda: not conn.execute("SELECT 1 FROM pg_stat_activity WHERE application_name = %s",
+                                                   (application_name,)).fetchall(), timeout=20)
+    return int(ended[0]) if ended else 0
+
+
+@pytest.mark.slow
+@pytest.mark.postgres
+@pytest.mark.skipif(not postgres_available(), reason="PostgreSQL at 127.0.0.1:5432 is not reachable")
+def test_a_database_connection_lost_during_the_send_is_one_error_and_a_rerun_sends_everyone_once(
+        sink: Sink, port: int, tmp_path: Path) -> None:
+    application = f"finews_test_{secrets.token_hex(6)}"
+    emails = [f"r{n:02d}@example.org" for n in range(6)]
+    with database_url("postgresql", tmp_path) as schema_url:
+        db = f"{schema_url}&application_name={application}"
+        config = tmp_path / "finews.toml"
+        write_config(config, port, db)
+        with Store.open(db) as store:
+            add_active(store, *emails)
+        # The server holds back the third 250 while the test ends the send's database sessions.
+        sink.hold_message, sink.hold_seconds = 3, 3.0
+        args = ("digest", "--date", "2022-04-20", "--send", "--out", str(tmp_path / "out"))
+        proc = run_cli(config, *args, wait=False)
+        try:
+            assert wait_until(lambda: len(sink.messages) >= 3, timeout=60), proc.stderr.read() if proc.stderr else ""
+            assert terminate_sessions(application) >= 1
+            out, err = proc.communicate(timeout=120)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+        assert proc.returncode == 6, out + err
+        assert "Traceback" not in err
+        errors = [line for line in err.splitlines() if line.startswith("error: ")]
+        assert errors == ["error: the send of the 2022-04-20 digest stopped: the database connection was lost "
+                          "(the session holding the claim on the day ended: terminating connection due to "
+                          "administrator command)"], err
+        assert err.splitlines()[-1] == (
+            "hint: run the same command again: every step is committed on its own, so the ledger is consistent "
+            "and only those not yet sent get the digest")
+        sink.hold_message = None
+        with Store.open(db) as store:
+            assert {d.state for d in store.ledger(DAY)} <= {"sent", "pending", "sending", "failed-temporary"}
+        again = run_cli(config, *args)
+        assert again.returncode == 0, (again.stdout.read() if again.stdout else "") + (
+            again.stderr.read() if again.stderr else "")
+        assert counts(sink) == dict.fromkeys(emails, 1)
+        with Store.open(db) as store:
+            assert {d.state for d in store.ledger(DAY)} == {"sent"}
 
 
 def test_the_send_command_prints_a_summary_and_fails_on_a_permanent_failure(sink: Sink, port: int,

@@ -11,12 +11,13 @@ from typing import Any
 import dkim
 import pytest
 from aiosmtpd.smtp import AuthResult, LoginPassword
-from smtp_fakes import Sink, free_port, make_config, running
+from smtp_fakes import Sink, TricklingServer, free_port, make_config, outcome_within, running, wait_until
 
 from finews_feeds.errors import ConfigError, DeliveryError
 from finews_feeds.mailer import (
     ConnectionFailure,
     PermanentFailure,
+    SendDeadlineExceeded,
     SmtpTransport,
     TemporaryFailure,
     transport_from_config,
@@ -128,6 +129,49 @@ def test_a_server_slower_than_the_timeout_is_a_connection_failure() -> None:
         smtp.send(message())
 
 
+#: The per-message deadline of the trickling-server tests, and how much longer a send may take before the
+#: test calls it hung: generous, since other tests load this 2-core machine (a hung send never returns).
+DEADLINE = 1.0
+HUNG_AFTER = DEADLINE + 15.0
+
+
+@pytest.mark.parametrize(("stage", "at"), [
+    ("greeting", "connect"), ("ehlo", "EHLO"), ("mail", "MAIL"), ("data", "DATA"),
+])
+def test_a_server_that_trickles_its_reply_is_a_temporary_failure_at_the_send_deadline(stage: str, at: str) -> None:
+    with TricklingServer(stage) as server:
+        # One byte every 0.05 s: no read ever waits the 5 s timeout.
+        smtp = transport(server.port, timeout=5.0, send_deadline=DEADLINE)
+        failure = outcome_within(HUNG_AFTER, lambda: smtp.send(message()))
+        assert isinstance(failure, SendDeadlineExceeded) and isinstance(failure, TemporaryFailure)
+        assert isinstance(failure, ConnectionFailure)  # retried, and the message may have been stored: resent as is
+        assert failure.message == (f"no complete reply from SMTP server 127.0.0.1:{server.port} within "
+                                   f"smtp.send_deadline_seconds = 1 s (at {at})")
+        # The connection is in an unknown state: dropped (no QUIT), and the next message opens a new one.
+        assert wait_until(lambda: server.closed_by_client == 1, timeout=10)
+        assert smtp.connections == (1 if stage in ("mail", "data") else 0)  # connections that got through EHLO
+        assert len(server.stored) == (1 if stage == "data" else 0)
+
+
+def test_the_deadline_covers_reconnecting_after_the_server_closed_the_idle_connection() -> None:
+    with TricklingServer("greeting", prompt_connections=1) as server:
+        smtp = transport(server.port, timeout=5.0, send_deadline=DEADLINE)
+        smtp.send(message("a@example.org", 1))
+        # The server closed that connection; the one the transport opens again for this message trickles.
+        failure = outcome_within(HUNG_AFTER, lambda: smtp.send(message("b@example.org", 2)))
+        assert isinstance(failure, SendDeadlineExceeded)
+        assert failure.message.endswith("(at connect)")
+        assert (server.connections, len(server.stored)) == (2, 1)
+
+
+def test_closing_on_a_server_that_trickles_its_quit_reply_ends_at_the_deadline() -> None:
+    with TricklingServer("quit") as server:
+        smtp = transport(server.port, timeout=5.0, send_deadline=DEADLINE)
+        smtp.send(message())
+        assert outcome_within(HUNG_AFTER, smtp.close) is None
+        assert len(server.stored) == 1
+
+
 def test_starttls_is_required_when_configured() -> None:
     with running(Sink()) as port, transport(port, security="starttls") as smtp, \
             pytest.raises(DeliveryError, match="does not offer STARTTLS"):
@@ -166,6 +210,19 @@ def test_starttls_and_login_with_the_password(certificate: tuple[Path, Path]) ->
         with pytest.raises(DeliveryError, match="TLS with SMTP server"):
             untrusted.send(message())
     assert len(sink.messages) == 1
+
+
+def test_the_deadline_holds_inside_starttls(certificate: tuple[Path, Path]) -> None:
+    cert, key = certificate
+    server_tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_tls.load_cert_chain(cert, key)
+    with TricklingServer("data", tls=server_tls) as server:
+        smtp = transport(server.port, security="starttls", timeout=5.0, send_deadline=DEADLINE,
+                         ssl_context=ssl.create_default_context(cafile=str(cert)))
+        failure = outcome_within(HUNG_AFTER, lambda: smtp.send(message()))
+        assert isinstance(failure, SendDeadlineExceeded)
+        assert failure.message.endswith("(at DATA)")
+        assert len(server.stored) == 1
 
 
 def test_implicit_tls(certificate: tuple[Path, Path]) -> None:
