@@ -2,8 +2,9 @@
 
 The web app never talks to SMTP, and never looks at an address's state: ``POST /subscribe``
 validates the form and queues one outbox row, the same for every address (see
-:meth:`Store.queue_subscribe`), and wakes this worker. The worker runs in the daemon, in a
-thread of its own (not the web server's pool), and:
+:meth:`Store.queue_subscribe`), and wakes this worker. The worker runs in the daemon, in two
+threads of its own (not the web server's pool; one for forms, one for mail, so a stalled server
+holds up no form), and:
 
 - acts on a subscribe row (:meth:`Store.accept_subscribe`: the subscriber made or updated, a
   confirmation mail queued unless the address is active or had its three this hour);
@@ -45,6 +46,8 @@ KEEP_FINISHED = timedelta(days=7)
 SWEEP_EVERY = timedelta(minutes=10)
 #: Wait before a subscribe form that met a concurrent insert of the same address is acted on again.
 RETRY_FORM = timedelta(seconds=1)
+FORM_KINDS = ("subscribe",)
+MAIL_KINDS = ("confirm",)
 
 
 def utc_now() -> datetime:
@@ -80,9 +83,10 @@ class OutboxWorker:
         self.owner = owner or new_owner()
         self.lease = timedelta(seconds=config.outbox.lease_seconds)
         self.lifetime = timedelta(hours=config.outbox.lifetime_hours)
-        self._wake = threading.Event()
+        self._wake_forms = threading.Event()
+        self._wake_mail = threading.Event()
         self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._threads: list[threading.Thread] = []
         #: While the SMTP server is unreachable: mails wait until this time (one failed mail's next attempt).
         self._down_until: datetime | None = None
         self._swept: datetime | None = None
@@ -90,79 +94,93 @@ class OutboxWorker:
     # -- the thread ----------------------------------------------------------------------------
 
     def start(self) -> None:
-        self._thread = threading.Thread(target=self._loop, name="outbox", daemon=True)
-        self._thread.start()
+        self._threads = [
+            threading.Thread(target=self._loop, args=(FORM_KINDS, self._wake_forms), name="outbox-forms", daemon=True),
+            threading.Thread(target=self._loop, args=(MAIL_KINDS, self._wake_mail), name="outbox-mail", daemon=True),
+        ]
+        for thread in self._threads:
+            thread.start()
 
     def wake(self) -> None:
-        """Something was queued: look now instead of at the next poll (safe from any thread)."""
-        self._wake.set()
+        """Something was queued: look now instead of at the next poll (safe from any thread, never blocks)."""
+        self._wake_forms.set()
+        self._wake_mail.set()
 
     def stop(self) -> None:
-        """Ask the thread to end after the row in hand (a send in flight is finished and recorded)."""
+        """Ask the threads to end after the row in hand (a send in flight is finished and recorded)."""
         self._stop.set()
-        self._wake.set()
+        self.wake()
 
     def join(self, timeout: float) -> bool:
-        """Whether the thread has ended within ``timeout`` seconds. A send still going on then is
+        """Whether the threads have ended within ``timeout`` seconds. A send still going on then is
         left behind: its lease runs out and the next start sends it again, with its Message-ID."""
-        if self._thread is None:
-            return True
-        self._thread.join(timeout)
-        return not self._thread.is_alive()
+        for thread in self._threads:
+            thread.join(timeout)
+        return not any(thread.is_alive() for thread in self._threads)
 
-    def _loop(self) -> None:
+    def _loop(self, kinds: tuple[str, ...], wake: threading.Event) -> None:
         poll = self.config.outbox.poll_seconds
         while not self._stop.is_set():
             # Cleared before looking: a row queued after the look sets it again, so it is not missed.
-            self._wake.clear()
+            wake.clear()
             try:
-                self.run_once()
-                wait = self.seconds_to_next(poll)
+                self.run_once(kinds)
+                wait = self.seconds_to_next(kinds, poll)
             except FinewsError as exc:  # the database gone for a moment: look again later
                 log.error("outbox: %s", exc.message)
                 wait = poll
             except Exception:  # the worker must outlive any one bad row
                 log.exception("outbox worker failed; trying again in %.0f s", poll)
                 wait = poll
-            self._wake.wait(wait)
+            wake.wait(wait)
 
-    def seconds_to_next(self, poll: float) -> float:
-        """Seconds until a row comes due (at most ``poll``: rows of other daemons' leases run out too)."""
-        now = self.clock()
-        dues = [self.store.next_outbox_due(("subscribe",))]
-        mail_due = self.store.next_outbox_due(("confirm",))
-        if mail_due is not None and self._down_until is not None:
-            mail_due = max(mail_due, self._down_until)
-        dues.append(mail_due)
-        soonest = min((d for d in dues if d is not None), default=None)
-        if soonest is None:
+    def seconds_to_next(self, kinds: tuple[str, ...], poll: float) -> float:
+        """Seconds until a row of ``kinds`` comes due (at most ``poll``: other daemons' leases run out too)."""
+        due = self.store.next_outbox_due(kinds)
+        if due is not None and self._down_until is not None and kinds == MAIL_KINDS:
+            due = max(due, self._down_until)
+        if due is None:
             return poll
-        return max(0.0, min(poll, (soonest - now).total_seconds()))
+        return max(0.0, min(poll, (due - self.clock()).total_seconds()))
 
     # -- the work ------------------------------------------------------------------------------
 
-    def run_once(self) -> int:
-        """Act on every row due now, one at a time; returns how many were taken."""
-        self._sweep()
+    def run_once(self, kinds: tuple[str, ...] = FORM_KINDS + MAIL_KINDS) -> int:
+        """Act on every row of ``kinds`` due now (forms first), one at a time; returns how many were taken."""
+        taken = 0
+        if set(kinds) & set(FORM_KINDS):
+            taken += self._accept_due()
+        if set(kinds) & set(MAIL_KINDS):
+            self._sweep()
+            taken += self._send_due()
+        return taken
+
+    def _accept_due(self) -> int:
+        taken = 0
+        while not self._stop.is_set():
+            rows = self.store.claim_outbox(self.owner, self.clock(), self.lease, FORM_KINDS, limit=1)
+            if not rows:
+                break
+            taken += 1
+            self._accept(rows[0])
+        return taken
+
+    def _send_due(self) -> int:
         transport: SmtpTransport | None = None
         taken = 0
         try:
             while not self._stop.is_set():
                 now = self.clock()
-                server_up = self._down_until is None or now >= self._down_until
-                kinds = ("subscribe", "confirm") if server_up else ("subscribe",)
+                if self._down_until is not None and now < self._down_until:
+                    break
                 # One row per claim: the lease then covers a single send, however slow the server.
-                rows = self.store.claim_outbox(self.owner, now, self.lease, kinds, limit=1)
+                rows = self.store.claim_outbox(self.owner, now, self.lease, MAIL_KINDS, limit=1)
                 if not rows:
                     break
                 taken += 1
-                row = rows[0]
-                if row.kind == "subscribe":
-                    self._accept(row)
-                else:
-                    if transport is None:
-                        transport = self.transport_factory()
-                    self._send(row, transport)
+                if transport is None:
+                    transport = self.transport_factory()
+                self._send(rows[0], transport)
         finally:
             if transport is not None:
                 transport.close()
@@ -188,7 +206,9 @@ class OutboxWorker:
         except SubscriberError as exc:
             self.store.defer_outbox(row.id, self.owner, exc.message, now + RETRY_FORM, now)
             return
-        if outcome == "limited":
+        if outcome == "confirm":
+            self._wake_mail.set()
+        elif outcome == "limited":
             log.info("subscribe %s: %d confirmation mails this hour already; none sent", row.email,
                      CONFIRMATIONS_PER_HOUR)
         elif outcome == "lost":

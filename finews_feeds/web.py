@@ -250,16 +250,18 @@ def _not_utf8(where: str, exc: UnicodeDecodeError) -> HTTPException:
     return HTTPException(400, f"{where} is not UTF-8 text (byte 0x{byte} cannot be read); send the form as UTF-8")
 
 
-def _urlencoded(text: str) -> FormData:
+def _urlencoded(body: bytes) -> FormData:
     """An application/x-www-form-urlencoded body as fields, every name and value strict UTF-8.
 
     Starlette (as ``urllib.parse.unquote_plus``) turns undecodable percent-escapes into U+FFFD
-    and raw bytes into Latin-1, so ``a%FF%FE@b.org`` would be stored as ``a\ufffd\ufffd@b.org``.
-    Here the escapes are undone as Latin-1 (one character per byte, so nothing is lost), then
-    each name and value is decoded as UTF-8 and refused when it is not.
+    and raw bytes into Latin-1, so ``a%FF%FE@b.org`` would be stored as ``a\ufffd\ufffd@b.org``
+    and a raw UTF-8 ``аdmin@`` as mojibake. Here the body and its escapes are read as Latin-1
+    (one character per byte, so nothing is lost or changed), then each name and value, raw
+    bytes and escapes alike, is decoded as UTF-8 and refused when it is not.
     """
     try:
-        pairs = parse_qsl(text, keep_blank_values=True, encoding="latin-1", max_num_fields=MAX_FIELDS)
+        pairs = parse_qsl(body.decode("latin-1"), keep_blank_values=True, encoding="latin-1",
+                          max_num_fields=MAX_FIELDS)
     except ValueError as exc:
         raise HTTPException(400, f"malformed form: {exc}") from None
     fields: list[tuple[str, str | UploadFile]] = []
@@ -284,15 +286,14 @@ async def _read_form(request: Request) -> FormData:
     if charset and charset not in ("utf-8", "utf8"):
         raise HTTPException(415, f"expected a form in UTF-8, not {charset}")
     body = await request.body()
-    try:
-        text = body.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        # Raw bytes (a form is percent-encoded ASCII, but some clients send UTF-8 as it is): the
-        # whole body must be UTF-8. For multipart this also keeps Starlette from falling back to
-        # Latin-1 for a part, since a UTF-8 body cut at its ASCII boundaries stays UTF-8.
-        raise _not_utf8("the form", exc) from None
     if request.headers.get("content-type", "").split(";", 1)[0].strip().lower() == "application/x-www-form-urlencoded":
-        return _urlencoded(text)
+        return _urlencoded(body)
+    try:
+        body.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        # Starlette decodes a part that is not UTF-8 as Latin-1; a body that is UTF-8 as a whole
+        # has only UTF-8 parts (cut at ASCII boundaries, UTF-8 stays UTF-8).
+        raise _not_utf8("the form", exc) from None
     try:
         form = await request.form(max_files=0, max_fields=MAX_FIELDS)
     except HTTPException:
