@@ -7,8 +7,8 @@ instead of exiting 0); watchdog's observer asks for a rebuild when a post file c
 outbox worker (:mod:`outbox`) acts on subscribe forms and sends confirmation mail.
 
 On SIGTERM or SIGINT: the scheduler stops taking work, the delivery stop event is set so a send
-in progress finishes the message in flight, records it and returns (the outbox worker too), the web server closes, and
-the process exits 0. A second signal exits at once.
+in progress finishes the message in flight, records it and returns (the outbox worker too), the
+web server closes, and the process exits 0. A second signal exits at once.
 """
 
 from __future__ import annotations

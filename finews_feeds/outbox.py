@@ -173,13 +173,15 @@ class OutboxWorker:
                 now = self.clock()
                 if self._down_until is not None and now < self._down_until:
                     break
+                if transport is None:
+                    # Before the claim: a bad [smtp] setting then leaves no row leased. It connects
+                    # only when it sends.
+                    transport = self.transport_factory()
                 # One row per claim: the lease then covers a single send, however slow the server.
                 rows = self.store.claim_outbox(self.owner, now, self.lease, MAIL_KINDS, limit=1)
                 if not rows:
                     break
                 taken += 1
-                if transport is None:
-                    transport = self.transport_factory()
                 self._send(rows[0], transport)
         finally:
             if transport is not None:
