@@ -121,7 +121,18 @@ class WebConfig:
     port: int = _key(8080, "Port the web app listens on.")
     public_url: str = _key("", "Public URL of the web app, used in confirm and unsubscribe links; empty: http://host:port.")
     subscribe_per_minute: int = _key(5, "Subscribe requests accepted per client address per minute.")
+    rate_limit_clients: int = _key(50000, "Most client addresses the subscribe rate limit remembers at once (bounds its memory; past it the least recently seen is forgotten).")
     max_body_bytes: int = _key(16384, "Largest request body accepted.")
+    trusted_origins: list[str] = _key([], "Origins besides web.public_url's whose pages may POST the subscribe form, e.g. https://news.example.org when the site embeds it; a browser's cross-site POST from any other origin gets 403.")  # noqa: RUF009
+
+
+@dataclass(frozen=True)
+class OutboxConfig:
+    poll_seconds: float = _key(30.0, "Seconds between the outbox worker's looks for mail that has come due (a new subscribe wakes it at once).")
+    backoff_seconds: float = _key(60.0, "Wait after a mail's first temporary failure (4xx, no connection), in seconds; doubled at each further failure.")
+    max_backoff_seconds: float = _key(3600.0, "Longest wait between two attempts at one mail, in seconds.")
+    lifetime_hours: float = _key(120.0, "Give up on a mail (logged) once it has been queued this long without being accepted (Postfix's maximal_queue_lifetime: 5 days).")
+    lease_seconds: float = _key(600.0, "How long a daemon owns an outbox row it is working on; another daemon on the same database may take it after that. Keep it above the longest send.")
 
 
 @dataclass(frozen=True)
@@ -141,6 +152,7 @@ class Config:
     smtp: SmtpConfig = field(default_factory=SmtpConfig)
     database: DatabaseConfig = field(default_factory=DatabaseConfig)
     web: WebConfig = field(default_factory=WebConfig)
+    outbox: OutboxConfig = field(default_factory=OutboxConfig)
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
     #: Secrets, from the environment only.
     smtp_password: str = field(default="", repr=False)
@@ -164,6 +176,7 @@ SECTIONS: dict[str, type] = {
     "smtp": SmtpConfig,
     "database": DatabaseConfig,
     "web": WebConfig,
+    "outbox": OutboxConfig,
     "scheduler": SchedulerConfig,
 }
 
@@ -274,6 +287,17 @@ def _validate(config: Config) -> None:
     if config.smtp.send_deadline_seconds <= 0:
         raise ConfigError(f"smtp.send_deadline_seconds = {config.smtp.send_deadline_seconds!r}: expected a positive number of seconds",
                           hint="without a deadline a server that trickles its replies holds the sender forever")
+    for key in ("poll_seconds", "backoff_seconds", "max_backoff_seconds", "lifetime_hours", "lease_seconds"):
+        if getattr(config.outbox, key) <= 0:
+            raise ConfigError(f"outbox.{key} = {getattr(config.outbox, key)!r}: expected more than 0")
+    if config.outbox.lease_seconds <= config.smtp.send_deadline_seconds:
+        raise ConfigError(f"outbox.lease_seconds = {config.outbox.lease_seconds!r}: expected more than "
+                          f"smtp.send_deadline_seconds ({config.smtp.send_deadline_seconds!r})",
+                          hint="a lease that ends while its mail is still being sent lets another worker send it again")
+    for origin in config.web.trusted_origins:
+        if not re.fullmatch(r"https?://[^/\s?#]+", origin):
+            raise ConfigError(f"web.trusted_origins = {config.web.trusted_origins!r}: {origin!r} is not an origin",
+                              hint="write scheme and host only, e.g. https://news.example.org")
     if config.site.summary_chars < 10:
         raise ConfigError(f"site.summary_chars = {config.site.summary_chars!r}: expected at least 10")
     for key in ("limit", "category_limit", "tag_limit"):

@@ -3,11 +3,12 @@
 Threads: the main thread only waits for a signal; APScheduler's pool runs the rebuild and the
 digest; uvicorn serves the web app from its own thread (so it installs no signal handlers of its
 own: it would re-raise SIGTERM after its shutdown and the process would die by the signal
-instead of exiting 0); watchdog's observer asks for a rebuild when a post file changes.
+instead of exiting 0); watchdog's observer asks for a rebuild when a post file changes; the
+outbox worker (:mod:`outbox`) acts on subscribe forms and sends confirmation mail.
 
 On SIGTERM or SIGINT: the scheduler stops taking work, the delivery stop event is set so a send
-in progress finishes the message in flight, records it and returns, the web server closes, and
-the process exits 0. A second signal exits at once.
+in progress finishes the message in flight, records it and returns (the outbox worker too), the
+web server closes, and the process exits 0. A second signal exits at once.
 """
 
 from __future__ import annotations
@@ -472,14 +473,6 @@ class Daemon:
         log.info("digest run of %s: trying again at %s", fired.isoformat(), at.isoformat())
         schedule_retry(self.scheduler, self.digest, fired, at, attempt)
 
-    def send_confirmation(self, email: str) -> None:
-        from .delivery import send_confirmation
-        from .mailer import transport_from_config
-
-        with transport_from_config(self.config) as transport:
-            send_confirmation(self.config, self.store, transport, email, self.clock())
-        log.info("confirmation mail sent to %s", email)
-
     def health(self) -> dict[str, Any]:
         """The body of /healthz: ``ok`` (false gives 503) unless ``problems`` names something wrong."""
         from .scheduler import scheduler_status
@@ -535,6 +528,8 @@ class Daemon:
     def run(self) -> int:
         import uvicorn
 
+        from .mailer import transport_from_config
+        from .outbox import OutboxWorker
         from .scheduler import create_scheduler
         from .store import Store
         from .web import create_app
@@ -548,7 +543,10 @@ class Daemon:
         self.scheduler = create_scheduler(
             config, self.zone, rebuild=self.rebuilder.request, digest=self.digest, clock=self.clock, digest_at=digest_at,
         )
-        app = create_app(config, store=self.store, send_confirmation=self.send_confirmation, health=self.health,
+        # Subscribe forms and confirmation mail go through the outbox, worked in a thread of its
+        # own, so no web request ever waits on SMTP (the pool of the web server stays free).
+        self.outbox = OutboxWorker(config, self.store, lambda: transport_from_config(config), clock=self.clock)
+        app = create_app(config, store=self.store, wake_outbox=self.outbox.wake, health=self.health,
                          categories=self.categories, tags=self.tags, clock=self.clock)
         server = uvicorn.Server(uvicorn.Config(
             app, log_config=None, lifespan="off", server_header=False, access_log=False,
@@ -569,6 +567,7 @@ class Daemon:
         observer = None
         try:
             self.scheduler.start()
+            self.outbox.start()
             server_thread.start()
             if config.scheduler.watch:
                 try:
@@ -597,6 +596,7 @@ class Daemon:
 
     def _stop(self, server: Any, server_thread: threading.Thread, observer: Any, return_code: int) -> int:
         self.stop.set()
+        self.outbox.stop()
         deadline = time.monotonic() + STOP_TIMEOUT
         if observer is not None:
             observer.stop()
@@ -613,6 +613,9 @@ class Daemon:
             log.warning("leaving the feed build in progress; the next start rebuilds")
             self._exit_now(return_code)
         server_thread.join(max(0.0, deadline - time.monotonic()))
+        if not self.outbox.join(max(0.0, deadline - time.monotonic())):
+            log.warning("leaving the outbox mail in flight; it is sent again after the restart")
+            self._exit_now(return_code)
         if observer is not None:
             observer.join(max(0.0, deadline - time.monotonic()))
         self.store.close()

@@ -436,24 +436,9 @@ def send_digest(
     return report
 
 
-def send_confirmation(
-    config: Config, store: Store | None, transport: SmtpTransport, email: str, now: datetime | None = None
-) -> str:
-    """Send the double opt-in message with a signed confirm link; returns its Message-ID.
-
-    With a store, only a known, pending subscriber gets one (the name comes from there).
-    Raises a :class:`SendFailure` from the transport when the server refuses it.
-    """
-    when = now or datetime.now(UTC)
+def confirmation_message(config: Config, email: str, name: str, msg_id: str, when: datetime) -> EmailMessage:
+    """The double opt-in message to ``email``, with a signed confirm link (its 7 days count from now)."""
     secret = secret_of(config)
-    name = ""
-    if store is not None:
-        sub = store.get_subscriber(email)
-        if sub is None:
-            raise SubscriberError(f"{email} is not a subscriber")
-        if sub.status != "pending":
-            raise SubscriberError(f"{sub.email} is {sub.status}, not waiting for confirmation")
-        email, name = sub.email, sub.name
     link = confirm_url(config, make_token(secret, "confirm", email))
     title = config.site.title or "finews"
     greeting = f"{name}，您好！" if name else "您好！"
@@ -467,13 +452,44 @@ def send_confirmation(
         f'<p><a href="{html_lib.escape(link, quote=True)}">确认订阅</a></p>'
         "<p>如果您没有订阅，请忽略这封邮件，我们不会再给您发信。</p></body></html>"
     )
-    msg_id = make_msgid("confirm", domain=domain_of(config.digest.from_))
     msg = build_message(
         subject=f"请确认订阅 {title} 每日精选", html=html, text=text, sender=config.digest.from_,
         to=format_address(name, email), reply_to=config.digest.reply_to, message_id=msg_id, date=when,
     )
     _keep_whole(msg, "Message-ID")
-    transport.send(msg, sender=parseaddr(config.digest.from_)[1], recipients=(email,))
+    return msg
+
+
+def confirmation_message_id(config: Config) -> str:
+    """A new Message-ID for a confirmation mail, in the sender's domain."""
+    return make_msgid("confirm", domain=domain_of(config.digest.from_))
+
+
+def envelope_sender(config: Config) -> str:
+    return parseaddr(config.digest.from_)[1]
+
+
+def send_confirmation(
+    config: Config, store: Store | None, transport: SmtpTransport, email: str, now: datetime | None = None
+) -> str:
+    """Send the double opt-in message with a signed confirm link; returns its Message-ID.
+
+    With a store, only a known, pending subscriber gets one (the name comes from there).
+    Raises a :class:`SendFailure` from the transport when the server refuses it.
+    """
+    when = now or datetime.now(UTC)
+    secret_of(config)
+    name = ""
+    if store is not None:
+        sub = store.get_subscriber(email)
+        if sub is None:
+            raise SubscriberError(f"{email} is not a subscriber")
+        if sub.status != "pending":
+            raise SubscriberError(f"{sub.email} is {sub.status}, not waiting for confirmation")
+        email, name = sub.email, sub.name
+    msg_id = confirmation_message_id(config)
+    msg = confirmation_message(config, email, name, msg_id, when)
+    transport.send(msg, sender=envelope_sender(config), recipients=(email,))
     return msg_id
 
 

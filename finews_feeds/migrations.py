@@ -114,15 +114,52 @@ deliveries = Table(
     Index("ix_deliveries_day_state", "day", "state"),
 )
 
+#: The outbox: work the web app hands to the daemon's worker (subscribe requests) and the
+#: transactional mail it sends (confirmations), each row retried with backoff until done or too old
+#: (Postfix's queue: attempts, the next attempt's time, a lifetime).
+outbox = Table(
+    "outbox",
+    METADATA,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    # "subscribe" (a form to act on) or "confirm" (a confirmation mail to send).
+    Column("kind", String(20), nullable=False),
+    Column("email", String(320), nullable=False),
+    # Lower-cased address: what the per-address limit on confirmation mails counts by.
+    Column("email_key", String(320), nullable=False),
+    # JSON of what the kind needs (a subscribe request's name, categories and tags).
+    Column("payload", Text, nullable=False, default=""),
+    # Fixed when the mail is queued, so a resend after a crash is recognisably the same message.
+    Column("message_id", String(255), nullable=False, default=""),
+    # queued, then done (a request acted on), sent, skipped, failed (5xx) or expired (past the lifetime).
+    Column("state", String(16), nullable=False),
+    Column("attempts", Integer, nullable=False, default=0),
+    Column("next_attempt_at", UtcDateTime, nullable=False),
+    # The worker sending it now and until when; another takes it over once the lease has run out.
+    Column("lease_owner", String(200)),
+    Column("lease_until", UtcDateTime),
+    Column("last_error", Text, nullable=False, default=""),
+    Column("created_at", UtcDateTime, nullable=False),
+    Column("updated_at", UtcDateTime, nullable=False),
+    Column("finished_at", UtcDateTime),
+    Index("ix_outbox_due", "state", "next_attempt_at"),
+    Index("ix_outbox_address", "email_key", "kind", "created_at"),
+)
+
 
 def _v1(conn: Connection) -> None:
     """Subscribers, per-day runs and the delivery ledger."""
     METADATA.create_all(conn, tables=[subscribers, runs, deliveries])
 
 
+def _v2(conn: Connection) -> None:
+    """The outbox (subscribe requests and confirmation mail, sent by the daemon's worker)."""
+    METADATA.create_all(conn, tables=[outbox])
+
+
 #: (version, step); append only.
 MIGRATIONS: list[tuple[int, Callable[[Connection], None]]] = [
     (1, _v1),
+    (2, _v2),
 ]
 LATEST = MIGRATIONS[-1][0]
 

@@ -23,17 +23,17 @@ import threading
 import zlib
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Connection, Engine, Row, and_, create_engine, event, func, or_, select, text
+from sqlalchemy import Connection, Engine, Row, and_, case, create_engine, event, func, or_, select, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, IntegrityError, OperationalError, SQLAlchemyError
 
 from .errors import DatabaseConnectionLost, StoreError, SubscriberError
-from .migrations import deliveries, runs, subscribers, upgrade
+from .migrations import UtcDateTime, deliveries, outbox, runs, subscribers, upgrade
 from .subscribers import normalize_email, normalize_names
 
 log = logging.getLogger(__name__)
@@ -47,6 +47,12 @@ OPEN_STATES = ("pending", "sending", "failed-temporary")
 #: (the pid may have been reused, or the owner is on another host sharing the file).
 STALE_CLAIM = timedelta(minutes=15)
 SQLITE_BUSY_TIMEOUT_MS = 30_000
+#: What the outbox holds: subscribe forms to act on, and confirmation mails to send.
+OUTBOX_KINDS = ("subscribe", "confirm")
+#: Outbox states: `queued` until done; `done` (a form acted on), `sent` (after the server's 250),
+#: `skipped` (no longer needed), `failed` (a 5xx) and `expired` (past the queue's lifetime) are final.
+OUTBOX_STATES = ("queued", "done", "sent", "skipped", "failed", "expired")
+FINISHED_OUTBOX_STATES = OUTBOX_STATES[1:]
 
 
 def _now(now: datetime | None) -> datetime:
@@ -121,6 +127,26 @@ class Claim:
     subscriber: Subscriber
 
 
+@dataclass(frozen=True, slots=True)
+class OutboxRow:
+    """One outbox row: a subscribe form to act on or a mail to send, with its attempts."""
+
+    id: int
+    kind: str
+    email: str
+    payload: dict[str, Any]
+    message_id: str
+    state: str
+    attempts: int
+    next_attempt_at: datetime
+    lease_owner: str | None
+    lease_until: datetime | None
+    last_error: str
+    created_at: datetime
+    updated_at: datetime
+    finished_at: datetime | None
+
+
 def _subscriber(row: Row[Any]) -> Subscriber:
     m = row._mapping
     return Subscriber(
@@ -138,6 +164,42 @@ def _delivery(row: Row[Any]) -> Delivery:
         attempts=m["attempts"], last_error=m["last_error"], message_id=m["message_id"],
         created_at=m["created_at"], updated_at=m["updated_at"], sent_at=m["sent_at"],
     )
+
+
+def _outbox_row(row: Row[Any]) -> OutboxRow:
+    m = row._mapping
+    return OutboxRow(
+        id=m["id"], kind=m["kind"], email=m["email"], payload=json.loads(m["payload"]) if m["payload"] else {},
+        message_id=m["message_id"], state=m["state"], attempts=m["attempts"], next_attempt_at=m["next_attempt_at"],
+        lease_owner=m["lease_owner"], lease_until=m["lease_until"], last_error=m["last_error"],
+        created_at=m["created_at"], updated_at=m["updated_at"], finished_at=m["finished_at"],
+    )
+
+
+def _queue(conn: Connection, kind: str, email: str, payload: dict[str, Any], message_id: str, now: datetime) -> int:
+    result = conn.execute(outbox.insert().values(
+        kind=kind, email=email, email_key=email.lower(), payload=json.dumps(payload, ensure_ascii=False),
+        message_id=message_id, state="queued", attempts=0, next_attempt_at=now, last_error="",
+        created_at=now, updated_at=now))
+    key = result.inserted_primary_key
+    assert key is not None
+    return int(key[0])
+
+
+def _subscriber_values(address: str, name: str, categories: Iterable[str], tags: Iterable[str], confirmed: bool,
+                       now: datetime) -> dict[str, Any]:
+    """The columns a (re)subscription sets, as :meth:`Store.add_subscriber` and the outbox write them."""
+    return {
+        "email": address,
+        "name": _clean_name(name),
+        "categories": _join(normalize_names(categories, "category")),
+        "tags": _join(normalize_names(tags, "tag")),
+        "status": "active" if confirmed else "pending",
+        "confirmed_at": now if confirmed else None,
+        "unsubscribed_at": None,
+        "bounced_at": None,
+        "permanent_failures": 0,
+    }
 
 
 def new_owner() -> str:
@@ -251,17 +313,7 @@ class Store:
         """
         now = _now(now)
         address = normalize_email(email)
-        values = {
-            "email": address,
-            "name": _clean_name(name),
-            "categories": _join(normalize_names(categories, "category")),
-            "tags": _join(normalize_names(tags, "tag")),
-            "status": "active" if confirmed else "pending",
-            "confirmed_at": now if confirmed else None,
-            "unsubscribed_at": None,
-            "bounced_at": None,
-            "permanent_failures": 0,
-        }
+        values = _subscriber_values(address, name, categories, tags, confirmed, now)
         with self._tx() as conn:
             existing = conn.execute(
                 select(subscribers).where(subscribers.c.email_key == address.lower())
@@ -324,10 +376,11 @@ class Store:
         return _subscriber(row)
 
     def remove_subscriber(self, email: str) -> Subscriber:
-        """Delete a subscriber and their ledger rows (erasure); :class:`SubscriberError` if unknown."""
+        """Delete a subscriber, their ledger and outbox rows (erasure); :class:`SubscriberError` if unknown."""
         with self._tx() as conn:
             row = self._require(conn, email)
             conn.execute(deliveries.delete().where(deliveries.c.subscriber_id == row.id))
+            conn.execute(outbox.delete().where(outbox.c.email_key == row.email_key))
             conn.execute(subscribers.delete().where(subscribers.c.id == row.id))
         return _subscriber(row)
 
@@ -591,6 +644,171 @@ class Store:
             rows = conn.execute(select(deliveries.c.state, func.count()).where(deliveries.c.day == day)
                                 .group_by(deliveries.c.state)).all()
         counts = dict.fromkeys(LEDGER_STATES, 0)
+        counts.update({state: int(n) for state, n in rows})
+        return counts
+
+    # -- outbox --------------------------------------------------------------------------------
+
+    def queue_subscribe(self, email: str, name: str = "", categories: Iterable[str] = (), tags: Iterable[str] = (),
+                        now: datetime | None = None) -> int:
+        """Queue a subscribe form for the worker; returns the row's id.
+
+        This is all the web request does for an address, whatever its state (new, pending, active,
+        unsubscribed): one insert, so neither the answer nor its timing says which it is. The
+        worker acts on it after the answer (:meth:`accept_subscribe`).
+        """
+        address = normalize_email(email)
+        payload = {
+            "name": _clean_name(name),
+            "categories": list(normalize_names(categories, "category")),
+            "tags": list(normalize_names(tags, "tag")),
+        }
+        with self._tx() as conn:
+            return _queue(conn, "subscribe", address, payload, "", _now(now))
+
+    def queue_mail(self, kind: str, email: str, message_id: str, now: datetime | None = None,
+                   payload: dict[str, Any] | None = None) -> int:
+        """Queue one transactional mail of ``kind`` to ``email``; returns the row's id."""
+        if kind not in OUTBOX_KINDS or kind == "subscribe":
+            raise ValueError(f"unknown mail kind {kind!r}")
+        with self._tx() as conn:
+            return _queue(conn, kind, normalize_email(email), payload or {}, message_id, _now(now))
+
+    def claim_outbox(self, owner: str, now: datetime, lease: timedelta, kinds: Sequence[str] = OUTBOX_KINDS,
+                     limit: int = 1) -> list[OutboxRow]:
+        """Take up to ``limit`` due rows of ``kinds`` for ``lease``, oldest due first.
+
+        Two workers never hold one row: on PostgreSQL the rows are read ``FOR UPDATE SKIP
+        LOCKED`` and leased in the same transaction, on SQLite the transaction holds the write
+        lock. A worker that dies leaves its lease to run out; then another takes the row.
+        """
+        query = (
+            select(outbox)
+            .where(outbox.c.state == "queued", outbox.c.kind.in_(list(kinds)), outbox.c.next_attempt_at <= now,
+                   or_(outbox.c.lease_until.is_(None), outbox.c.lease_until <= now))
+            .order_by(outbox.c.next_attempt_at, outbox.c.id)
+            .limit(limit)
+        )
+        if self.dialect == "postgresql":
+            query = query.with_for_update(skip_locked=True)
+        until = now + lease
+        with self._tx() as conn:
+            rows = conn.execute(query).all()
+            if not rows:
+                return []
+            conn.execute(outbox.update().where(outbox.c.id.in_([row.id for row in rows]))
+                         .values(lease_owner=owner, lease_until=until, updated_at=now))
+        return [replace(_outbox_row(row), lease_owner=owner, lease_until=until) for row in rows]
+
+    def finish_outbox(self, row_id: int, owner: str, state: str, now: datetime, note: str = "") -> bool:
+        """Record the end of a row this worker holds (``sent`` only after the server's 250).
+
+        False when the lease was lost (it ran out and another worker took the row): nothing is written.
+        """
+        if state not in FINISHED_OUTBOX_STATES:
+            raise ValueError(f"unknown final outbox state {state!r}")
+        with self._tx() as conn:
+            done = conn.execute(outbox.update().where(outbox.c.id == row_id, outbox.c.lease_owner == owner,
+                                                      outbox.c.state == "queued").values(
+                state=state, attempts=outbox.c.attempts + 1, last_error=note, finished_at=now, updated_at=now,
+                lease_owner=None, lease_until=None))
+        return bool(done.rowcount)
+
+    def defer_outbox(self, row_id: int, owner: str, error: str, next_at: datetime, now: datetime) -> bool:
+        """An attempt failed for now: try again at ``next_at`` (False when the lease was lost)."""
+        with self._tx() as conn:
+            done = conn.execute(outbox.update().where(outbox.c.id == row_id, outbox.c.lease_owner == owner,
+                                                      outbox.c.state == "queued").values(
+                attempts=outbox.c.attempts + 1, last_error=error, next_attempt_at=next_at, updated_at=now,
+                lease_owner=None, lease_until=None))
+        return bool(done.rowcount)
+
+    def accept_subscribe(self, request: OutboxRow, owner: str, now: datetime, message_id: str,
+                         per_hour: int) -> str:
+        """Act on a subscribe form in one transaction; returns what was done.
+
+        A new, unsubscribed or bounced address becomes `pending` with the form's choices, a
+        pending one gets the new choices; both get a confirmation mail queued, at most
+        ``per_hour`` an hour per address (counted over the outbox, so every daemon sharing the
+        database counts the same). An active address is left as it is. The outcomes:
+        ``confirm`` (a mail queued), ``limited`` (none: the address had ``per_hour`` already),
+        ``active`` (nothing to do) and ``lost`` (the lease ran out and another worker has it).
+        """
+        payload = request.payload
+        key = request.email.lower()
+        try:
+            with self._tx() as conn:
+                held = conn.execute(select(outbox.c.id).where(
+                    outbox.c.id == request.id, outbox.c.lease_owner == owner, outbox.c.state == "queued")).first()
+                if held is None:
+                    return "lost"
+                existing = conn.execute(select(subscribers).where(subscribers.c.email_key == key)).first()
+                values = _subscriber_values(request.email, str(payload.get("name", "")),
+                                            payload.get("categories", ()), payload.get("tags", ()), False, now)
+                if existing is None:
+                    conn.execute(subscribers.insert().values(email_key=key, created_at=now, **values))
+                elif existing.status in ("unsubscribed", "bounced"):
+                    conn.execute(subscribers.update().where(subscribers.c.id == existing.id).values(**values))
+                elif existing.status == "pending":
+                    conn.execute(subscribers.update().where(subscribers.c.id == existing.id).values(
+                        categories=values["categories"], tags=values["tags"]))
+                outcome = "active" if existing is not None and existing.status == "active" else "confirm"
+                if outcome == "confirm":
+                    recent = conn.execute(select(func.count()).select_from(outbox).where(
+                        outbox.c.email_key == key, outbox.c.kind == "confirm",
+                        outbox.c.created_at > now - timedelta(hours=1))).scalar()
+                    if int(recent or 0) >= per_hour:
+                        outcome = "limited"
+                    else:
+                        _queue(conn, "confirm", request.email, {}, message_id, now)
+                conn.execute(outbox.update().where(outbox.c.id == request.id).values(
+                    state="done", attempts=outbox.c.attempts + 1, last_error=outcome, finished_at=now,
+                    updated_at=now, lease_owner=None, lease_until=None))
+        except IntegrityError:
+            # The same address inserted by another worker at the same moment: the caller tries again.
+            raise SubscriberError(f"{request.email} was being added by another worker") from None
+        return outcome
+
+    def expire_outbox(self, created_before: datetime, now: datetime) -> list[OutboxRow]:
+        """Give up on the queued rows older than ``created_before`` that nobody holds; returns them."""
+        query = select(outbox).where(outbox.c.state == "queued", outbox.c.created_at < created_before,
+                                     or_(outbox.c.lease_until.is_(None), outbox.c.lease_until <= now))
+        if self.dialect == "postgresql":
+            query = query.with_for_update(skip_locked=True)
+        with self._tx() as conn:
+            rows = conn.execute(query).all()
+            if rows:
+                conn.execute(outbox.update().where(outbox.c.id.in_([row.id for row in rows])).values(
+                    state="expired", finished_at=now, updated_at=now, lease_owner=None, lease_until=None))
+        return [_outbox_row(row) for row in rows]
+
+    def purge_outbox(self, finished_before: datetime) -> int:
+        """Delete the finished rows older than ``finished_before``; returns how many."""
+        with self._tx() as conn:
+            done = conn.execute(outbox.delete().where(outbox.c.state != "queued",
+                                                      outbox.c.finished_at < finished_before))
+        return int(done.rowcount or 0)
+
+    def next_outbox_due(self, kinds: Sequence[str] = OUTBOX_KINDS) -> datetime | None:
+        """When the earliest queued row of ``kinds`` may be taken (its lease counted), or None."""
+        held = and_(outbox.c.lease_until.is_not(None), outbox.c.lease_until > outbox.c.next_attempt_at)
+        due = case((held, outbox.c.lease_until), else_=outbox.c.next_attempt_at)
+        with self._tx() as conn:
+            value = conn.execute(select(func.min(due, type_=UtcDateTime()))
+                                 .where(outbox.c.state == "queued", outbox.c.kind.in_(list(kinds)))).scalar()
+        return value if isinstance(value, datetime) else None
+
+    def outbox_rows(self, kind: str | None = None) -> list[OutboxRow]:
+        query = select(outbox).order_by(outbox.c.id)
+        if kind is not None:
+            query = query.where(outbox.c.kind == kind)
+        with self._tx() as conn:
+            return [_outbox_row(row) for row in conn.execute(query)]
+
+    def outbox_counts(self) -> dict[str, int]:
+        with self._tx() as conn:
+            rows = conn.execute(select(outbox.c.state, func.count()).group_by(outbox.c.state)).all()
+        counts = dict.fromkeys(OUTBOX_STATES, 0)
         counts.update({state: int(n) for state, n in rows})
         return counts
 

@@ -1,15 +1,25 @@
 """The web app: subscribe with double opt-in, one-click unsubscribe, the built feeds and digests, health.
 
 Everything it touches comes in as an argument of :func:`create_app` (the config, the store, the
-function that mails a confirmation link, the health report, the clock), so tests run it on a real
+function that wakes the outbox worker, the health report, the clock), so tests run it on a real
 server with real parts and the daemon wires it to its scheduler.
 
 Rules that matter here:
 
-- ``POST /subscribe`` answers the same whatever the address's state (no enumeration of
-  subscribers), and mails after answering, so the timing does not tell either.
-- ``GET /unsubscribe/{token}`` never unsubscribes (mail scanners prefetch links); ``POST`` with
-  ``List-Unsubscribe=One-Click`` does, at once, with 200 and no redirect or cookie (RFC 8058).
+- ``POST /subscribe`` does the same work for every address, whatever its state: it validates
+  the form and queues one outbox row. Making the subscriber, deciding whether to mail and
+  mailing happen later in the daemon's outbox worker (:mod:`outbox`), so neither the answer,
+  its headers nor its timing tell whether an address is known, and no request waits on SMTP.
+- ``GET /confirm/{token}`` and ``GET /unsubscribe/{token}`` change nothing (mail scanners
+  prefetch links): they show a button, and only its ``POST`` confirms; the one-click
+  ``POST`` with ``List-Unsubscribe=One-Click`` unsubscribes at once, with 200 and no redirect
+  or cookie (RFC 8058).
+- A browser's cross-site ``POST`` to ``/subscribe`` or ``/confirm/…`` gets 403 (Origin and
+  Sec-Fetch-Site, :func:`cross_site`); the one-click unsubscribe is exempt, as mail providers
+  send it from their own servers.
+- Form bodies are UTF-8 or refused (400): never decoded with replacement characters or as
+  Latin-1.
+- No redirect is built from the Host header (Starlette's trailing-slash redirect is off).
 - Pages that carry a token send ``Referrer-Policy: no-referrer`` so the token does not leak to
   the links on them.
 - Feed files get their registered types, a weak ETag and Last-Modified from the file (the feed
@@ -26,16 +36,16 @@ import mimetypes
 import re
 import threading
 import time
-from collections import deque
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from collections.abc import Set as AbstractSet
 from datetime import UTC, date, datetime
 from email.utils import formatdate, parsedate_to_datetime
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qsl, urlsplit
 
+from cachetools import TTLCache
 from starlette.applications import Starlette
-from starlette.background import BackgroundTask
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import FormData, UploadFile
 from starlette.exceptions import HTTPException
@@ -47,6 +57,7 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .config import Config
+from .digest import web_base_url
 from .errors import FinewsError, SubscriberError, TokenError
 from .feeds import FILE_NAMES, OPML
 from .slugs import quote_path
@@ -62,8 +73,8 @@ CONFIRM_MAX_AGE = 7 * 24 * 3600
 #: Most categories one subscribe form may choose (the form has one checkbox per category).
 MAX_CHOICES = 100
 ONE_CLICK = "One-Click"
-#: Confirmation mails one address gets per hour, however many clients ask for it.
-CONFIRMATIONS_PER_HOUR = 3
+#: Fields one form may have (the categories' checkboxes and a few more).
+MAX_FIELDS = MAX_CHOICES + 10
 
 MEDIA_TYPES = {
     FILE_NAMES["rss"]: "application/rss+xml; charset=utf-8",
@@ -97,26 +108,37 @@ def utc_now() -> datetime:
 
 
 class RateLimiter:
-    """At most ``limit`` events per ``window`` seconds per key, on an injectable monotonic clock."""
+    """At most ``limit`` events per ``window`` seconds per key (a sliding window), on an injectable
+    monotonic clock, remembering at most ``max_keys`` keys.
 
-    def __init__(self, limit: int, window: float, clock: Callable[[], float]) -> None:
+    The same work and memory per call however many clients there are: cachetools' TTLCache keeps
+    each key's times of its counted events (at most ``limit``), forgets a key a window after its
+    last counted event, and past ``max_keys`` forgets the least recently used one, both in
+    amortised O(1) (it keeps its keys in expiry and in use order). A forgotten client starts
+    afresh, which only someone with more addresses than ``max_keys`` could bring about.
+    """
+
+    def __init__(self, limit: int, window: float, clock: Callable[[], float], max_keys: int = 50_000) -> None:
         self.limit = limit
         self.window = window
         self.clock = clock
-        self._events: dict[str, deque[float]] = {}
+        self._events: TTLCache[str, tuple[float, ...]] = TTLCache(maxsize=max(1, max_keys), ttl=window, timer=clock)
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        """Keys remembered now (expired ones may count until the next call drops them)."""
+        return len(self._events)
 
     def allow(self, key: str) -> float:
         """0 when the event is allowed (and counted), else the seconds until it would be."""
-        now = self.clock()
-        if len(self._events) > 10_000:  # forget idle clients so a scan of addresses cannot grow memory
-            self._events = {k: v for k, v in self._events.items() if v and now - v[-1] < self.window}
-        events = self._events.setdefault(key, deque())
-        while events and now - events[0] >= self.window:
-            events.popleft()
-        if self.limit <= 0 or len(events) >= self.limit:
-            return max(0.1, self.window - (now - events[0])) if events else self.window
-        events.append(now)
-        return 0.0
+        with self._lock:
+            now = self.clock()
+            events = tuple(t for t in self._events.get(key, ()) if now - t < self.window)
+            if self.limit <= 0 or len(events) >= self.limit:
+                return max(0.1, self.window - (now - events[0])) if events else self.window
+            # Stored again, so the key lives a window past this event (its last counted one).
+            self._events[key] = (*events, now)
+            return 0.0
 
 
 class _BodyTooLarge(Exception):
@@ -223,12 +245,57 @@ def _is_form(request: Request) -> bool:
     return kind in ("application/x-www-form-urlencoded", "multipart/form-data")
 
 
+def _not_utf8(where: str, exc: UnicodeDecodeError) -> HTTPException:
+    byte = exc.object[exc.start:exc.start + 1].hex().upper()
+    return HTTPException(400, f"{where} is not UTF-8 text (byte 0x{byte} cannot be read); send the form as UTF-8")
+
+
+def _urlencoded(body: bytes) -> FormData:
+    """An application/x-www-form-urlencoded body as fields, every name and value strict UTF-8.
+
+    Starlette (as ``urllib.parse.unquote_plus``) turns undecodable percent-escapes into U+FFFD
+    and raw bytes into Latin-1, so ``a%FF%FE@b.org`` would be stored as ``a\ufffd\ufffd@b.org``
+    and a raw UTF-8 ``аdmin@`` as mojibake. Here the body and its escapes are read as Latin-1
+    (one character per byte, so nothing is lost or changed), then each name and value, raw
+    bytes and escapes alike, is decoded as UTF-8 and refused when it is not.
+    """
+    try:
+        pairs = parse_qsl(body.decode("latin-1"), keep_blank_values=True, encoding="latin-1",
+                          max_num_fields=MAX_FIELDS)
+    except ValueError as exc:
+        raise HTTPException(400, f"malformed form: {exc}") from None
+    fields: list[tuple[str, str | UploadFile]] = []
+    for raw_name, raw_value in pairs:
+        try:
+            name = raw_name.encode("latin-1").decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise _not_utf8("a field name", exc) from None
+        try:
+            value = raw_value.encode("latin-1").decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise _not_utf8(f"field {name!r}", exc) from None
+        fields.append((name, value))
+    return FormData(fields)
+
+
 async def _read_form(request: Request) -> FormData:
-    """The request's form; 400 for a body that is not a well-formed form of text fields."""
+    """The request's form; 400 for a body that is not a well-formed form of UTF-8 text fields."""
     if not _is_form(request):
         raise HTTPException(415, "expected a form (application/x-www-form-urlencoded or multipart/form-data)")
+    charset = request.headers.get("content-type", "").lower().partition("charset=")[2].split(";")[0].strip(' "')
+    if charset and charset not in ("utf-8", "utf8"):
+        raise HTTPException(415, f"expected a form in UTF-8, not {charset}")
+    body = await request.body()
+    if request.headers.get("content-type", "").split(";", 1)[0].strip().lower() == "application/x-www-form-urlencoded":
+        return _urlencoded(body)
     try:
-        form = await request.form(max_files=0, max_fields=MAX_CHOICES + 10)
+        body.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        # Starlette decodes a part that is not UTF-8 as Latin-1; a body that is UTF-8 as a whole
+        # has only UTF-8 parts (cut at ASCII boundaries, UTF-8 stays UTF-8).
+        raise _not_utf8("the form", exc) from None
+    try:
+        form = await request.form(max_files=0, max_fields=MAX_FIELDS)
     except HTTPException:
         raise
     except (ValueError, UnicodeDecodeError) as exc:
@@ -236,6 +303,41 @@ async def _read_form(request: Request) -> FormData:
     if any(isinstance(value, UploadFile) for _, value in form.multi_items()):
         raise HTTPException(400, "files are not accepted")
     return form
+
+
+def origin_of(url: str) -> str:
+    """The origin a browser sends for pages under ``url`` (scheme://host[:port], default port left out)."""
+    parts = urlsplit(url.strip())
+    scheme = parts.scheme.lower()
+    host = (parts.hostname or "").lower()
+    if ":" in host:
+        host = f"[{host}]"
+    try:
+        port = parts.port
+    except ValueError:
+        port = None
+    default = {"http": 80, "https": 443}.get(scheme)
+    return f"{scheme}://{host}" + (f":{port}" if port is not None and port != default else "")
+
+
+def cross_site(request: Request, allowed: AbstractSet[str]) -> str:
+    """Why a state-changing POST is refused as a browser's cross-site request, or "".
+
+    Django's CSRF origin check is the model (``CsrfViewMiddleware._origin_verified``): a
+    browser names the page a POST comes from in ``Origin``, which pages cannot forge, and it
+    must be this app's (``web.public_url``) or one of ``web.trusted_origins``. Without
+    ``Origin``, ``Sec-Fetch-Site: cross-site`` (also browser-set) refuses it. A request with
+    neither comes from no browser (a script, curl), which no other site can make a visitor's
+    browser send, so it goes on as before.
+    """
+    origin = request.headers.get("origin")
+    if origin is not None:
+        if origin_of(origin) not in allowed:  # "null" (a sandboxed or privacy-hidden page) too
+            return f"a form from {origin} cannot post here"
+        return ""
+    if request.headers.get("sec-fetch-site", "").strip().lower() == "cross-site":
+        return "a form from another site cannot post here"
+    return ""
 
 
 def _text_field(form: FormData, name: str, limit: int) -> str:
@@ -388,7 +490,7 @@ def create_app(
     config: Config,
     *,
     store: Store,
-    send_confirmation: Callable[[str], None],
+    wake_outbox: Callable[[], None] = lambda: None,
     health: Callable[[], Mapping[str, Any]] = lambda: {"ok": True},
     categories: Callable[[], Sequence[tuple[str, str]]] | None = None,
     tags: Callable[[], AbstractSet[str]] | None = None,
@@ -397,27 +499,19 @@ def create_app(
 ) -> Starlette:
     """The Starlette app.
 
-    ``send_confirmation(email)`` mails the confirm link to a pending subscriber (it runs after the
-    answer is sent; failures are logged). ``health()`` gives the body of ``/healthz``; its
+    ``wake_outbox()`` tells the outbox worker that a subscribe form was queued (it must not
+    block: it runs on the event loop). ``health()`` gives the body of ``/healthz``; its
     ``ok`` key (default true) chooses 200 or 503. ``categories()`` gives the choices of the
     subscribe form as (slug, display name); default: the config's categories. ``tags()`` gives the
     tags a subscriber may name (the form then has a tags field); default: no tags field.
     """
     secret = secret_of(config)
     output = Path(config.feeds.output)
-    limiter = RateLimiter(config.web.subscribe_per_minute, 60.0, monotonic)
-    # Per address too: requests from many clients must not flood one mailbox with confirmations.
-    per_address = RateLimiter(CONFIRMATIONS_PER_HOUR, 3600.0, monotonic)
+    limiter = RateLimiter(config.web.subscribe_per_minute, 60.0, monotonic, config.web.rate_limit_clients)
+    # (Per address, the outbox worker allows three confirmation mails an hour, whoever asks.)
+    origins = frozenset({origin_of(web_base_url(config)), *(origin_of(o) for o in config.web.trusted_origins)})
     packed = GzipCache()
     choices = categories or (lambda: default_categories(config))
-
-    def mail_confirmation(email: str) -> None:
-        try:
-            send_confirmation(email)
-        except FinewsError as exc:
-            log.warning("confirmation mail to %s not sent: %s", email, exc.message)
-        except Exception:  # a background task must not take the server down with it
-            log.exception("confirmation mail to %s not sent", email)
 
     slug_cache: dict[str, Any] = {"key": None, "slugs": {}}
 
@@ -485,22 +579,18 @@ def create_app(
         feeds = await run_in_threadpool(feed_links)
         return page("订阅每日精选", form + "<h2>订阅源</h2>" + feeds)
 
-    def subscribe_sync(email: str, name: str, chosen: tuple[str, ...], chosen_tags: tuple[str, ...]) -> bool:
-        """Record the request; True when a confirmation should be mailed."""
-        existing = store.get_subscriber(email)
-        try:
-            if existing is None or existing.status in ("unsubscribed", "bounced"):
-                store.add_subscriber(email, name=name, categories=chosen, tags=chosen_tags, now=clock())
-                return True
-            if existing.status == "pending":
-                store.set_selection(email, categories=chosen, tags=chosen_tags)
-                return True
-        except SubscriberError as exc:  # a request for the same address at the same moment
-            log.info("subscribe %s: %s", email, exc.message)
-        # Active: nothing to do, and the answer must not say so.
-        return False
+    def refuse_cross_site(request: Request) -> Response | None:
+        reason = cross_site(request, origins)
+        if not reason:
+            return None
+        log.info("%s %s refused: %s", request.method, request.url.path, reason)
+        return page("请求被拒绝", f"<p>{html.escape(reason)}。请在本站的页面上提交。</p>", status=403,
+                    headers=TOKEN_PAGE_HEADERS)
 
     async def subscribe(request: Request) -> Response:
+        refused = refuse_cross_site(request)
+        if refused is not None:
+            return refused
         wait = limiter.allow(_client(request))
         if wait:
             response = page("请稍后再试", "<p>请求过于频繁，请稍后再试。</p>", status=429)
@@ -521,16 +611,16 @@ def create_app(
                 raise HTTPException(400, f"unknown tag: {unknown[0] if unknown else '(too many)'}")
         try:
             email = normalize_email(raw_email)
+            # The one thing done for every address alike; the worker looks at its state afterwards.
+            await run_in_threadpool(store.queue_subscribe, email, name, tuple(str(c) for c in chosen), chosen_tags,
+                                    clock())
         except SubscriberError as exc:
             return page("邮箱地址无效", f"<p>{html.escape(exc.message)}</p><p><a href=\"/\">返回</a></p>", status=400)
-        mail = await run_in_threadpool(subscribe_sync, email, name, tuple(str(c) for c in chosen), chosen_tags)
-        response = page(
+        wake_outbox()
+        return page(
             "请查收确认邮件",
             f"<p>如果 {html.escape(email)} 可以订阅，我们已向它发送了一封确认邮件。请点击邮件中的链接完成订阅。</p>",
         )
-        if mail and not per_address.allow(email.lower()):
-            response.background = BackgroundTask(mail_confirmation, email)
-        return response
 
     def token_email(purpose: str, token: str, max_age: int | None = None) -> str:
         try:
@@ -538,7 +628,20 @@ def create_app(
         except TokenError as exc:
             raise HTTPException(400, exc.message) from None
 
+    async def confirm_page(request: Request) -> Response:
+        # GET and HEAD change nothing: mail scanners fetch every link of a message.
+        token = request.path_params["token"]
+        email = token_email("confirm", token, CONFIRM_MAX_AGE)
+        form = f"""<p>确认用 {html.escape(email)} 订阅每日精选？</p>
+<form method="post" action="/confirm/{html.escape(token, quote=True)}">
+<button type="submit">确认订阅</button>
+</form>"""
+        return page("确认订阅", form, headers=TOKEN_PAGE_HEADERS)
+
     async def confirm(request: Request) -> Response:
+        refused = refuse_cross_site(request)
+        if refused is not None:
+            return refused
         email = token_email("confirm", request.path_params["token"], CONFIRM_MAX_AGE)
         try:
             sub = await run_in_threadpool(store.confirm, email, clock())
@@ -605,7 +708,8 @@ def create_app(
         assert isinstance(exc, HTTPException)
         if exc.status_code == 304:
             return Response(status_code=304, headers=exc.headers)
-        titles = {400: "请求无效", 404: "找不到页面", 405: "不允许的方法", 413: "请求过大", 415: "请求格式不对"}
+        titles = {400: "请求无效", 403: "请求被拒绝", 404: "找不到页面", 405: "不允许的方法", 413: "请求过大",
+                  415: "请求格式不对"}
         title = titles.get(exc.status_code, "出错了")
         response = page(title, f"<p>{html.escape(str(exc.detail))}</p>", status=exc.status_code, headers=TOKEN_PAGE_HEADERS)
         if exc.headers:
@@ -623,7 +727,8 @@ def create_app(
     routes = [
         Route("/", home, methods=["GET"]),
         Route("/subscribe", subscribe, methods=["POST"]),
-        Route("/confirm/{token}", confirm, methods=["GET"]),
+        Route("/confirm/{token}", confirm_page, methods=["GET"]),
+        Route("/confirm/{token}", confirm, methods=["POST"]),
         Route("/unsubscribe", unsubscribe_help, methods=["GET"]),
         Route("/unsubscribe/{token}", unsubscribe_page, methods=["GET"]),
         Route("/unsubscribe/{token}", unsubscribe, methods=["POST"]),
@@ -636,7 +741,7 @@ def create_app(
         HTTPException: http_error,
         FinewsError: finews_error,
     }
-    return Starlette(
+    app = Starlette(
         routes=routes,
         middleware=[
             Middleware(NegotiatedGZipMiddleware, minimum_size=500),
@@ -644,3 +749,7 @@ def create_app(
         ],
         exception_handlers=handlers,
     )
+    # Its redirect of /healthz/ to /healthz is an absolute URL built from the Host header (a
+    # redirect to any host a client names); without it such paths are 404.
+    app.router.redirect_slashes = False
+    return app

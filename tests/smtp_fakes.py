@@ -113,9 +113,10 @@ class Sink:
 
 
 @contextmanager
-def running(sink: Sink, **smtp_options: Any) -> Iterator[int]:
-    """Serve ``sink`` on a free loopback port (``smtp_options`` go to aiosmtpd's SMTP); yields the port."""
-    port = free_port()
+def running(sink: Sink, port: int = 0, **smtp_options: Any) -> Iterator[int]:
+    """Serve ``sink`` on ``port`` (default: a free one) on loopback (``smtp_options`` go to aiosmtpd's
+    SMTP); yields the port."""
+    port = port or free_port()
     smtp_options.setdefault("enable_SMTPUTF8", True)
     controller = Controller(sink, hostname="127.0.0.1", port=port, ready_timeout=10, **smtp_options)
     controller.start()
@@ -355,3 +356,36 @@ def outcome_within(seconds: float, call: Any) -> Any:
     thread.join(seconds)
     assert not thread.is_alive(), f"still waiting after {seconds} s"
     return outcome[0]
+
+@contextmanager
+def stalled(port: int = 0) -> Iterator[int]:
+    """A server on ``port`` (default: a free one) that accepts connections and never says a word:
+    an SMTP server hung before its greeting. Leaving the block closes every connection it holds."""
+    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    listener.bind(("127.0.0.1", port))
+    listener.listen(128)
+    listener.settimeout(0.1)
+    held: list[socket.socket] = []
+    done = threading.Event()
+
+    def accept() -> None:
+        while not done.is_set():
+            try:
+                conn, _ = listener.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            held.append(conn)
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    try:
+        yield int(listener.getsockname()[1])
+    finally:
+        done.set()
+        thread.join(5)
+        listener.close()
+        for conn in held:
+            conn.close()

@@ -232,7 +232,8 @@ def test_daemon_serves_feeds_rebuilds_on_a_new_post_confirms_subscribers_and_sto
         assert wait_until(lambda: "web@example.org" in per_recipient(sink), timeout=20), daemon.output()
         text = sink.by_recipient()["web@example.org"][0].message.get_body(("plain",)).get_content()  # type: ignore[union-attr]
         link = next(w for w in text.split() if w.startswith(f"{daemon.base}/confirm/"))
-        assert client.get(link.removeprefix(daemon.base)).status_code == 200
+        assert client.get(link.removeprefix(daemon.base)).status_code == 200  # the page with the button
+        assert client.post(link.removeprefix(daemon.base)).status_code == 200  # the button
     with Store.open(db) as store:
         subscriber = store.get_subscriber("web@example.org")
         assert subscriber is not None and (subscriber.status, subscriber.categories) == ("active", ("yicai",))
@@ -265,7 +266,7 @@ def test_subscribe_confirm_digest_one_click_unsubscribe_and_no_more_digests_thro
         assert wait_until(lambda: "reader@example.org" in per_recipient(sink), timeout=20), daemon.output()
         text = sink.by_recipient()["reader@example.org"][0].message.get_body(("plain",)).get_content()  # type: ignore[union-attr]
         link = next(w for w in text.split() if w.startswith(f"{daemon.base}/confirm/"))
-        assert client.get(link.removeprefix(daemon.base)).status_code == 200
+        assert client.post(link.removeprefix(daemon.base)).status_code == 200
     assert daemon.stop()[0] == 0
 
     digest = Daemon.with_digest(config, port, log_name="digest.log")
@@ -395,6 +396,44 @@ def test_sigterm_in_the_middle_of_a_send_and_a_restart_leave_everyone_with_one_m
     assert again.stop()[0] == 0
     assert per_recipient(sink) == dict.fromkeys(emails, 1)
     assert ledger_states(db) == ["sent"] * len(emails)
+
+
+def test_a_confirmation_accepted_while_smtp_is_down_is_delivered_after_a_restart(
+    tmp_path: Path, sink: Sink, daemons: list[Daemon]
+) -> None:
+    site = make_site(tmp_path)
+    db = f"sqlite:///{tmp_path}/var/finews.sqlite3"
+    smtp_port = free_port()  # nothing listens there yet
+    port = free_port()
+    config = write_config(tmp_path, site, smtp_port, db, port)
+    config.write_text(config.read_text(encoding="utf-8") + "[outbox]\nbackoff_seconds = 0.5\npoll_seconds = 1\n",
+                      encoding="utf-8")
+    daemon = Daemon(config, port, log_name="down.log")
+    daemons.append(daemon)
+    daemon.wait_ready()
+    with httpx.Client(base_url=daemon.base, timeout=5) as client:
+        assert client.post("/subscribe", data={"email": "early@example.org"}).status_code == 200
+
+    def tried() -> bool:
+        with Store.open(db) as store:
+            return any(row.attempts >= 1 for row in store.outbox_rows("confirm"))
+
+    assert wait_until(tried, timeout=30), daemon.output()
+    assert daemon.stop()[0] == 0
+    with Store.open(db) as store:
+        [row] = store.outbox_rows("confirm")
+        assert (row.email, row.state) == ("early@example.org", "queued")
+        assert "refused" in row.last_error
+
+    with running(sink, port=smtp_port):
+        again = Daemon(config, port, log_name="up.log")
+        daemons.append(again)
+        assert wait_until(lambda: "early@example.org" in per_recipient(sink), timeout=30), again.output()
+        assert again.stop()[0] == 0
+    assert per_recipient(sink) == {"early@example.org": 1}
+    assert sink.by_recipient()["early@example.org"][0].message["Message-ID"] == row.message_id
+    with Store.open(db) as store:
+        assert [(r.kind, r.state) for r in store.outbox_rows()] == [("subscribe", "done"), ("confirm", "sent")]
 
 
 @pytest.mark.postgres
@@ -676,7 +715,7 @@ def test_healthz_is_503_while_a_build_runs_past_the_limit_and_200_once_it_finish
     daemon.scheduler = BackgroundScheduler()
     daemon.scheduler.start()
     with Store.open(config.database.url) as store:
-        app = create_app(config, store=store, send_confirmation=lambda _email: None, health=daemon.health)
+        app = create_app(config, store=store, health=daemon.health)
         server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, lifespan="off"))
         web = threading.Thread(target=server.run, daemon=True)
         web.start()

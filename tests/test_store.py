@@ -5,6 +5,7 @@ from __future__ import annotations
 import sqlite3
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
@@ -257,17 +258,156 @@ def test_an_older_schema_is_upgraded_step_by_step_keeping_its_data(url: str, mon
         old.add_subscriber("a@example.org", confirmed=True, now=T0)
     applied: list[int] = []
 
-    def v2(conn: object) -> None:
-        applied.append(2)
+    def v_next(conn: object) -> None:
+        applied.append(LATEST + 1)
         conn.execute(text("ALTER TABLE subscribers ADD COLUMN locale VARCHAR(20) DEFAULT 'zh-CN'"))  # type: ignore[attr-defined]
 
-    monkeypatch.setattr(migrations, "MIGRATIONS", [*migrations.MIGRATIONS, (2, v2)])
-    monkeypatch.setattr(migrations, "LATEST", 2)
+    monkeypatch.setattr(migrations, "MIGRATIONS", [*migrations.MIGRATIONS, (LATEST + 1, v_next)])
+    monkeypatch.setattr(migrations, "LATEST", LATEST + 1)
     with Store.open(url) as new:
         assert [s.email for s in new.active_subscribers()] == ["a@example.org"]
         with new.engine.connect() as conn:
-            assert conn.execute(text("SELECT version FROM finews_schema")).scalar() == 2
+            assert conn.execute(text("SELECT version FROM finews_schema")).scalar() == LATEST + 1
             assert conn.execute(text("SELECT locale FROM subscribers")).scalar() == "zh-CN"
     with Store.open(url):
         pass
-    assert applied == [2]
+    assert applied == [LATEST + 1]
+
+
+# -- the outbox ---------------------------------------------------------------------------------
+
+LEASE = timedelta(minutes=10)
+
+
+def test_a_version_1_database_gets_the_outbox_and_keeps_its_subscribers(url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    from finews_feeds import migrations
+
+    with monkeypatch.context() as patch:
+        patch.setattr(migrations, "MIGRATIONS", migrations.MIGRATIONS[:1])
+        patch.setattr(migrations, "LATEST", 1)
+        with Store.open(url) as old:
+            old.add_subscriber("a@example.org", confirmed=True, now=T0)
+            with old.engine.connect() as conn:
+                assert not conn.dialect.has_table(conn, "outbox")
+    with Store.open(url) as new:
+        with new.engine.connect() as conn:
+            assert conn.execute(text("SELECT version FROM finews_schema")).scalar() == 2
+        assert [s.email for s in new.active_subscribers()] == ["a@example.org"]
+        new.queue_subscribe("b@example.org", now=T0)
+        assert [(r.kind, r.email, r.state) for r in new.outbox_rows()] == [("subscribe", "b@example.org", "queued")]
+
+
+def test_a_subscribe_form_is_queued_as_given_and_claimed_by_one_worker_until_its_lease_runs_out(store: Store) -> None:
+    row_id = store.queue_subscribe(" Ann@Example.COM ", name="Ann", categories=["yicai", "cailianshe"], tags=["A股"],
+                                   now=T0)
+    a, b = new_owner(), new_owner()
+    assert store.claim_outbox(a, T0 - timedelta(seconds=1), LEASE) == []  # not due yet
+    [row] = store.claim_outbox(a, T0, LEASE)
+    assert (row.id, row.kind, row.email, row.payload, row.state, row.attempts, row.lease_owner, row.lease_until) == (
+        row_id, "subscribe", "Ann@example.com", {"name": "Ann", "categories": ["cailianshe", "yicai"], "tags": ["A股"]},
+        "queued", 0, a, T0 + LEASE)
+    assert store.claim_outbox(b, T0 + LEASE - timedelta(seconds=1), LEASE) == []
+    assert store.next_outbox_due() == T0 + LEASE  # when the lease runs out
+    [taken] = store.claim_outbox(b, T0 + LEASE, LEASE)  # a worker that died: its row goes to another
+    assert (taken.id, taken.lease_owner) == (row_id, b)
+    # The first worker lost it: what it would record now is not written.
+    assert store.defer_outbox(row_id, a, "x", T0, T0 + LEASE) is False
+    assert store.finish_outbox(row_id, a, "done", T0 + LEASE) is False
+    assert store.finish_outbox(row_id, b, "done", T0 + LEASE, "confirm") is True
+    assert [(r.state, r.attempts, r.lease_owner, r.finished_at) for r in store.outbox_rows()] == [
+        ("done", 1, None, T0 + LEASE)]
+    assert store.next_outbox_due() is None
+
+
+def test_a_deferred_row_comes_due_at_its_next_attempt_with_its_attempts_counted(store: Store) -> None:
+    row_id = store.queue_mail("confirm", "a@example.org", "<m1@example.org>", now=T0)
+    owner = new_owner()
+    assert [r.id for r in store.claim_outbox(owner, T0, LEASE, kinds=("confirm",))] == [row_id]
+    assert store.claim_outbox(owner, T0, LEASE, kinds=("subscribe",)) == []
+    assert store.defer_outbox(row_id, owner, "451 later", T0 + timedelta(minutes=1), T0) is True
+    assert store.next_outbox_due(("confirm",)) == T0 + timedelta(minutes=1)
+    assert store.claim_outbox(owner, T0 + timedelta(seconds=59), LEASE) == []
+    [again] = store.claim_outbox(owner, T0 + timedelta(minutes=1), LEASE)
+    assert (again.id, again.attempts, again.last_error, again.message_id) == (row_id, 1, "451 later", "<m1@example.org>")
+    assert store.finish_outbox(row_id, owner, "sent", T0 + timedelta(minutes=1))
+    assert store.outbox_counts() == {"queued": 0, "done": 0, "sent": 1, "skipped": 0, "failed": 0, "expired": 0}
+
+
+def test_accepting_a_form_depends_on_the_address_state_and_allows_three_confirmations_an_hour(store: Store) -> None:
+    store.add_subscriber("active@example.org", confirmed=True, now=T0)
+    store.add_subscriber("gone@example.org", confirmed=True, categories=["yicai"], now=T0)
+    store.unsubscribe("gone@example.org", T0)
+    owner = new_owner()
+
+    def accept(email: str, when: datetime, **choices: list[str]) -> str:
+        store.queue_subscribe(email, now=when, **choices)  # type: ignore[arg-type]
+        [row] = store.claim_outbox(owner, when, LEASE, kinds=("subscribe",))
+        return store.accept_subscribe(row, owner, when, f"<{row.id}@example.org>", per_hour=3)
+
+    assert accept("new@example.org", T0, categories=["yicai"]) == "confirm"
+    assert accept("active@example.org", T0) == "active"
+    assert accept("gone@example.org", T0, tags=["A股"]) == "confirm"
+    assert accept("New@example.org", T0 + timedelta(minutes=1), categories=["cailianshe"]) == "confirm"
+    assert accept("new@example.org", T0 + timedelta(minutes=2)) == "confirm"
+    assert accept("new@example.org", T0 + timedelta(minutes=3)) == "limited"
+    assert accept("new@example.org", T0 + timedelta(minutes=61)) == "confirm"  # the first is an hour old
+    subs = {s.email: (s.status, s.categories, s.tags) for s in store.list_subscribers()}
+    assert subs == {"active@example.org": ("active", (), ()), "gone@example.org": ("pending", (), ("A股",)),
+                    "new@example.org": ("pending", (), ())}
+    mails = [(r.email, r.state, r.created_at) for r in store.outbox_rows("confirm")]
+    assert mails == [("new@example.org", "queued", T0), ("gone@example.org", "queued", T0),
+                     ("New@example.org", "queued", T0 + timedelta(minutes=1)),  # counted as one address
+                     ("new@example.org", "queued", T0 + timedelta(minutes=2)),
+                     ("new@example.org", "queued", T0 + timedelta(minutes=61))]
+    assert [r.last_error for r in store.outbox_rows("subscribe")] == [
+        "confirm", "active", "confirm", "confirm", "confirm", "limited", "confirm"]
+
+
+def test_two_workers_claiming_at_once_never_get_the_same_row(url: str) -> None:
+    with Store.open(url) as first, Store.open(url) as second:
+        for n in range(60):
+            first.queue_mail("confirm", f"r{n}@example.org", f"<{n}@example.org>", now=T0)
+        claimed: dict[str, list[int]] = {"first": [], "second": []}
+        start = threading.Barrier(2)
+
+        def claim(store: Store, name: str) -> None:
+            owner = new_owner()
+            start.wait()
+            while rows := store.claim_outbox(owner, T0, LEASE, limit=2):
+                claimed[name].extend(row.id for row in rows)
+
+        threads = [threading.Thread(target=claim, args=(first, "first")),
+                   threading.Thread(target=claim, args=(second, "second"))]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(60)
+    every = claimed["first"] + claimed["second"]
+    assert sorted(every) == sorted(set(every))
+    assert len(every) == 60
+
+
+def test_old_rows_expire_and_finished_ones_are_purged(store: Store) -> None:
+    old_id = store.queue_mail("confirm", "old@example.org", "<o@x>", now=T0)
+    held_id = store.queue_mail("confirm", "held@example.org", "<h@x>", now=T0)
+    store.queue_mail("confirm", "new@example.org", "<n@x>", now=T0 + timedelta(days=2))
+    owner = new_owner()
+    [held] = store.claim_outbox(owner, T0 + timedelta(days=3), LEASE, limit=1)  # the oldest due first
+    assert held.id == old_id
+    store.defer_outbox(old_id, owner, "451", T0 + timedelta(days=3), T0 + timedelta(days=3))
+    [held] = store.claim_outbox(owner, T0 + timedelta(days=3), LEASE, limit=1)
+    assert held.id == held_id
+    expired = store.expire_outbox(T0 + timedelta(days=1), T0 + timedelta(days=3))
+    assert [(r.email, r.last_error) for r in expired] == [("old@example.org", "451")]  # not the one in hand
+    assert store.purge_outbox(T0 + timedelta(days=3)) == 0
+    assert store.purge_outbox(T0 + timedelta(days=3, seconds=1)) == 1
+    assert sorted((r.email, r.state) for r in store.outbox_rows()) == [
+        ("held@example.org", "queued"), ("new@example.org", "queued")]
+
+
+def test_removing_a_subscriber_removes_their_outbox_rows(store: Store) -> None:
+    store.add_subscriber("a@example.org", now=T0)
+    store.queue_mail("confirm", "A@example.org", "<a@x>", now=T0)
+    store.queue_subscribe("b@example.org", now=T0)
+    store.remove_subscriber("a@example.org")
+    assert [r.email for r in store.outbox_rows()] == ["b@example.org"]
