@@ -355,7 +355,8 @@ def _absolutise(root: lxml.etree._Element, base: str, *, srcset: bool = True) ->
 def _is_web_url(url: str) -> bool:
     # The URL policy (urls.web_url) costs more than the rest of the loop; an ASCII http(s) URL
     # without brackets (which urlsplit could reject) or references needs no parsing.
-    if url.startswith(("https://", "http://")) and url.isascii() and "[" not in url and "]" not in url and "&" not in url:
+    if (url.startswith(("https://", "http://")) and url.isascii() and "[" not in url and "]" not in url and "&" not in url
+            and url[8 if url[4] == "s" else 7 :][:1] not in ("", "/", "?", "#", ":", "@")):  # with a host
         return True
     return is_web_url(url)
 

@@ -41,12 +41,13 @@ def web_url(url: str | None, base: str) -> str | None:
         return None
     reading = url
     for _ in range(_DECODINGS):
-        if not _REFERENCE.search(reading):
+        decoded = html.unescape(reading) if _REFERENCE.search(reading) else reading
+        if decoded == reading:
             return absolute
-        reading = html.unescape(reading)
+        reading = decoded
         if _absolute(_parsed_form(reading), base) is None:
             return None
-    return None  # still references after that many decodings: nobody writes an image URL so
+    return None  # still changing after that many decodings: nobody writes an image URL so
 
 
 def is_web_url(url: str) -> bool:
