@@ -1134,3 +1134,16 @@ def test_dates_at_the_ends_of_the_range_are_read_and_built(tmp_path: Path) -> No
     assert report.rejected == []
     assert {item["title"] for item in json.loads((tmp_path / "out" / "feed.json").read_text(encoding="utf-8"))["items"]} == {
         "first", "last"}
+
+
+def test_the_edge_case_site_builds_with_future_posts_too(edge_site: Path, tmp_path: Path) -> None:
+    """`make_site.py --edge-cases` (also its post dated 2999, published with `future`): every
+    file a post or a rejected file with its reason, and the feeds built, in a child with 1 GB."""
+    command = [sys.executable, "-m", "finews_feeds", "build", "--site", str(edge_site), "--out", str(tmp_path / "out"), "--full"]
+    done = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=120, preexec_fn=_limited_child,
+                          env={**os.environ, "FINEWS_SITE_FUTURE": "true"}, check=False)
+    assert done.returncode == 0, done.stderr
+    assert "Traceback" not in done.stderr
+    assert done.stderr.count("rejected _posts/") == 6
+    feed = json.loads((tmp_path / "out" / "feed.json").read_text(encoding="utf-8"))
+    assert feed["items"][0]["title"] == "未来文章"
