@@ -218,11 +218,11 @@ def follows(root: str, path: str, rel: str, extensions: tuple[str, ...]) -> bool
     :func:`site_root`) that the walk does not enter through real folders in the same role
     (posts folder or not), so that a link never lists a post twice nor loops back. The walk
     follows no symlinked folder inside a symlinked folder: one level, so nothing can loop."""
+    if not os.path.isdir(path):
+        return False  # a link to a file (the walk lists no file here), a broken link or a loop
     real = inside(root, path)
     if real is None:
-        log.warning("%s: a symlink to a folder outside the site (or a broken one): not read", rel)
-        return False
-    if not os.path.isdir(real):
+        log.warning("%s: a symlink to a folder outside the site: not read", rel)
         return False
     target = os.path.relpath(real, root).replace(os.sep, "/")
     role = _entered(target.split("/") if target != "." else [], extensions)
@@ -325,8 +325,9 @@ def rescan(site: Site, last: Scan, paths: Iterable[str]) -> Scan | None:
         return None
     text, sizes, mtimes = last.text, bytearray(last.sizes), bytearray(last.mtimes)
     added: list[tuple[str, int, int]] = []
+    root = site_root(site)
     for rel in wanted:
-        found = _stat_walked(site, rel)
+        found = _stat_walked(site, rel, root)
         key = rel + SEP
         if text.startswith(key):
             at = 0
@@ -354,13 +355,13 @@ def rescan(site: Site, last: Scan, paths: Iterable[str]) -> Scan | None:
 RESCAN_MOST = 200
 
 
-def _stat_walked(site: Site, rel: str) -> tuple[int, int] | None:
+def _stat_walked(site: Site, rel: str, root: str) -> tuple[int, int] | None:
     """The size and mtime of ``rel`` if the walk would list it now, else None: the walk's
-    rules for symlinks (:func:`follows`, :func:`stat_files`) applied to one path."""
+    rules for symlinks (:func:`follows`, :func:`stat_files`) applied to one path (``root``:
+    :func:`site_root`)."""
     if not walked(site, rel):
         return None
     extensions = tuple(e.lower() for e in site.extensions)
-    root = site_root(site)
     path = site.source
     linked = False
     *folders, name = rel.split("/")

@@ -205,10 +205,13 @@ def test_nothing_under_a_folder_linked_outside_the_site_is_read(tmp_path: Path, 
     link(root / "_posts" / "more", outside)  # a folder inside a posts folder
     link(root / "news" / "_posts", outside)  # a posts folder itself
     link(root / "elsewhere", outside)  # a folder that could hold posts folders
+    write(outside / "LICENSE")
+    link(root / "LICENSE", outside / "LICENSE")  # not a post file, nor a folder: no warning either
+    link(root / "_posts" / "README", outside / "LICENSE")
     site = site_at(root)
     assert walk.scan(site)[0] == ["_posts/2022-01-01-real.md"]
     assert {r.getMessage() for r in caplog.records if r.levelname == "WARNING"} == {
-        f"{rel}: a symlink to a folder outside the site (or a broken one): not read"
+        f"{rel}: a symlink to a folder outside the site: not read"
         for rel in ("_posts/more", "news/_posts", "elsewhere")}
     assert list(found_by_rescan(site, ["_posts/more/2022-01-01-o.md", "news/_posts/2022-01-01-o.md",
                                        "elsewhere/_posts/2022-01-01-o.md"])) == []
