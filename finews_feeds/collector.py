@@ -27,7 +27,15 @@ from frontmatter.default_handlers import YAMLHandler
 
 from .config import Config
 from .errors import PostError
-from .limits import DEFAULT_LIMITS, FrontMatterLimits, front_matter_problem, measure_data, measure_nodes, terms_problem
+from .limits import (
+    DEFAULT_LIMITS,
+    FrontMatterLimits,
+    front_matter_problem,
+    measure_data,
+    measure_nodes,
+    terms_problem,
+    text_problem,
+)
 from .markup import (
     absolute_url,
     clean_line,
@@ -138,6 +146,9 @@ def load_front_matter(fm: str, limits: FrontMatterLimits) -> Any:
     """The value of the front matter ``fm`` as PyYAML reads it, measured against ``limits``
     before anything is built from it (see :mod:`finews_feeds.limits`). Raises
     :class:`Rejected` for a front matter over a limit, PyYAML's errors for invalid YAML."""
+    problem = text_problem(len(fm), limits)
+    if problem is not None:
+        raise Rejected(problem)
     simple = simple_front_matter(fm)
     if simple is not None:
         problem = front_matter_problem(measure_data(simple), limits)

@@ -62,6 +62,7 @@ class CollectorConfig:
     # Each limit is far beyond a real post, and stops a hostile one (a YAML alias bomb: 1 KB
     # that names hundreds of millions of values) before it is expanded; a post over one is a
     # rejected file naming the key.
+    max_front_matter_chars: int = _key(100000, "Most characters in one post's front matter, checked before it is parsed (parsing costs in proportion); more: rejected.")
     max_front_matter_aliases: int = _key(1000, "Most aliases (*name) in one post's front matter; more: the file is rejected.")
     max_front_matter_nodes: int = _key(10000, "Most values one front matter may expand to, every alias written out (mappings, lists, keys, scalars); more: rejected.")
     max_front_matter_depth: int = _key(32, "Most lists and mappings nested inside one another in a front matter (a mapping of strings is 1); more: rejected.")

@@ -6,8 +6,9 @@ an author list joined) never ends. So a front matter is measured as composed, be
 is built from it: its values counted as if every alias were written out, its aliases, how
 deep lists and mappings nest, and whether an alias stands inside the value it names. The
 number of tags and categories a post ends with is capped as well (each becomes three feeds).
-The limits (:class:`FrontMatterLimits`, set by ``[collector]`` in the config) are far beyond
-what a real post holds; a file over one is rejected with the limit's config key.
+The text itself is capped first, since parsing costs in proportion to it. The limits
+(:class:`FrontMatterLimits`, set by ``[collector]`` in the config) are far beyond what a real
+post holds; a file over one is rejected with the limit's config key.
 
 Pure, and free of PyYAML: composed nodes are read by their ``id`` and ``value`` attributes.
 """
@@ -23,6 +24,7 @@ from typing import Any, NamedTuple
 class FrontMatterLimits:
     """The most one front matter may hold (see ``[collector]`` in ``config.py``)."""
 
+    chars: int = 100_000  #: characters of the front matter's text (read before anything is parsed)
     aliases: int = 1_000  #: alias references (`*name`)
     nodes: int = 10_000  #: values with every alias written out: mappings, lists, keys and scalars
     depth: int = 32  #: lists and mappings inside one another (a mapping of strings is 1)
@@ -122,6 +124,16 @@ def measure_data(value: object) -> Shape:
 
 
 _SCALARS = frozenset((str, int, float, bool, type(None)))
+
+
+def text_problem(chars: int, limits: FrontMatterLimits) -> str | None:
+    """Why a front matter of ``chars`` characters is not parsed, or None. Parsing costs time and
+    memory in proportion to the text (a megabyte of `[1,1,...]`: 2 s and 170 MB), so the
+    text is capped before anything else."""
+    if chars > limits.chars:
+        return (f"front matter has {chars:,} characters, more than collector.max_front_matter_chars = "
+                f"{limits.chars:,}: not read")
+    return None
 
 
 def front_matter_problem(shape: Shape, limits: FrontMatterLimits) -> str | None:

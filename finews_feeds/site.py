@@ -100,6 +100,7 @@ def resolve_site(config: Config) -> Site:
         category_titles={slug: c.title for slug, c in config.categories.items() if c.title},
         category_order={slug: c.order for slug, c in config.categories.items()},
         limits=FrontMatterLimits(
+            chars=config.collector.max_front_matter_chars,
             aliases=config.collector.max_front_matter_aliases,
             nodes=config.collector.max_front_matter_nodes,
             depth=config.collector.max_front_matter_depth,

@@ -915,6 +915,8 @@ def test_an_alias_bomb_is_rejected_by_name_and_every_other_post_is_built(tmp_pat
     assert len(bomb) < 1200
     source = make_site(tmp_path / "s", {
         "_posts/2022-04-20-bomb.md": post("title: bomb\ndate: 2022-04-20 09:00:00 +0800\n" + bomb),
+        # Parsing costs in proportion to the text: 4 MB of it, 2 million values, is refused unread.
+        "_posts/2022-04-20-huge.md": post("title: huge\ntags: [" + ",".join(["1"] * 2_000_000) + "]\n"),
         "_posts/2022-04-20-good.md": post("title: good\ndate: 2022-04-20 10:00:00 +0800\ncategories: x\ntags: [t]\n"),
         "_posts/2022-04-19-other.md": post("title: other\ndate: 2022-04-19 10:00:00 +0800\ntags: [t, u]\n"),
     })
@@ -926,20 +928,27 @@ def test_an_alias_bomb_is_rejected_by_name_and_every_other_post_is_built(tmp_pat
     assert done.returncode == 1, done.stderr
     data = json.loads(done.stdout[done.stdout.index("{"):])
     assert sorted(p["title"] for p in data["posts"]) == ["good", "other"]
-    assert data["errors"] == [{"path": "_posts/2022-04-20-bomb.md", "message": (
-        "front matter expands to 490,329,061 values, more than collector.max_front_matter_nodes = 10,000: "
-        "not read (aliases repeating aliases: a YAML alias bomb?)")}]
+    assert data["errors"] == [
+        {"path": "_posts/2022-04-20-bomb.md", "message": (
+            "front matter expands to 490,329,061 values, more than collector.max_front_matter_nodes = 10,000: "
+            "not read (aliases repeating aliases: a YAML alias bomb?)")},
+        {"path": "_posts/2022-04-20-huge.md", "message": (
+            "front matter has 4,000,021 characters, more than collector.max_front_matter_chars = 100,000: not read")},
+    ]
     assert "Traceback" not in done.stderr
     build = subprocess.run([sys.executable, "-m", "finews_feeds", "build", "--site", str(source), "--out", str(tmp_path / "out")],
                            cwd=tmp_path, capture_output=True, text=True, timeout=20, preexec_fn=_limited_child, check=False)
     assert build.returncode == 0, build.stderr
     assert "rejected _posts/2022-04-20-bomb.md: front matter expands to" in build.stderr
+    assert "rejected _posts/2022-04-20-huge.md: front matter has 4,000,021 characters" in build.stderr
     assert "posts: 2," in build.stdout
     feed = json.loads((tmp_path / "out" / "tags" / "t" / "feed.json").read_text(encoding="utf-8"))
     assert [item["title"] for item in feed["items"]] == ["good", "other"]
 
 
 @pytest.mark.parametrize(("front", "limits", "message"), [
+    ("title: " + "长" * 200 + "\n", {"max_front_matter_chars": 100},
+     "front matter has 209 characters, more than collector.max_front_matter_chars = 100: not read"),
     ("a: &x [1, 2]\nb: [*x, *x, *x]\n", {"max_front_matter_aliases": 2},
      "front matter has 3 aliases (*name), more than collector.max_front_matter_aliases = 2: not read"),
     ("a: &x [1, 2, 3]\nb: [*x, *x]\n", {"max_front_matter_nodes": 15},
