@@ -1156,3 +1156,16 @@ def test_the_edge_case_site_builds_with_future_posts_too(edge_site: Path, tmp_pa
     assert done.stderr.count("rejected _posts/") == 6
     feed = json.loads((tmp_path / "out" / "feed.json").read_text(encoding="utf-8"))
     assert feed["items"][0]["title"] == "未来文章"
+
+
+@settings(max_examples=1000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.one_of(st.lists(_SIMPLE_LINES, max_size=6), st.lists(st.one_of(*[_SAFE_LINES] * 6, _SIMPLE_LINES), max_size=6))
+       .map("\n".join))
+def test_simple_front_matter_holds_fewer_values_than_characters(text: str) -> None:
+    """Why load_front_matter need not measure a simple front matter shorter than the value limit."""
+    from finews_feeds.limits import measure_data
+
+    simple = collector_module.simple_front_matter(text)
+    if simple is not None:
+        shape = measure_data(simple)
+        assert shape.nodes <= len(text) and shape.depth <= 2
