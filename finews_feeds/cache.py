@@ -60,7 +60,7 @@ from operator import attrgetter
 from pathlib import Path
 from typing import Any, BinaryIO, NamedTuple
 
-from . import collector, forks, markup
+from . import collector, forks, limits, markup, urls
 from .collector import Parsed, read_entry, rerender
 from .models import Collection, ContentSource, FileError, Post, Site, sort_key
 from .walk import SEP, Entry, Scan, rescan, scan_elsewhere, scan_text, walk
@@ -95,7 +95,7 @@ Outcome = Post | FileError | None
 
 def _code_version() -> str:
     digest = hashlib.blake2b(digest_size=8)
-    for module in (collector, markup):
+    for module in (collector, markup, limits, urls):  # what decides a parsed post or its rejection
         file = getattr(module, "__file__", None)
         if file:
             with contextlib.suppress(OSError):

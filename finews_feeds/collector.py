@@ -27,6 +27,15 @@ from frontmatter.default_handlers import YAMLHandler
 
 from .config import Config
 from .errors import PostError
+from .limits import (
+    DEFAULT_LIMITS,
+    FrontMatterLimits,
+    front_matter_problem,
+    measure_data,
+    measure_nodes,
+    terms_problem,
+    text_problem,
+)
 from .markup import (
     absolute_url,
     clean_line,
@@ -39,6 +48,7 @@ from .markup import (
 )
 from .models import Collection, FileError, Post, Site
 from .site import YamlLoader, resolve_site
+from .urls import web_url
 from .walk import Entry, read_file, walk
 
 log = logging.getLogger(__name__)
@@ -132,10 +142,41 @@ _PLAIN_SCALARS = frozenset(f"tag:yaml.org,2002:{name}" for name in ("int", "floa
 _SPECIAL_KEYS = frozenset(("tag:yaml.org,2002:merge", "tag:yaml.org,2002:value"))
 
 
-class _Handler(YAMLHandler):
-    def load(self, fm: str, **kwargs: object) -> Any:
-        simple = simple_front_matter(fm)
-        return simple if simple is not None else yaml.load(fm, Loader=_Loader)
+def load_front_matter(fm: str, limits: FrontMatterLimits) -> Any:
+    """The value of the front matter ``fm`` as PyYAML reads it, measured against ``limits``
+    before anything is built from it (see :mod:`finews_feeds.limits`). Raises
+    :class:`Rejected` for a front matter over a limit, PyYAML's errors for invalid YAML."""
+    if len(fm) > limits.chars:  # tested here: the call costs more than the test, for every post
+        raise Rejected(text_problem(len(fm), limits) or "")
+    simple = simple_front_matter(fm)
+    if simple is not None:
+        # Each key, string and list of this path takes a character of its own: a text shorter
+        # than the limit of values, two deep at most, needs no measuring.
+        if len(fm) >= limits.nodes or limits.depth < 2:
+            problem = front_matter_problem(measure_data(simple), limits)
+            if problem is not None:
+                raise Rejected(problem)
+        return simple
+    # yaml.load, with a document that may hold aliases measured between composing and
+    # constructing: the C composer builds an alias's node once, however often it is used, so an
+    # alias bomb is still small here. Without aliases, what is built is no bigger than the text.
+    loader = _Loader(fm)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        if "*" in fm:
+            problem = front_matter_problem(measure_nodes(node), limits)
+            if problem is not None:
+                raise Rejected(problem)
+            return loader.construct_document(node)
+        data = loader.construct_document(node)
+    finally:
+        loader.dispose()
+    problem = front_matter_problem(measure_data(data), limits)
+    if problem is not None:
+        raise Rejected(problem)
+    return data
 
 
 # The front matter of nearly every post is a few `key: value` lines of strings and flow lists
@@ -248,7 +289,8 @@ def _flow_items(inner: str) -> list[str] | None:
     return items
 
 
-_HANDLER = _Handler()
+#: Splits a file into front matter and body (its own loading is not used: :func:`load_front_matter`).
+_HANDLER = YAMLHandler()
 
 
 class Rejected(Exception):
@@ -271,14 +313,41 @@ class Parsed:
 # ---------------------------------------------------------------- dates
 
 
+#: The instants every time zone can show. Python's datetimes end at years 1 and 9999 in each
+#: zone, so `0001-01-01 +08:00` or `9999-12-31 -12:00` cannot be converted to UTC or to another
+#: zone (OverflowError, in the collector, a feed or the digest); a day's margin keeps any
+#: offset (at most 26 hours) inside.
+EARLIEST = datetime(1, 1, 2, tzinfo=UTC)
+LATEST = datetime(9999, 12, 30, 23, 59, 59, 999999, tzinfo=UTC)
+_RANGE = f"dates from {EARLIEST.date().isoformat()} to {LATEST.date().isoformat()} UTC"
+
+
+def in_range(moment: datetime) -> bool:
+    """Whether the aware ``moment`` lies between :data:`EARLIEST` and :data:`LATEST`."""
+    if 1 < moment.year < 9999:  # more than a day from either end, whatever its offset
+        return True
+    try:  # aware datetimes compare by their offsets, without converting (which could overflow)
+        return EARLIEST <= moment <= LATEST
+    except OverflowError:
+        return False
+
+
+def _ranged(moment: datetime, zone: tzinfo, value: object) -> datetime:
+    if not in_range(moment):
+        shown = value.strip() if isinstance(value, str) else str(value)
+        raise ValueError(f"{shown!r} is out of range ({_RANGE})")
+    return moment.astimezone(zone)
+
+
 def parse_date(value: object, zone: tzinfo) -> datetime:
     """A front-matter or file-name date as an aware datetime in ``zone``; times without offset are
-    in ``zone``. Raises ValueError for anything impossible or unreadable."""
+    in ``zone``. Raises ValueError for anything impossible, unreadable or out of range
+    (:func:`in_range`)."""
     if isinstance(value, datetime):
         moment = value if value.tzinfo is not None else value.replace(tzinfo=zone)
-        return moment.astimezone(zone)
+        return _ranged(moment, zone, value)
     if isinstance(value, date):
-        return datetime.combine(value, time(), zone)
+        return _ranged(datetime.combine(value, time(), zone), zone, value)
     if not isinstance(value, str):
         raise ValueError(f"{value!r} is not a date")
     match = _DATE.match(value)
@@ -297,7 +366,7 @@ def parse_date(value: object, zone: tzinfo) -> datetime:
             offset = zone
     except ValueError:
         raise ValueError(f"{value.strip()!r} is an impossible date") from None
-    return moment.replace(tzinfo=offset).astimezone(zone)
+    return _ranged(moment.replace(tzinfo=offset), zone, value)
 
 
 # ---------------------------------------------------------------- front matter values
@@ -373,6 +442,13 @@ def _image(value: object) -> str | None:
     if isinstance(value, str) and value.strip():
         return value.strip()
     return None
+
+
+def _image_url(image: str | None, url: str) -> str | None:
+    """A front-matter image as published: absolute, and only when it passes the URL policy
+    (:func:`~finews_feeds.urls.web_url`) as the author wrote it."""
+    allowed = web_url(image, url)
+    return absolute_url(allowed, url) if allowed is not None else None
 
 
 def _optional_text(value: object) -> str | None:
@@ -473,8 +549,9 @@ def decode(raw: bytes, encoding: str) -> str:
     return text.replace("\r\n", "\n").replace("\r", "\n")
 
 
-def split_front_matter(text: str) -> tuple[dict[str, Any], str]:
-    """The front matter (a mapping) and the body. Raises :class:`Rejected`."""
+def split_front_matter(text: str, limits: FrontMatterLimits = DEFAULT_LIMITS) -> tuple[dict[str, Any], str]:
+    """The front matter (a mapping) and the body. Raises :class:`Rejected`, also for a front
+    matter over one of ``limits``."""
     if not text.strip():
         raise Rejected("empty file: not a post")
     first_line = text.split("\n", 1)[0]
@@ -485,7 +562,7 @@ def split_front_matter(text: str) -> tuple[dict[str, Any], str]:
     except ValueError:
         raise Rejected("front matter is not closed: add a '---' line after it") from None
     try:
-        data = _HANDLER.load(fm)
+        data = load_front_matter(fm, limits)
     except yaml.MarkedYAMLError as exc:
         # The context mark is where the broken construct starts (an unclosed quote), which is
         # the line to fix.
@@ -543,7 +620,7 @@ def _parse_front(path: str, raw: bytes, site: Site) -> Front:
         raise Rejected("file name does not match YYYY-MM-DD-slug.ext")
     year, month, day, file_slug, ext = match.groups()
     text = decode(raw, site.encoding)
-    data, body = split_front_matter(text)
+    data, body = split_front_matter(text, site.limits)
 
     if data.get("published", True) is False:  # only the boolean: Jekyll publishes `published: "false"`
         raise NotPublished(path)
@@ -559,6 +636,8 @@ def _parse_front(path: str, raw: bytes, site: Site) -> Front:
             moment = datetime(int(year), int(month), int(day), tzinfo=zone)
         except ValueError:
             raise Rejected(f"file name date {year}-{month}-{day} is an impossible date") from None
+        if not in_range(moment):
+            raise Rejected(f"file name date {year}-{month}-{day} is out of range ({_RANGE}; or set a date in the front matter)")
 
     slug_value = data.get("slug")
     slug = clean_line(str(slug_value)) if isinstance(slug_value, (str, int, float)) and str(slug_value).strip() else file_slug
@@ -569,6 +648,9 @@ def _parse_front(path: str, raw: bytes, site: Site) -> Front:
     folders = [p for p in parts[: parts.index("_posts")] if p] if "_posts" in parts else []
     categories = categories_of(folders, data)
     tags = tags_of(data)
+    limits = site.limits
+    if len(categories) > limits.categories or len(tags) > limits.tags:
+        raise Rejected(terms_problem(len(categories), len(tags), limits) or "")
 
     pattern = data.get("permalink")
     if not isinstance(pattern, str) or not pattern.strip():
@@ -586,8 +668,8 @@ def _parse_front(path: str, raw: bytes, site: Site) -> Front:
     if data.get("last_modified_at") not in (None, ""):
         try:
             updated = parse_date(data["last_modified_at"], zone)
-        except ValueError:
-            log.warning("%s: last_modified_at %r is not a date; ignored", path, data["last_modified_at"])
+        except ValueError as exc:
+            log.warning("%s: last_modified_at is not a usable date (%s); ignored", path, exc)
 
     post = Post(
         path=path,
@@ -602,7 +684,7 @@ def _parse_front(path: str, raw: bytes, site: Site) -> Front:
         id=url,
         # Until the body is rendered: what the front matter says, else the defaults.
         summary=excerpt or description or "",
-        image=absolute_url(image, url) if image else None,
+        image=_image_url(image, url) if image else None,
         author=_author(data.get("author")),
         source=site.category_title(categories[0]) if categories else site.title,
         excerpt=excerpt,
@@ -632,7 +714,7 @@ def render_post(front: Front, site: Site) -> Parsed:
     done = dataclasses.replace(
         post,
         summary=post.summary or summarize_text(rendered.text, site.summary_chars),
-        image=post.image or rendered.image,
+        image=post.image or web_url(rendered.image, post.url),
         source=rendered.source or post.source,
         content_hash=hashlib.blake2b(rendered.html.encode("utf-8"), digest_size=12).hexdigest(),
     )

@@ -58,6 +58,19 @@ class SiteConfig:
 
 
 @dataclass(frozen=True)
+class CollectorConfig:
+    # Each limit is far beyond a real post, and stops a hostile one (a YAML alias bomb: 1 KB
+    # that names hundreds of millions of values) before it is expanded; a post over one is a
+    # rejected file naming the key.
+    max_front_matter_chars: int = _key(100000, "Most characters in one post's front matter, checked before it is parsed (parsing costs in proportion); more: rejected.")
+    max_front_matter_aliases: int = _key(1000, "Most aliases (*name) in one post's front matter; more: the file is rejected.")
+    max_front_matter_nodes: int = _key(10000, "Most values one front matter may expand to, every alias written out (mappings, lists, keys, scalars); more: rejected.")
+    max_front_matter_depth: int = _key(32, "Most lists and mappings nested inside one another in a front matter (a mapping of strings is 1); more: rejected.")
+    max_tags: int = _key(1000, "Most distinct tags of one post (each tag gets feeds); more: the file is rejected.")
+    max_categories: int = _key(100, "Most distinct categories of one post, folder categories included; more: the file is rejected.")
+
+
+@dataclass(frozen=True)
 class CategoryConfig:
     title: str = _key("", "Display name of the category, e.g. 财联社新闻; empty: the slug.")
     order: int = _key(1000, "Position of the category in the digest and listings (lower first).")
@@ -146,6 +159,7 @@ class SchedulerConfig:
 @dataclass(frozen=True)
 class Config:
     site: SiteConfig = field(default_factory=SiteConfig)
+    collector: CollectorConfig = field(default_factory=CollectorConfig)
     categories: dict[str, CategoryConfig] = field(default_factory=dict)
     feeds: FeedsConfig = field(default_factory=FeedsConfig)
     digest: DigestConfig = field(default_factory=DigestConfig)
@@ -171,6 +185,7 @@ class Config:
 
 SECTIONS: dict[str, type] = {
     "site": SiteConfig,
+    "collector": CollectorConfig,
     "feeds": FeedsConfig,
     "digest": DigestConfig,
     "smtp": SmtpConfig,

@@ -36,6 +36,7 @@ from .config import Config
 from .errors import ConfigError, DigestError
 from .message import PreparedBody, build_message, domain_of, format_address, header_text, message_id
 from .models import Collection, ContentSource, Post, Site
+from .urls import web_url
 
 log = logging.getLogger(__name__)
 
@@ -351,17 +352,6 @@ def lead_fragment(content: str, base_url: str) -> tuple[str, str]:
     return sanitize_fragment("".join(paragraphs)), "\n".join(texts)
 
 
-def safe_url(url: str | None, base: str) -> str | None:
-    """``url`` made absolute against ``base``, or None when it is not a web URL."""
-    if not url:
-        return None
-    absolute = urljoin(base, url.strip())
-    parts = urlsplit(absolute)
-    if parts.scheme not in ("http", "https") or not parts.netloc:
-        return None
-    return absolute
-
-
 class DigestRenderer:
     """Renders variants of the digest. One per thread: premailer is not thread-safe."""
 
@@ -522,7 +512,7 @@ class DigestRenderer:
             time=post.date.astimezone(self.site.timezone).strftime("%H:%M"),
             source=post.source,
             summary=post.summary,
-            image=safe_url(post.image, post.url),
+            image=web_url(post.image, post.url),
             lead_html=lead_html,
             lead_text=lead_text,
         )

@@ -43,6 +43,7 @@ from .config import FeedsConfig
 from .errors import ConfigError
 from .models import ContentSource, Post, Site
 from .slugs import assign_slugs, join_url
+from .urls import web_url
 
 if TYPE_CHECKING:
     import jinja2
@@ -319,6 +320,7 @@ def entry_data(post: Post, options: FeedOptions, content: ContentSource | None) 
     updated = _local(post.updated, zone) if post.updated else published
     summary = clean_text(post.description or post.excerpt or post.summary or "")
     body = clean_text(content(post)) if options.full_content and content is not None else None
+    image = web_url(post.image, post.url)  # the digest's policy too: http(s) in every reading
     return EntryData(
         id=post.id,
         url=post.url,
@@ -329,8 +331,8 @@ def entry_data(post: Post, options: FeedOptions, content: ContentSource | None) 
         terms=tuple(dict.fromkeys(clean_text(t) for t in (*post.categories, *post.tags) if clean_text(t))),
         summary=summary,
         content_html=body,
-        image=post.image,
-        image_type=_image_type(post.image) if post.image else "",
+        image=image,
+        image_type=_image_type(image) if image else "",
     )
 
 

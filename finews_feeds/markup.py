@@ -19,6 +19,8 @@ from urllib.parse import quote, urljoin, urlsplit
 import lxml.etree
 import lxml.html
 
+from .urls import is_web_url
+
 if TYPE_CHECKING:
     from markdown_it import MarkdownIt
 
@@ -351,14 +353,12 @@ def _absolutise(root: lxml.etree._Element, base: str, *, srcset: bool = True) ->
 
 
 def _is_web_url(url: str) -> bool:
-    # urlsplit costs more than the rest of the loop; an ASCII http(s) URL without brackets (which
-    # urlsplit could reject) needs no parsing.
-    if url.startswith(("https://", "http://")) and url.isascii() and "[" not in url and "]" not in url:
+    # The URL policy (urls.web_url) costs more than the rest of the loop; an ASCII http(s) URL
+    # without brackets (which urlsplit could reject) or references needs no parsing.
+    if (url.startswith(("https://", "http://")) and url.isascii() and "[" not in url and "]" not in url and "&" not in url
+            and url[8 if url[4] == "s" else 7 :][:1] not in ("", "/", "?", "#", ":", "@")):  # with a host
         return True
-    try:
-        return urlsplit(url).scheme in ("http", "https")
-    except ValueError:
-        return False
+    return is_web_url(url)
 
 
 def _absolute_srcset(value: str, base: str) -> str:

@@ -13,6 +13,8 @@ from datetime import datetime
 from typing import Protocol
 from zoneinfo import ZoneInfo
 
+from .limits import FrontMatterLimits
+
 
 @dataclass(frozen=True, slots=True)
 class Site:
@@ -34,6 +36,8 @@ class Site:
     category_titles: dict[str, str] = field(default_factory=dict)
     #: category slug -> position, from config
     category_order: dict[str, int] = field(default_factory=dict)
+    #: the most one post's front matter may hold, from config `[collector]`
+    limits: FrontMatterLimits = field(default_factory=FrontMatterLimits)
 
     def category_title(self, name: str) -> str:
         return self.category_titles.get(name, name)

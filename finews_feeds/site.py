@@ -15,6 +15,7 @@ import yaml
 
 from .config import Config
 from .errors import SiteError
+from .limits import FrontMatterLimits
 from .models import Site
 
 #: Jekyll's built-in permalink styles.
@@ -98,4 +99,12 @@ def resolve_site(config: Config) -> Site:
         extensions=tuple(cfg.extensions),
         category_titles={slug: c.title for slug, c in config.categories.items() if c.title},
         category_order={slug: c.order for slug, c in config.categories.items()},
+        limits=FrontMatterLimits(
+            chars=config.collector.max_front_matter_chars,
+            aliases=config.collector.max_front_matter_aliases,
+            nodes=config.collector.max_front_matter_nodes,
+            depth=config.collector.max_front_matter_depth,
+            tags=config.collector.max_tags,
+            categories=config.collector.max_categories,
+        ),
     )

@@ -107,7 +107,8 @@ def scan_text(site: Site) -> Scan:
 def scan_folders(site: Site) -> list[Chunk]:
     """The post files of each posts folder, with their sizes and mtimes (processes that share
     the work: :func:`scan_elsewhere`)."""
-    return [(rel, stat_files(folder, rel, names)) for folder, rel, names in list_posts(site)]
+    root = site_root(site)
+    return [(rel, stat_files(folder, rel, names, root)) for folder, rel, names in list_posts(site)]
 
 
 def flatten(chunks: list[Chunk]) -> Scan:
@@ -132,16 +133,18 @@ def merge(first: list[Chunk], second: list[Chunk]) -> list[Chunk]:
 def list_posts(site: Site) -> list[Listed]:
     """Every posts folder of the site (`_posts` anywhere outside `_` and dot folders, and the
     folders inside them) with the names of its post files, in the order of the listings: a
-    `_posts` folder of 100,000 files is filtered with one regex over its listing, in C."""
+    `_posts` folder of 100,000 files is filtered with one regex over its listing, in C.
+    A symlinked folder is entered by the rule of :func:`follows`."""
     extensions = tuple(e.lower() for e in site.extensions)
+    root = site_root(site)
     listed: list[Listed] = []
-    # (folder, path relative to the site, inside a _posts folder)
-    pending: list[tuple[str, str, bool]] = [(site.source, "", False)]
+    # (folder, path relative to the site, inside a _posts folder, reached through a symlinked folder)
+    pending: list[Pending] = [(site.source, "", False, False)]
     while pending:
-        folder, rel, in_posts = pending.pop()
+        folder, rel, in_posts, linked = pending.pop()
         try:
             if in_posts:
-                listed.append((folder, rel, _post_files(folder, rel, extensions, pending)))
+                listed.append((folder, rel, _post_files(folder, rel, extensions, pending, root, linked)))
                 continue
             with os.scandir(folder) as entries:
                 for entry in entries:
@@ -149,14 +152,22 @@ def list_posts(site: Site) -> list[Listed]:
                     if (name[0] in ".#_" and name != "_posts") or name[-1] == "~" or (not rel and name in ("node_modules", "vendor")):
                         continue
                     with contextlib.suppress(OSError):
-                        if entry.is_dir(follow_symlinks=False):  # a symlinked folder could loop
-                            pending.append((entry.path, rel + name + "/", name == "_posts"))
+                        if entry.is_dir(follow_symlinks=False):
+                            pending.append((entry.path, rel + name + "/", name == "_posts", linked))
+                        elif entry.is_symlink() and not linked and follows(root, entry.path, rel + name, extensions):
+                            pending.append((entry.path, rel + name + "/", name == "_posts", True))
         except OSError as exc:
             log.warning("%s: cannot list folder: %s", folder, exc.strerror)
     return listed
 
 
-def _post_files(folder: str, rel: str, extensions: tuple[str, ...], pending: list[tuple[str, str, bool]]) -> list[str]:
+#: A folder the walk is to list: its path, its path relative to the site (ending in `/`),
+#: whether it is inside a posts folder, whether it was reached through a symlinked folder.
+Pending = tuple[str, str, bool, bool]
+
+
+def _post_files(folder: str, rel: str, extensions: tuple[str, ...], pending: list[Pending], root: str,
+                linked: bool) -> list[str]:
     listing = os.listdir(folder)
     joined = "\n".join(listing)
     if joined.count("\n") == len(listing) - 1 or not listing:
@@ -169,15 +180,63 @@ def _post_files(folder: str, rel: str, extensions: tuple[str, ...], pending: lis
         for name in listing:
             if name in taken or name[0] in ".#_":
                 continue
+            path = os.path.join(folder, name)
             with contextlib.suppress(OSError):
-                if stat_module.S_ISDIR(os.stat(os.path.join(folder, name), follow_symlinks=False).st_mode):
-                    pending.append((os.path.join(folder, name), rel + name + "/", True))
+                mode = os.stat(path, follow_symlinks=False).st_mode
+                if stat_module.S_ISDIR(mode):
+                    pending.append((path, rel + name + "/", True, linked))
+                elif stat_module.S_ISLNK(mode) and not linked and follows(root, path, rel + name, extensions):
+                    pending.append((path, rel + name + "/", True, True))
     return found
 
 
-def stat_files(folder: str, rel: str, names: list[str]) -> Scan:
-    """The files ``names`` of ``folder`` (``rel`` from the site) that are regular files, with
-    their sizes and mtimes: stat'ed by ``map``, relative to the folder."""
+# ---------------------------------------------------------------- symlinks (Jekyll's safe mode)
+
+
+def site_root(site: Site) -> str:
+    """The site's folder with every symlink resolved: what a symlink must stay inside."""
+    return os.path.realpath(site.source)
+
+
+def inside(root: str, path: str) -> str | None:
+    """The real path of ``path`` (every symlink resolved) when it lies in the folder ``root``
+    (a real path) or is it; None when it leads elsewhere, is broken or loops.
+
+    Jekyll's ``EntryFilter#symlink_outside_site_source?`` in safe mode, made exact: Jekyll
+    compares the real path with the site's unresolved path as strings, so `/srv/site-old/x`
+    passes for the site `/srv/site`, and a site reached through a symlink refuses every link."""
+    try:
+        real = os.path.realpath(path, strict=True)
+    except OSError:
+        return None
+    return real if real == root or real.startswith(root.rstrip(os.sep) + os.sep) else None
+
+
+def follows(root: str, path: str, rel: str, extensions: tuple[str, ...]) -> bool:
+    """Whether the walk goes into the symlink ``path`` (``rel`` from the site, with `/`),
+    whose name the walk's rules let in: when it leads to a folder inside the site (``root``,
+    :func:`site_root`) that the walk does not enter through real folders in the same role
+    (posts folder or not), so that a link never lists a post twice nor loops back. The walk
+    follows no symlinked folder inside a symlinked folder: one level, so nothing can loop."""
+    if not os.path.isdir(path):
+        return False  # a link to a file (the walk lists no file here), a broken link or a loop
+    real = inside(root, path)
+    if real is None:
+        log.warning("%s: a symlink to a folder outside the site: not read", rel)
+        return False
+    target = os.path.relpath(real, root).replace(os.sep, "/")
+    role = _entered(target.split("/") if target != "." else [], extensions)
+    if role == _entered(rel.split("/"), extensions):
+        log.debug("%s: a symlink to %s, which the walk reads anyway: not followed", rel, target)
+        return False
+    return True
+
+
+def stat_files(folder: str, rel: str, names: list[str], root: str) -> Scan:
+    """The files ``names`` of ``folder`` (``rel`` from the site) that are regular files, or
+    symlinks to regular files inside the site's real folder ``root`` (:func:`site_root`), with
+    their sizes and mtimes (a link's: its target's): stat'ed by ``map``, relative to the
+    folder, without following links (as cheap, and a link is then told by its mode)."""
     try:
         fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
     except OSError as exc:
@@ -185,28 +244,49 @@ def stat_files(folder: str, rel: str, names: list[str]) -> Scan:
         return Scan("", b"", b"")
     try:
         try:
-            stats = list(map(functools.partial(os.stat, dir_fd=fd), names))
+            stats = list(map(functools.partial(os.stat, dir_fd=fd, follow_symlinks=False), names))
         except OSError:  # a file vanished since the listing: go one by one
             stats, kept = [], []
             for name in names:
                 with contextlib.suppress(OSError):
-                    stats.append(os.stat(name, dir_fd=fd))
+                    stats.append(os.stat(name, dir_fd=fd, follow_symlinks=False))
                     kept.append(name)
             names = kept
     finally:
         os.close(fd)
     if not all(map(stat_module.S_ISREG, map(attrgetter("st_mode"), stats))):
-        pairs = [(n, st) for n, st in zip(names, stats, strict=True) if stat_module.S_ISREG(st.st_mode)]
+        pairs = []
+        for name, info in zip(names, stats, strict=True):
+            if stat_module.S_ISLNK(info.st_mode):
+                found = _linked_file(root, os.path.join(folder, name), rel + name)
+                if found is not None:
+                    pairs.append((name, found))
+            elif stat_module.S_ISREG(info.st_mode):
+                pairs.append((name, info))
         names, stats = [n for n, _ in pairs], [st for _, st in pairs]
     # The folder once per file, in one join: no string per path is made here.
     text = rel + (SEP + rel).join(names) + SEP if names else ""
     return Scan(text, stamps(map(attrgetter("st_size"), stats)), stamps(map(attrgetter("st_mtime_ns"), stats)))
 
 
+def _linked_file(root: str, path: str, rel: str) -> os.stat_result | None:
+    """The stat of the file a symlinked post file leads to, when it is a regular file inside
+    the site (``root``); else None, with a warning for a target outside the site."""
+    real = inside(root, path)
+    if real is None:
+        log.warning("%s: a symlink to a file outside the site (or a broken one): not read", rel)
+        return None
+    with contextlib.suppress(OSError):
+        info = os.stat(real)
+        if stat_module.S_ISREG(info.st_mode):
+            return info
+    return None
+
+
 def walked(site: Site, rel: str) -> bool:
     """Whether :func:`list_posts` lists the path ``rel`` (relative to the site, with `/`) as a
     post file, from its name alone: the walk's rules for one path (whether the file exists and
-    is a regular file, and whether a folder on the way is a symlink, the caller checks)."""
+    is a regular file, and the symlinks on the way, the caller checks: :func:`rescan`)."""
     *folders, name = rel.split("/")
     extensions = tuple(e.lower() for e in site.extensions)
     return bool(name) and _entered(folders, extensions) is True and _post_names(extensions, SEP).fullmatch(name) is not None
@@ -245,8 +325,9 @@ def rescan(site: Site, last: Scan, paths: Iterable[str]) -> Scan | None:
         return None
     text, sizes, mtimes = last.text, bytearray(last.sizes), bytearray(last.mtimes)
     added: list[tuple[str, int, int]] = []
+    root = site_root(site)
     for rel in wanted:
-        found = _stat_walked(site, rel)
+        found = _stat_walked(site, rel, root)
         key = rel + SEP
         if text.startswith(key):
             at = 0
@@ -274,20 +355,31 @@ def rescan(site: Site, last: Scan, paths: Iterable[str]) -> Scan | None:
 RESCAN_MOST = 200
 
 
-def _stat_walked(site: Site, rel: str) -> tuple[int, int] | None:
-    """The size and mtime of ``rel`` if the walk would list it now, else None."""
+def _stat_walked(site: Site, rel: str, root: str) -> tuple[int, int] | None:
+    """The size and mtime of ``rel`` if the walk would list it now, else None: the walk's
+    rules for symlinks (:func:`follows`, :func:`stat_files`) applied to one path (``root``:
+    :func:`site_root`)."""
     if not walked(site, rel):
         return None
+    extensions = tuple(e.lower() for e in site.extensions)
     path = site.source
+    linked = False
+    *folders, name = rel.split("/")
     try:
-        for folder in rel.split("/")[:-1]:  # the walk enters no symlinked folder
+        for depth, folder in enumerate(folders):
             path = os.path.join(path, folder)
-            if not stat_module.S_ISDIR(os.lstat(path).st_mode):
+            mode = os.lstat(path).st_mode
+            if stat_module.S_ISDIR(mode):
+                continue
+            if not (stat_module.S_ISLNK(mode) and not linked and follows(root, path, "/".join(folders[: depth + 1]), extensions)):
                 return None
-        info = os.stat(os.path.join(path, rel.rsplit("/", 1)[-1]))
+            linked = True
+        path = os.path.join(path, name)
+        info = os.lstat(path)
     except OSError:
         return None
-    return (info.st_size, info.st_mtime_ns) if stat_module.S_ISREG(info.st_mode) else None
+    found = _linked_file(root, path, rel) if stat_module.S_ISLNK(info.st_mode) else info
+    return (found.st_size, found.st_mtime_ns) if found is not None and stat_module.S_ISREG(found.st_mode) else None
 
 
 def read_file(path: str, size: int) -> bytes:
@@ -326,7 +418,8 @@ def scan_elsewhere(site: Site, here: float = 0.0) -> Callable[[], Scan]:
         sender = threading.Thread(target=_send, args=(handing, marshal.dumps(
             [(folder, rel, SEP.join(names[:cut])) for (folder, rel, names), cut in zip(listed, cuts, strict=True)])))
         sender.start()
-        mine = [(rel, stat_files(folder, rel, names[cut:])) for (folder, rel, names), cut in zip(listed, cuts, strict=True)]
+        root = site_root(site)
+        mine = [(rel, stat_files(folder, rel, names[cut:], root)) for (folder, rel, names), cut in zip(listed, cuts, strict=True)]
         sender.join()
         return _dump(mine)
 
@@ -340,8 +433,9 @@ def scan_elsewhere(site: Site, here: float = 0.0) -> Callable[[], Scan]:
         with os.fdopen(handover, "rb") as pipe:
             given = pipe.read()
         mine: list[Chunk] | None = None
+        root = site_root(site)
         with contextlib.suppress(ValueError, EOFError, TypeError):
-            mine = [(str(rel), stat_files(str(folder), str(rel), str(names).split(SEP) if names else []))
+            mine = [(str(rel), stat_files(str(folder), str(rel), str(names).split(SEP) if names else [], root))
                     for folder, rel, names in marshal.loads(given)]
         theirs = _chunks_of(child)
         if mine is not None and theirs is not None:

@@ -15,7 +15,7 @@ from zoneinfo import ZoneInfo
 import pytest
 import yaml
 from click.testing import CliRunner
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from finews_feeds import collector as collector_module
@@ -891,3 +891,281 @@ def test_typical_front_matter_takes_the_simple_path(text: str, expected: dict[st
 ])
 def test_anything_else_is_left_to_pyyaml(text: str) -> None:
     assert collector_module.simple_front_matter(text) is None
+
+
+# ---------------------------------------------------------------- hostile front matter (issue 12, item 2)
+
+
+def alias_bomb(levels: int = 9, width: int = 9) -> str:
+    """About a kilobyte of YAML under `tags:` naming width**levels strings."""
+    lines = ["tags:", "  - &a0 [" + ", ".join(["lol"] * width) + "]"]
+    for level in range(1, levels):
+        lines.append(f"  - &a{level} [" + ", ".join([f"*a{level - 1}"] * width) + "]")
+    return "\n".join(lines) + "\n"
+
+
+def _limited_child() -> None:
+    import resource
+
+    resource.setrlimit(resource.RLIMIT_AS, (1 << 30, 1 << 30))
+
+
+def test_an_alias_bomb_is_rejected_by_name_and_every_other_post_is_built(tmp_path: Path) -> None:
+    bomb = alias_bomb()
+    assert len(bomb) < 1200
+    source = make_site(tmp_path / "s", {
+        "_posts/2022-04-20-bomb.md": post("title: bomb\ndate: 2022-04-20 09:00:00 +0800\n" + bomb),
+        # Parsing costs in proportion to the text: 4 MB of it, 2 million values, is refused unread.
+        "_posts/2022-04-20-huge.md": post("title: huge\ntags: [" + ",".join(["1"] * 2_000_000) + "]\n"),
+        "_posts/2022-04-20-good.md": post("title: good\ndate: 2022-04-20 10:00:00 +0800\ncategories: x\ntags: [t]\n"),
+        "_posts/2022-04-19-other.md": post("title: other\ndate: 2022-04-19 10:00:00 +0800\ntags: [t, u]\n"),
+    })
+    # A child with 1 GB of address space and a deadline: the code before this test hung here
+    # for minutes (or died of MemoryError, with a traceback).
+    command = [sys.executable, "-m", "finews_feeds", "check", "--site", str(source), "--json"]
+    done = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=20,
+                          preexec_fn=_limited_child, check=False)
+    assert done.returncode == 1, done.stderr
+    data = json.loads(done.stdout[done.stdout.index("{"):])
+    assert sorted(p["title"] for p in data["posts"]) == ["good", "other"]
+    assert data["errors"] == [
+        {"path": "_posts/2022-04-20-bomb.md", "message": (
+            "front matter expands to 490,329,061 values, more than collector.max_front_matter_nodes = 10,000: "
+            "not read (aliases repeating aliases: a YAML alias bomb?)")},
+        {"path": "_posts/2022-04-20-huge.md", "message": (
+            "front matter has 4,000,021 characters, more than collector.max_front_matter_chars = 100,000: not read")},
+    ]
+    assert "Traceback" not in done.stderr
+    build = subprocess.run([sys.executable, "-m", "finews_feeds", "build", "--site", str(source), "--out", str(tmp_path / "out")],
+                           cwd=tmp_path, capture_output=True, text=True, timeout=20, preexec_fn=_limited_child, check=False)
+    assert build.returncode == 0, build.stderr
+    assert "rejected _posts/2022-04-20-bomb.md: front matter expands to" in build.stderr
+    assert "rejected _posts/2022-04-20-huge.md: front matter has 4,000,021 characters" in build.stderr
+    assert "posts: 2," in build.stdout
+    feed = json.loads((tmp_path / "out" / "tags" / "t" / "feed.json").read_text(encoding="utf-8"))
+    assert [item["title"] for item in feed["items"]] == ["good", "other"]
+
+
+@pytest.mark.parametrize(("front", "limits", "message"), [
+    ("title: " + "长" * 200 + "\n", {"max_front_matter_chars": 100},
+     "front matter has 209 characters, more than collector.max_front_matter_chars = 100: not read"),
+    ("a: &x [1, 2]\nb: [*x, *x, *x]\n", {"max_front_matter_aliases": 2},
+     "front matter has 3 aliases (*name), more than collector.max_front_matter_aliases = 2: not read"),
+    ("a: &x [1, 2, 3]\nb: [*x, *x]\n", {"max_front_matter_nodes": 15},
+     "front matter expands to 16 values, more than collector.max_front_matter_nodes = 15: not read "
+     "(aliases repeating aliases: a YAML alias bomb?)"),
+    ("tags: [" + ", ".join(f"t{i}" for i in range(30)) + "]\n", {"max_front_matter_nodes": 32},
+     "front matter expands to 33 values, more than collector.max_front_matter_nodes = 32: not read "
+     "(aliases repeating aliases: a YAML alias bomb?)"),
+    ("a: [[[[x]]]]\n", {"max_front_matter_depth": 4},
+     "front matter nests lists and mappings 5 deep, more than collector.max_front_matter_depth = 4: not read"),
+    ("tags: &r [x, *r]\n", {},
+     "front matter has an alias inside the value it names (a recursive structure, endless once written out): not read"),
+    ("categories: &r {a: *r}\n", {},
+     "front matter has an alias inside the value it names (a recursive structure, endless once written out): not read"),
+    ("tags: [a, b, c, a]\n", {"max_tags": 2}, "3 tags, more than collector.max_tags = 2"),
+    ("tags: [1, 2, 3]\n", {"max_tags": 2}, "3 tags, more than collector.max_tags = 2"),
+    ("tags: a b c\n", {"max_tags": 2}, "3 tags, more than collector.max_tags = 2"),
+    ("categories: a b\ncategory: c\n", {"max_categories": 3}, "4 categories, more than collector.max_categories = 3"),
+])
+def test_front_matter_over_a_limit_is_a_rejected_file_naming_the_key(tmp_path: Path, front: str, limits: dict[str, int],
+                                                                     message: str) -> None:
+    source = make_site(tmp_path / "s", {
+        "news/_posts/2022-04-20-over.md": post(front),
+        "_posts/2022-04-20-fine.md": post("title: fine\n"),
+    })
+    site = resolve_site(build_config({"site": {"source": str(source)}, "collector": limits}))
+    collection = collect(site, None, NOW)
+    assert [p.title for p in collection.posts] == ["fine"]
+    assert [(e.path, e.message) for e in collection.errors] == [("news/_posts/2022-04-20-over.md", message)]
+
+
+def test_front_matter_at_the_limits_is_read(tmp_path: Path) -> None:
+    source = make_site(tmp_path / "s", {
+        "x/_posts/2022-04-20-at.md": post("a: &x [1, 2, 3]\nb: [*x, *x]\ntags: [a, b]\ncategories: y\nc: [[[x]]]\n"),
+    })
+    limits = {"max_front_matter_aliases": 2, "max_front_matter_nodes": 27, "max_front_matter_depth": 4, "max_tags": 2,
+              "max_categories": 2}
+    site = resolve_site(build_config({"site": {"source": str(source)}, "collector": limits}))
+    collection = collect(site, None, NOW)
+    assert collection.errors == []
+    assert [(p.categories, p.tags) for p in collection.posts] == [(("x", "y"), ("a", "b"))]
+
+
+def test_the_limits_are_part_of_the_cache_fingerprint(tmp_path: Path) -> None:
+    from finews_feeds.cache import fingerprint
+
+    source = make_site(tmp_path / "s", {})
+    loose = resolve_site(build_config({"site": {"source": str(source)}}))
+    tight = resolve_site(build_config({"site": {"source": str(source)}, "collector": {"max_tags": 3}}))
+    assert fingerprint(loose) != fingerprint(tight)
+
+
+def _expanded(value: Any) -> tuple[int, int]:
+    """Values and depth of ``value`` with every shared list written out (the reference)."""
+    if isinstance(value, dict):
+        parts = [_expanded(part) for pair in value.items() for part in pair]
+    elif isinstance(value, (list, tuple, set)):
+        parts = [_expanded(item) for item in value]
+    else:
+        return 1, 0
+    return 1 + sum(n for n, _ in parts), 1 + max((d for _, d in parts), default=0)
+
+
+@st.composite
+def _anchored_documents(draw: st.DrawFn) -> str:
+    """Front matter whose values name earlier ones by alias."""
+    lines = []
+    for i in range(draw(st.integers(2, 5))):
+        leaves = [st.sampled_from(["x", "新闻", "1", "true", "''", "~", "2022-04-20"])]
+        if i:
+            leaves.append(st.integers(0, i - 1).map(lambda j: f"*a{j}"))
+        value = draw(st.recursive(
+            st.one_of(*leaves),
+            lambda inner: st.lists(inner, max_size=4).map(lambda items: "[" + ", ".join(items) + "]")
+            | st.lists(st.tuples(st.sampled_from(["p", "q", "r"]), inner), max_size=3, unique_by=lambda kv: kv[0])
+            .map(lambda pairs: "{" + ", ".join(f"{k}: {v}" for k, v in pairs) + "}"),
+            max_leaves=8))
+        key = draw(st.sampled_from(["tags", "categories", "title", "author", "image"])) if i == 0 else f"k{i}"
+        lines.append(f"{key}: {value}" if value.startswith("*") else f"{key}: &a{i} {value}")
+    return "\n".join(lines) + "\n"
+
+
+def _written_out(node: Any, path: frozenset[int] = frozenset()) -> tuple[int, int, bool]:
+    """Values, depth and recursion of a composed document with every alias written out, one
+    by one (the reference for limits.measure_nodes; of repeated keys the last pair counts)."""
+    if id(node) in path:
+        return 0, 0, True
+    if isinstance(node, yaml.ScalarNode):
+        return 1, 0, False
+    inside = path | {id(node)}
+    if isinstance(node, yaml.MappingNode):
+        pairs = {(k.tag, k.value) if isinstance(k, yaml.ScalarNode) else id(k): (k, v) for k, v in node.value}
+        kept = [part for pair in pairs.values() for part in pair]
+        every = [part for pair in node.value for part in pair]
+    else:
+        kept = every = list(node.value)
+    if any(_written_out(child, inside)[2] for child in every):
+        return 0, 0, True
+    parts = [_written_out(child, inside) for child in kept]
+    return 1 + sum(n for n, _, _ in parts), 1 + max((d for _, d, _ in parts), default=0), False
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.one_of(*[_anchored_documents()] * 4, _YAML_PIECES, VALUES.map(lambda v: yaml.safe_dump(v, allow_unicode=True)),
+                 st.lists(_SIMPLE_LINES, max_size=6).map("\n".join)),
+       st.one_of(st.tuples(st.integers(0, 6), st.integers(1, 60), st.integers(1, 5)), st.just((1000, 10_000, 32))))
+def test_front_matter_within_the_limits_reads_as_before_and_beyond_them_is_rejected(
+        text: str, limited: tuple[int, int, int]) -> None:
+    from finews_feeds.collector import Rejected, load_front_matter
+    from finews_feeds.limits import FrontMatterLimits
+
+    aliases, nodes, depth = limited
+    limits = FrontMatterLimits(aliases=aliases, nodes=nodes, depth=depth)
+    try:  # before issue 12: the simple path, else PyYAML with the collector's loader
+        simple = collector_module.simple_front_matter(text)
+        before: Any = simple if simple is not None else yaml.load(text, Loader=collector_module._Loader)
+    except yaml.YAMLError as exc:
+        with pytest.raises(yaml.YAMLError) as raised:
+            load_front_matter(text, limits)
+        assert type(raised.value) is type(exc)
+        return
+    # Without aliases, the data as built is measured; with them, the document as composed (a
+    # mapping's repeated keys told by their text), before anything is built from it.
+    composed = yaml.compose(text, Loader=collector_module._Loader)
+    if "*" not in text:
+        size, deep, recursive = (*_expanded(before), False) if before is not None else (0, 0, False)
+    else:
+        size, deep, recursive = _written_out(composed) if composed is not None else (0, 0, False)
+    used = sum(isinstance(event, yaml.AliasEvent) for event in yaml.parse(text, Loader=collector_module._Loader))
+    within = not recursive and used <= aliases and size <= nodes and deep <= depth
+    try:
+        after = load_front_matter(text, limits)
+    except Rejected as exc:
+        event("rejected")
+        assert not within, str(exc)
+        assert "collector.max_front_matter_" in str(exc) or "recursive" in str(exc)
+    else:
+        event("read" if "*" not in text else "read, with aliases")
+        assert within
+        assert repr(after) == repr(before)
+        assert before is None or _expanded(before)[0] <= size
+
+
+# ---------------------------------------------------------------- dates out of range (issue 12, item 11)
+
+
+@pytest.mark.parametrize(("name", "front", "message"), [
+    ("2022-04-20-early.md", "date: 0001-01-01 +08:00\n",
+     "date: '0001-01-01 +08:00' is out of range (dates from 0001-01-02 to 9999-12-30 UTC)"),
+    ("2022-04-20-late.md", "date: 9999-12-31 -12:00\n",
+     "date: '9999-12-31 -12:00' is out of range (dates from 0001-01-02 to 9999-12-30 UTC)"),
+    ("2022-04-20-late-z.md", "date: 9999-12-31T23:00:00Z\n",
+     "date: '9999-12-31T23:00:00Z' is out of range (dates from 0001-01-02 to 9999-12-30 UTC)"),
+    ("2022-04-20-tagged.md", "date: !!timestamp 0001-01-01 01:00:00 +08:00\n",
+     "date: '0001-01-01 01:00:00+08:00' is out of range (dates from 0001-01-02 to 9999-12-30 UTC)"),
+    ("0001-01-01-name.md", "title: t\n",
+     "file name date 0001-01-01 is out of range (dates from 0001-01-02 to 9999-12-30 UTC; or set a date in the front matter)"),
+    ("9999-12-31-name.md", "title: t\n",
+     "file name date 9999-12-31 is out of range (dates from 0001-01-02 to 9999-12-30 UTC; or set a date in the front matter)"),
+])
+def test_a_date_out_of_range_is_a_rejected_file_without_a_traceback(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture, name: str, front: str, message: str) -> None:
+    source = make_site(tmp_path / "s", {f"_posts/{name}": post(front), "_posts/2022-04-20-fine.md": post("title: fine\n")})
+    collection = collect_dir(source, future=True, timezone="America/Los_Angeles")
+    assert [p.title for p in collection.posts] == ["fine"]
+    assert [(e.path, e.message) for e in collection.errors] == [(f"_posts/{name}", message)]
+    assert not [r for r in caplog.records if r.exc_info]
+
+
+def test_a_last_modified_at_out_of_range_is_ignored_with_a_warning(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    source = make_site(tmp_path / "s", {"_posts/2022-04-20-p.md": post("title: t\nlast_modified_at: 0001-01-01 00:00:00 +08:00\n")})
+    got = one(source)
+    assert got.updated is None
+    assert [(r.levelname, r.getMessage(), r.exc_info) for r in caplog.records] == [(
+        "WARNING", "_posts/2022-04-20-p.md: last_modified_at is not a usable date ('0001-01-01 00:00:00 +08:00' is out "
+        "of range (dates from 0001-01-02 to 9999-12-30 UTC)); ignored", None)]
+
+
+def test_dates_at_the_ends_of_the_range_are_read_and_built(tmp_path: Path) -> None:
+    from finews_feeds.build import run_build
+
+    source = make_site(tmp_path / "s", {
+        "_posts/2022-04-20-first.md": post("title: first\ndate: 0001-01-02 00:00:00 +00:00\nlast_modified_at: 0001-01-02T01:00:00Z\n"),
+        "_posts/2022-04-20-last.md": post("title: last\ndate: 9999-12-30 23:59:59 +00:00\n"),
+    })
+    collection = collect_dir(source, future=True)
+    assert collection.errors == []
+    assert [p.date.isoformat() for p in collection.posts] == ["9999-12-31T07:59:59+08:00", "0001-01-02T08:05:43+08:05:43"]
+    config = build_config({"site": {"source": str(source), "future": True, "cache_dir": str(tmp_path / "c")},
+                           "feeds": {"output": str(tmp_path / "out")}})
+    report = run_build(config)
+    assert report.rejected == []
+    assert {item["title"] for item in json.loads((tmp_path / "out" / "feed.json").read_text(encoding="utf-8"))["items"]} == {
+        "first", "last"}
+
+
+def test_the_edge_case_site_builds_with_future_posts_too(edge_site: Path, tmp_path: Path) -> None:
+    """`make_site.py --edge-cases` (also its post dated 2999, published with `future`): every
+    file a post or a rejected file with its reason, and the feeds built, in a child with 1 GB."""
+    command = [sys.executable, "-m", "finews_feeds", "build", "--site", str(edge_site), "--out", str(tmp_path / "out"), "--full"]
+    done = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=120, preexec_fn=_limited_child,
+                          env={**os.environ, "FINEWS_SITE_FUTURE": "true"}, check=False)
+    assert done.returncode == 0, done.stderr
+    assert "Traceback" not in done.stderr
+    assert done.stderr.count("rejected _posts/") == 6
+    feed = json.loads((tmp_path / "out" / "feed.json").read_text(encoding="utf-8"))
+    assert feed["items"][0]["title"] == "未来文章"
+
+
+@settings(max_examples=1000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.one_of(st.lists(_SIMPLE_LINES, max_size=6), st.lists(st.one_of(*[_SAFE_LINES] * 6, _SIMPLE_LINES), max_size=6))
+       .map("\n".join))
+def test_simple_front_matter_holds_fewer_values_than_characters(text: str) -> None:
+    """Why load_front_matter need not measure a simple front matter shorter than the value limit."""
+    from finews_feeds.limits import measure_data
+
+    simple = collector_module.simple_front_matter(text)
+    if simple is not None:
+        shape = measure_data(simple)
+        assert shape.nodes <= len(text) and shape.depth <= 2

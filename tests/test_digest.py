@@ -22,10 +22,12 @@ import cssutils
 import lxml.html
 import pytest
 from click.testing import CliRunner
+from hostile_urls import HOSTILE_URLS, hostile_in, write_hostile_site
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from finews_feeds.cli import cli
+from finews_feeds.collector import collect_site
 from finews_feeds.config import Config, build_config, read_file
 from finews_feeds.digest import (
     GREETING,
@@ -645,3 +647,34 @@ def test_a_day_of_500_articles_stays_under_gmail_clipping(tmp_path: Path, caplog
     assert 8 * len(groups) <= shown < 500
     assert shown + sum(int(m.text_content().split()[1]) for m in page.find_class("more")) == 500
     assert "would be" in caplog.text and "Gmail clips at 102 KB" in caplog.text
+
+
+# ---------------------------------------------------------------------------------------------
+# hostile image URLs (issue 12, item 11): the feeds' policy (urls.web_url)
+
+
+@pytest.mark.parametrize("url", HOSTILE_URLS)
+def test_a_thumbnail_that_is_not_http_in_every_reading_is_left_out(config: Config, site: Site, url: str) -> None:
+    posts = [make_post(1, hour=9, image=url), make_post(2, hour=8, image="https://img.example.com/ok.jpg?a=1&amp;b=2")]
+    variant = render(config, site, posts)
+    assert [img.get("src") for img in doc(variant.html).xpath("//img")] == ["https://img.example.com/ok.jpg?a=1&amp;b=2"]
+    assert hostile_in(variant.html) == [] and hostile_in(variant.text) == []
+
+
+def test_hostile_images_of_a_site_reach_no_digest(tmp_path: Path) -> None:
+    source = write_hostile_site(tmp_path / "s", "https://finews.withounder.com")
+    config = config_for(source, tmp_path, max_per_category=100)
+    collection = collect_site(config, now=datetime(2022, 5, 1, tzinfo=UTC))
+    assert collection.errors == []
+    renderer = DigestRenderer(config, collection.site, collection.content)
+    for day, kind in ((date(2022, 4, 20), "fm"), (date(2022, 4, 19), "body")):
+        posts = collection.complete(posts_of_day(collection.posts, day, SHANGHAI))
+        variant = renderer.render(day, posts, EVERYTHING)
+        assert variant is not None
+        assert hostile_in(variant.html) == [] and hostile_in(variant.text) == [], kind
+        sources = [img.get("src") for img in doc(variant.html).xpath("//td[contains(@class, 'it')]//img[@width='88']")]
+        if kind == "fm":
+            assert sources == []
+        else:
+            assert len(sources) == len(HOSTILE_URLS)
+            assert all(src.startswith("https://finews.withounder.com/") for src in sources)

@@ -4,15 +4,18 @@ import json
 import locale
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta, timezone
+from pathlib import Path
 
 import feedparser
 import pytest
 from feed_checks import SITE_URL, TZ, atom_problems, body_of, json_feed_problems, make_post, make_site, rss_problems
+from hostile_urls import HOSTILE_URLS, hostile_in, write_hostile_site
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from lxml import etree
 
-from finews_feeds.config import FeedsConfig
+from finews_feeds.build import run_build
+from finews_feeds.config import FeedsConfig, build_config
 from finews_feeds.errors import ConfigError
 from finews_feeds.feeds import (
     FeedOptions,
@@ -422,3 +425,53 @@ def test_an_index_page_from_the_listing_cache_is_the_page_made_without_it() -> N
         assert set(cache.rows) == {s.key for s in plan.specs} and cache.frame
         cache = ListingCache.load(cache.dump())
     assert ListingCache.load(("garbage",)) == ListingCache()
+
+
+# --------------------------------------------------------------------------- hostile image URLs (issue 12, item 11)
+
+
+@pytest.mark.parametrize("url", HOSTILE_URLS)
+def test_an_image_url_that_is_not_http_is_in_no_feed_format(url: str) -> None:
+    good = "https://img.example/ok.png?a=1&amp;b=2"
+    files = render([make_post(1, image=url), make_post(2, image=good)])
+    assert [item.get("image") for item in json_of(files)["items"]] == [good, None]  # type: ignore[union-attr]
+    atom = [[link.get("href") for link in entry.findall(f"{ATOM}link") if link.get("rel") == "enclosure"]
+            for entry in atom_of(files).iter(f"{ATOM}entry")]
+    assert atom == [[good], []]
+    rss = rss_of(files)
+    assert [enclosure.get("url") for enclosure in rss.iter("enclosure")] == [good]
+    assert [thumbnail.get("url") for thumbnail in rss.iter("{http://search.yahoo.com/mrss/}thumbnail")] == [good]
+    assert [thumbnail.get("url") for thumbnail in atom_of(files).iter("{http://search.yahoo.com/mrss/}thumbnail")] == [good]
+    for name, data in files.items():
+        assert hostile_in(data.decode("utf-8")) == [], name
+
+
+def test_hostile_images_of_a_site_reach_no_feed(tmp_path: Path) -> None:
+    """Through the collector: the front matter `image:` and the first `<img>` of the body."""
+    site = write_hostile_site(tmp_path / "s", SITE_URL)
+    # Summaries only: a post's full HTML is the post's own (feed readers sanitize content);
+    # what is checked here is what the feeds themselves make a link or an image of.
+    config = build_config({"site": {"source": str(site), "cache_dir": str(tmp_path / "c")},
+                           "feeds": {"output": str(tmp_path / "out"), "limit": 100, "full_content": False}})
+    report = run_build(config)
+    assert report.rejected == []
+    written = {path.relative_to(tmp_path / "out").as_posix(): path.read_bytes() for path in (tmp_path / "out").rglob("*")
+               if path.suffix in (".xml", ".json", ".html", ".opml", ".xsl")}
+    for name, data in written.items():
+        assert hostile_in(data.decode("utf-8")) == [], name
+    # `java&amp;#x09;script:` in HTML is the relative URL `java&#x09;script:`: harmless, on the site.
+    relative = {n for n, url in enumerate(HOSTILE_URLS) if "&amp;" in url}
+    assert len(relative) == 1
+    images = {item["title"]: item.get("image") for item in json.loads(written["feed.json"])["items"]}
+    expected = {**{f"fm{n}": None for n in range(len(HOSTILE_URLS))},
+                **{f"body{n}": images[f"body{n}"] if n in relative else f"{SITE_URL}/img/second{n}.png"
+                   for n in range(len(HOSTILE_URLS))}}
+    assert all(images[f"body{n}"].startswith(f"{SITE_URL}/2022/04/19/java&") for n in relative)
+    assert images == expected
+    atom = etree.fromstring(written["atom.xml"])
+    assert {entry.findtext(f"{ATOM}title"): next((link.get("href") for link in entry.findall(f"{ATOM}link")
+                                                  if link.get("rel") == "enclosure"), None)
+            for entry in atom.iter(f"{ATOM}entry")} == expected
+    rss = etree.fromstring(written["rss.xml"])
+    assert {item.findtext("title"): (item.find("enclosure").get("url") if item.find("enclosure") is not None else None)
+            for item in rss.iter("item")} == expected
