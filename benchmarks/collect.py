@@ -29,9 +29,9 @@ MAKE_SITE = HERE.parent / "tests" / "data" / "collector" / "make_site.py"
 
 def child(source: str, cache_dir: str, repeat: int, every_body: bool = False) -> None:
     """Run in a fresh process: collect, print figures as JSON."""
-    from finews_feeds.collector import collect
     from finews_feeds.config import build_config
-    from finews_feeds.site import resolve_site
+    from finews_feeds.site.collector import collect
+    from finews_feeds.site.jekyll import resolve_site
 
     site = resolve_site(build_config({"site": {"source": source}}))
     now = datetime.now(UTC)

@@ -77,7 +77,7 @@ def main() -> None:
 
     from smtp_fakes import Sink, free_port, running
 
-    from finews_feeds.store import Store
+    from finews_feeds.mail.store import Store
 
     root: Path = args.root
     shutil.rmtree(root, ignore_errors=True)

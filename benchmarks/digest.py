@@ -20,11 +20,11 @@ from collections import Counter
 from datetime import UTC, date, datetime
 from pathlib import Path
 
-from finews_feeds.collector import collect_site
 from finews_feeds.config import Config, build_config, read_file
-from finews_feeds.digest import DigestRenderer, Recipient, Selection, Variant, posts_of_day
-from finews_feeds.message import build_message, domain_of, format_address, message_id
+from finews_feeds.mail.digest import DigestRenderer, Recipient, Selection, Variant, posts_of_day
+from finews_feeds.mail.message import build_message, domain_of, format_address, message_id
 from finews_feeds.models import Post
+from finews_feeds.site.collector import collect_site
 
 ROOT = Path(__file__).resolve().parent.parent
 SENT = datetime(2022, 4, 20, 23, 30, tzinfo=UTC)

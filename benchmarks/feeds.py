@@ -198,8 +198,8 @@ IN_PROCESS = """
 import json, sys, threading, time
 from datetime import UTC, datetime
 from pathlib import Path
-from finews_feeds.build import build_feeds, rebuild_added
-from finews_feeds.collector import collect_site
+from finews_feeds.feeds.build import build_feeds, rebuild_added
+from finews_feeds.site.collector import collect_site
 from finews_feeds.config import load_config
 if __name__ == "__main__":
     config = load_config(Path(sys.argv[1]), {})
@@ -250,7 +250,7 @@ def hugo_site(work: Path, site: Path, posts: int) -> Path:
 import json, sys
 from pathlib import Path
 from finews_feeds.config import build_config
-from finews_feeds.collector import collect_site
+from finews_feeds.site.collector import collect_site
 if __name__ == "__main__":
     config = build_config({{"site": {{"source": {str(site)!r}, "cache_dir": {str(work / f"cache-{posts}")!r}}}}})
     collection = collect_site(config)

@@ -28,12 +28,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
 from smtp_fakes import database_url, free_port, make_collection, make_config
 
-from finews_feeds.delivery import digest_message, send_digest
-from finews_feeds.digest import Selection
-from finews_feeds.mailer import SmtpTransport, transport_from_config
-from finews_feeds.message import message_id
-from finews_feeds.store import Store, Subscriber
-from finews_feeds.tokens import secret_of
+from finews_feeds.mail.delivery import digest_message, send_digest
+from finews_feeds.mail.digest import Selection
+from finews_feeds.mail.mailer import SmtpTransport, transport_from_config
+from finews_feeds.mail.message import message_id
+from finews_feeds.mail.store import Store, Subscriber
+from finews_feeds.mail.tokens import secret_of
 
 DAY = date(2022, 4, 20)
 T0 = datetime(2022, 4, 21, tzinfo=UTC)
@@ -180,7 +180,7 @@ class FixedDayRenderer:
     """The real renderer, always on the sample day's posts (the second pass sends "the next day")."""
 
     def __init__(self, config: object) -> None:
-        from finews_feeds.digest import DigestRenderer, posts_of_day
+        from finews_feeds.mail.digest import DigestRenderer, posts_of_day
 
         collection = make_collection()
         self.renderer = DigestRenderer(config, collection.site, collection.content)  # type: ignore[arg-type]

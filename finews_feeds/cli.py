@@ -92,7 +92,7 @@ def config_command(state: State) -> None:
 @handle_errors
 def check_command(state: State, site_dir: Path | None, as_json: bool) -> None:
     """Read the site's posts and report what was collected and every rejected file."""
-    from .collector import collect_site, summarize, write_json
+    from .site.collector import collect_site, summarize, write_json
 
     config = state.config(site={"source": str(site_dir) if site_dir else None})
     collection = collect_site(config)
@@ -126,7 +126,7 @@ def check_command(state: State, site_dir: Path | None, as_json: bool) -> None:
 @handle_errors
 def build_command(state: State, site_dir: Path | None, out_dir: Path | None, full: bool, strict: bool) -> None:
     """Write RSS, Atom and JSON feeds for the site, each category and each tag (incrementally)."""
-    from .build import run_build
+    from .feeds.build import run_build
 
     config = state.config(site={"source": str(site_dir) if site_dir else None},
                           feeds={"output": str(out_dir) if out_dir else None})
@@ -155,7 +155,7 @@ def digest_command(state: State, site_dir: Path | None, day: Any, html_path: Pat
     """Render the digest of a day: its web copy, and a preview for a sample recipient."""
     from datetime import UTC, datetime
 
-    from .digest import digest_day, write_preview
+    from .mail.digest import digest_day, write_preview
 
     config = state.config(site={"source": str(site_dir) if site_dir else None})
     now = datetime.now(UTC)
@@ -182,7 +182,7 @@ def _send_digest(config: Config, day: Any) -> int:
     import threading
     from datetime import UTC, datetime
 
-    from .delivery import send_day
+    from .mail.delivery import send_day
 
     stop = threading.Event()
     bars: list[Any] = []
@@ -219,7 +219,7 @@ def subscribers_group() -> None:
 
 
 def _store(state: State) -> Any:
-    from .store import Store
+    from .mail.store import Store
 
     return Store.open(state.config().database.url)
 
@@ -234,7 +234,7 @@ def _store(state: State) -> Any:
 @handle_errors
 def subscribers_add(state: State, email: str, name: str, categories: str, tags: str, confirmed: bool) -> None:
     """Add a subscriber (pending until confirmed, unless --confirmed)."""
-    from .subscribers import normalize_names
+    from .mail.subscribers import normalize_names
 
     with _store(state) as store:
         sub = store.add_subscriber(email, name=name, categories=normalize_names(categories, "category"),
@@ -281,7 +281,7 @@ def subscribers_import(state: State, file: Path, confirmed: bool) -> None:
     """Import a CSV file (column email required; name, status, categories, tags optional)."""
     from datetime import UTC, datetime
 
-    from .subscribers import import_csv
+    from .mail.subscribers import import_csv
 
     with _store(state) as store:
         report = import_csv(store, file, datetime.now(UTC), confirmed=confirmed)
@@ -297,7 +297,7 @@ def subscribers_import(state: State, file: Path, confirmed: bool) -> None:
 @handle_errors
 def subscribers_export(state: State, file: Path) -> None:
     """Write every subscriber to a CSV file that `import` reads back."""
-    from .subscribers import export_csv
+    from .mail.subscribers import export_csv
 
     with _store(state) as store:
         count = export_csv(store, file)
@@ -318,7 +318,7 @@ def subscribers_export(state: State, file: Path) -> None:
 @handle_errors
 def daemon_command(state: State, digest_in: float | None, digest_day: Any, retry_after: float | None) -> None:
     """Rebuild the feeds, send the daily digest and serve the web app, until SIGTERM or SIGINT."""
-    from .daemon import RETRY_FIRST, run_daemon
+    from .service.daemon import RETRY_FIRST, run_daemon
 
     config = state.config()
     sys.exit(run_daemon(config, digest_in=digest_in, digest_day=digest_day.date() if digest_day else None,

@@ -13,7 +13,7 @@ from datetime import datetime
 from typing import Protocol
 from zoneinfo import ZoneInfo
 
-from .limits import FrontMatterLimits
+from .site.limits import FrontMatterLimits
 
 
 @dataclass(frozen=True, slots=True)

@@ -6,7 +6,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from finews_feeds import cache
+from finews_feeds.site import cache
 
 
 @pytest.fixture(autouse=True)

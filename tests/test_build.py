@@ -19,14 +19,14 @@ import pytest
 from click.testing import CliRunner
 from feed_checks import atom_problems, json_feed_problems, rss_problems
 
-from finews_feeds import build as buildmod
-from finews_feeds import cache
-from finews_feeds.build import STATE, STATE_POSTS
 from finews_feeds.cli import cli
-from finews_feeds.collector import collect_site
 from finews_feeds.config import Config, build_config
-from finews_feeds.site import resolve_site
-from finews_feeds.writer import LOCK, MANIFEST, OutputDir
+from finews_feeds.feeds import build as buildmod
+from finews_feeds.feeds.build import STATE, STATE_POSTS
+from finews_feeds.feeds.writer import LOCK, MANIFEST, OutputDir
+from finews_feeds.site import cache
+from finews_feeds.site.collector import collect_site
+from finews_feeds.site.jekyll import resolve_site
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = Path(__file__).parent / "data"

@@ -15,9 +15,11 @@ from cache_fixtures import no_memo  # noqa: F401 - autouse in this module
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from finews_feeds import cache
-from finews_feeds import walk as walkmod
-from finews_feeds.cache import (
+from finews_feeds.config import build_config
+from finews_feeds.models import Collection, Site
+from finews_feeds.site import cache
+from finews_feeds.site import walk as walkmod
+from finews_feeds.site.cache import (
     BODIES,
     INDEX,
     collect_cached,
@@ -28,11 +30,9 @@ from finews_feeds.cache import (
     site_folder,
     to_columns,
 )
-from finews_feeds.collector import Entry, collect
-from finews_feeds.config import build_config
-from finews_feeds.models import Collection, Site
-from finews_feeds.site import resolve_site
-from finews_feeds.walk import scan, scan_elsewhere
+from finews_feeds.site.collector import Entry, collect
+from finews_feeds.site.jekyll import resolve_site
+from finews_feeds.site.walk import scan, scan_elsewhere
 
 NOW = datetime(2022, 5, 1, tzinfo=UTC)
 CONFIG_YML = "title: finews\nurl: https://finews.withounder.com\n"
@@ -488,7 +488,7 @@ def test_scan_shares_list_every_file_once_and_a_child_scan_lists_them_all(source
 
 
 def test_read_file_reads_a_file_that_grew_or_shrank_since_the_scan(tmp_path: Path) -> None:
-    from finews_feeds.walk import read_file
+    from finews_feeds.site.walk import read_file
 
     path = tmp_path / "f"
     data = bytes(range(256)) * 1000

@@ -18,13 +18,13 @@ from click.testing import CliRunner
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from finews_feeds import collector as collector_module
 from finews_feeds.cli import cli
-from finews_feeds.collector import collect, collect_site, parse_date, parse_post, summarize
 from finews_feeds.config import build_config
 from finews_feeds.errors import PostError
 from finews_feeds.models import Collection, Post, Site
-from finews_feeds.site import resolve_site
+from finews_feeds.site import collector as collector_module
+from finews_feeds.site.collector import collect, collect_site, parse_date, parse_post, summarize
+from finews_feeds.site.jekyll import resolve_site
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = Path(__file__).parent / "data" / "collector"
@@ -746,7 +746,7 @@ _FM_NEAR_LINES = st.one_of(
 @settings(max_examples=500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.one_of(st.lists(_FM_LINES, max_size=8), st.lists(_FM_NEAR_LINES, max_size=5)))
 def test_any_front_matter_near_finews_shapes_is_a_post_or_a_named_error(lines: list[str]) -> None:
-    from finews_feeds.collector import NotPublished
+    from finews_feeds.site.collector import NotPublished
 
     raw = ("---\n" + "\n".join(lines) + "\n---\n<p>正文</p>\n").encode("utf-8")
     try:
@@ -993,7 +993,7 @@ def test_front_matter_at_the_limits_is_read(tmp_path: Path) -> None:
 
 
 def test_the_limits_are_part_of_the_cache_fingerprint(tmp_path: Path) -> None:
-    from finews_feeds.cache import fingerprint
+    from finews_feeds.site.cache import fingerprint
 
     source = make_site(tmp_path / "s", {})
     loose = resolve_site(build_config({"site": {"source": str(source)}}))
@@ -1057,8 +1057,8 @@ def _written_out(node: Any, path: frozenset[int] = frozenset()) -> tuple[int, in
        st.one_of(st.tuples(st.integers(0, 6), st.integers(1, 60), st.integers(1, 5)), st.just((1000, 10_000, 32))))
 def test_front_matter_within_the_limits_reads_as_before_and_beyond_them_is_rejected(
         text: str, limited: tuple[int, int, int]) -> None:
-    from finews_feeds.collector import Rejected, load_front_matter
-    from finews_feeds.limits import FrontMatterLimits
+    from finews_feeds.site.collector import Rejected, load_front_matter
+    from finews_feeds.site.limits import FrontMatterLimits
 
     aliases, nodes, depth = limited
     limits = FrontMatterLimits(aliases=aliases, nodes=nodes, depth=depth)
@@ -1128,7 +1128,7 @@ def test_a_last_modified_at_out_of_range_is_ignored_with_a_warning(tmp_path: Pat
 
 
 def test_dates_at_the_ends_of_the_range_are_read_and_built(tmp_path: Path) -> None:
-    from finews_feeds.build import run_build
+    from finews_feeds.feeds.build import run_build
 
     source = make_site(tmp_path / "s", {
         "_posts/2022-04-20-first.md": post("title: first\ndate: 0001-01-02 00:00:00 +00:00\nlast_modified_at: 0001-01-02T01:00:00Z\n"),
@@ -1163,7 +1163,7 @@ def test_the_edge_case_site_builds_with_future_posts_too(edge_site: Path, tmp_pa
        .map("\n".join))
 def test_simple_front_matter_holds_fewer_values_than_characters(text: str) -> None:
     """Why load_front_matter need not measure a simple front matter shorter than the value limit."""
-    from finews_feeds.limits import measure_data
+    from finews_feeds.site.limits import measure_data
 
     simple = collector_module.simple_front_matter(text)
     if simple is not None:

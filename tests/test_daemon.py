@@ -25,10 +25,10 @@ import pytest
 from aiosmtpd.controller import Controller
 from smtp_fakes import SECRET, Sink, database_url, free_port, postgres_available, running, wait_until
 
-from finews_feeds import daemon as daemon_module
 from finews_feeds.config import load_config
-from finews_feeds.daemon import Rebuilder, bind_socket, is_post_path
-from finews_feeds.store import Store
+from finews_feeds.mail.store import Store
+from finews_feeds.service import daemon as daemon_module
+from finews_feeds.service.daemon import Rebuilder, bind_socket, is_post_path
 
 pytestmark = pytest.mark.slow
 
@@ -526,7 +526,7 @@ def test_after_new_posts_the_daemon_rebuilds_from_them_alone_and_learns_their_ca
 def test_the_daemon_stats_only_the_files_the_watcher_reported_and_walks_when_it_cannot_trust_them(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from finews_feeds import walk
+    from finews_feeds.site import walk
 
     site = make_site(tmp_path)
     config = load_config(write_config(tmp_path, site, 25, f"sqlite:///{tmp_path}/db.sqlite3", 8080),
@@ -576,7 +576,7 @@ def test_the_daemon_stats_only_the_files_the_watcher_reported_and_walks_when_it_
     walks.clear()
     latest = write_post(site, "sina", "n6", "失败之后的文件", "2022-04-20 23:00:00")
     daemon.note_file_event(root, [str(latest)], extensions)
-    monkeypatch.setattr("finews_feeds.build.rebuild_added", lambda *a, **k: (_ for _ in ()).throw(OSError("disk full")))
+    monkeypatch.setattr("finews_feeds.feeds.build.rebuild_added", lambda *a, **k: (_ for _ in ()).throw(OSError("disk full")))
     daemon._build_once()
     assert daemon.status.last_build["ok"] is False  # type: ignore[index]
     monkeypatch.undo()
@@ -590,7 +590,7 @@ def test_a_daemon_build_collects_garbage_less_often_as_the_build_command_does(tm
                                                                             monkeypatch: pytest.MonkeyPatch) -> None:
     import gc
 
-    from finews_feeds import build as buildmod
+    from finews_feeds.feeds import build as buildmod
 
     site = make_site(tmp_path)
     config = load_config(write_config(tmp_path, site, 25, f"sqlite:///{tmp_path}/db.sqlite3", 8080),
@@ -702,7 +702,7 @@ def test_healthz_is_503_while_a_build_runs_past_the_limit_and_200_once_it_finish
     import uvicorn
     from apscheduler.schedulers.background import BackgroundScheduler
 
-    from finews_feeds.web import create_app
+    from finews_feeds.service.web import create_app
 
     site = make_site(tmp_path)
     port = free_port()

@@ -35,18 +35,18 @@ from smtp_fakes import (
 )
 
 from finews_feeds.config import Config, build_config
-from finews_feeds.delivery import DeliveryReport, list_headers, send_confirmation, send_digest
 from finews_feeds.errors import ConfigError, DatabaseConnectionLost, DeliveryError, StoreError, SubscriberError
-from finews_feeds.mailer import (
+from finews_feeds.mail.delivery import DeliveryReport, list_headers, send_confirmation, send_digest
+from finews_feeds.mail.mailer import (
     ConnectionFailure,
     PermanentFailure,
     SmtpTransport,
     TemporaryFailure,
     transport_from_config,
 )
-from finews_feeds.message import message_id
-from finews_feeds.store import Store
-from finews_feeds.tokens import read_token
+from finews_feeds.mail.message import message_id
+from finews_feeds.mail.store import Store
+from finews_feeds.mail.tokens import read_token
 
 DAY = date(2022, 4, 20)
 T0 = datetime(2022, 4, 21, 7, 30, tzinfo=UTC)
@@ -179,7 +179,7 @@ class AlwaysRenderer:
     """The real renderer, asked for the fixed day's posts whatever day is sent."""
 
     def __init__(self, config: Config) -> None:
-        from finews_feeds.digest import DigestRenderer, posts_of_day
+        from finews_feeds.mail.digest import DigestRenderer, posts_of_day
 
         collection = make_collection()
         self.renderer = DigestRenderer(config, collection.site, collection.content)
@@ -361,7 +361,7 @@ def test_a_refused_login_stops_the_run_without_losing_the_recipient(store: Store
 
 
 def test_a_message_that_cannot_be_built_fails_for_that_subscriber_only(sink: Sink, port: int, store: Store) -> None:
-    from finews_feeds.digest import Recipient, Variant
+    from finews_feeds.mail.digest import Recipient, Variant
 
     class Fragile(Variant):
         def personalize(self, recipient: Recipient) -> tuple[str, str]:

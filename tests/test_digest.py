@@ -27,9 +27,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from finews_feeds.cli import cli
-from finews_feeds.collector import collect_site
 from finews_feeds.config import Config, build_config, read_file
-from finews_feeds.digest import (
+from finews_feeds.errors import ConfigError, DigestError
+from finews_feeds.mail.digest import (
     GREETING,
     PLACEHOLDERS,
     SENT_TO,
@@ -44,9 +44,9 @@ from finews_feeds.digest import (
     posts_of_day,
     write_preview,
 )
-from finews_feeds.errors import ConfigError, DigestError
 from finews_feeds.models import Post, Site
-from finews_feeds.site import resolve_site
+from finews_feeds.site.collector import collect_site
+from finews_feeds.site.jekyll import resolve_site
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = Path(__file__).resolve().parent / "data" / "digest"
@@ -391,7 +391,7 @@ def test_lead_keeps_whole_paragraphs_up_to_its_length() -> None:
 
 def test_a_post_whose_body_cannot_be_read_loses_only_its_lead(config: Config, site: Site,
                                                              caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.WARNING, logger="finews_feeds.digest")  # whatever level an earlier test left
+    caplog.set_level(logging.WARNING, logger="finews_feeds.mail.digest")  # whatever level an earlier test left
 
     def broken(post: Post) -> str:
         raise OSError("gone")
@@ -597,7 +597,7 @@ def test_edge_case_site_digest_is_safe(tmp_path: Path) -> None:
     assert "edge-unpublished" not in html and "2999" not in html
     assert_links_absolute(html)
     # The edge post's own body (script, handler, javascript: link, iframe) as the lead.
-    from finews_feeds.collector import collect_site
+    from finews_feeds.site.collector import collect_site
 
     collection = collect_site(config)
     edge = [p for p in collection.posts if p.path.endswith("edge-html-title.md")]
@@ -636,7 +636,7 @@ def test_a_day_of_500_articles_stays_under_gmail_clipping(tmp_path: Path, caplog
     assert "Gmail clips" not in caplog.text
 
     # An operator who lifts the cap still gets a digest Gmail shows whole: fewer per category.
-    caplog.set_level(logging.WARNING, logger="finews_feeds.digest")
+    caplog.set_level(logging.WARNING, logger="finews_feeds.mail.digest")
     uncapped = config_for(site_dir, tmp_path, max_per_category=0)
     write_preview(uncapped, DAY, now=datetime(2022, 4, 21, 7, 30, tzinfo=SHANGHAI), html_path=out / "all.html",
                   out_dir=out)

@@ -29,8 +29,8 @@ import pytest
 from test_digest import DAY, ROOT, config_for, make_post
 
 from finews_feeds.config import Config
-from finews_feeds.digest import DigestRenderer, Recipient, Selection, write_preview
-from finews_feeds.site import resolve_site
+from finews_feeds.mail.digest import DigestRenderer, Recipient, Selection, write_preview
+from finews_feeds.site.jekyll import resolve_site
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
 pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="Chromium is not installed")

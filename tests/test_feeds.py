@@ -14,10 +14,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from lxml import etree
 
-from finews_feeds.build import run_build
 from finews_feeds.config import FeedsConfig, build_config
 from finews_feeds.errors import ConfigError
-from finews_feeds.feeds import (
+from finews_feeds.feeds.build import run_build
+from finews_feeds.feeds.render import (
     FeedOptions,
     FeedPlan,
     FeedSpec,
@@ -392,14 +392,14 @@ def test_any_text_gives_well_formed_feeds_that_keep_the_text(title: str, summary
 def test_rfc822_dates_are_those_of_the_email_module(moment: datetime, minutes: int) -> None:
     from email.utils import format_datetime
 
-    from finews_feeds.feeds import _rfc822
+    from finews_feeds.feeds.render import _rfc822
 
     aware = moment.replace(tzinfo=timezone(timedelta(minutes=minutes)), microsecond=0)
     assert _rfc822(aware) == format_datetime(aware)
 
 
 def test_image_types_come_from_the_extension_whatever_the_query_or_case() -> None:
-    from finews_feeds.feeds import _image_type
+    from finews_feeds.feeds.render import _image_type
 
     assert _image_type("https://x.cn/a/b.PNG?w=1#top") == "image/png"
     assert _image_type("https://x.cn/a.webp") == "image/webp"
@@ -409,7 +409,7 @@ def test_image_types_come_from_the_extension_whatever_the_query_or_case() -> Non
 
 
 def test_an_index_page_from_the_listing_cache_is_the_page_made_without_it() -> None:
-    from finews_feeds.feeds import INDEX_PAGE, ListingCache
+    from finews_feeds.feeds.render import INDEX_PAGE, ListingCache
 
     opts = options()
     cache = ListingCache()

@@ -23,16 +23,16 @@ from typing import Any
 import pytest
 from cache_fixtures import no_memo  # noqa: F401 - autouse in this module
 
-from finews_feeds import build as buildmod
-from finews_feeds import cache
-from finews_feeds import feeds as feedmod
-from finews_feeds.cache import Outcome, collect_cached, parse_all
-from finews_feeds.collector import Entry, collect, collect_site, summarize, walk
 from finews_feeds.config import Config, build_config
-from finews_feeds.digest import render_day
+from finews_feeds.feeds import build as buildmod
+from finews_feeds.feeds import render as feedmod
+from finews_feeds.feeds.writer import MANIFEST
+from finews_feeds.mail.digest import render_day
 from finews_feeds.models import Collection, FileError, Post, Site
-from finews_feeds.site import resolve_site
-from finews_feeds.writer import MANIFEST
+from finews_feeds.site import cache
+from finews_feeds.site.cache import Outcome, collect_cached, parse_all
+from finews_feeds.site.collector import Entry, collect, collect_site, summarize, walk
+from finews_feeds.site.jekyll import resolve_site
 
 NOW = datetime(2022, 5, 1, tzinfo=UTC)
 DAY = date(2022, 4, 20)
@@ -338,7 +338,7 @@ def test_a_file_removed_or_unpublished_before_complete_is_shown_unrendered(
     gone, hidden = collection.posts[0], collection.posts[1]
     (site_dir / gone.path).unlink()
     write(site_dir / hidden.path, "---\ntitle: 撤下\npublished: false\n---\n")
-    with caplog.at_level(logging.WARNING, logger="finews_feeds.cache"):
+    with caplog.at_level(logging.WARNING, logger="finews_feeds.site.cache"):
         completed = collection.complete(collection.posts[:3])
     assert completed[:2] == [gone, hidden]
     assert completed[2] == next(p for p in full(site_dir).posts if p.path == collection.posts[2].path)
@@ -374,8 +374,8 @@ def forked(monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) ->
     monkeypatch.setattr(cache, "_BATCH", 2)  # many batches, and a child's results in several packs
     monkeypatch.setattr(cache, "_PACK_EVERY", 3)
     monkeypatch.setattr(cache, "_parse_forked", spy)
-    monkeypatch.setattr("finews_feeds.cache.threading.active_count", lambda: 1)
-    with caplog.at_level(logging.WARNING, logger="finews_feeds.cache"):
+    monkeypatch.setattr("finews_feeds.site.cache.threading.active_count", lambda: 1)
+    with caplog.at_level(logging.WARNING, logger="finews_feeds.site.cache"):
         yield calls
     assert "child process" not in caplog.text  # every share came back from its child
 
@@ -422,7 +422,7 @@ def test_what_a_failed_child_took_is_parsed_here(base_site: Path, monkeypatch: p
     here = results(entries, site, 1)
     monkeypatch.setattr(cache, "PARALLEL_FROM", 1)
     monkeypatch.setattr(cache, "_BATCH", 1)
-    monkeypatch.setattr("finews_feeds.cache.threading.active_count", lambda: 1)
+    monkeypatch.setattr("finews_feeds.site.cache.threading.active_count", lambda: 1)
 
     parent = os.getpid()
     pack_item = cache._pack_item
@@ -437,7 +437,7 @@ def test_what_a_failed_child_took_is_parsed_here(base_site: Path, monkeypatch: p
         return pack_item(*args, **kwargs)
 
     monkeypatch.setattr(cache, "_pack_item", only_here)
-    with caplog.at_level(logging.WARNING, logger="finews_feeds.cache"):
+    with caplog.at_level(logging.WARNING, logger="finews_feeds.site.cache"):
         assert results(entries, site, workers) == here
     assert caplog.text.count("parsing in a child process failed; parsing what it took here") == workers - 1
 
@@ -530,7 +530,7 @@ def test_feeds_a_failed_render_child_took_are_rendered_here(
     monkeypatch.setattr(feedmod, "render_listings", slowly)
     monkeypatch.setattr(buildmod, "PARALLEL_FROM", 1)
     monkeypatch.setattr("finews_feeds.forks.threading.active_count", lambda: 1)
-    with caplog.at_level(logging.WARNING, logger="finews_feeds.build"):
+    with caplog.at_level(logging.WARNING, logger="finews_feeds.feeds.build"):
         report = build(config_of(site_dir, tmp_path, "forked"), workers=3)
     assert caplog.text.count("rendering feeds in a child process failed; rendering what it took here") == 2
     assert report.feeds_written == report.feeds

@@ -14,7 +14,7 @@ from aiosmtpd.smtp import AuthResult, LoginPassword
 from smtp_fakes import Sink, TricklingServer, free_port, make_config, outcome_within, running, wait_until
 
 from finews_feeds.errors import ConfigError, DeliveryError
-from finews_feeds.mailer import (
+from finews_feeds.mail.mailer import (
     ConnectionFailure,
     PermanentFailure,
     SendDeadlineExceeded,
@@ -22,7 +22,7 @@ from finews_feeds.mailer import (
     TemporaryFailure,
     transport_from_config,
 )
-from finews_feeds.message import build_message
+from finews_feeds.mail.message import build_message
 
 
 def message(to: str = "reader@example.org", n: int = 1) -> Any:

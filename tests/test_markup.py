@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from markdown_it import MarkdownIt
 
-from finews_feeds.markup import (
+from finews_feeds.site.markup import (
     absolute_url,
     clean_line,
     clean_text,
@@ -286,7 +286,7 @@ def test_html_to_text() -> None:
 
 
 def test_finews_link_lines_take_the_fast_path() -> None:
-    from finews_feeds.markup import _render_simple_paragraphs
+    from finews_feeds.site.markup import _render_simple_paragraphs
 
     tail = ("<http://finews.zning.xyz/html_News/NewsShare.html?infoCode=NW1>\n\n"
             "[返回财联社新闻](//finews.withounder.com/category/cailianshe.html)｜[返回首页](//finews.withounder.com/)\n")
@@ -311,7 +311,7 @@ def test_fragment_parse_and_serialize_match_lxml_html(pieces: list[str]) -> None
     import lxml.etree
     import lxml.html
 
-    from finews_feeds.markup import _parse_fragment, _serialize
+    from finews_feeds.site.markup import _parse_fragment, _serialize
 
     html = "".join(pieces)
 
@@ -331,7 +331,7 @@ def test_fragment_parse_and_serialize_match_lxml_html(pieces: list[str]) -> None
 @settings(max_examples=500, deadline=None)
 @given(st.text(alphabet=st.characters(max_codepoint=127), max_size=40), st.sampled_from(["default", "pretty"]))
 def test_ascii_slugify_matches_the_rule_character_by_character(text: str, mode: str) -> None:
-    from finews_feeds.markup import _slugify_chars
+    from finews_feeds.site.markup import _slugify_chars
 
     assert slugify(text, mode, cased=True) == _slugify_chars(text, mode == "pretty")
 
@@ -345,7 +345,7 @@ def test_network_path_links_take_the_base_scheme() -> None:
 def test_html_block_starts_are_markdown_its() -> None:
     from markdown_it.rules_block.html_block import HTML_SEQUENCES as theirs
 
-    from finews_feeds.markup import HTML_SEQUENCES as ours
+    from finews_feeds.site.markup import HTML_SEQUENCES as ours
 
     def shape(sequences: Any) -> list[tuple[str, int, str, int, bool]]:
         return [(a.pattern, a.flags, b.pattern, b.flags, c) for a, b, c in sequences]
@@ -354,7 +354,7 @@ def test_html_block_starts_are_markdown_its() -> None:
 
 
 def test_plain_html_text_and_links_are_rendered_without_importing_markdown_it() -> None:
-    code = ("import sys; from finews_feeds.markup import render_body; "
+    code = ("import sys; from finews_feeds.site.markup import render_body; "
             "render_body('<p>正文。</p>\\n\\n[返回首页](/)\\n\\n（文章来源：财联社）', 'https://x.cn'); "
             "print('markdown_it' in sys.modules)")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

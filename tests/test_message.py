@@ -13,7 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from finews_feeds.message import (
+from finews_feeds.mail.message import (
     MESSAGE_POLICY,
     PreparedBody,
     _base64_body,

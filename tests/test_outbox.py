@@ -14,9 +14,9 @@ import pytest
 from smtp_fakes import Sink, database_url, free_port, make_config, postgres_available, running, stalled, wait_until
 
 from finews_feeds.config import Config
-from finews_feeds.mailer import transport_from_config
-from finews_feeds.outbox import OutboxWorker, backoff
-from finews_feeds.store import Store, new_owner
+from finews_feeds.mail.mailer import transport_from_config
+from finews_feeds.mail.outbox import OutboxWorker, backoff
+from finews_feeds.mail.store import Store, new_owner
 
 T0 = datetime(2026, 3, 1, 8, 0, tzinfo=UTC)
 
@@ -113,7 +113,7 @@ def test_a_4xx_is_retried_with_doubling_waits_up_to_the_cap_and_given_up_after_t
         assert waits == [60, 120, 240, 300, 300, 300, 300]
         assert [backoff(config, n).total_seconds() for n in (1, 2, 3, 4, 50, 10_000)] == [60, 120, 240, 300, 300, 300]
         clock.now = T0 + timedelta(hours=1)
-        with caplog.at_level(logging.ERROR, logger="finews_feeds.outbox"):
+        with caplog.at_level(logging.ERROR, logger="finews_feeds.mail.outbox"):
             assert worker.run_once() == 1
         assert confirm_rows(store) == [("slow@example.org", "expired", 8)]
         assert "gave up on the confirm mail to slow@example.org after 8 attempts over 1:00:00" in caplog.text
@@ -130,7 +130,7 @@ def test_a_5xx_fails_the_mail_at_once_and_it_is_never_retried(tmp_path: Path, ca
         worker = worker_for(config_for(port, url), store, clock)
         store.queue_subscribe("nobody@example.org", now=clock())
         store.queue_subscribe("somebody@example.org", now=clock())
-        with caplog.at_level(logging.ERROR, logger="finews_feeds.outbox"):
+        with caplog.at_level(logging.ERROR, logger="finews_feeds.mail.outbox"):
             assert worker.run_once() == 4
         clock.now += timedelta(days=1)
         assert worker.run_once() == 0

@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from finews_feeds.config import build_config
-from finews_feeds.scheduler import (
+from finews_feeds.service.scheduler import (
     DIGEST_JOB,
     DIGEST_NOW_JOB,
     REBUILD_JOB,

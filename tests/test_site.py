@@ -9,7 +9,7 @@ import pytest
 
 from finews_feeds.config import build_config
 from finews_feeds.errors import SiteError
-from finews_feeds.site import resolve_site
+from finews_feeds.site.jekyll import resolve_site
 
 
 def make_site(tmp_path: Path, config_yml: str | None) -> Path:

@@ -5,7 +5,7 @@ import random
 from hypothesis import given
 from hypothesis import strategies as st
 
-from finews_feeds.slugs import MAX_CHARS, assign_slugs, is_safe_slug, join_url, name_hash, quote_path, slugify
+from finews_feeds.feeds.slugs import MAX_CHARS, assign_slugs, is_safe_slug, join_url, name_hash, quote_path, slugify
 
 EDGE_TAGS = ["../../../tmp/pwned", "..", "/abs", "a/b", "CON", "！！！"]
 

@@ -15,8 +15,8 @@ from smtp_fakes import database_url, postgres_available
 from sqlalchemy import text
 
 from finews_feeds.errors import StoreError, SubscriberError
-from finews_feeds.migrations import LATEST
-from finews_feeds.store import Store, Subscriber, new_owner
+from finews_feeds.mail.migrations import LATEST
+from finews_feeds.mail.store import Store, Subscriber, new_owner
 
 T0 = datetime(2026, 3, 1, 8, 0, tzinfo=UTC)
 DAY = date(2026, 2, 28)
@@ -252,7 +252,7 @@ def test_start_sending_checks_the_subscriber_in_the_same_commit(store: Store) ->
 
 
 def test_an_older_schema_is_upgraded_step_by_step_keeping_its_data(url: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    from finews_feeds import migrations
+    from finews_feeds.mail import migrations
 
     with Store.open(url) as old:
         old.add_subscriber("a@example.org", confirmed=True, now=T0)
@@ -280,7 +280,7 @@ LEASE = timedelta(minutes=10)
 
 
 def test_a_version_1_database_gets_the_outbox_and_keeps_its_subscribers(url: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    from finews_feeds import migrations
+    from finews_feeds.mail import migrations
 
     with monkeypatch.context() as patch:
         patch.setattr(migrations, "MIGRATIONS", migrations.MIGRATIONS[:1])

@@ -13,8 +13,8 @@ from hypothesis import strategies as st
 
 from finews_feeds.cli import cli
 from finews_feeds.errors import SubscriberError
-from finews_feeds.store import Store
-from finews_feeds.subscribers import BadRow, normalize_email, normalize_names, parse_csv, to_csv
+from finews_feeds.mail.store import Store
+from finews_feeds.mail.subscribers import BadRow, normalize_email, normalize_names, parse_csv, to_csv
 
 T0 = datetime(2026, 3, 1, 8, 0, tzinfo=UTC)
 
@@ -94,7 +94,7 @@ choices = st.lists(st.text(alphabet="abcxyz财经股", min_size=1, max_size=6), 
 @given(st.lists(st.tuples(emails, names, st.sampled_from(["pending", "active", "unsubscribed"]), choices, choices),
                 max_size=8, unique_by=lambda row: row[0].lower()))
 def test_export_then_parse_gives_back_the_same_subscribers(rows: list[tuple[str, str, str, list[str], list[str]]]) -> None:
-    from finews_feeds.store import Subscriber
+    from finews_feeds.mail.store import Subscriber
 
     subs = [
         Subscriber(0, email, name, status, tuple(sorted(set(cats))), tuple(sorted(set(tags))), T0,

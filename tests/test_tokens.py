@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from finews_feeds.config import build_config
 from finews_feeds.errors import ConfigError, TokenError
-from finews_feeds.tokens import make_token, read_token, secret_of
+from finews_feeds.mail.tokens import make_token, read_token, secret_of
 
 SECRET = "s3cret-for-tests"
 

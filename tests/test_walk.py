@@ -12,11 +12,11 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from finews_feeds import walk
-from finews_feeds.collector import collect
 from finews_feeds.config import build_config
 from finews_feeds.models import Site
-from finews_feeds.site import resolve_site
+from finews_feeds.site import walk
+from finews_feeds.site.collector import collect
+from finews_feeds.site.jekyll import resolve_site
 
 
 def site_at(root: Path) -> Site:

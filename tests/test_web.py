@@ -35,16 +35,16 @@ from smtp_fakes import (
     wait_until,
 )
 
-from finews_feeds.build import build_feeds
 from finews_feeds.config import Config
-from finews_feeds.delivery import send_digest
-from finews_feeds.digest import write_preview
-from finews_feeds.mailer import transport_from_config
+from finews_feeds.feeds.build import build_feeds
+from finews_feeds.mail.delivery import send_digest
+from finews_feeds.mail.digest import write_preview
+from finews_feeds.mail.mailer import transport_from_config
+from finews_feeds.mail.outbox import OutboxWorker
+from finews_feeds.mail.store import Store
+from finews_feeds.mail.tokens import make_token
 from finews_feeds.models import Collection
-from finews_feeds.outbox import OutboxWorker
-from finews_feeds.store import Store
-from finews_feeds.tokens import make_token
-from finews_feeds.web import GzipCache, RateLimiter, accepts_gzip, create_app, safe_file
+from finews_feeds.service.web import GzipCache, RateLimiter, accepts_gzip, create_app, safe_file
 
 DAY = date(2022, 4, 20)
 T0 = datetime(2022, 4, 21, 7, 30, tzinfo=UTC)

@@ -7,7 +7,15 @@ from pathlib import Path
 import pytest
 
 from finews_feeds.errors import BuildError
-from finews_feeds.writer import MANIFEST, FeedRecord, Manifest, OutputDir, load_manifest, record_intent, save_manifest
+from finews_feeds.feeds.writer import (
+    MANIFEST,
+    FeedRecord,
+    Manifest,
+    OutputDir,
+    load_manifest,
+    record_intent,
+    save_manifest,
+)
 
 
 def test_a_new_file_is_written_readable_by_a_web_server(tmp_path: Path) -> None:

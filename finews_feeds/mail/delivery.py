@@ -34,12 +34,12 @@ from typing import Protocol
 from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo
 
-from .config import Config
+from ..config import Config
+from ..errors import ConfigError, DeliveryError, StoreError, SubscriberError
+from ..models import Collection, Post, Site
 from .digest import DigestRenderer, Recipient, Selection, Variant, posts_of_day, web_base_url
-from .errors import ConfigError, DeliveryError, StoreError, SubscriberError
 from .mailer import ConnectionFailure, PermanentFailure, SmtpTransport, TemporaryFailure, transport_from_config
 from .message import build_message, domain_of, format_address, message_id
-from .models import Collection, Post, Site
 from .store import Claim, Store, new_owner
 from .tokens import make_token, secret_of
 
@@ -503,7 +503,7 @@ def send_day(
 ) -> DeliveryReport:
     """Collect the site, open the store and SMTP from config, and send ``day``'s digest (the CLI's ``--send``)."""
     if collect is None:
-        from .collector import collect_site
+        from ..site.collector import collect_site
 
         collect = collect_site
     secret_of(config)

@@ -27,9 +27,9 @@ from types import FrameType
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from .config import Config
-from .errors import ConfigError, FinewsError
-from .models import Collection, Post
+from ..config import Config
+from ..errors import ConfigError, FinewsError
+from ..models import Collection, Post
 
 log = logging.getLogger(__name__)
 
@@ -249,9 +249,9 @@ class Daemon:
         clock: Callable[[], datetime] = utc_now,
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
+        from ..mail.tokens import secret_of
+        from ..site.jekyll import resolve_site
         from .scheduler import digest_zone
-        from .site import resolve_site
-        from .tokens import secret_of
 
         secret_of(config)  # links in mails and pages need it: fail at start, not at 07:30
         self.config = config
@@ -282,7 +282,7 @@ class Daemon:
         self._collect_lock = threading.Lock()
 
     def collect(self) -> Collection:
-        from .collector import collect_site
+        from ..site.collector import collect_site
 
         with self._collect_lock:
             return collect_site(self.config, self.clock())
@@ -304,7 +304,7 @@ class Daemon:
     def note_folder_event(self, root: Path, paths: list[str]) -> bool:
         """A folder created, moved or deleted: whether the walk goes into it (the next build then
         walks the site instead of trusting the paths reported)."""
-        from .walk import entered
+        from ..site.walk import entered
 
         rels = [os.path.relpath(path, root) for path in paths]
         if not any(rel != ".." and not rel.startswith(".." + os.sep) and entered(self.site, PurePath(rel).as_posix())
@@ -328,7 +328,7 @@ class Daemon:
     # -- jobs ----------------------------------------------------------------------------------
 
     def _build_once(self) -> None:
-        from .build import fewer_collections
+        from ..feeds.build import fewer_collections
 
         self.status.build_started(self.clock(), self.monotonic())
         try:
@@ -338,7 +338,7 @@ class Daemon:
             self.status.build_ended()
 
     def _build(self) -> None:
-        from .build import build_feeds, rebuild_added
+        from ..feeds.build import build_feeds, rebuild_added
 
         started = time.perf_counter()
         collection: Collection | None = None
@@ -422,9 +422,9 @@ class Daemon:
         the retries) is tried again later the same day, within the misfire grace; the ledger
         makes each attempt send only what is still open.
         """
-        from .delivery import send_digest
-        from .digest import covered_day, write_preview
-        from .mailer import transport_from_config
+        from ..mail.delivery import send_digest
+        from ..mail.digest import covered_day, write_preview
+        from ..mail.mailer import transport_from_config
 
         if self.stop.is_set():
             return
@@ -528,10 +528,10 @@ class Daemon:
     def run(self) -> int:
         import uvicorn
 
-        from .mailer import transport_from_config
-        from .outbox import OutboxWorker
+        from ..mail.mailer import transport_from_config
+        from ..mail.outbox import OutboxWorker
+        from ..mail.store import Store
         from .scheduler import create_scheduler
-        from .store import Store
         from .web import create_app
 
         config = self.config

@@ -32,16 +32,16 @@ import nh3
 from markupsafe import Markup
 from premailer import Premailer
 
-from .config import Config
-from .errors import ConfigError, DigestError
+from ..config import Config
+from ..errors import ConfigError, DigestError
+from ..models import Collection, ContentSource, Post, Site
+from ..urls import web_url
 from .message import PreparedBody, build_message, domain_of, format_address, header_text, message_id
-from .models import Collection, ContentSource, Post, Site
-from .urls import web_url
 
 log = logging.getLogger(__name__)
 
 #: The bundled templates (an operator's ``digest.templates`` folder is searched first).
-BUNDLED_TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
+BUNDLED_TEMPLATES = Path(__file__).resolve().parents[2] / "templates"
 HTML_TEMPLATE = "digest.html.j2"
 TEXT_TEMPLATE = "digest.txt.j2"
 
@@ -98,7 +98,7 @@ def covered_day(now: datetime, zone: ZoneInfo, covers: str) -> date:
 
 def digest_day(config: Config, now: datetime) -> date:
     """The day the digest run at ``now`` covers, in the digest's zone (default: the site's)."""
-    from .site import resolve_site
+    from ..site.jekyll import resolve_site
 
     zone_name = config.digest.timezone
     zone = ZoneInfo(zone_name) if zone_name else resolve_site(config).timezone
@@ -608,7 +608,7 @@ def write_preview(
     """Render the digest of ``day``; write the web copy ``digests/DAY.html`` under ``out_dir``
     (default ``feeds.output``) and the preview for a sample recipient where asked."""
     if collect is None:
-        from .collector import collect_site
+        from ..site.collector import collect_site
 
         collect = collect_site
     _, variant = render_day(config, day, collect)

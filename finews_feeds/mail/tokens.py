@@ -11,8 +11,8 @@ from __future__ import annotations
 
 from itsdangerous import BadSignature, SignatureExpired, URLSafeTimedSerializer
 
-from .config import Config
-from .errors import ConfigError, TokenError
+from ..config import Config
+from ..errors import ConfigError, TokenError
 
 PURPOSES = ("unsubscribe", "confirm")
 

@@ -30,15 +30,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 from zoneinfo import ZoneInfo
 
-from . import forks
-from .config import Config
-from .models import Collection, ContentSource, FileError, Post, Site, sort_key
+from .. import forks
+from ..config import Config
+from ..models import Collection, ContentSource, FileError, Post, Site, sort_key
 from .writer import FeedRecord, Manifest, OutputDir, load_manifest, record_intent, save_manifest
 
 if TYPE_CHECKING:
-    from . import feeds
-    from .cache import Changes
-    from .feeds import EntryData, FeedOptions, FeedPlan, FeedSpec
+    from ..site.cache import Changes
+    from . import render as feeds
+    from .render import EntryData, FeedOptions, FeedPlan, FeedSpec
 
 # feeds (feedgen, lxml, jinja2) and the collector are imported where used: a quick rebuild
 # starts its walk of the site in a child process before it needs them (see rebuild_added).
@@ -169,13 +169,13 @@ class _Renderer:
     def entry(self, post: Post) -> EntryData:
         data = self.memo.get(post.path)
         if data is None:
-            from . import feeds as feedmod
+            from . import render as feedmod
 
             data = self.memo[post.path] = feedmod.entry_data(post, self.job.options, self.job.content)
         return data
 
     def run(self, spec: FeedSpec, posts: Sequence[Post]) -> _Result:
-        from . import feeds as feedmod
+        from . import render as feedmod
 
         entries = [self.entry(post) for post in posts]
         result = _Result(spec.key, [], [])
@@ -201,7 +201,7 @@ def _portable_content(content: ContentSource) -> tuple[Site, str | None] | None:
     """How a spawned worker opens the same content source, or None when it cannot. The
     collector's cached source holds a SQLite connection per thread, which must not cross
     processes: the worker opens its own on the same file."""
-    from .cache import CachedContent
+    from ..site.cache import CachedContent
 
     if isinstance(content, CachedContent):
         return content.site, str(content.bodies.path) if content.bodies is not None else None
@@ -209,7 +209,7 @@ def _portable_content(content: ContentSource) -> tuple[Site, str | None] | None:
 
 
 def _open_content(site: Site, bodies: str | None) -> ContentSource:
-    from .cache import Bodies, CachedContent
+    from ..site.cache import Bodies, CachedContent
 
     return CachedContent(site, Bodies(Path(bodies)) if bodies is not None else None)
 
@@ -299,7 +299,7 @@ def build_feeds(collection: Collection, config: Config, *, full: bool = False, w
 def _build(collection: Collection, config: Config, out: OutputDir, *, full: bool, workers: int | None) -> BuildReport:
     started = time.perf_counter()
     report = BuildReport(output=str(out.root), posts=len(collection.posts), rejected=list(collection.errors))
-    from . import feeds as feedmod
+    from . import render as feedmod
 
     options = feedmod.FeedOptions.from_config(collection.site, config.feeds)
     old = load_manifest(out)
@@ -327,7 +327,7 @@ def _write(plan: FeedPlan, options: FeedOptions, content: ContentSource, out: Ou
     a file of ``old`` is still there, if the caller found out already (else it is stat'ed);
     ``listing``: what the last index page was made of (see ``feeds.ListingCache``), updated;
     ``fork_from``: as for :func:`render_all`."""
-    from . import feeds as feedmod
+    from . import render as feedmod
 
     if old.interrupted:
         # The last build did not finish (see the writer's module doc): none of its signatures
@@ -410,7 +410,7 @@ def _recovered(old: Manifest, out: OutputDir) -> Manifest:
     """The intent an interrupted build left, or, for a manifest that could not be read at all,
     every feed and listing file found where a build writes them: all are candidates for removal,
     none is trusted."""
-    from . import feeds as feedmod
+    from . import render as feedmod
 
     if not old.unreadable:
         return old
@@ -535,7 +535,7 @@ class FeedState:
 
 
 def save_state(out: OutputDir, state: FeedState) -> None:
-    from .cache import pack_record, sealed, to_columns
+    from ..site.cache import pack_record, sealed, to_columns
 
     stored = state.stored
     new = [post for post in state.posts if stored is None or post.path not in stored.paths]
@@ -569,7 +569,7 @@ def save_state(out: OutputDir, state: FeedState) -> None:
 
 def load_state(out: OutputDir, zone: ZoneInfo) -> FeedState | None:
     """The state of the last build of ``out``, if it is still the one of its manifest."""
-    from .cache import from_columns, read_records, unsealed
+    from ..site.cache import from_columns, read_records, unsealed
     from .writer import MANIFEST
 
     try:
@@ -608,7 +608,7 @@ def _build_added(state: FeedState, changes: Changes, site: Site, config: Config,
                  workers: int | None) -> BuildReport | None:
     """:func:`_build` for a site that only gained posts since ``state``; None when that is
     not the case (the caller then reads the whole site)."""
-    from . import feeds as feedmod
+    from . import render as feedmod
 
     started = time.perf_counter()
     options = feedmod.FeedOptions.from_config(site, config.feeds)
@@ -680,8 +680,8 @@ def rebuild_added(config: Config, now: datetime, workers: int | None = None,
     reads the whole site then (:func:`run_build` does both). ``touched``: every path that may
     have changed since the last build, when a file watcher knows them: those are stat'ed
     instead of every file of the site."""
-    from .site import resolve_site
-    from .walk import scan_elsewhere, scan_text
+    from ..site.jekyll import resolve_site
+    from ..site.walk import scan_elsewhere, scan_text
 
     if not config.site.cache_dir:
         return None
@@ -696,8 +696,8 @@ def rebuild_added(config: Config, now: datetime, workers: int | None = None,
         # stats its own share.
         # With the watcher's paths, the walk is only what the cache falls back on.
         scanning = scan_elsewhere(site, here=QUICK_SHARE) if touched is None else functools.partial(scan_text, site)
-        from . import feeds  # noqa: F401 - imported while the child lists the site, not after it
-        from .cache import Cursor, collect_changes
+        from ..site.cache import Cursor, collect_changes
+        from . import render  # noqa: F401 - imported while the child lists the site, not after it
 
         state = load_state(out, site.timezone)
         if state is None:
@@ -759,7 +759,7 @@ def _run_build(config: Config, *, full: bool, now: datetime | None, workers: int
             log.info("feeds built: %s", quick.summary())
             return quick
     # Imported here, not above: the quick rebuild starts its child before this import.
-    from .collector import collect_site
+    from ..site.collector import collect_site
 
     collection = collect_site(config, moment)
     collected = time.perf_counter()

@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from .errors import BuildError
+from ..errors import BuildError
 
 MANIFEST = ".finews-manifest.json"
 INTENT = ".finews-intent.json"

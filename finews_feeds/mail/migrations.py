@@ -33,7 +33,7 @@ from sqlalchemy import (
     text,
 )
 
-from .errors import StoreError
+from ..errors import StoreError
 
 
 class UtcDateTime(TypeDecorator[datetime]):

@@ -32,7 +32,7 @@ from sqlalchemy import Connection, Engine, Row, and_, case, create_engine, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, IntegrityError, OperationalError, SQLAlchemyError
 
-from .errors import DatabaseConnectionLost, StoreError, SubscriberError
+from ..errors import DatabaseConnectionLost, StoreError, SubscriberError
 from .migrations import UtcDateTime, deliveries, outbox, runs, subscribers, upgrade
 from .subscribers import normalize_email, normalize_names
 

@@ -56,15 +56,15 @@ from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Re
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from .config import Config
-from .digest import web_base_url
-from .errors import FinewsError, SubscriberError, TokenError
-from .feeds import FILE_NAMES, OPML
-from .slugs import quote_path
-from .store import Store
-from .subscribers import normalize_email
-from .tokens import read_token, secret_of
-from .writer import MANIFEST, Manifest
+from ..config import Config
+from ..errors import FinewsError, SubscriberError, TokenError
+from ..feeds.render import FILE_NAMES, OPML
+from ..feeds.slugs import quote_path
+from ..feeds.writer import MANIFEST, Manifest
+from ..mail.digest import web_base_url
+from ..mail.store import Store
+from ..mail.subscribers import normalize_email
+from ..mail.tokens import read_token, secret_of
 
 log = logging.getLogger(__name__)
 

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 
 from email_validator import EmailNotValidError, validate_email
 
-from .errors import SubscriberError
+from ..errors import SubscriberError
 
 if TYPE_CHECKING:
     from .store import Store, Subscriber

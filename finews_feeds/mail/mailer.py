@@ -36,8 +36,8 @@ from email.utils import getaddresses, parseaddr
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .config import Config
-from .errors import ConfigError, DeliveryError
+from ..config import Config
+from ..errors import ConfigError, DeliveryError
 from .message import MESSAGE_POLICY
 
 if TYPE_CHECKING:

@@ -13,10 +13,10 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
 
-from .config import Config
-from .errors import SiteError
+from ..config import Config
+from ..errors import SiteError
+from ..models import Site
 from .limits import FrontMatterLimits
-from .models import Site
 
 #: Jekyll's built-in permalink styles.
 PERMALINK_STYLES = {

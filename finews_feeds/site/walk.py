@@ -22,8 +22,8 @@ from collections.abc import Callable, Iterable
 from operator import attrgetter
 from typing import NamedTuple
 
-from . import forks
-from .models import Site
+from .. import forks
+from ..models import Site
 
 log = logging.getLogger(__name__)
 

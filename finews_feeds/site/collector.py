@@ -25,8 +25,11 @@ from typing import Any, ClassVar, NamedTuple, TextIO
 import yaml
 from frontmatter.default_handlers import YAMLHandler
 
-from .config import Config
-from .errors import PostError
+from ..config import Config
+from ..errors import PostError
+from ..models import Collection, FileError, Post, Site
+from ..urls import web_url
+from .jekyll import YamlLoader, resolve_site
 from .limits import (
     DEFAULT_LIMITS,
     FrontMatterLimits,
@@ -46,9 +49,6 @@ from .markup import (
     summarize_text,
     titleize,
 )
-from .models import Collection, FileError, Post, Site
-from .site import YamlLoader, resolve_site
-from .urls import web_url
 from .walk import Entry, read_file, walk
 
 log = logging.getLogger(__name__)

@@ -19,7 +19,7 @@ from urllib.parse import quote, urljoin, urlsplit
 import lxml.etree
 import lxml.html
 
-from .urls import is_web_url
+from ..urls import is_web_url
 
 if TYPE_CHECKING:
     from markdown_it import MarkdownIt

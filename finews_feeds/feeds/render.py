@@ -39,11 +39,11 @@ from feedgen.feed import FeedGenerator
 from lxml import etree
 from markupsafe import Markup
 
-from .config import FeedsConfig
-from .errors import ConfigError
-from .models import ContentSource, Post, Site
+from ..config import FeedsConfig
+from ..errors import ConfigError
+from ..models import ContentSource, Post, Site
+from ..urls import web_url
 from .slugs import assign_slugs, join_url
-from .urls import web_url
 
 if TYPE_CHECKING:
     import jinja2

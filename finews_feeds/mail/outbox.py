@@ -30,9 +30,9 @@ import threading
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
-from .config import Config
+from ..config import Config
+from ..errors import FinewsError, SubscriberError
 from .delivery import confirmation_message, confirmation_message_id, envelope_sender
-from .errors import FinewsError, SubscriberError
 from .mailer import ConnectionFailure, PermanentFailure, SmtpTransport, TemporaryFailure
 from .store import OutboxRow, Store, new_owner
 

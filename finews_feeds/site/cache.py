@@ -60,9 +60,10 @@ from operator import attrgetter
 from pathlib import Path
 from typing import Any, BinaryIO, NamedTuple
 
-from . import collector, forks, limits, markup, urls
+from .. import forks, urls
+from ..models import Collection, ContentSource, FileError, Post, Site, sort_key
+from . import collector, limits, markup
 from .collector import Parsed, read_entry, rerender
-from .models import Collection, ContentSource, FileError, Post, Site, sort_key
 from .walk import SEP, Entry, Scan, rescan, scan_elsewhere, scan_text, walk
 
 log = logging.getLogger(__name__)
