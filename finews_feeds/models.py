@@ -1,19 +1,29 @@
 """The data that flows between the stages: a resolved site, its posts, and what went wrong.
 
 Posts carry metadata only. A site of 100,000 posts would not fit its bodies in memory, so the
-rendered HTML of a post is fetched on demand through :class:`ContentSource` (the collector's
-cache), and only for the few posts a feed or a digest shows.
+rendered HTML of a post is fetched on demand (``Posts.content``: the collector's cache), and
+only for the few posts a feed or a digest shows.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Protocol
 from zoneinfo import ZoneInfo
 
-from .site.limits import FrontMatterLimits
+
+@dataclass(frozen=True, slots=True)
+class FrontMatterLimits:
+    """The most one front matter may hold (see ``[collector]`` in ``config.py``)."""
+
+    chars: int = 100_000  #: characters of the front matter's text (read before anything is parsed)
+    aliases: int = 1_000  #: alias references (`*name`)
+    nodes: int = 10_000  #: values with every alias written out: mappings, lists, keys and scalars
+    depth: int = 32  #: lists and mappings inside one another (a mapping of strings is 1)
+    tags: int = 1_000  #: distinct tags of one post
+    categories: int = 100  #: distinct categories of one post, folders included
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,15 +73,8 @@ class Post:
     source: str  #: `财联社` from `（文章来源：财联社）`, else the category's display name
     excerpt: str | None = None  #: front matter `excerpt` (plain text), if given
     description: str | None = None  #: front matter `description`, if given
-    #: digest of the rendered HTML, so a build can tell an edited post; "" while the body is
-    #: not rendered yet (see :attr:`rendered`)
+    #: digest of the rendered HTML, so a build can tell an edited post
     content_hash: str = ""
-
-    @property
-    def rendered(self) -> bool:
-        """False for a post read up to its body only: its summary, image, source and content
-        hash are not known yet. :meth:`Collection.complete` gives the rendered post."""
-        return bool(self.content_hash)
 
 
 def sort_key(post: Post) -> tuple[float, str]:
@@ -85,12 +88,6 @@ class ContentSource(Protocol):
     def __call__(self, post: Post) -> str: ...
 
 
-class Completer(Protocol):
-    """Renders the bodies of posts read up to their bodies only (see ``Post.rendered``)."""
-
-    def __call__(self, posts: Sequence[Post]) -> list[Post]: ...
-
-
 @dataclass(frozen=True, slots=True)
 class FileError:
     """A file the collector rejected, and why (for the user: path and a readable reason)."""
@@ -99,26 +96,92 @@ class FileError:
     message: str
 
 
-@dataclass(slots=True)
-class Collection:
-    """What the collector returns: the site, its posts (newest first) and rejected files."""
+class Posts(Protocol):
+    """What the later stages read of a site's posts: the collector's ``Collection`` (through its
+    cache) or a :class:`PostSet` (posts held in memory). Dates are POSIX times; ``until`` is the
+    latest date shown (None: every post, the site publishes future posts)."""
 
     site: Site
-    posts: list[Post]
-    errors: list[FileError]
-    content: ContentSource
-    #: Renders bodies on demand: a cold collection of a large site reads only up to each body,
-    #: as feeds show a few thousand of 100,000 posts. None when every post is rendered.
-    completer: Completer | None = None
-    #: Where in the collector cache's history this collection stands (``cache.Cursor``), so a
-    #: later build can ask only for what changed since; None without a cache.
-    cursor: tuple[str, int, int] | None = None
-    #: When the earliest post left out for being dated in the future comes due, if any.
-    due: datetime | None = None
 
-    def complete(self, posts: Sequence[Post]) -> list[Post]:
-        """``posts`` (of this collection) with their bodies rendered, in the same order; call it
-        before showing a post's summary, image, source or content hash."""
-        if self.completer is None or all(post.rendered for post in posts):
-            return list(posts)
-        return self.completer(posts)
+    @property
+    def until(self) -> float | None:
+        """The latest date shown."""
+        ...
+
+    @property
+    def errors(self) -> list[FileError]:
+        """Every file rejected."""
+        ...
+
+    def between(self, start: datetime, end: datetime) -> list[Post]:
+        """The posts dated in [start, end), newest first."""
+        ...
+
+    def content(self, post: Post) -> str:
+        """The rendered HTML of ``post``."""
+        ...
+
+    def feeds(self, until: float | None) -> dict[str, tuple[int, float]]:
+        """Every feed key (``site:``, ``category:NAME``, ``tag:NAME``) with posts dated up to
+        ``until``: post count and newest date."""
+        ...
+
+    def newest(self, key: str, until: float | None, limit: int) -> list[str]:
+        """The paths of the ``limit`` newest posts of the feed ``key`` (all when negative), in
+        :func:`sort_key` order."""
+        ...
+
+    def posts_of(self, paths: Sequence[str]) -> list[Post]:
+        """The whole posts at ``paths``, in that order."""
+        ...
+
+
+def feed_keys(post: Post) -> tuple[str, ...]:
+    """The feeds a post belongs to: the site's, its categories' and its tags'."""
+    return ("site:", *(f"category:{name}" for name in post.categories), *(f"tag:{name}" for name in post.tags))
+
+
+class PostSet:
+    """:class:`Posts` held in memory (tests, and callers that have their posts at hand)."""
+
+    def __init__(self, site: Site, posts: Iterable[Post], content: ContentSource | None = None,
+                 errors: Sequence[FileError] = (), until: float | None = None) -> None:
+        self.site = site
+        self.until = until
+        self.ordered = sorted(posts, key=sort_key)
+        self.by_path = {post.path: post for post in self.ordered}
+        self._content = content
+        self._errors = list(errors)
+
+    @property
+    def errors(self) -> list[FileError]:
+        return list(self._errors)
+
+    @property
+    def posts(self) -> list[Post]:
+        return [p for p in self.ordered if self.until is None or p.date.timestamp() <= self.until]
+
+    def between(self, start: datetime, end: datetime) -> list[Post]:
+        return [p for p in self.ordered if start <= p.date < end]
+
+    def content(self, post: Post) -> str:
+        return self._content(post) if self._content is not None else ""
+
+    def feeds(self, until: float | None) -> dict[str, tuple[int, float]]:
+        counts: dict[str, int] = {}
+        newest: dict[str, float] = {}
+        for post in self.ordered:
+            moment = post.date.timestamp()
+            if until is not None and moment > until:
+                continue
+            for key in feed_keys(post):
+                counts[key] = counts.get(key, 0) + 1
+                newest.setdefault(key, moment)
+        return {key: (count, newest[key]) for key, count in counts.items()}
+
+    def newest(self, key: str, until: float | None, limit: int) -> list[str]:
+        found = [p.path for p in self.ordered if (until is None or p.date.timestamp() <= until) and key in feed_keys(p)]
+        return found[:limit] if limit >= 0 else found
+
+    def posts_of(self, paths: Sequence[str]) -> list[Post]:
+        return [self.by_path[path] for path in paths if path in self.by_path]

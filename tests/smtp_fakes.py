@@ -22,7 +22,7 @@ from zoneinfo import ZoneInfo
 from aiosmtpd.controller import Controller
 
 from finews_feeds.config import Config, build_config
-from finews_feeds.models import Collection, Post, Site
+from finews_feeds.models import Post, PostSet, Site
 
 SECRET = "test-secret-key-0123456789"
 ZONE = ZoneInfo("Asia/Shanghai")
@@ -158,14 +158,14 @@ def make_post(slug: str, title: str, when: datetime, category: str, tags: tuple[
     )
 
 
-def make_collection() -> Collection:
+def make_collection() -> PostSet:
     """Three posts on 2022-04-20 (Shanghai): two in cailianshe (one tagged A股), one in yicai."""
     posts = [
         make_post("n1", "央行开展逆回购操作", datetime(2022, 4, 20, 9, 30, tzinfo=ZONE), "cailianshe", ("A股",)),
         make_post("n2", "沪指收涨0.5%", datetime(2022, 4, 20, 15, 5, tzinfo=ZONE), "cailianshe"),
         make_post("n3", "一财快讯：人民币汇率", datetime(2022, 4, 20, 20, 0, tzinfo=ZONE), "yicai"),
     ]
-    return Collection(site=make_site(), posts=posts, errors=[], content=lambda post: f"<p>{post.title}正文。</p>")
+    return PostSet(make_site(), posts, content=lambda post: f"<p>{post.title}正文。</p>")
 
 
 def wait_until(predicate: Any, timeout: float = 20.0) -> bool:

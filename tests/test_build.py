@@ -22,11 +22,10 @@ from feed_checks import atom_problems, json_feed_problems, rss_problems
 from finews_feeds.cli import cli
 from finews_feeds.config import Config, build_config
 from finews_feeds.feeds import build as buildmod
-from finews_feeds.feeds.build import STATE, STATE_POSTS
-from finews_feeds.feeds.writer import LOCK, MANIFEST, OutputDir
-from finews_feeds.site import cache
+from finews_feeds.feeds.writer import LOCK, MANIFEST
+from finews_feeds.site import cache as cache_module
+from finews_feeds.site import collector
 from finews_feeds.site.collector import collect_site
-from finews_feeds.site.jekyll import resolve_site
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = Path(__file__).parent / "data"
@@ -117,7 +116,7 @@ def test_demo_site_feeds_hold_the_right_entries_in_every_format(demo_build: tupl
 def test_demo_site_writes_listings_and_category_display_names(demo_build: tuple[Path, buildmod.BuildReport, Config]) -> None:
     out, report, _ = demo_build
     assert sorted(p.name for p in out.iterdir()) == [
-        LOCK, MANIFEST, STATE_POSTS, STATE, "_feeds_head.html", "_feeds_head_tags.html", "atom.xml", "categories", "feed.json", "feed.xsl",
+        LOCK, MANIFEST, "_feeds_head.html", "_feeds_head_tags.html", "atom.xml", "categories", "feed.json", "feed.xsl",
         "feeds.opml", "index.html", "rss.xml", "tags",
     ]
     parsed = parse((out / "categories" / "cailianshe" / "atom.xml").read_bytes())
@@ -137,19 +136,6 @@ def test_a_rebuild_without_changes_writes_nothing_and_keeps_mtimes(demo_build: t
 
 
 # --------------------------------------------------------------------------- incremental
-
-
-def test_a_build_collects_garbage_less_often_and_restores_the_threshold(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import gc
-
-    config = config_for(ROOT / "demo-site", tmp_path)
-    seen: list[tuple[int, int, int]] = []
-    build_feeds = buildmod.build_feeds
-    monkeypatch.setattr(buildmod, "build_feeds", lambda *a, **k: seen.append(gc.get_threshold()) or build_feeds(*a, **k))
-    before = gc.get_threshold()
-    buildmod.run_build(config, full=True)
-    assert seen == [(buildmod.GC_THRESHOLD, *before[1:])]
-    assert gc.get_threshold() == before
 
 
 def test_one_new_post_rewrites_only_the_feeds_that_contain_it_then_its_removal_removes_its_tag(tmp_path: Path) -> None:
@@ -198,13 +184,12 @@ def test_an_edited_post_rewrites_its_feeds(tmp_path: Path) -> None:
 def test_worker_processes_write_the_same_bytes_as_one_process(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     one = config_for(DEMO, tmp_path / "one")
     two = config_for(DEMO, tmp_path / "two")
-    buildmod.run_build(one, workers=1)
+    buildmod.run_build(one, parallel=False)
     monkeypatch.setattr(buildmod, "PARALLEL_FROM", 1)
-    report = buildmod.run_build(two, workers=2)
+    monkeypatch.setattr(collector, "PARALLEL_FROM", 1)
+    report = buildmod.run_build(two)
     assert report.feeds_written == 94
-    # The build state names the collector cache it was made with: each build has its own.
-    strip = {k: v[1] for k, v in files_under(tmp_path / "one" / "out").items() if k not in (STATE, STATE_POSTS)}
-    assert {k: v[1] for k, v in files_under(tmp_path / "two" / "out").items() if k not in (STATE, STATE_POSTS)} == strip
+    assert published(tmp_path / "one" / "out") == published(tmp_path / "two" / "out")
 
 
 def test_formats_dropped_from_the_config_are_removed(tmp_path: Path) -> None:
@@ -333,9 +318,8 @@ def same_as_a_full_build(site: Path, out: Path, tmp: Path) -> None:
     build state aside: it names the cache it was made with)."""
     fresh = config_for(site, tmp)
     report = buildmod.run_build(fresh)
-    assert not report.quick
-    built = {k: v[1] for k, v in files_under(out).items() if k not in (STATE, STATE_POSTS, LOCK)}
-    assert built == {k: v[1] for k, v in files_under(tmp / "out").items() if k not in (STATE, STATE_POSTS, LOCK)}
+    assert not report.incremental
+    assert published(out) == published(tmp / "out")
 
 
 def copy_demo(tmp_path: Path) -> Path:
@@ -347,7 +331,7 @@ def copy_demo(tmp_path: Path) -> Path:
 def test_new_posts_are_added_without_reading_the_site_and_give_the_files_of_a_full_build(tmp_path: Path) -> None:
     site = copy_demo(tmp_path)
     config = config_for(site, tmp_path / "a")
-    assert not buildmod.run_build(config).quick
+    assert not buildmod.run_build(config).incremental
     posts = site / "_posts"
     # Newest of all, in the middle of a tag feed, older than every feed keeps (counts only),
     # a new category and a new tag, two posts at the same second (ordered by path).
@@ -358,13 +342,13 @@ def test_new_posts_are_added_without_reading_the_site_and_give_the_files_of_a_fu
                                            encoding="utf-8")
     (posts / "2022-04-21-n5.md").write_text(post_text("同一秒", "2022-04-21 10:00:00", "newsource"), encoding="utf-8")
     report = buildmod.run_build(config)
-    assert report.quick
+    assert report.incremental
     assert report.posts == 306
     assert "categories/newsource/rss.xml" in report.written and "tags/全新标签/atom.xml" in report.written
     assert "categories/eastmoney/rss.xml" not in report.written  # the old post is past its limit
     same_as_a_full_build(site, tmp_path / "a" / "out", tmp_path / "b")
     again = buildmod.run_build(config)
-    assert again.quick and again.written == []
+    assert again.incremental and again.written == []
 
 
 def test_a_new_post_in_existing_feeds_rewrites_the_index_page_but_not_the_outline_listings(tmp_path: Path) -> None:
@@ -376,7 +360,7 @@ def test_a_new_post_in_existing_feeds_rewrites_the_index_page_but_not_the_outlin
     before = {name: (out / name).stat().st_mtime_ns for name in outline}
     (site / "_posts" / "2022-04-22-n1.md").write_text(post_text("最新", "2022-04-22 09:00:00"), encoding="utf-8")
     report = buildmod.run_build(config)
-    assert report.quick and "index.html" in report.written
+    assert report.incremental and "index.html" in report.written
     assert not set(outline) & set(report.written)
     assert {name: (out / name).stat().st_mtime_ns for name in outline} == before
     same_as_a_full_build(site, out, tmp_path / "b")
@@ -393,22 +377,24 @@ def test_a_new_post_in_existing_feeds_rewrites_the_index_page_but_not_the_outlin
     (out / "categories" / "eastmoney" / "atom.xml").unlink()
     (site / "_posts" / "2022-04-22-n3.md").write_text(post_text("再一篇", "2022-04-22 11:00:00"), encoding="utf-8")
     report = buildmod.run_build(config)
-    assert report.quick and "categories/eastmoney/atom.xml" in report.written
+    assert report.incremental and "categories/eastmoney/atom.xml" in report.written
     same_as_a_full_build(site, out, tmp_path / "c")
 
 
-def test_an_edited_or_removed_post_makes_the_build_read_the_whole_site(tmp_path: Path) -> None:
+def test_an_edited_or_removed_post_rewrites_only_its_feeds_and_gives_the_files_of_a_full_build(tmp_path: Path) -> None:
     site = copy_demo(tmp_path)
     config = config_for(site, tmp_path / "a")
     buildmod.run_build(config)
     target = sorted((site / "_posts").iterdir())[-1]
     target.write_text(target.read_text(encoding="utf-8").replace("title:", "title: 改过", 1), encoding="utf-8")
-    assert not buildmod.run_build(config).quick
+    edited = buildmod.run_build(config)
+    assert edited.incremental and 0 < edited.feeds_written < 10
     same_as_a_full_build(site, tmp_path / "a" / "out", tmp_path / "b")
     target.unlink()
-    assert not buildmod.run_build(config).quick
+    removed = buildmod.run_build(config)
+    assert removed.incremental and 0 < removed.feeds_written < 10
     same_as_a_full_build(site, tmp_path / "a" / "out", tmp_path / "c")
-    assert buildmod.run_build(config).quick
+    assert buildmod.run_build(config).incremental
 
 
 def test_a_new_rejected_or_unpublished_file_is_reported_and_changes_no_feed(tmp_path: Path) -> None:
@@ -418,52 +404,51 @@ def test_a_new_rejected_or_unpublished_file_is_reported_and_changes_no_feed(tmp_
     (site / "_posts" / "2022-04-22-bad.md").write_text("---\ntitle: [\n---\n", encoding="utf-8")
     (site / "_posts" / "2022-04-22-off.md").write_text("---\ntitle: off\npublished: false\n---\n", encoding="utf-8")
     report = buildmod.run_build(config)
-    assert report.quick and report.written == []
+    assert report.incremental and report.written == []
     assert [e.path for e in report.rejected] == ["_posts/2022-04-22-bad.md"]
 
 
-def test_a_future_post_waits_and_its_day_makes_the_build_read_the_whole_site(tmp_path: Path) -> None:
+def test_a_future_post_waits_and_comes_out_on_its_day(tmp_path: Path) -> None:
     site = copy_demo(tmp_path)
     config = config_for(site, tmp_path / "a")
     before = datetime(2022, 4, 25, tzinfo=UTC)
     buildmod.run_build(config, now=before)
     (site / "_posts" / "2022-05-01-later.md").write_text(post_text("未来", "2022-05-01 08:00:00"), encoding="utf-8")
     report = buildmod.run_build(config, now=before)
-    assert report.quick and report.written == [] and report.posts == 301
-    assert buildmod.run_build(config, now=before).quick
+    assert report.incremental and report.written == [] and report.posts == 301
+    assert buildmod.run_build(config, now=before).incremental
     due = buildmod.run_build(config, now=datetime(2022, 5, 2, tzinfo=UTC))
-    assert not due.quick and due.posts == 302 and "rss.xml" in due.written
-
-
-def test_bodies_rendered_by_another_command_between_builds_keep_the_next_build_quick(tmp_path: Path) -> None:
-    site = copy_demo(tmp_path)
-    config = config_for(site, tmp_path / "a")
-    buildmod.run_build(config)
-    cache.forget()
-    collection = collect_site(config)
-    collection.complete(collection.posts)  # what `check` does
-    (site / "_posts" / "2022-04-22-n1.md").write_text(post_text("最新", "2022-04-22 09:00:00"), encoding="utf-8")
-    assert buildmod.run_build(config).quick
+    assert due.incremental and due.posts == 302 and "rss.xml" in due.written
     same_as_a_full_build(site, tmp_path / "a" / "out", tmp_path / "b")
 
 
-def test_a_state_from_another_build_or_settings_is_not_used(tmp_path: Path) -> None:
+def test_bodies_rendered_by_another_command_between_builds_keep_the_next_build_incremental(tmp_path: Path) -> None:
+    site = copy_demo(tmp_path)
+    config = config_for(site, tmp_path / "a")
+    buildmod.run_build(config)
+    collection = collect_site(config)
+    assert len(collection.posts) == 301  # what `check` does: every body rendered
+    (site / "_posts" / "2022-04-22-n1.md").write_text(post_text("最新", "2022-04-22 09:00:00"), encoding="utf-8")
+    assert buildmod.run_build(config).incremental
+    same_as_a_full_build(site, tmp_path / "a" / "out", tmp_path / "b")
+
+
+def test_the_record_of_another_build_settings_or_cache_is_not_trusted(tmp_path: Path) -> None:
     site = copy_demo(tmp_path)
     config = config_for(site, tmp_path / "a")
     buildmod.run_build(config)
     (site / "_posts" / "2022-04-22-n1.md").write_text(post_text("最新", "2022-04-22 09:00:00"), encoding="utf-8")
     # Other limits: another plan.
-    assert not buildmod.run_build(config_for(site, tmp_path / "a", tag_limit=3)).quick
+    assert not buildmod.run_build(config_for(site, tmp_path / "a", tag_limit=3)).incremental
     (site / "_posts" / "2022-04-22-n2.md").write_text(post_text("又一篇", "2022-04-22 10:00:00"), encoding="utf-8")
-    # A manifest that is not the one the state was saved with (written by hand, or by an older version).
+    # A manifest edited by hand (its checksum no longer holds).
     manifest = tmp_path / "a" / "out" / MANIFEST
     manifest.write_bytes(manifest.read_bytes().replace(b'"listings_signature":"', b'"listings_signature":"x'))
-    assert not buildmod.run_build(config).quick
-    # A cache rebuilt from scratch: its cursor is not the state's.
+    assert not buildmod.run_build(config).incremental
+    # A cache started afresh: not the one the last build saw.
     shutil.rmtree(tmp_path / "a" / "cache")
-    cache.forget()
     (site / "_posts" / "2022-04-22-n3.md").write_text(post_text("第三篇", "2022-04-22 11:00:00"), encoding="utf-8")
-    assert not buildmod.run_build(config).quick
+    assert not buildmod.run_build(config).incremental
     same_as_a_full_build(site, tmp_path / "a" / "out", tmp_path / "b")
 
 
@@ -471,74 +456,8 @@ def test_full_flag_reads_the_whole_site(tmp_path: Path) -> None:
     site = copy_demo(tmp_path)
     config = config_for(site, tmp_path / "a")
     buildmod.run_build(config)
-    assert not buildmod.run_build(config, full=True).quick
-    assert buildmod.run_build(config).quick
-
-
-def test_the_shown_posts_are_appended_to_and_written_anew_once_mostly_unshown(tmp_path: Path,
-                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
-    site = copy_demo(tmp_path)
-    out = tmp_path / "a" / "out"
-    config = config_for(site, tmp_path / "a")
-    buildmod.run_build(config)
-    first = (out / STATE_POSTS).read_bytes()
-    (site / "_posts" / "2022-04-22-n1.md").write_text(post_text("甲", "2022-04-22 09:00:00"), encoding="utf-8")
-    assert buildmod.run_build(config).quick
-    grown = (out / STATE_POSTS).read_bytes()
-    assert grown.startswith(first) and len(grown) > len(first)  # appended, the rest untouched
-    # What a build that failed after appending leaves is cut off by the next one.
-    with open(out / STATE_POSTS, "ab") as handle:
-        handle.write(b"torn record")
-    (site / "_posts" / "2022-04-22-n2.md").write_text(post_text("乙", "2022-04-22 10:00:00"), encoding="utf-8")
-    assert buildmod.run_build(config).quick
-    assert b"torn record" not in (out / STATE_POSTS).read_bytes()
-    same_as_a_full_build(site, out, tmp_path / "b")
-    # With no room for posts no feed shows any more, the file is written anew, holding only
-    # the posts the feeds show.
-    monkeypatch.setattr(buildmod, "STATE_POSTS_SLACK", -10_000)
-    (site / "_posts" / "2022-04-22-n3.md").write_text(post_text("丙", "2022-04-22 11:00:00"), encoding="utf-8")
-    assert buildmod.run_build(config).quick
-    assert not (out / STATE_POSTS).read_bytes().startswith(first[:40])
-    state = buildmod.load_state(OutputDir(out), resolve_site(config).timezone)
-    assert state is not None
-    shown = {path for paths in state.entries.values() for path in paths}
-    assert {post.path for post in state.posts} == shown
-    monkeypatch.undo()
-    (site / "_posts" / "2022-04-22-n4.md").write_text(post_text("丁", "2022-04-22 12:00:00"), encoding="utf-8")
-    assert buildmod.run_build(config).quick
-    same_as_a_full_build(site, out, tmp_path / "c")
-
-
-def test_a_missing_or_foreign_posts_file_makes_the_build_read_the_whole_site(tmp_path: Path) -> None:
-    site = copy_demo(tmp_path)
-    out = tmp_path / "a" / "out"
-    config = config_for(site, tmp_path / "a")
-    buildmod.run_build(config)
-    for damage in ("missing", "foreign"):
-        if damage == "missing":
-            (out / STATE_POSTS).unlink()
-        else:
-            (out / STATE_POSTS).write_bytes((out / STATE_POSTS).read_bytes().replace(b"u ", b"u!", 1))
-        (site / "_posts" / f"2022-04-22-{damage}.md").write_text(post_text(damage, "2022-04-22 09:00:00"),
-                                                                 encoding="utf-8")
-        assert not buildmod.run_build(config).quick
-        same_as_a_full_build(site, out, tmp_path / damage)
-
-
-def test_feed_folders_tell_missing_files_by_one_stat_per_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    out = OutputDir(tmp_path)
-    for name in ("rss.xml", "atom.xml"):
-        out.write(f"tags/a/{name}", b"x")
-    recorded = {"tags/a": (tmp_path / "tags" / "a").stat().st_mtime_ns}
-    stats: list[str] = []
-    monkeypatch.setattr(OutputDir, "exists", lambda self, rel: stats.append(rel) or (self.root / rel).is_file())
-    folders = buildmod.FeedFolders(out, recorded)
-    assert folders("tags/a/rss.xml") and folders("tags/a/atom.xml") and stats == []
-    (tmp_path / "tags" / "a" / "atom.xml").unlink()
-    os.utime(tmp_path / "tags" / "a", ns=(1, 1))  # as any removal leaves it: another mtime
-    folders = buildmod.FeedFolders(out, recorded)
-    assert folders("tags/a/rss.xml") and not folders("tags/a/atom.xml")
-    assert stats == ["tags/a/rss.xml", "tags/a/atom.xml"]
+    assert not buildmod.run_build(config, full=True).incremental
+    assert buildmod.run_build(config).incremental
 
 
 # --------------------------------------------------------------------------- interrupted builds, damaged state
@@ -650,6 +569,8 @@ def _damaged(data: bytes, how: str) -> bytes:
     if how == "garbage":
         return rng.randbytes(max(len(data), 64))
     if how == "bit flips":
+        if not data:
+            return b"\x01"
         flipped = bytearray(data)
         for _ in range(8):
             at = rng.randrange(len(flipped))
@@ -678,10 +599,9 @@ def test_a_damaged_state_or_cache_file_is_discarded_and_rebuilt_never_trusted(tm
     # A second build after a new post leaves the rest of what builds keep: a journal, a scan,
     # the quick rebuild's state.
     (posts / "2022-04-21-a.md").write_text(post_text("第一篇新文章", "2022-04-21 08:00:00"), encoding="utf-8")
-    assert buildmod.run_build(config).quick
+    assert buildmod.run_build(config).incremental
     files = _state_files(tmp_path)
-    assert {".finews-manifest.json", STATE, STATE_POSTS} <= {Path(f).name for f in files}
-    assert {cache.INDEX, cache.JOURNAL, cache.SCAN, cache.BODIES} <= {Path(f).name for f in files}
+    assert {MANIFEST, cache_module.NAME} <= {Path(f).name for f in files}
     for name in ("out", "cache"):
         shutil.copytree(tmp_path / name, tmp_path / f"start-{name}")
     reference = {}
@@ -691,7 +611,6 @@ def test_a_damaged_state_or_cache_file_is_discarded_and_rebuilt_never_trusted(tm
                                                encoding="utf-8")
         if retract:
             (posts / "2022-04-21-b.md").unlink()
-        cache.forget()
         buildmod.run_build(config_for(site, tmp_path / f"reference-{retract}"), full=True)
         reference[retract] = published(tmp_path / f"reference-{retract}" / "out")
 
@@ -706,7 +625,6 @@ def test_a_damaged_state_or_cache_file_is_discarded_and_rebuilt_never_trusted(tm
                 # The post and its own tag feed were published by a build the damaged state forgot.
                 buildmod.run_build(config)
                 (posts / "2022-04-21-b.md").unlink()
-            cache.forget()
             gc.collect()  # closes the last build's SQLite connections, as the end of its process would
             target = tmp_path / damaged
             if not target.exists():
@@ -714,18 +632,14 @@ def test_a_damaged_state_or_cache_file_is_discarded_and_rebuilt_never_trusted(tm
             target.write_bytes(_damaged(target.read_bytes(), how))
             caplog.clear()
             if path == "daemon":
-                # As the daemon does: the quick rebuild of the paths its watcher reported, else
-                # the whole site read in this process.
-                report = buildmod.rebuild_added(config, datetime.now(UTC), touched=["_posts/2022-04-21-b.md"])
-                if report is None:
-                    report = buildmod.build_feeds(collect_site(config, datetime.now(UTC)), config)
+                # As the daemon does: the paths its watcher reported looked at, no walk.
+                report = buildmod.run_build(config, touched=["_posts/2022-04-21-b.md"])
             else:
                 report = buildmod.run_build(config)
             assert published(tmp_path / "out") == reference[retract], (damaged, retract)
             assert len([r for r in caplog.records if r.levelname == "WARNING"]) <= 1, (damaged, caplog.text)
             # Rebuilt: the next build finds everything in order and has nothing to say.
             caplog.clear()
-            cache.forget()
             again = buildmod.run_build(config)
             assert (again.files_written, again.files_removed) == (0, 0), damaged
             assert published(tmp_path / "out") == reference[retract], (damaged, retract)

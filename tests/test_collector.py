@@ -21,10 +21,11 @@ from hypothesis import strategies as st
 from finews_feeds.cli import cli
 from finews_feeds.config import build_config
 from finews_feeds.errors import PostError
-from finews_feeds.models import Collection, Post, Site
-from finews_feeds.site import collector as collector_module
-from finews_feeds.site.collector import collect, collect_site, parse_date, parse_post, summarize
+from finews_feeds.models import Post, Site
+from finews_feeds.site import frontmatter
+from finews_feeds.site.collector import Collection, collect, collect_site, summarize
 from finews_feeds.site.jekyll import resolve_site
+from finews_feeds.site.posts import parse_date, parse_post
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = Path(__file__).parent / "data" / "collector"
@@ -746,7 +747,7 @@ _FM_NEAR_LINES = st.one_of(
 @settings(max_examples=500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.one_of(st.lists(_FM_LINES, max_size=8), st.lists(_FM_NEAR_LINES, max_size=5)))
 def test_any_front_matter_near_finews_shapes_is_a_post_or_a_named_error(lines: list[str]) -> None:
-    from finews_feeds.site.collector import NotPublished
+    from finews_feeds.site.posts import NotPublished
 
     raw = ("---\n" + "\n".join(lines) + "\n---\n<p>正文</p>\n").encode("utf-8")
     try:
@@ -773,11 +774,7 @@ def test_a_body_that_is_a_whole_document_does_not_stop_the_run(tmp_path: Path, b
 # ---------------------------------------------------------------- front matter built as PyYAML builds it
 
 
-class _LibraryLoader(collector_module._Loader):  # type: ignore[misc,name-defined]
-    """The collector's loader with PyYAML's own constructor, for reference."""
-
-    construct_document = yaml.constructor.BaseConstructor.construct_document
-    resolve = yaml.resolver.BaseResolver.resolve
+# ---------------------------------------------------------------- the simple front matter path
 
 
 def _load(text: str, loader: type) -> tuple[str, Any]:
@@ -793,28 +790,6 @@ _YAML_PIECES = st.sampled_from([
     "n: ~\nm: null\nt: yes\nf: Off\ni: 0x1F\nf2: 1e3\nd: 2022-04-20 09:15:40 +0800\n", "k: [a, [b, {c: d}]]\n",
     "dup: 1\ndup: 2\n", "1: int key\n2.5: float key\ntrue: bool key\n~: null key\n", "x: 'quoted: yes'\n",
 ])
-
-
-@settings(max_examples=300, deadline=None)
-@given(st.one_of(VALUES.map(lambda v: yaml.safe_dump(v, allow_unicode=True)), _YAML_PIECES,
-                 st.lists(_YAML_PIECES, max_size=3).map("".join), st.text(max_size=60)))
-def test_front_matter_is_built_as_pyyaml_builds_it(text: str) -> None:
-    assert _load(text, collector_module._Loader) == _load(text, _LibraryLoader)
-
-
-def test_typical_front_matter_takes_the_direct_way(monkeypatch: pytest.MonkeyPatch) -> None:
-    def refuse(self: Any, node: Any) -> Any:
-        raise AssertionError("PyYAML's constructor was used")
-
-    monkeypatch.setattr(yaml.constructor.BaseConstructor, "construct_document", refuse)
-    text = 'layout: post\ntitle: "恒瑞医药宣布政策要求"\ndate: 2021-03-17 23:55:49 +0800\ncategories: eastmoney\ntags: [东方财富, 期货]\n'
-    assert yaml.load(text, Loader=collector_module._Loader) == {
-        "layout": "post", "title": "恒瑞医药宣布政策要求", "date": "2021-03-17 23:55:49 +0800",
-        "categories": "eastmoney", "tags": ["东方财富", "期货"],
-    }
-
-
-# ---------------------------------------------------------------- the simple front matter path
 
 
 _SIMPLE_SAFE = st.sampled_from(["a", "新闻", "5G", "2022-04-20 09:15:40 +0800", " ", "x y", "A股", "😀", "\xa0", "\u3000"])
@@ -860,9 +835,9 @@ _SAFE_LINES = st.tuples(st.sampled_from(["title", "tags", "date", "a-b", "_x", "
 @given(st.one_of(st.lists(_SIMPLE_LINES, max_size=6), st.lists(st.one_of(*[_SAFE_LINES] * 6, _SIMPLE_LINES), max_size=6))
        .map("\n".join))
 def test_the_simple_front_matter_path_reads_what_pyyaml_reads_or_nothing(text: str) -> None:
-    simple = collector_module.simple_front_matter(text)
+    simple = frontmatter.simple_front_matter(text)
     if simple is not None:
-        assert ("value", repr(simple)) == _load(text, _LibraryLoader)
+        assert ("value", repr(simple)) == _load(text, frontmatter.Loader)
 
 
 @pytest.mark.parametrize("text, expected", [
@@ -878,8 +853,8 @@ def test_the_simple_front_matter_path_reads_what_pyyaml_reads_or_nothing(text: s
     ("categories: \n  - cailianshe\ntags:\n- 财联社新闻\n- '5G'\n", {"categories": ["cailianshe"], "tags": ["财联社新闻", "5G"]}),
 ])
 def test_typical_front_matter_takes_the_simple_path(text: str, expected: dict[str, Any]) -> None:
-    assert collector_module.simple_front_matter(text) == expected
-    assert yaml.load(text, Loader=_LibraryLoader) == expected
+    assert frontmatter.simple_front_matter(text) == expected
+    assert yaml.load(text, Loader=frontmatter.Loader) == expected
 
 
 @pytest.mark.parametrize("text", [
@@ -890,7 +865,7 @@ def test_typical_front_matter_takes_the_simple_path(text: str, expected: dict[st
     "a:\n  - - b\n", "- a\n",
 ])
 def test_anything_else_is_left_to_pyyaml(text: str) -> None:
-    assert collector_module.simple_front_matter(text) is None
+    assert frontmatter.simple_front_matter(text) is None
 
 
 # ---------------------------------------------------------------- hostile front matter (issue 12, item 2)
@@ -993,7 +968,7 @@ def test_front_matter_at_the_limits_is_read(tmp_path: Path) -> None:
 
 
 def test_the_limits_are_part_of_the_cache_fingerprint(tmp_path: Path) -> None:
-    from finews_feeds.site.cache import fingerprint
+    from finews_feeds.site.collector import fingerprint
 
     source = make_site(tmp_path / "s", {})
     loose = resolve_site(build_config({"site": {"source": str(source)}}))
@@ -1057,14 +1032,14 @@ def _written_out(node: Any, path: frozenset[int] = frozenset()) -> tuple[int, in
        st.one_of(st.tuples(st.integers(0, 6), st.integers(1, 60), st.integers(1, 5)), st.just((1000, 10_000, 32))))
 def test_front_matter_within_the_limits_reads_as_before_and_beyond_them_is_rejected(
         text: str, limited: tuple[int, int, int]) -> None:
-    from finews_feeds.site.collector import Rejected, load_front_matter
-    from finews_feeds.site.limits import FrontMatterLimits
+    from finews_feeds.models import FrontMatterLimits
+    from finews_feeds.site.frontmatter import Rejected, load_front_matter
 
     aliases, nodes, depth = limited
     limits = FrontMatterLimits(aliases=aliases, nodes=nodes, depth=depth)
     try:  # before issue 12: the simple path, else PyYAML with the collector's loader
-        simple = collector_module.simple_front_matter(text)
-        before: Any = simple if simple is not None else yaml.load(text, Loader=collector_module._Loader)
+        simple = frontmatter.simple_front_matter(text)
+        before: Any = simple if simple is not None else yaml.load(text, Loader=frontmatter.Loader)
     except yaml.YAMLError as exc:
         with pytest.raises(yaml.YAMLError) as raised:
             load_front_matter(text, limits)
@@ -1072,12 +1047,12 @@ def test_front_matter_within_the_limits_reads_as_before_and_beyond_them_is_rejec
         return
     # Without aliases, the data as built is measured; with them, the document as composed (a
     # mapping's repeated keys told by their text), before anything is built from it.
-    composed = yaml.compose(text, Loader=collector_module._Loader)
+    composed = yaml.compose(text, Loader=frontmatter.Loader)
     if "*" not in text:
         size, deep, recursive = (*_expanded(before), False) if before is not None else (0, 0, False)
     else:
         size, deep, recursive = _written_out(composed) if composed is not None else (0, 0, False)
-    used = sum(isinstance(event, yaml.AliasEvent) for event in yaml.parse(text, Loader=collector_module._Loader))
+    used = sum(isinstance(event, yaml.AliasEvent) for event in yaml.parse(text, Loader=frontmatter.Loader))
     within = not recursive and used <= aliases and size <= nodes and deep <= depth
     try:
         after = load_front_matter(text, limits)
@@ -1165,7 +1140,7 @@ def test_simple_front_matter_holds_fewer_values_than_characters(text: str) -> No
     """Why load_front_matter need not measure a simple front matter shorter than the value limit."""
     from finews_feeds.site.limits import measure_data
 
-    simple = collector_module.simple_front_matter(text)
+    simple = frontmatter.simple_front_matter(text)
     if simple is not None:
         shape = measure_data(simple)
         assert shape.nodes <= len(text) and shape.depth <= 2

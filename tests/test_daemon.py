@@ -25,10 +25,11 @@ import pytest
 from aiosmtpd.controller import Controller
 from smtp_fakes import SECRET, Sink, database_url, free_port, postgres_available, running, wait_until
 
-from finews_feeds.config import load_config
+from finews_feeds.config import build_config, load_config
 from finews_feeds.mail.store import Store
 from finews_feeds.service import daemon as daemon_module
 from finews_feeds.service.daemon import Rebuilder, bind_socket, is_post_path
+from finews_feeds.site.jekyll import resolve_site
 
 pytestmark = pytest.mark.slow
 
@@ -481,43 +482,43 @@ def test_start_up_errors_are_one_line_with_an_exit_code(tmp_path: Path, smtp_por
 
 def test_only_post_files_and_the_site_config_trigger_a_rebuild(tmp_path: Path) -> None:
     root = tmp_path
-    extensions = (".md", ".markdown", ".html")
+    site = resolve_site(build_config({"site": {"source": str(root)}}))
     yes = ["_posts/2022-04-20-a.md", "cailianshe/_posts/2022-04-20-b.html", "a/b/_posts/sub/2022-04-20-c.markdown",
            "_config.yml"]
     no = ["_posts/notes.txt", "_site/_posts/2022-04-20-a.md", "_drafts/2022-04-20-a.md", ".git/_posts/x.md",
           "about.md", "cailianshe/_posts/.2022-04-20-b.md.swp", "../elsewhere/_posts/2022-04-20-a.md",
-          "sub/_config.yml"]
-    assert [is_post_path(root, str(root / p), extensions) for p in yes] == [True] * len(yes)
-    assert [is_post_path(root, str(root / p), extensions) for p in no] == [False] * len(no)
+          "sub/_config.yml", "_posts/_hidden/2022-04-20-a.md", "_posts/notes.md"]
+    assert [is_post_path(site, str(root / p)) for p in yes] == [True] * len(yes)
+    assert [is_post_path(site, str(root / p)) for p in no] == [False] * len(no)
 
 
-def test_after_new_posts_the_daemon_rebuilds_from_them_alone_and_learns_their_categories_and_tags(tmp_path: Path) -> None:
+def test_after_a_change_the_daemon_rebuilds_the_feeds_it_reaches_and_learns_the_categories_and_tags(tmp_path: Path) -> None:
     site = make_site(tmp_path)
     config = load_config(write_config(tmp_path, site, 25, f"sqlite:///{tmp_path}/db.sqlite3", 8080),
                          {"FINEWS_SECRET_KEY": SECRET})
     daemon = daemon_module.Daemon(config)
     threading.Thread(target=daemon.stop.wait, daemon=True).start()  # a daemon has threads: no forking
 
-    daemon._build_once()  # the first build reads the whole site
+    daemon._build_once()  # the first build plans every feed
     first = daemon.status.last_build
-    assert first is not None and (first["ok"], first["quick"], first["posts"]) == (True, False, 2)
+    assert first is not None and (first["ok"], first["incremental"], first["posts"]) == (True, False, 2)
     assert [name for name, _ in daemon.categories()] == ["cailianshe", "yicai"]
     assert daemon.tags() == {"测试"}
 
     new = write_post(site, "sina", "n3", "新浪新闻一则", "2022-04-20 21:00:00")
     new.write_text(new.read_text(encoding="utf-8").replace("tags: [测试]", "tags: [测试, 新标签]"), encoding="utf-8")
     daemon._build_once()
-    quick = daemon.status.last_build
-    assert quick is not None and (quick["ok"], quick["quick"], quick["posts"]) == (True, True, 3)
+    added = daemon.status.last_build
+    assert added is not None and (added["ok"], added["incremental"], added["posts"]) == (True, True, 3)
     assert [name for name, _ in daemon.categories()] == ["cailianshe", "sina", "yicai"]
     assert daemon.tags() == {"测试", "新标签"}
     assert "新浪新闻一则" in (tmp_path / "feeds" / "rss.xml").read_text(encoding="utf-8")
     assert "新浪新闻一则" in (tmp_path / "feeds" / "tags" / "新标签" / "atom.xml").read_text(encoding="utf-8")
 
-    new.unlink()  # a removal: the whole site is read again, and the names are those of its posts
+    new.unlink()  # a removal: its category and tag go from the form too
     daemon._build_once()
-    full = daemon.status.last_build
-    assert full is not None and (full["ok"], full["quick"], full["posts"]) == (True, False, 2)
+    removed = daemon.status.last_build
+    assert removed is not None and (removed["ok"], removed["incremental"], removed["posts"]) == (True, True, 2)
     assert [name for name, _ in daemon.categories()] == ["cailianshe", "yicai"]
     assert daemon.tags() == {"测试"}
     daemon.stop.set()
@@ -534,28 +535,27 @@ def test_the_daemon_stats_only_the_files_the_watcher_reported_and_walks_when_it_
     daemon = daemon_module.Daemon(config)
     threading.Thread(target=daemon.stop.wait, daemon=True).start()  # a daemon has threads: no forking
     root = site.resolve()
-    extensions = tuple(daemon.site.extensions)
     walks: list[int] = []
     list_posts = walk.list_posts
     monkeypatch.setattr(walk, "list_posts", lambda s: walks.append(1) or list_posts(s))
     rss = tmp_path / "feeds" / "rss.xml"
 
     daemon._build_once()
-    assert walks and daemon.status.last_build["quick"] is False  # type: ignore[index]
+    assert walks and daemon.status.last_build["incremental"] is False  # type: ignore[index]
 
     # A new post the watcher reported: stat'ed alone, no walk.
     walks.clear()
     new = write_post(site, "sina", "n3", "只看报告的文件", "2022-04-20 21:00:00")
-    assert daemon.note_file_event(root, [str(new)], extensions)
-    assert not daemon.note_file_event(root, [str(site / "README.md")], extensions)
+    assert daemon.note_file_event([str(new)])
+    assert not daemon.note_file_event([str(site / "README.md")])
     daemon._build_once()
-    assert walks == [] and daemon.status.last_build["quick"] is True  # type: ignore[index]
+    assert walks == [] and daemon.status.last_build["incremental"] is True  # type: ignore[index]
     assert "只看报告的文件" in rss.read_text(encoding="utf-8")
 
     # Nothing reported (the interval job): a walk, which finds a post the watcher missed.
     missed = write_post(site, "sina", "n4", "监视器漏掉的文件", "2022-04-20 22:00:00")
     daemon._build_once()
-    assert walks == [1] and daemon.status.last_build["quick"] is True  # type: ignore[index]
+    assert walks == [1] and daemon.status.last_build["incremental"] is True  # type: ignore[index]
     assert "监视器漏掉的文件" in rss.read_text(encoding="utf-8")
 
     # A folder of posts moved in reports no file of its own: a walk.
@@ -567,7 +567,7 @@ def test_the_daemon_stats_only_the_files_the_watcher_reported_and_walks_when_it_
     shutil.move(str(tmp_path / "elsewhere"), str(site / "moved"))
     assert not daemon.note_folder_event(root, [str(site / ".git" / "objects")])
     assert daemon.note_folder_event(root, [str(site / "moved")])
-    daemon.note_file_event(root, [str(new)], extensions)
+    daemon.note_file_event([str(new)])
     daemon._build_once()
     assert walks == [1]
     assert "搬进来的文件" in rss.read_text(encoding="utf-8")
@@ -575,8 +575,8 @@ def test_the_daemon_stats_only_the_files_the_watcher_reported_and_walks_when_it_
     # A failed build: the paths it took are not in the cache, so the next build walks.
     walks.clear()
     latest = write_post(site, "sina", "n6", "失败之后的文件", "2022-04-20 23:00:00")
-    daemon.note_file_event(root, [str(latest)], extensions)
-    monkeypatch.setattr("finews_feeds.feeds.build.rebuild_added", lambda *a, **k: (_ for _ in ()).throw(OSError("disk full")))
+    daemon.note_file_event([str(latest)])
+    monkeypatch.setattr("finews_feeds.service.daemon.run_build", lambda *a, **k: (_ for _ in ()).throw(OSError("disk full")))
     daemon._build_once()
     assert daemon.status.last_build["ok"] is False  # type: ignore[index]
     monkeypatch.undo()
@@ -584,24 +584,6 @@ def test_the_daemon_stats_only_the_files_the_watcher_reported_and_walks_when_it_
     daemon._build_once()
     assert walks == [1] and "失败之后的文件" in rss.read_text(encoding="utf-8")
     daemon.stop.set()
-
-
-def test_a_daemon_build_collects_garbage_less_often_as_the_build_command_does(tmp_path: Path,
-                                                                            monkeypatch: pytest.MonkeyPatch) -> None:
-    import gc
-
-    from finews_feeds.feeds import build as buildmod
-
-    site = make_site(tmp_path)
-    config = load_config(write_config(tmp_path, site, 25, f"sqlite:///{tmp_path}/db.sqlite3", 8080),
-                         {"FINEWS_SECRET_KEY": SECRET})
-    daemon = daemon_module.Daemon(config)
-    seen: list[int] = []
-    build_feeds = buildmod.build_feeds
-    monkeypatch.setattr(buildmod, "build_feeds", lambda *a, **k: seen.append(gc.get_threshold()[0]) or build_feeds(*a, **k))
-    before = gc.get_threshold()
-    daemon._build_once()
-    assert seen == [buildmod.GC_THRESHOLD] and gc.get_threshold() == before
 
 
 def test_a_rebuild_asked_for_during_a_build_runs_after_it_and_none_is_lost() -> None:

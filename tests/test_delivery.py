@@ -183,7 +183,7 @@ class AlwaysRenderer:
 
         collection = make_collection()
         self.renderer = DigestRenderer(config, collection.site, collection.content)
-        self.posts = posts_of_day(collection.posts, DAY, collection.site.timezone)
+        self.posts = posts_of_day(collection, DAY, collection.site.timezone)
 
     def render(self, day: date, posts: Any, selection: Any) -> Any:
         return self.renderer.render(day, self.posts, selection)

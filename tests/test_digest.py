@@ -25,6 +25,7 @@ from click.testing import CliRunner
 from hostile_urls import HOSTILE_URLS, hostile_in, write_hostile_site
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from smtp_fakes import make_site as fake_site
 
 from finews_feeds.cli import cli
 from finews_feeds.config import Config, build_config, read_file
@@ -44,7 +45,7 @@ from finews_feeds.mail.digest import (
     posts_of_day,
     write_preview,
 )
-from finews_feeds.models import Post, Site
+from finews_feeds.models import Post, PostSet, Site
 from finews_feeds.site.collector import collect_site
 from finews_feeds.site.jekyll import resolve_site
 
@@ -153,7 +154,7 @@ def test_posts_of_day_uses_the_site_zone_whatever_the_machine_zone() -> None:
     os.environ["TZ"] = "America/Los_Angeles"
     time.tzset()
     try:
-        chosen = posts_of_day(posts, DAY, SHANGHAI)
+        chosen = posts_of_day(PostSet(fake_site(), posts), DAY, SHANGHAI)
     finally:
         if old_tz is None:
             del os.environ["TZ"]
@@ -162,7 +163,7 @@ def test_posts_of_day_uses_the_site_zone_whatever_the_machine_zone() -> None:
         time.tzset()
     # Newest first; p1 and p5 are the same instant, ordered by path.
     assert [p.slug for p in chosen] == ["p5", "p1", "p6", "p2"]
-    assert [p.slug for p in posts_of_day(posts, DAY, ZoneInfo("UTC"))] == ["p3", "p5", "p1"]
+    assert [p.slug for p in posts_of_day(PostSet(fake_site(), posts), DAY, ZoneInfo("UTC"))] == ["p3", "p5", "p1"]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -668,7 +669,7 @@ def test_hostile_images_of_a_site_reach_no_digest(tmp_path: Path) -> None:
     assert collection.errors == []
     renderer = DigestRenderer(config, collection.site, collection.content)
     for day, kind in ((date(2022, 4, 20), "fm"), (date(2022, 4, 19), "body")):
-        posts = collection.complete(posts_of_day(collection.posts, day, SHANGHAI))
+        posts = posts_of_day(collection, day, SHANGHAI)
         variant = renderer.render(day, posts, EVERYTHING)
         assert variant is not None
         assert hostile_in(variant.html) == [] and hostile_in(variant.text) == [], kind

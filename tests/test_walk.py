@@ -1,7 +1,8 @@
-"""The walk's rules for one path, and a scan updated from a file watcher's paths (finews_feeds/walk.py)."""
+"""The walk, and its rules for one path (a file watcher's report) (finews_feeds/site/walk.py)."""
 
 from __future__ import annotations
 
+import functools
 import os
 import shutil
 import tempfile
@@ -23,9 +24,12 @@ def site_at(root: Path) -> Site:
     return resolve_site(build_config({"site": {"source": str(root)}}))
 
 
-def as_dict(scan: walk.Scan) -> dict[str, tuple[int, int]]:
-    paths, sizes, mtimes = scan.columns()
-    return dict(zip(paths, zip(sizes, mtimes, strict=True), strict=True))
+def as_dict(entries: list[walk.Entry]) -> dict[str, tuple[int, int]]:
+    return {entry.path: (entry.size, entry.mtime_ns) for entry in entries}
+
+
+def walked_paths(site: Site) -> list[str]:
+    return [entry.path for entry in walk.walk(site)]
 
 
 # Weighted towards what makes posts (a `_posts` folder, a dated name), so that most trees hold some.
@@ -53,7 +57,7 @@ def test_the_rules_for_one_path_list_what_the_walk_lists(tree: list[tuple[list[s
             (folder / name).write_text("x", encoding="utf-8")
             files.add("/".join([*folders, name]))
         site = site_at(root)
-        assert {rel for rel in files if walk.walked(site, rel)} == set(walk.scan(site)[0])
+        assert {rel for rel in files if walk.walked(site, rel)} == set(walked_paths(site))
     finally:
         shutil.rmtree(root)
 
@@ -63,10 +67,9 @@ def test_a_post_through_a_symlinked_folder_is_not_walked(tmp_path: Path) -> None
     (tmp_path / "real" / "_posts" / "2022-01-01-a.md").write_text("x", encoding="utf-8")
     (tmp_path / "link").symlink_to(tmp_path / "real")
     site = site_at(tmp_path)
-    assert walk.scan(site)[0] == ["real/_posts/2022-01-01-a.md"]
-    empty = walk.Scan("", b"", b"")
-    rescanned = walk.rescan(site, empty, ["link/_posts/2022-01-01-a.md", "real/_posts/2022-01-01-a.md"])
-    assert rescanned is not None and rescanned.columns()[0] == ["real/_posts/2022-01-01-a.md"]
+    assert walked_paths(site) == ["real/_posts/2022-01-01-a.md"]
+    assert walk.stat_post(site, "link/_posts/2022-01-01-a.md") is None
+    assert walk.stat_post(site, "real/_posts/2022-01-01-a.md") == walk.walk(site)[0]
 
 
 _CHANGES = st.lists(st.tuples(st.sampled_from(["write", "grow", "remove", "folder"]),
@@ -77,14 +80,13 @@ _CHANGES = st.lists(st.tuples(st.sampled_from(["write", "grow", "remove", "folde
 
 @settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 @given(_CHANGES)
-def test_a_scan_updated_from_the_changed_paths_is_what_a_new_walk_finds(changes: list[tuple[str, str, int]]) -> None:
+def test_the_changed_paths_stated_one_by_one_are_what_a_new_walk_finds(changes: list[tuple[str, str, int]]) -> None:
     root = Path(tempfile.mkdtemp())
     try:
         for rel in ("_posts/2022-01-01-p.md", "_posts/2022-01-02-p.md", "a/_posts/2022-02-01-q.md", "_posts/x1.md"):
             (root / rel).parent.mkdir(parents=True, exist_ok=True)
             (root / rel).write_text("first", encoding="utf-8")
         site = site_at(root)
-        before = walk.scan_text(site)
         touched = []
         for action, pattern, n in changes:
             rel = pattern % n
@@ -106,19 +108,12 @@ def test_a_scan_updated_from_the_changed_paths_is_what_a_new_walk_finds(changes:
                 with path.open("a", encoding="utf-8") as handle:
                     handle.write("more" if action == "grow" else "")
                 os.utime(path, ns=(n * 10**9, (n + len(touched)) * 10**9))
-        rescanned = walk.rescan(site, before, touched)
-        assert rescanned is not None
-        assert as_dict(rescanned) == as_dict(walk.scan_text(site))
-        assert rescanned.files == len(as_dict(rescanned))
+        now = as_dict(walk.walk(site))
+        for rel in touched:
+            entry = walk.stat_post(site, rel)
+            assert (entry.size, entry.mtime_ns) == now[rel] if entry is not None else rel not in now
     finally:
         shutil.rmtree(root)
-
-
-def test_too_many_paths_ask_for_a_walk(tmp_path: Path) -> None:
-    site = site_at(tmp_path)
-    paths = [f"_posts/2022-01-01-{i}.md" for i in range(walk.RESCAN_MOST + 1)]
-    assert walk.rescan(site, walk.Scan("", b"", b""), paths) is None
-    assert walk.rescan(site, walk.Scan("", b"", b""), paths[:-1]) == walk.Scan("", b"", b"")
 
 
 @pytest.mark.parametrize(("rel", "expected"), [
@@ -157,13 +152,8 @@ def link(path: Path, target: Path | str) -> None:
     path.symlink_to(target)
 
 
-def found_by_rescan(site: Site, paths: list[str]) -> dict[str, tuple[int, int]]:
-    scan = walk.Scan("", b"", b"")
-    for start in range(0, len(paths), walk.RESCAN_MOST):
-        rescanned = walk.rescan(site, scan, paths[start : start + walk.RESCAN_MOST])
-        assert rescanned is not None
-        scan = rescanned
-    return as_dict(scan)
+def found_one_by_one(site: Site, paths: list[str]) -> dict[str, tuple[int, int]]:
+    return as_dict([entry for entry in map(functools.partial(walk.stat_post, site), paths) if entry is not None])
 
 
 def test_a_post_file_linked_to_a_file_outside_the_site_is_not_read(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
@@ -173,12 +163,12 @@ def test_a_post_file_linked_to_a_file_outside_the_site_is_not_read(tmp_path: Pat
     link(root / "_posts" / "2022-01-02-leak.md", secret)
     link(root / "_posts" / "2022-01-03-relative-leak.md", "../../outside/secret.md")
     site = site_at(root)
-    assert walk.scan(site)[0] == ["_posts/2022-01-01-real.md"]
+    assert walked_paths(site) == ["_posts/2022-01-01-real.md"]
     assert sorted(r.getMessage() for r in caplog.records if r.levelname == "WARNING") == [
         "_posts/2022-01-02-leak.md: a symlink to a file outside the site (or a broken one): not read",
         "_posts/2022-01-03-relative-leak.md: a symlink to a file outside the site (or a broken one): not read",
     ]
-    assert list(found_by_rescan(site, ["_posts/2022-01-02-leak.md", "_posts/2022-01-03-relative-leak.md"])) == []
+    assert list(found_one_by_one(site, ["_posts/2022-01-02-leak.md", "_posts/2022-01-03-relative-leak.md"])) == []
     collected = collect(site, None, datetime(2030, 1, 1, tzinfo=UTC))
     assert [p.path for p in collected.posts] == ["_posts/2022-01-01-real.md"]
     assert collected.errors == []
@@ -189,10 +179,10 @@ def test_a_post_file_linked_to_a_file_inside_the_site_is_a_post(tmp_path: Path) 
     shared = write(root / "shared" / "text.md", "---\ntitle: shared\n---\n<p>same</p>\n")
     link(root / "_posts" / "2022-01-01-linked.md", "../shared/text.md")
     site = site_at(root)
-    scanned = as_dict(walk.scan_text(site))
+    scanned = as_dict(walk.walk(site))
     info = shared.stat()
     assert scanned == {"_posts/2022-01-01-linked.md": (info.st_size, info.st_mtime_ns)}
-    assert found_by_rescan(site, ["_posts/2022-01-01-linked.md"]) == scanned
+    assert found_one_by_one(site, ["_posts/2022-01-01-linked.md"]) == scanned
     assert [p.title for p in collect(site, None, datetime(2030, 1, 1, tzinfo=UTC)).posts] == ["shared"]
 
 
@@ -209,11 +199,11 @@ def test_nothing_under_a_folder_linked_outside_the_site_is_read(tmp_path: Path, 
     link(root / "LICENSE", outside / "LICENSE")  # not a post file, nor a folder: no warning either
     link(root / "_posts" / "README", outside / "LICENSE")
     site = site_at(root)
-    assert walk.scan(site)[0] == ["_posts/2022-01-01-real.md"]
+    assert walked_paths(site) == ["_posts/2022-01-01-real.md"]
     assert {r.getMessage() for r in caplog.records if r.levelname == "WARNING"} == {
         f"{rel}: a symlink to a folder outside the site: not read"
         for rel in ("_posts/more", "news/_posts", "elsewhere")}
-    assert list(found_by_rescan(site, ["_posts/more/2022-01-01-o.md", "news/_posts/2022-01-01-o.md",
+    assert list(found_one_by_one(site, ["_posts/more/2022-01-01-o.md", "news/_posts/2022-01-01-o.md",
                                        "elsewhere/_posts/2022-01-01-o.md"])) == []
 
 
@@ -227,10 +217,10 @@ def test_a_folder_linked_inside_the_site_is_read_once(tmp_path: Path) -> None:
     link(root / "_posts" / "again", ".")  # a loop: the posts folder itself
     site = site_at(root)
     expected = ["_posts/2019/2019-01-01-old.md", "_posts/2019/deeper/2019-01-02-older.md", "blog/_posts/2022-01-01-b.md"]
-    assert sorted(walk.scan(site)[0]) == expected
+    assert sorted(walked_paths(site)) == expected
     candidates = [*expected, "mirror/_posts/2022-01-01-b.md", "_posts/again/2019/2019-01-01-old.md",
                   "archive/2019/2019-01-01-old.md"]
-    assert found_by_rescan(site, candidates) == as_dict(walk.scan_text(site))
+    assert found_one_by_one(site, candidates) == as_dict(walk.walk(site))
 
 
 @pytest.mark.timeout(60)
@@ -247,10 +237,10 @@ def test_symlink_loops_do_not_hang_the_walk(tmp_path: Path) -> None:
     link(root / "_posts" / "2022-01-03-ring.md", "2022-01-04-ring.md")
     link(root / "_posts" / "2022-01-04-ring.md", "2022-01-03-ring.md")
     site = site_at(root)
-    assert sorted(walk.scan(site)[0]) == ["_posts/2022-01-01-a.md"]
+    assert sorted(walked_paths(site)) == ["_posts/2022-01-01-a.md"]
     candidates = ["_posts/2022-01-01-a.md", "_posts/up/_posts/2022-01-01-a.md", "_posts/x/to-y/to-x/2022-01-01-a.md",
                   "_posts/2022-01-02-self.md", "_posts/l1/2022-01-01-a.md", "_posts/2022-01-03-ring.md"]
-    assert found_by_rescan(site, candidates) == as_dict(walk.scan_text(site))
+    assert found_one_by_one(site, candidates) == as_dict(walk.walk(site))
 
 
 _BASE = ["_posts/2022-01-01-p.md", "_posts/sub/2022-01-02-s.md", "a/_posts/2022-01-03-a.md", "arch/2022-01-04-r.md",
@@ -298,7 +288,7 @@ def test_the_rules_for_one_path_list_what_the_walk_lists_with_symlinks(
             else:
                 place.symlink_to(os.path.relpath(root / target, folder) if target not in (".", "..") else target)
         site = site_at(root)
-        scanned = as_dict(walk.scan_text(site))
+        scanned = as_dict(walk.walk(site))
         # Every path a file could be reached by, through one or two links: each must be found or
         # left out by the rules for one path exactly as the walk finds or leaves it out.
         files = [p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file() or p.is_symlink()]
@@ -307,7 +297,7 @@ def test_the_rules_for_one_path_list_what_the_walk_lists_with_symlinks(
         tails |= {"2022-01-01-o.md", "_posts/2022-01-01-o.md", "f.md"}
         candidates = sorted(set(files) | set(scanned) | {f"{a}/{t}" for a in linked for t in tails}
                             | {f"{a}/{b.rsplit('/', 1)[-1]}/{t}" for a in linked for b in linked for t in tails})
-        assert found_by_rescan(site, candidates) == {rel: scanned[rel] for rel in candidates if rel in scanned}
+        assert found_one_by_one(site, candidates) == {rel: scanned[rel] for rel in candidates if rel in scanned}
         through = [rel for rel in scanned if any(rel.startswith(a + "/") or rel == a for a in linked)]
         event("a post through a symlink" if through else "no post through a symlink")
         assert set(scanned) <= set(candidates)

@@ -43,7 +43,7 @@ from finews_feeds.mail.mailer import transport_from_config
 from finews_feeds.mail.outbox import OutboxWorker
 from finews_feeds.mail.store import Store
 from finews_feeds.mail.tokens import make_token
-from finews_feeds.models import Collection
+from finews_feeds.models import PostSet
 from finews_feeds.service.web import GzipCache, RateLimiter, accepts_gzip, create_app, safe_file
 
 DAY = date(2022, 4, 20)
@@ -132,16 +132,16 @@ def web(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Web]:
             assert worker.join(10)
 
 
-def digest_for(web: Web, day: date, collection: Collection) -> None:
+def digest_for(web: Web, day: date, collection: PostSet) -> None:
     report = send_digest(web.config, web.store, lambda: transport_from_config(web.config), day, collection, lambda: T0)
     assert report.ok
 
 
-def shifted(collection: Collection, days: int) -> Collection:
+def shifted(collection: PostSet, days: int) -> PostSet:
     """The same posts, one day later each (a second day's digest)."""
     posts = [make_post(p.slug + "b", p.title, p.date + timedelta(days=days), p.categories[0], p.tags)
              for p in collection.posts]
-    return Collection(collection.site, posts, [], collection.content)
+    return PostSet(collection.site, posts, collection.content)
 
 
 def raw_request(base: str, target: str, headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], bytes]:
@@ -535,7 +535,7 @@ def test_home_page_links_each_category_to_the_folder_the_build_gave_it(tmp_path:
     base = make_collection()
     when = base.posts[0].date
     posts = [make_post("hk1", "港股通南向资金净流入", when, "港股 通"), make_post("hk2", "恒指收涨", when, "港股/通")]
-    collection = Collection(base.site, posts, [], base.content)
+    collection = PostSet(base.site, posts, base.content)
     with Store.open(f"sqlite:///{tmp_path}/db.sqlite3") as store:
         config = make_config(1, feeds={"output": str(tmp_path / "feeds")})
         build_feeds(collection, config)

@@ -38,8 +38,8 @@ from ..errors import BuildError
 MANIFEST = ".finews-manifest.json"
 INTENT = ".finews-intent.json"
 LOCK = ".finews-build.lock"
-#: Version 2: with a checksum (a flipped bit in a slug would move a feed).
-MANIFEST_VERSION = 2
+#: Version 2: with a checksum (a flipped bit in a slug would move a feed); 3: with the cache's generation.
+MANIFEST_VERSION = 3
 #: Suffix of the temporary files written next to their targets (see :func:`_temporary`).
 TEMP_SUFFIX = ".tmp"
 #: Mode of written files: readable by the web server, like files a static site generator writes.
@@ -173,6 +173,13 @@ class OutputDir:
     def exists(self, rel: str) -> bool:
         return os.path.isfile(os.path.join(self.root, rel))
 
+    def folders(self, rel: str) -> list[str]:
+        """The names of the folders in the folder ``rel`` (not symlinks), sorted."""
+        try:
+            return sorted(e.name for e in os.scandir(self.root / rel) if e.is_dir(follow_symlinks=False))
+        except OSError:
+            return []
+
     def sweep_temporaries(self, files: Iterable[str]) -> int:
         """Remove the temporary files an interrupted build left in the folders of ``files``
         (and the output folder itself); returns how many."""
@@ -226,6 +233,10 @@ class Manifest:
     listings: list[str] = field(default_factory=list)
     listings_signature: str = ""  #: of the index page
     outline_signature: str = ""  #: of the other listings
+    plan_key: str = ""  #: what besides the posts decided the feeds (settings, code version)
+    cache_id: str = ""  #: the post cache this build read
+    generation: int = 0  #: the cache's generation it built at
+    due: float | None = None  #: POSIX time the first post it left out as future comes due
     #: True when the last build did not finish, or its manifest could not be read: no
     #: signature is kept (see the module doc).
     interrupted: bool = False
@@ -247,6 +258,10 @@ class Manifest:
             "listings": sorted(self.listings),
             "listings_signature": self.listings_signature,
             "outline_signature": self.outline_signature,
+            "plan_key": self.plan_key,
+            "cache_id": self.cache_id,
+            "generation": self.generation,
+            "due": self.due,
         }
         data["checksum"] = _checksum(data)
         return json.dumps(data, ensure_ascii=False, sort_keys=True, separators=(",", ":")).encode("utf-8")
@@ -262,8 +277,10 @@ class Manifest:
             slugs = {str(kind): {str(k): str(v) for k, v in names.items()} for kind, names in data["slugs"].items()}
             feeds = {str(key): FeedRecord(str(value["signature"]), [str(f) for f in value["files"]])
                      for key, value in data["feeds"].items()}
+            due = data["due"]
             return cls(str(data["options"]), slugs, feeds, [str(f) for f in data["listings"]],
-                       str(data.get("listings_signature", "")), str(data.get("outline_signature", "")))
+                       str(data["listings_signature"]), str(data["outline_signature"]), str(data["plan_key"]),
+                       str(data["cache_id"]), int(data["generation"]), float(due) if due is not None else None)
         except (ValueError, KeyError, TypeError, AttributeError):
             return None
 

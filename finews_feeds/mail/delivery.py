@@ -36,7 +36,7 @@ from zoneinfo import ZoneInfo
 
 from ..config import Config
 from ..errors import ConfigError, DeliveryError, StoreError, SubscriberError
-from ..models import Collection, Post, Site
+from ..models import Post, Posts, Site
 from .digest import DigestRenderer, Recipient, Selection, Variant, posts_of_day, web_base_url
 from .mailer import ConnectionFailure, PermanentFailure, SmtpTransport, TemporaryFailure, transport_from_config
 from .message import build_message, domain_of, format_address, message_id
@@ -344,7 +344,7 @@ def send_digest(
     store: Store,
     transport_factory: Callable[[], SmtpTransport],
     day: date,
-    collection: Collection,
+    collection: Posts,
     now: Callable[[], datetime],
     stop: threading.Event | None = None,
     progress: Callable[[int, int], None] | None = None,
@@ -368,7 +368,7 @@ def send_digest(
     sleep = sleep or _sleeper(stop)
     report = DeliveryReport(day=day)
     zone = ZoneInfo(config.digest.timezone) if config.digest.timezone else collection.site.timezone
-    posts = collection.complete(posts_of_day(collection.posts, day, zone))
+    posts = posts_of_day(collection, day, zone)
     renderer = renderer or DigestRenderer(config, collection.site, collection.content)
 
     owner = new_owner()
@@ -499,7 +499,7 @@ def send_day(
     now: Callable[[], datetime],
     stop: threading.Event | None = None,
     progress: Callable[[int, int], None] | None = None,
-    collect: Callable[[Config], Collection] | None = None,
+    collect: Callable[[Config], Posts] | None = None,
 ) -> DeliveryReport:
     """Collect the site, open the store and SMTP from config, and send ``day``'s digest (the CLI's ``--send``)."""
     if collect is None:

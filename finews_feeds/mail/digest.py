@@ -21,7 +21,7 @@ import re
 import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import date, datetime, timedelta
+from datetime import date, datetime, time, timedelta
 from pathlib import Path
 from urllib.parse import quote, urljoin, urlsplit
 from zoneinfo import ZoneInfo
@@ -34,7 +34,7 @@ from premailer import Premailer
 
 from ..config import Config
 from ..errors import ConfigError, DigestError
-from ..models import Collection, ContentSource, Post, Site
+from ..models import ContentSource, Post, Posts, Site
 from ..urls import web_url
 from .message import PreparedBody, build_message, domain_of, format_address, header_text, message_id
 
@@ -105,10 +105,12 @@ def digest_day(config: Config, now: datetime) -> date:
     return covered_day(now, zone, config.digest.covers)
 
 
-def posts_of_day(posts: Sequence[Post], day: date, zone: ZoneInfo) -> list[Post]:
+def posts_of_day(posts: Posts, day: date, zone: ZoneInfo) -> list[Post]:
     """The posts dated on ``day`` in ``zone`` (a post at 23:59 +08:00 belongs to that day in
     Shanghai, whatever the machine's zone), newest first."""
-    chosen = [p for p in posts if p.date.astimezone(zone).date() == day]
+    start = datetime.combine(day, time(), zone)
+    chosen = [p for p in posts.between(start, datetime.combine(day + timedelta(days=1), time(), zone))
+              if p.date.astimezone(zone).date() == day]
     chosen.sort(key=lambda p: (p.date, p.path), reverse=True)
     return chosen
 
@@ -586,10 +588,10 @@ def write_atomic(path: Path, data: str | bytes) -> None:
         raise
 
 
-def render_day(config: Config, day: date, collect: Callable[[Config], Collection]) -> tuple[Site, Variant | None]:
+def render_day(config: Config, day: date, collect: Callable[[Config], Posts]) -> tuple[Site, Variant | None]:
     """Collect the site and render the full (unselected) digest of ``day``."""
     collection = collect(config)
-    posts = collection.complete(posts_of_day(collection.posts, day, collection.site.timezone))
+    posts = posts_of_day(collection, day, collection.site.timezone)
     renderer = DigestRenderer(config, collection.site, collection.content)
     return collection.site, renderer.render(day, posts, Selection())
 
@@ -603,7 +605,7 @@ def write_preview(
     text_path: Path | None = None,
     eml_path: Path | None = None,
     out_dir: Path | None = None,
-    collect: Callable[[Config], Collection] | None = None,
+    collect: Callable[[Config], Posts] | None = None,
 ) -> PreviewReport:
     """Render the digest of ``day``; write the web copy ``digests/DAY.html`` under ``out_dir``
     (default ``feeds.output``) and the preview for a sample recipient where asked."""

@@ -14,6 +14,7 @@ web server closes, and the process exits 0. A second signal exits at once.
 from __future__ import annotations
 
 import logging
+import multiprocessing
 import os
 import signal
 import socket
@@ -27,9 +28,32 @@ from types import FrameType
 from typing import Any
 from zoneinfo import ZoneInfo
 
+import uvicorn
+from watchdog.events import FileSystemEvent, FileSystemEventHandler
+from watchdog.observers import Observer
+
 from ..config import Config
 from ..errors import ConfigError, FinewsError
-from ..models import Collection, Post
+from ..feeds.build import BuildReport, run_build
+from ..mail.delivery import send_digest
+from ..mail.digest import covered_day, write_preview
+from ..mail.mailer import transport_from_config
+from ..mail.outbox import OutboxWorker
+from ..mail.store import Store
+from ..mail.tokens import secret_of
+from ..models import Site
+from ..site.collector import Collection, collect_site
+from ..site.jekyll import resolve_site
+from ..site.walk import entered, walked
+from .scheduler import (
+    create_scheduler,
+    digest_zone,
+    request_rebuild,
+    retry_time,
+    schedule_retry,
+    scheduler_status,
+)
+from .web import create_app, default_categories
 
 log = logging.getLogger(__name__)
 
@@ -167,7 +191,7 @@ class Rebuilder:
                 self._lock.release()
 
 
-def build_result(report: Any, now: datetime) -> dict[str, Any]:
+def build_result(report: BuildReport, now: datetime) -> dict[str, Any]:
     return {
         "ok": True,
         "finished_at": now.isoformat(),
@@ -177,7 +201,7 @@ def build_result(report: Any, now: datetime) -> dict[str, Any]:
         "feeds_removed": report.feeds_removed,
         "rejected_files": len(report.rejected),
         "seconds": round(report.seconds, 3),
-        "quick": report.quick,  # only new posts read (else the whole site)
+        "incremental": report.incremental,  # only the feeds that changed were planned
     }
 
 
@@ -198,21 +222,14 @@ def send_result(report: Any, now: datetime) -> dict[str, Any]:
     }
 
 
-def is_post_path(site_root: Path, path: str, extensions: tuple[str, ...]) -> bool:
-    """Whether a file event at ``path`` can change the feeds: a post file under a ``_posts``
-    folder (not in a dot-folder, ``_site`` or ``_drafts``), or the site's ``_config.yml``."""
+def is_post_path(site: Site, path: str) -> bool:
+    """Whether a file event at ``path`` can change the feeds: a file the walk would list as a
+    post (the walk's rules, :func:`~finews_feeds.site.walk.walked`), or the site's ``_config.yml``."""
     try:
-        rel = PurePath(os.path.relpath(path, site_root))
+        rel = PurePath(os.path.relpath(path, site.source)).as_posix()
     except ValueError:
         return False
-    parts = rel.parts
-    if not parts or parts[0] == "..":
-        return False
-    if parts == ("_config.yml",):
-        return True
-    if any(p.startswith(".") or p in ("_site", "_drafts") for p in parts):
-        return False
-    return "_posts" in parts[:-1] and rel.suffix.lower() in extensions
+    return rel == "_config.yml" or (not rel.startswith("../") and walked(site, rel))
 
 
 def bind_socket(host: str, port: int) -> socket.socket:
@@ -249,10 +266,6 @@ class Daemon:
         clock: Callable[[], datetime] = utc_now,
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
-        from ..mail.tokens import secret_of
-        from ..site.jekyll import resolve_site
-        from .scheduler import digest_zone
-
         secret_of(config)  # links in mails and pages need it: fail at start, not at 07:30
         self.config = config
         self.clock = clock
@@ -271,30 +284,25 @@ class Daemon:
         self._categories: list[tuple[str, str]] = []
         self._tags: frozenset[str] = frozenset()
         self._categories_lock = threading.Lock()
-        self._names_known = False  # whether a build has read the whole site since the start
         # What the file watcher reported since the last build began: post paths, and whether the
         # next build must walk the site all the same.
         self._touched: set[str] = set()
         self._walk_next = False
         self._touched_lock = threading.Lock()
-        # The start-up build and a caught-up digest would both read a cold site at once; one waits
-        # and then reads the warm cache.
-        self._collect_lock = threading.Lock()
 
     def collect(self) -> Collection:
-        from ..site.collector import collect_site
-
-        with self._collect_lock:
-            return collect_site(self.config, self.clock())
+        # Two readers of one cold site (the start-up build and a caught-up digest) take turns:
+        # the post cache's lock makes the second wait, and then read the warm cache.
+        return collect_site(self.config, self.clock())
 
     # -- the watcher's findings ---------------------------------------------------------------
 
-    def note_file_event(self, root: Path, paths: list[str], extensions: tuple[str, ...]) -> bool:
+    def note_file_event(self, paths: list[str]) -> bool:
         """Record the post files of a file event for the next build; whether it concerns posts."""
-        posts = [path for path in paths if is_post_path(root, path, extensions)]
+        posts = [path for path in paths if is_post_path(self.site, path)]
         if not posts:
             return False
-        rels = [PurePath(os.path.relpath(path, root)).as_posix() for path in posts]
+        rels = [PurePath(os.path.relpath(path, self.site.source)).as_posix() for path in posts]
         with self._touched_lock:
             if "_config.yml" in rels:
                 self._walk_next = True
@@ -304,8 +312,6 @@ class Daemon:
     def note_folder_event(self, root: Path, paths: list[str]) -> bool:
         """A folder created, moved or deleted: whether the walk goes into it (the next build then
         walks the site instead of trusting the paths reported)."""
-        from ..site.walk import entered
-
         rels = [os.path.relpath(path, root) for path in paths]
         if not any(rel != ".." and not rel.startswith(".." + os.sep) and entered(self.site, PurePath(rel).as_posix())
                    for rel in rels):
@@ -328,35 +334,19 @@ class Daemon:
     # -- jobs ----------------------------------------------------------------------------------
 
     def _build_once(self) -> None:
-        from ..feeds.build import fewer_collections
-
         self.status.build_started(self.clock(), self.monotonic())
         try:
-            with fewer_collections():  # as the `build` command: the build's objects live until it ends
-                self._build()
+            self._build()
         finally:
             self.status.build_ended()
 
     def _build(self) -> None:
-        from ..feeds.build import build_feeds, rebuild_added
-
-        started = time.perf_counter()
-        collection: Collection | None = None
         touched = self._take_touched()
         try:
-            report = None
-            if self._names_known:
-                # After new posts only (what a watched site mostly sees), the build reads those
-                # and the feeds they reach, not the whole site; when the watcher reported them,
-                # without even a walk. The first build reads it all, for the subscribe form's
-                # categories and tags; edits and deletions do too.
-                with self._collect_lock:  # it records the new posts in the collector's cache
-                    report = rebuild_added(self.config, self.clock(), touched=touched)
-            collected = time.perf_counter()
-            if report is None:
-                collection = self.collect()
-                collected = time.perf_counter()
-                report = build_feeds(collection, self.config)
+            # When the watcher reported the paths, only those are looked at (no walk); the
+            # build plans the feeds they reach. Worker processes are never forked here, next
+            # to the daemon's threads (see finews_feeds.parallel).
+            report = run_build(self.config, now=self.clock(), touched=touched)
         except FinewsError as exc:
             self._walk_after_failure()
             log.error("feed build failed: %s", exc.message)
@@ -367,43 +357,28 @@ class Daemon:
             log.exception("feed build failed")
             self.status.record_build({"ok": False, "finished_at": self.clock().isoformat(), "error": repr(exc)})
             return None
-        report.seconds = time.perf_counter() - started
-        if collection is not None:
-            report.collect_seconds = collected - started
-        log.info("feeds built: %s", report.summary())
         self.status.record_build(build_result(report, self.clock()))
-        if collection is not None:
-            self._remember_categories(collection.posts, replace=True)
-        else:
-            self._remember_categories(report.added, replace=False)
+        self._remember_categories(report.categories, report.tags)
 
     def _walk_after_failure(self) -> None:
         # The paths this build took are not in the cache: the next one walks the site.
         with self._touched_lock:
             self._walk_next = True
 
-    def _remember_categories(self, posts: Sequence[Post], *, replace: bool) -> None:
-        """The subscribe form's choices: the categories and tags of ``posts`` (every post of the
-        site), or with ``replace`` false those added to the ones known."""
-        names = {name for post in posts for name in post.categories}
-        names.update(self.config.categories)
-        tags = {tag for post in posts for tag in post.tags}
+    def _remember_categories(self, categories: Sequence[str], tags: Sequence[str]) -> None:
+        """The subscribe form's choices: the site's categories (and the configured ones) and tags
+        at the last build."""
+        names = {*categories, *self.config.categories}
+        ordered = sorted(names, key=lambda n: (self.config.category_order(n), n))
         with self._categories_lock:
-            if not replace:
-                names.update(name for name, _ in self._categories)
-                tags.update(self._tags)
-            ordered = sorted(names, key=lambda n: (self.config.category_order(n), n))
             self._categories = [(name, self.site.category_title(name)) for name in ordered]
             self._tags = frozenset(tags)
-            self._names_known = True
 
     def categories(self) -> list[tuple[str, str]]:
         """Choices of the subscribe form: every category of the site, in the configured order."""
         with self._categories_lock:
             if self._categories:
                 return list(self._categories)
-        from .web import default_categories
-
         return default_categories(self.config)
 
     def tags(self) -> frozenset[str]:
@@ -422,10 +397,6 @@ class Daemon:
         the retries) is tried again later the same day, within the misfire grace; the ledger
         makes each attempt send only what is still open.
         """
-        from ..mail.delivery import send_digest
-        from ..mail.digest import covered_day, write_preview
-        from ..mail.mailer import transport_from_config
-
         if self.stop.is_set():
             return
         zone = self.zone if isinstance(self.zone, ZoneInfo) else ZoneInfo(str(self.zone))
@@ -434,13 +405,16 @@ class Daemon:
         try:
             collection = self.collect()
             try:
-                write_preview(self.config, day, now=self.clock(), collect=lambda _config: collection)
-            except (FinewsError, OSError) as exc:  # the archive page is a nicety; the mail is not
-                log.error("web copy of the %s digest not written: %s", day, exc)
-            report = send_digest(
-                self.config, self.store, lambda: transport_from_config(self.config), day, collection,
-                self.clock, self.stop,
-            )
+                try:
+                    write_preview(self.config, day, now=self.clock(), collect=lambda _config: collection)
+                except (FinewsError, OSError) as exc:  # the archive page is a nicety; the mail is not
+                    log.error("web copy of the %s digest not written: %s", day, exc)
+                report = send_digest(
+                    self.config, self.store, lambda: transport_from_config(self.config), day, collection,
+                    self.clock, self.stop,
+                )
+            finally:
+                collection.close()
         except FinewsError as exc:
             log.error("digest %s not sent: %s", day, exc.message)
             self.status.record_send({"ok": False, "day": day.isoformat(), "finished_at": self.clock().isoformat(),
@@ -460,8 +434,6 @@ class Daemon:
             self._retry(fired, attempt + 1)
 
     def _retry(self, fired: datetime, attempt: int) -> None:
-        from .scheduler import retry_time, schedule_retry
-
         if self.stop.is_set():
             return
         grace = timedelta(minutes=self.config.scheduler.misfire_grace_minutes)
@@ -475,8 +447,6 @@ class Daemon:
 
     def health(self) -> dict[str, Any]:
         """The body of /healthz: ``ok`` (false gives 503) unless ``problems`` names something wrong."""
-        from .scheduler import scheduler_status
-
         report = self.status.snapshot(self.monotonic())
         report["scheduler"] = scheduler_status(self.scheduler)
         problems: list[str] = []
@@ -492,13 +462,7 @@ class Daemon:
     # -- running -------------------------------------------------------------------------------
 
     def _watch(self) -> Any:
-        from watchdog.events import FileSystemEvent, FileSystemEventHandler
-        from watchdog.observers import Observer
-
-        from .scheduler import request_rebuild
-
         root = Path(self.site.source).resolve()
-        extensions = tuple(e.lower() for e in self.site.extensions)
         daemon = self
 
         class Handler(FileSystemEventHandler):
@@ -511,7 +475,7 @@ class Daemon:
                     # report; the next build walks the site.
                     if event.event_type == "modified" or not daemon.note_folder_event(root, paths):
                         return
-                elif not daemon.note_file_event(root, paths, extensions):
+                elif not daemon.note_file_event(paths):
                     return
                 log.debug("file event %s %s: rebuild", event.event_type, event.src_path)
                 daemon.rebuilder.mark()
@@ -526,14 +490,6 @@ class Daemon:
         return observer
 
     def run(self) -> int:
-        import uvicorn
-
-        from ..mail.mailer import transport_from_config
-        from ..mail.outbox import OutboxWorker
-        from ..mail.store import Store
-        from .scheduler import create_scheduler
-        from .web import create_app
-
         config = self.config
         # One line per job added or removed (each file event replaces the rebuild job) is noise.
         logging.getLogger("apscheduler.scheduler").setLevel(max(logging.WARNING, log.getEffectiveLevel()))
@@ -625,8 +581,6 @@ class Daemon:
     def _exit_now(self, code: int) -> None:
         """Exit without waiting for the pool's threads (the interpreter would join them), and
         without leaving the build's worker processes behind as orphans."""
-        import multiprocessing
-
         try:
             for child in multiprocessing.active_children():
                 child.terminate()

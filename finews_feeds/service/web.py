@@ -58,7 +58,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ..config import Config
 from ..errors import FinewsError, SubscriberError, TokenError
-from ..feeds.render import FILE_NAMES, OPML
+from ..feeds.plan import FILE_NAMES
+from ..feeds.render import OPML
 from ..feeds.slugs import quote_path
 from ..feeds.writer import MANIFEST, Manifest
 from ..mail.digest import web_base_url

@@ -15,8 +15,7 @@ import yaml
 
 from ..config import Config
 from ..errors import SiteError
-from ..models import Site
-from .limits import FrontMatterLimits
+from ..models import FrontMatterLimits, Site
 
 #: Jekyll's built-in permalink styles.
 PERMALINK_STYLES = {

@@ -16,21 +16,9 @@ Pure, and free of PyYAML: composed nodes are read by their ``id`` and ``value`` 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Any, NamedTuple
 
-
-@dataclass(frozen=True, slots=True)
-class FrontMatterLimits:
-    """The most one front matter may hold (see ``[collector]`` in ``config.py``)."""
-
-    chars: int = 100_000  #: characters of the front matter's text (read before anything is parsed)
-    aliases: int = 1_000  #: alias references (`*name`)
-    nodes: int = 10_000  #: values with every alias written out: mappings, lists, keys and scalars
-    depth: int = 32  #: lists and mappings inside one another (a mapping of strings is 1)
-    tags: int = 1_000  #: distinct tags of one post
-    categories: int = 100  #: distinct categories of one post, folders included
-
+from ..models import FrontMatterLimits
 
 #: The defaults of ``[collector]``.
 DEFAULT_LIMITS = FrontMatterLimits()
