@@ -28,8 +28,9 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 
+from ..clock import utc_now
 from ..config import Config
 from ..errors import FinewsError, SubscriberError
 from .delivery import confirmation_message, confirmation_message_id, envelope_sender
@@ -48,10 +49,6 @@ SWEEP_EVERY = timedelta(minutes=10)
 RETRY_FORM = timedelta(seconds=1)
 FORM_KINDS = ("subscribe",)
 MAIL_KINDS = ("confirm",)
-
-
-def utc_now() -> datetime:
-    return datetime.now(UTC)
 
 
 def backoff(config: Config, attempts: int) -> timedelta:

@@ -24,7 +24,7 @@ import zlib
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
-from datetime import UTC, date, datetime, timedelta
+from datetime import date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +32,7 @@ from sqlalchemy import Connection, Engine, Row, and_, case, create_engine, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, IntegrityError, OperationalError, SQLAlchemyError
 
+from ..clock import utc_now
 from ..errors import DatabaseConnectionLost, StoreError, SubscriberError
 from .migrations import UtcDateTime, deliveries, outbox, runs, subscribers, upgrade
 from .subscribers import normalize_email, normalize_names
@@ -56,8 +57,9 @@ FINISHED_OUTBOX_STATES = OUTBOX_STATES[1:]
 
 
 def _now(now: datetime | None) -> datetime:
+    """``now`` checked to be aware, or the clock's time when the caller passed none."""
     if now is None:
-        return datetime.now(UTC)
+        return utc_now()
     if now.tzinfo is None:
         raise ValueError("now must be an aware datetime")
     return now
