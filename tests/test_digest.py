@@ -8,6 +8,7 @@ import email.policy
 import logging
 import os
 import re
+import stat
 import subprocess
 import sys
 import time
@@ -540,6 +541,21 @@ def test_preview_message_and_web_copy(demo: tuple[Config, Path]) -> None:
     assert "示例读者" not in web and "reader@example.com" not in web
     assert not any(p in web for p in PLACEHOLDERS)
     assert_links_absolute(web)
+
+
+def test_a_web_copy_written_again_unchanged_keeps_its_file_and_time_stamp(demo: tuple[Config, Path]) -> None:
+    """A served page whose bytes did not change keeps its mtime, so readers' cached copies stay valid."""
+    config, tmp = demo
+    out = tmp / "again"
+    write_preview(config, DAY, now=datetime(2022, 4, 21, 7, 30, tzinfo=SHANGHAI), out_dir=out)
+    web = out / "digests" / "2022-04-20.html"
+    os.utime(web, ns=(1_000_000_000_000_000_000, 1_000_000_000_000_000_000))
+    before = web.stat()
+    write_preview(config, DAY, now=datetime(2022, 4, 21, 7, 31, tzinfo=SHANGHAI), out_dir=out)
+    after = web.stat()
+    assert (after.st_ino, after.st_mtime_ns) == (before.st_ino, before.st_mtime_ns)
+    assert stat.S_IMODE(after.st_mode) == 0o644
+    assert sorted(os.listdir(web.parent)) == ["2022-04-20.html"]
 
 
 def test_digest_command_writes_preview_and_web_copy(tmp_path: Path) -> None:
