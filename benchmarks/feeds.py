@@ -34,8 +34,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from corpus import site_generator
+
 ROOT = Path(__file__).resolve().parent.parent
-MAKE_SITE = Path(os.environ.get("FINEWS_MAKE_SITE", "/work/shared/corpus/make_site.py"))
 PYTHON = sys.executable
 NEW_POST = """---
 title: "基准测试：新发布的一篇文章"
@@ -149,7 +150,7 @@ def generate(work: Path, posts: int) -> Path:
     site = work / f"site-{posts}"
     if not (site / ".complete").exists():
         shutil.rmtree(site, ignore_errors=True)
-        subprocess.run([PYTHON, str(MAKE_SITE), str(site), "--posts", str(posts), "--seed", "1"], check=True,
+        subprocess.run([PYTHON, str(site_generator()), str(site), "--posts", str(posts), "--seed", "1"], check=True,
                        stdout=subprocess.DEVNULL)
         (site / ".complete").write_text("")
     return site

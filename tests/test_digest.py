@@ -23,6 +23,7 @@ import cssutils
 import lxml.html
 import pytest
 from click.testing import CliRunner
+from corpus_copy import MAKE_SITE
 from hostile_urls import HOSTILE_URLS, hostile_in, write_hostile_site
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -54,7 +55,6 @@ DATA = Path(__file__).resolve().parent / "data" / "digest"
 SHANGHAI = ZoneInfo("Asia/Shanghai")
 DAY = date(2022, 4, 20)
 UPDATE_GOLDEN = os.environ.get("FINEWS_UPDATE_GOLDEN") == "1"
-MAKE_SITE = Path("/work/shared/corpus/make_site.py")
 
 EVIL_HTML = (
     '<p onclick="steal()">正文<script>alert(2)</script><a href="javascript:alert(3)">链接</a>'
@@ -600,7 +600,6 @@ def generated_site(tmp: Path, *args: str) -> Path:
     return tmp / "site"
 
 
-@pytest.mark.skipif(not MAKE_SITE.exists(), reason="make_site.py not available")
 def test_edge_case_site_digest_is_safe(tmp_path: Path) -> None:
     config = config_for(generated_site(tmp_path, "--posts", "60", "--edge-cases"), tmp_path, max_per_category=100)
     out = tmp_path / "out"
@@ -632,7 +631,6 @@ def test_edge_case_site_digest_is_safe(tmp_path: Path) -> None:
     assert msg.get_content_type() == "multipart/alternative"
 
 
-@pytest.mark.skipif(not MAKE_SITE.exists(), reason="make_site.py not available")
 def test_a_day_of_500_articles_stays_under_gmail_clipping(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     site_dir = generated_site(tmp_path, "--posts", "500", "--days", "1", "--end", "2022-04-20")
     config = config_for(site_dir, tmp_path)

@@ -22,6 +22,7 @@ from typing import Any
 
 import pytest
 from cache_fixtures import no_memo  # noqa: F401 - autouse in this module
+from corpus_copy import MAKE_SITE
 
 from finews_feeds.config import Config, build_config
 from finews_feeds.feeds import build as buildmod
@@ -37,8 +38,6 @@ from finews_feeds.site.jekyll import resolve_site
 NOW = datetime(2022, 5, 1, tzinfo=UTC)
 DAY = date(2022, 4, 20)
 DATA = Path(__file__).parent / "data"
-MAKE_SITE = next((p for p in (DATA / "collector" / "make_site.py", Path("/work/shared/corpus/make_site.py")) if p.exists()),
-                 DATA / "collector" / "make_site.py")
 CATEGORIES = {"cailianshe": {"title": "财联社新闻", "order": 10}, "sina": {"title": "新浪财经"}}
 
 #: Files the generated site lacks: front matter that fills body-derived fields, markdown,
