@@ -3,7 +3,8 @@
     .venv/bin/python benchmarks/feeds.py [--sizes 20000,100000] [--work /dev/shm/finews-bench]
                                          [--jekyll-posts 20000] [--no-peers] [--repeat 3]
 
-For each size: a site from the corpus generator (``make_site.py --seed 1``) on tmpfs, then
+For each size: a site from the corpus generator (``make_site.py --seed 1``; ``../shared/corpus/`` beside
+the checkout, or ``$FINEWS_MAKE_SITE``, see benchmarks/corpus.py) on tmpfs, then
 ``finews-feeds build`` cold (no cache, no output; ``--repeat`` times, median shown with the
 range), cold again with the collector's cache warm, again with no change, and again after one
 new post (dated after every other, in a category and two tags; ``--repeat`` rounds, a new post
