@@ -23,8 +23,9 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
+from corpus import site_generator
+
 HERE = Path(__file__).resolve().parent
-MAKE_SITE = HERE.parent / "tests" / "data" / "collector" / "make_site.py"
 
 
 def child(source: str, cache_dir: str, repeat: int, every_body: bool = False) -> None:
@@ -87,7 +88,7 @@ def main() -> None:
         source = args.root / f"site-{size}"
         cache_dir = args.root / f"cache-{size}"
         if not (source / "_config.yml").exists():
-            subprocess.run([sys.executable, str(MAKE_SITE), str(source), "--posts", str(size), "--seed", "1"],
+            subprocess.run([sys.executable, str(site_generator()), str(source), "--posts", str(size), "--seed", "1"],
                            check=True, capture_output=True)
         shutil.rmtree(cache_dir, ignore_errors=True)
         every = measure(source, cache_dir, every_body=True)["runs"][0]  # type: ignore[index]

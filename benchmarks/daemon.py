@@ -28,10 +28,10 @@ from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import httpx
+from corpus import site_generator
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "tests"))
-MAKE_SITE = Path("/work/shared/corpus/make_site.py")
 EXECUTABLE = Path(sys.executable).parent / "finews-feeds"
 SECRET = "benchmark-secret-0123456789"
 
@@ -83,7 +83,7 @@ def main() -> None:
     shutil.rmtree(root, ignore_errors=True)
     root.mkdir(parents=True)
     site = root / "site"
-    subprocess.run([sys.executable, str(MAKE_SITE), str(site), "--posts", str(args.posts)], check=True,
+    subprocess.run([sys.executable, str(site_generator()), str(site), "--posts", str(args.posts)], check=True,
                    stdout=subprocess.DEVNULL)
     posts = sorted(site.rglob("_posts/*.md"))
     day = max(post.name[:10] for post in posts)  # the new post goes last of the newest day: first in the feed

@@ -3,7 +3,8 @@
     .venv/bin/python benchmarks/feeds.py [--sizes 20000,100000] [--work /dev/shm/finews-bench]
                                          [--jekyll-posts 20000] [--no-peers] [--repeat 3]
 
-For each size: a site from the corpus generator (``make_site.py --seed 1``) on tmpfs, then
+For each size: a site from the corpus generator (``make_site.py --seed 1``; ``../shared/corpus/`` beside
+the checkout, or ``$FINEWS_MAKE_SITE``, see benchmarks/corpus.py) on tmpfs, then
 ``finews-feeds build`` cold (no cache, no output; ``--repeat`` times, median shown with the
 range), cold again with the collector's cache warm, again with no change, and again after one
 new post (dated after every other, in a category and two tags; ``--repeat`` rounds, a new post
@@ -34,8 +35,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from corpus import site_generator
+
 ROOT = Path(__file__).resolve().parent.parent
-MAKE_SITE = Path(os.environ.get("FINEWS_MAKE_SITE", "/work/shared/corpus/make_site.py"))
 PYTHON = sys.executable
 NEW_POST = """---
 title: "基准测试：新发布的一篇文章"
@@ -149,7 +151,7 @@ def generate(work: Path, posts: int) -> Path:
     site = work / f"site-{posts}"
     if not (site / ".complete").exists():
         shutil.rmtree(site, ignore_errors=True)
-        subprocess.run([PYTHON, str(MAKE_SITE), str(site), "--posts", str(posts), "--seed", "1"], check=True,
+        subprocess.run([PYTHON, str(site_generator()), str(site), "--posts", str(posts), "--seed", "1"], check=True,
                        stdout=subprocess.DEVNULL)
         (site / ".complete").write_text("")
     return site

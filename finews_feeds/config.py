@@ -12,6 +12,8 @@ A key of the site section left at ``None`` means "take it from the Jekyll site's
 from __future__ import annotations
 
 import dataclasses
+import difflib
+import logging
 import re
 import sys
 import tomllib
@@ -25,10 +27,15 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from .errors import ConfigError
 
+log = logging.getLogger(__name__)
+
 #: Environment variables read for secrets; they are never accepted in a file or a flag.
 SECRET_VARIABLES = ("FINEWS_SMTP_PASSWORD", "FINEWS_SECRET_KEY")
 #: Environment variable naming the config file when ``--config`` is not given.
 CONFIG_VARIABLE = "FINEWS_CONFIG"
+#: ``FINEWS_`` variables read by the project's benchmarks and tests, not by the tool: they share
+#: the environment of the commands they run, so they must not be reported as mistyped settings.
+OTHER_VARIABLES = ("FINEWS_MAKE_SITE", "FINEWS_UPDATE_GOLDEN", "FINEWS_UPDATE_SCREENSHOTS")
 DEFAULT_CONFIG_PATH = Path("config/finews.toml")
 
 
@@ -357,23 +364,49 @@ def read_file(path: Path) -> dict[str, Any]:
         raise ConfigError(f"config file {path}: {exc.strerror}") from None
 
 
-def env_overrides(environ: Mapping[str, str]) -> dict[str, dict[str, str]]:
-    """``FINEWS_<SECTION>_<KEY>`` variables as a nested mapping of strings."""
+def environment_name(section: str, key: str) -> str:
+    """The variable that sets ``section.key``, e.g. ``FINEWS_SMTP_HOST``."""
+    return f"FINEWS_{section}_{key}".upper()
+
+
+def _environment_names() -> list[str]:
+    """Every variable the tool itself reads: one per key, the secrets and the config file."""
+    keys = [environment_name(section, key) for section, cls in SECTIONS.items() for key in section_keys(cls)]
+    return [*keys, *SECRET_VARIABLES, CONFIG_VARIABLE]
+
+
+def unknown_variable_warning(name: str) -> str:
+    """What to tell the user about ``name``, a ``FINEWS_`` variable that sets nothing."""
+    # Compared without the prefix all names share, which would make any two look alike.
+    prefix = len("FINEWS_")
+    known = {known_name[prefix:]: known_name for known_name in _environment_names()}
+    close = difflib.get_close_matches(name[prefix:].upper(), known, n=1)
+    if close:
+        return f"{name} is not a setting; did you mean {known[close[0]]}?"
+    return f"{name} is not a setting; settings are FINEWS_<SECTION>_<KEY> for the keys `finews-feeds config` lists"
+
+
+def env_overrides(environ: Mapping[str, str]) -> tuple[dict[str, dict[str, str]], list[str]]:
+    """``FINEWS_<SECTION>_<KEY>`` variables as a nested mapping of strings, and the names of
+    the ``FINEWS_`` variables that set nothing (sorted).
+
+    An unknown name is not an error: the environment is shared with other programs and other
+    versions of this one, and a variable that sets nothing does no harm once the user is told.
+    """
     out: dict[str, dict[str, str]] = {}
+    unknown: list[str] = []
     for name, value in environ.items():
-        if not name.startswith("FINEWS_") or name in SECRET_VARIABLES or name == CONFIG_VARIABLE:
+        if not name.startswith("FINEWS_") or name in (*SECRET_VARIABLES, CONFIG_VARIABLE, *OTHER_VARIABLES):
             continue
         rest = name[len("FINEWS_"):].lower()
-        for section in SECTIONS:
-            if rest.startswith(section + "_"):
-                out.setdefault(section, {})[rest[len(section) + 1:]] = value
+        for section, cls in SECTIONS.items():
+            key = rest[len(section) + 1:]
+            if rest.startswith(section + "_") and key in section_keys(cls):
+                out.setdefault(section, {})[key] = value
                 break
         else:
-            raise ConfigError(
-                f"unknown environment variable {name} = {value!r}",
-                hint=f"expected FINEWS_<SECTION>_<KEY> with a section of: {', '.join(SECTIONS)}",
-            )
-    return out
+            unknown.append(name)
+    return out, sorted(unknown)
 
 
 def build_config(
@@ -395,7 +428,10 @@ def build_config(
         raise ConfigError("secret_key must not be in a file", hint="set FINEWS_SECRET_KEY in the environment")
 
     sections: dict[str, Any] = {}
-    env = env_overrides(environ)
+    env, unknown_variables = env_overrides(environ)
+    for name in unknown_variables:
+        # The value stays out of the log: a mistyped FINEWS_SMTP_PASSWORD is still a password.
+        log.warning("%s", unknown_variable_warning(name))
     for name, cls in SECTIONS.items():
         raw = file_values.pop(name, {})
         if not isinstance(raw, Mapping):

@@ -17,6 +17,7 @@ from pathlib import Path
 import feedparser
 import pytest
 from click.testing import CliRunner
+from corpus_copy import MAKE_SITE
 from feed_checks import atom_problems, json_feed_problems, rss_problems
 
 from finews_feeds.cli import cli
@@ -32,8 +33,6 @@ DATA = Path(__file__).parent / "data"
 DEMO = ROOT / "demo-site"
 SAMPLE = DATA / "feeds" / "sample-site"
 GOLDEN = DATA / "feeds" / "golden"
-MAKE_SITE = next((p for p in (DATA / "collector" / "make_site.py", Path("/work/shared/corpus/make_site.py")) if p.exists()),
-                 DATA / "collector" / "make_site.py")
 CATEGORIES = {"cailianshe": {"title": "财联社新闻", "order": 10}}
 NEW_POST = """---
 title: "新文章"

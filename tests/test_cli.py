@@ -48,3 +48,14 @@ def test_config_command_prints_every_section(tmp_path: Path) -> None:
     assert result.exit_code == 0
     for section in ("[site]", "[feeds]", "[digest]", "[smtp]", "[database]", "[web]", "[scheduler]"):
         assert section in result.output
+
+
+def test_unknown_environment_variable_is_warned_about_and_the_command_runs(tmp_path: Path) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text("", encoding="utf-8")
+    result = CliRunner().invoke(cli, ["--config", str(path), "config"], env={"FINEWS_SMTP_HOTS": "mail.example"})
+    assert result.exit_code == 0
+    assert "[smtp]" in result.output
+    assert result.stderr.endswith(
+        " WARNING finews_feeds.config: FINEWS_SMTP_HOTS is not a setting; did you mean FINEWS_SMTP_HOST?\n")
+    assert result.stderr.count("\n") == 1

@@ -15,6 +15,7 @@ from zoneinfo import ZoneInfo
 import pytest
 import yaml
 from click.testing import CliRunner
+from corpus_copy import MAKE_SITE
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
@@ -29,7 +30,6 @@ from finews_feeds.site.posts import parse_date, parse_post
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = Path(__file__).parent / "data" / "collector"
-MAKE_SITE = DATA / "make_site.py"
 SHANGHAI = ZoneInfo("Asia/Shanghai")
 NOW = datetime(2022, 5, 1, tzinfo=UTC)
 CONFIG_YML = "title: finews 财经新闻\nurl: https://finews.withounder.com\ntimezone: Asia/Shanghai\n"

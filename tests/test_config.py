@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
 import tomllib
 from pathlib import Path
 
@@ -93,14 +94,58 @@ def test_bad_values_name_the_key_and_the_value(values: dict[str, object], messag
     ("env", "message"),
     [
         ({"FINEWS_FEEDS_LIMIT": "ten"}, "FINEWS_ env: feeds.limit = 'ten': expected a whole number"),
-        ({"FINEWS_FEEDS_NOPE": "1"}, "unknown key FINEWS_ env: feeds.nope = '1'"),
-        ({"FINEWS_BOGUS": "1"}, "unknown environment variable FINEWS_BOGUS = '1'"),
+        ({"FINEWS_SMTP_SECURITY": "ssl"}, "FINEWS_ env: smtp.security = 'ssl': expected one of none, starttls, tls"),
+        ({"FINEWS_SITE_FUTURE": "maybe", "FINEWS_SMTP_HOTS": "x"}, "FINEWS_ env: site.future = 'maybe': expected true or false"),
     ],
 )
 def test_bad_environment_values_name_the_variable(env: dict[str, str], message: str) -> None:
     with pytest.raises(ConfigError) as info:
         build_config({}, env)
     assert info.value.message.startswith(message)
+
+
+@pytest.mark.parametrize(
+    ("name", "warning"),
+    [
+        ("FINEWS_SMTP_HOTS", "FINEWS_SMTP_HOTS is not a setting; did you mean FINEWS_SMTP_HOST?"),
+        ("FINEWS_feeds_limt", "FINEWS_feeds_limt is not a setting; did you mean FINEWS_FEEDS_LIMIT?"),
+        ("FINEWS_SECRET_KY", "FINEWS_SECRET_KY is not a setting; did you mean FINEWS_SECRET_KEY?"),
+        ("FINEWS_BOGUS", "FINEWS_BOGUS is not a setting; settings are FINEWS_<SECTION>_<KEY> for the keys "
+                         "`finews-feeds config` lists"),
+    ],
+)
+def test_unknown_environment_variable_is_a_warning_naming_the_closest_key(
+    name: str, warning: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.WARNING, logger="finews_feeds.config"):
+        config = build_config({}, {name: "hunter2", "FINEWS_FEEDS_LIMIT": "7"})
+    assert config.feeds.limit == 7
+    assert [(r.levelno, r.getMessage()) for r in caplog.records] == [(logging.WARNING, warning)]
+    assert "hunter2" not in caplog.text  # a mistyped secret's value is never logged
+
+
+def test_each_unknown_variable_is_warned_about_once_per_load(caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.WARNING, logger="finews_feeds.config"):
+        load_config(None, {"FINEWS_WEB_PROT": "1", "FINEWS_SMTP_HOTS": "x"})
+    assert [r.getMessage() for r in caplog.records] == [
+        "FINEWS_SMTP_HOTS is not a setting; did you mean FINEWS_SMTP_HOST?",
+        "FINEWS_WEB_PROT is not a setting; did you mean FINEWS_WEB_PORT?",
+    ]
+
+
+def test_known_environment_variables_are_not_warned_about(caplog: pytest.LogCaptureFixture, tmp_path: Path) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text("", encoding="utf-8")
+    env = {
+        "FINEWS_SECRET_KEY": "k", "FINEWS_SMTP_PASSWORD": "p", "FINEWS_CONFIG": str(path),
+        "FINEWS_MAKE_SITE": "/x/make_site.py", "FINEWS_UPDATE_GOLDEN": "1", "FINEWS_UPDATE_SCREENSHOTS": "1",
+        "FINEWS_DIGEST_FROM": "a <a@example.com>", "FINEWS_FEEDS_CATEGORY_LIMIT": "3", "PATH": "/bin",
+    }
+    with caplog.at_level(logging.DEBUG, logger="finews_feeds.config"):
+        config = load_config(None, env)
+    assert caplog.records == []
+    assert config.digest.from_ == "a <a@example.com>"
+    assert config.feeds.category_limit == 3
 
 
 def test_missing_config_file_is_a_config_error(tmp_path: Path) -> None:

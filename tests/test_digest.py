@@ -8,6 +8,7 @@ import email.policy
 import logging
 import os
 import re
+import stat
 import subprocess
 import sys
 import time
@@ -22,6 +23,7 @@ import cssutils
 import lxml.html
 import pytest
 from click.testing import CliRunner
+from corpus_copy import MAKE_SITE
 from hostile_urls import HOSTILE_URLS, hostile_in, write_hostile_site
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -54,7 +56,6 @@ DATA = Path(__file__).resolve().parent / "data" / "digest"
 SHANGHAI = ZoneInfo("Asia/Shanghai")
 DAY = date(2022, 4, 20)
 UPDATE_GOLDEN = os.environ.get("FINEWS_UPDATE_GOLDEN") == "1"
-MAKE_SITE = Path("/work/shared/corpus/make_site.py")
 
 EVIL_HTML = (
     '<p onclick="steal()">正文<script>alert(2)</script><a href="javascript:alert(3)">链接</a>'
@@ -543,6 +544,21 @@ def test_preview_message_and_web_copy(demo: tuple[Config, Path]) -> None:
     assert_links_absolute(web)
 
 
+def test_a_web_copy_written_again_unchanged_keeps_its_file_and_time_stamp(demo: tuple[Config, Path]) -> None:
+    """A served page whose bytes did not change keeps its mtime, so readers' cached copies stay valid."""
+    config, tmp = demo
+    out = tmp / "again"
+    write_preview(config, DAY, now=datetime(2022, 4, 21, 7, 30, tzinfo=SHANGHAI), out_dir=out)
+    web = out / "digests" / "2022-04-20.html"
+    os.utime(web, ns=(1_000_000_000_000_000_000, 1_000_000_000_000_000_000))
+    before = web.stat()
+    write_preview(config, DAY, now=datetime(2022, 4, 21, 7, 31, tzinfo=SHANGHAI), out_dir=out)
+    after = web.stat()
+    assert (after.st_ino, after.st_mtime_ns) == (before.st_ino, before.st_mtime_ns)
+    assert stat.S_IMODE(after.st_mode) == 0o644
+    assert sorted(os.listdir(web.parent)) == ["2022-04-20.html"]
+
+
 def test_digest_command_writes_preview_and_web_copy(tmp_path: Path) -> None:
     config_file = tmp_path / "finews.toml"
     config_file.write_text(
@@ -585,7 +601,6 @@ def generated_site(tmp: Path, *args: str) -> Path:
     return tmp / "site"
 
 
-@pytest.mark.skipif(not MAKE_SITE.exists(), reason="make_site.py not available")
 def test_edge_case_site_digest_is_safe(tmp_path: Path) -> None:
     config = config_for(generated_site(tmp_path, "--posts", "60", "--edge-cases"), tmp_path, max_per_category=100)
     out = tmp_path / "out"
@@ -617,7 +632,6 @@ def test_edge_case_site_digest_is_safe(tmp_path: Path) -> None:
     assert msg.get_content_type() == "multipart/alternative"
 
 
-@pytest.mark.skipif(not MAKE_SITE.exists(), reason="make_site.py not available")
 def test_a_day_of_500_articles_stays_under_gmail_clipping(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     site_dir = generated_site(tmp_path, "--posts", "500", "--days", "1", "--end", "2022-04-20")
     config = config_for(site_dir, tmp_path)

@@ -179,6 +179,19 @@ def test_a_run_claims_each_open_row_once_and_a_new_run_takes_what_is_left(store:
                                         "failed-permanent": 0, "skipped": 0}
 
 
+def test_the_ledger_counts_of_a_day_count_that_day_alone(store: Store) -> None:
+    for name in "ab":
+        store.add_subscriber(f"{name}@example.org", confirmed=True, now=T0)
+    store.prepare_day(DAY, T0)
+    store.prepare_day(DAY + timedelta(days=1), T0)
+    sid = store.claim_next(DAY, new_owner(), T0).subscriber.id  # type: ignore[union-attr]
+    store.mark_skipped(DAY, sid, "no posts for this selection", T0)
+    assert store.ledger_counts(DAY) == {"pending": 1, "sending": 0, "sent": 0, "failed-temporary": 0,
+                                        "failed-permanent": 0, "skipped": 1}
+    assert store.ledger_counts(DAY + timedelta(days=1))["pending"] == 2
+    assert store.ledger_counts(DAY - timedelta(days=1)) == dict.fromkeys(store.ledger_counts(DAY), 0)
+
+
 def test_permanent_failures_bounce_the_subscriber_and_a_success_resets_the_count(store: Store) -> None:
     sid = store.add_subscriber("a@example.org", confirmed=True, now=T0).id
     days = [DAY + timedelta(days=i) for i in range(4)]

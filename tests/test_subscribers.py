@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -14,7 +15,7 @@ from hypothesis import strategies as st
 from finews_feeds.cli import cli
 from finews_feeds.errors import SubscriberError
 from finews_feeds.mail.store import Store
-from finews_feeds.mail.subscribers import BadRow, normalize_email, normalize_names, parse_csv, to_csv
+from finews_feeds.mail.subscribers import BadRow, export_csv, normalize_email, normalize_names, parse_csv, to_csv
 
 T0 = datetime(2026, 3, 1, 8, 0, tzinfo=UTC)
 
@@ -204,3 +205,19 @@ def test_import_of_a_missing_or_non_utf8_file(config_file: Path, tmp_path: Path)
     latin.write_bytes("email,name\na@example.org,José\n".encode("latin-1"))
     code, _, err = invoke(config_file, "subscribers", "import", str(latin))
     assert code == 7 and "not UTF-8 text" in err and "hint: save the file as CSV UTF-8" in err
+
+
+def test_a_failed_export_names_the_file_and_leaves_no_temporary_file(tmp_path: Path) -> None:
+    folder = tmp_path / "out"
+    folder.mkdir()
+    target = folder / "all.csv"
+    target.mkdir()
+    with Store.open(f"sqlite:///{tmp_path}/finews.sqlite3") as store:
+        store.add_subscriber("a@example.org", now=T0)
+        with pytest.raises(SubscriberError) as info:
+            export_csv(store, target)
+        assert info.value.message == f"{target}: Is a directory"
+        assert os.listdir(folder) == ["all.csv"]
+        with pytest.raises(SubscriberError) as info:
+            export_csv(store, tmp_path / "missing" / "all.csv")
+        assert info.value.message == f"{tmp_path / 'missing' / 'all.csv'}: No such file or directory"

@@ -85,6 +85,18 @@ def test_a_missing_secret_is_a_config_error_naming_the_variable() -> None:
     assert secret_of(build_config({}, {"FINEWS_SECRET_KEY": "k"})) == "k"
 
 
+def test_a_missing_secret_is_the_same_error_from_the_config_and_from_a_token() -> None:
+    errors = []
+    for attempt in (lambda: secret_of(build_config({}, {})), lambda: make_token("", "confirm", "a@example.org"),
+                    lambda: read_token("", "unsubscribe", "x")):
+        with pytest.raises(ConfigError) as info:
+            attempt()
+        errors.append((info.value.message, info.value.hint))
+    assert errors == [("FINEWS_SECRET_KEY is not set: it signs unsubscribe and confirm links",
+                       "set FINEWS_SECRET_KEY in the environment to a long random string, "
+                       "e.g. python3 -c 'import secrets; print(secrets.token_urlsafe(32))'")] * 3
+
+
 def test_an_unknown_purpose_is_a_programming_error() -> None:
     with pytest.raises(ValueError, match="unknown token purpose 'login'"):
         make_token(SECRET, "login", "a@example.org")

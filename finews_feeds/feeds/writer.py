@@ -27,21 +27,19 @@ import hashlib
 import json
 import logging
 import os
-import tempfile
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
 from ..errors import BuildError
+from ..files import TEMP_SUFFIX, atomic_write
 
 MANIFEST = ".finews-manifest.json"
 INTENT = ".finews-intent.json"
 LOCK = ".finews-build.lock"
 #: Version 2: with a checksum (a flipped bit in a slug would move a feed); 3: with the cache's generation.
 MANIFEST_VERSION = 3
-#: Suffix of the temporary files written next to their targets (see :func:`_temporary`).
-TEMP_SUFFIX = ".tmp"
 #: Mode of written files: readable by the web server, like files a static site generator writes.
 FILE_MODE = 0o644
 
@@ -96,37 +94,14 @@ class OutputDir:
     def write(self, rel: str, data: bytes, durable: bool = False) -> bool:
         """Write ``data`` to ``rel`` atomically unless the file already holds exactly these bytes.
         Returns whether the file was written. ``durable``: on disk (file and folder synced)
-        when this returns, for the manifest that later builds rely on."""
+        when this returns, for the files later builds rely on. Feeds are not synced one by one
+        (a cold build writes thousands): the build flushes once before its manifest says they
+        are there (see the module doc)."""
         path = self.target(rel)
         try:
-            if path.stat().st_size == len(data) and path.read_bytes() == data:
-                return False
-        except FileNotFoundError:
-            pass
+            return atomic_write(path, data, mode=FILE_MODE, durable=durable)
         except OSError as exc:
-            raise BuildError(f"cannot read {path}: {exc.strerror}") from None
-        try:
-            fd, temp = _temporary(path)
-        except OSError as exc:
-            raise BuildError(f"cannot write in {path.parent}: {exc.strerror}",
-                             hint="check the output folder's permissions") from None
-        try:
-            with os.fdopen(fd, "wb") as handle:
-                handle.write(data)
-                os.fchmod(handle.fileno(), FILE_MODE)
-                if durable:
-                    os.fsync(handle.fileno())
-            # Feeds are not synced one by one (a cold build writes thousands): the rename alone
-            # makes readers see the old or the new file, and the build syncs once before its
-            # manifest says the files are there (see the module doc).
-            os.replace(temp, path)
-            if durable:
-                _sync_folder(path.parent)
-        except OSError as exc:
-            with contextlib.suppress(OSError):
-                os.unlink(temp)
-            raise BuildError(f"cannot write {path}: {exc.strerror}") from None
-        return True
+            raise BuildError(f"cannot write {path}: {exc.strerror}", hint="check the output folder's permissions and free space") from None
 
     def remove(self, rel: str) -> bool:
         """Remove ``rel`` and the folders it leaves empty; returns whether a file was removed."""
@@ -195,26 +170,6 @@ class OutputDir:
                     os.unlink(folder / name)
                     removed += 1
         return removed
-
-
-def _sync_folder(folder: Path) -> None:
-    """Make a rename in ``folder`` durable."""
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _temporary(path: Path) -> tuple[int, str]:
-    """A new file next to ``path``, open for writing: named after this process (builds of one
-    folder hold its lock, so no other process writes that name), else by mkstemp, which
-    costs a third of writing a small feed."""
-    temp = f"{path.parent}/.{path.name}.{os.getpid()}{TEMP_SUFFIX}"
-    try:
-        return os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o600), temp
-    except FileExistsError:  # left by a crashed build of a process with the same id
-        return tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=TEMP_SUFFIX)
 
 
 @dataclass(slots=True)

@@ -16,9 +16,7 @@ from __future__ import annotations
 import html as html_lib
 import json
 import logging
-import os
 import re
-import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime, time, timedelta
@@ -34,6 +32,7 @@ from premailer import Premailer
 
 from ..config import Config
 from ..errors import ConfigError, DigestError
+from ..files import atomic_write
 from ..models import ContentSource, Post, Posts, Site
 from ..urls import web_url
 from .message import PreparedBody, build_message, domain_of, format_address, header_text, message_id
@@ -575,17 +574,9 @@ def web_copy(variant: Variant, config: Config) -> str:
 
 
 def write_atomic(path: Path, data: str | bytes) -> None:
-    """Write through a temporary file and a rename: a reader never sees half a page."""
+    """Write the page (text as UTF-8) atomically, making its folder: a reader never sees half a page."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(handle, "wb") as out:
-            out.write(data.encode("utf-8") if isinstance(data, str) else data)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(path, data.encode("utf-8") if isinstance(data, str) else data)
 
 
 def render_day(config: Config, day: date, collect: Callable[[Config], Posts]) -> tuple[Site, Variant | None]:

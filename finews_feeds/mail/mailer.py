@@ -406,34 +406,27 @@ class SmtpTransport:
                 self._send_once(data, sender, recipients, retry_idle_drop=False)
                 return
             raise
-        if code == 421:
-            self._drop()
-            raise _failure(code, reply, "MAIL FROM")
         if code != 250:
-            self._reset()
-            raise _failure(code, reply, "MAIL FROM")
+            raise self._refused(code, reply, "MAIL FROM")
         for rcpt in recipients:
             code, reply = smtp.rcpt(rcpt)
-            if code == 421:
-                self._drop()
-                raise _failure(code, reply, f"RCPT TO {rcpt}")
             if code not in (250, 251):
-                self._reset()
-                raise _failure(code, reply, f"RCPT TO {rcpt}")
+                raise self._refused(code, reply, f"RCPT TO {rcpt}")
         try:
             code, reply = smtp.data(data)
         except smtplib.SMTPDataError as exc:  # DATA itself refused (no 354)
-            if exc.smtp_code == 421:
-                self._drop()
-            else:
-                self._reset()
-            raise _failure(exc.smtp_code, exc.smtp_error, "DATA") from None
+            raise self._refused(exc.smtp_code, exc.smtp_error, "DATA") from None
+        if code != 250:
+            raise self._refused(code, reply, "end of DATA")
+
+    def _refused(self, code: int, reply: bytes | str, stage: str) -> SendFailure:
+        """The failure of a refusal at ``stage``, with the connection left fit for the next message:
+        after a 421 the server is closing it (dropped), after any other only this transaction ends (RSET)."""
         if code == 421:
             self._drop()
-            raise _failure(code, reply, "end of DATA")
-        if code != 250:
+        else:
             self._reset()
-            raise _failure(code, reply, "end of DATA")
+        return _failure(code, reply, stage)
 
     def _reset(self) -> None:
         smtp = self._smtp

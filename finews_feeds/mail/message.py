@@ -71,9 +71,12 @@ def header_text(value: str) -> str:
 def domain_of(address: str) -> str:
     """The domain of an address such as ``finews <digest@example.com>`` (``localhost`` if none)."""
     _, email = parseaddr(header_text(address))
-    domain = email.rpartition("@")[2] if "@" in email else ""
-    domain = _DOMAIN_JUNK.sub("", domain).strip(".-").lower()
-    return domain or "localhost"
+    return _clean_domain(email.rpartition("@")[2] if "@" in email else "")
+
+
+def _clean_domain(domain: str) -> str:
+    """``domain`` with only the characters a host name may have, lower-cased (``localhost`` if none is left)."""
+    return _DOMAIN_JUNK.sub("", domain).strip(".-").lower() or "localhost"
 
 
 def format_address(name: str, email: str) -> str:
@@ -97,8 +100,7 @@ def message_id(day: Date, email: str, domain: str) -> str:
     the same message, and the address is hashed so the id does not reveal it."""
     key = f"{day.isoformat()}\n{email.strip().lower()}".encode()
     digest = hashlib.sha256(key).hexdigest()[:32]
-    domain = _DOMAIN_JUNK.sub("", domain).strip(".-").lower() or "localhost"
-    return f"<digest.{day:%Y%m%d}.{digest}@{domain}>"
+    return f"<digest.{day:%Y%m%d}.{digest}@{_clean_domain(domain)}>"
 
 
 def build_message(
@@ -307,11 +309,19 @@ def _address_header(value: str) -> str:
 def _base64_body(body: str) -> str:
     """``body`` with CRLF line breaks and a final one, base64-encoded in lines of 76 characters
     (RFC 2045), each ended by CRLF: the wire form, which :class:`DigestMessage` writes as is."""
-    if "\r" in body:
-        body = body.replace("\r\n", "\n").replace("\r", "\n")
-    if not body.endswith("\n"):
-        body += "\n"
-    return _encode_lines(body.encode("utf-8").replace(b"\n", b"\r\n")).decode("ascii")
+    return _encode_lines(_wire_text(_lines(body))).decode("ascii")
+
+
+def _lines(text: str) -> str:
+    """``text`` with LF line breaks (CR LF and lone CR too) and a final one: how a body is normalised."""
+    if "\r" in text:
+        text = text.replace("\r\n", "\n").replace("\r", "\n")
+    return text if text.endswith("\n") else text + "\n"
+
+
+def _wire_text(text: str) -> bytes:
+    """Normalised text as it goes on the wire: UTF-8, CRLF line breaks (MIME's canonical form)."""
+    return text.encode("utf-8").replace(b"\n", b"\r\n")
 
 
 @functools.lru_cache(maxsize=512)
@@ -367,16 +377,13 @@ class PreparedBody:
     """A body with field markers and one optional pad marker, its constant stretches pre-encoded."""
 
     def __init__(self, template: str, fields: tuple[str, ...], pad: str = "") -> None:
-        if "\r" in template:
-            template = template.replace("\r\n", "\n").replace("\r", "\n")
-        if not template.endswith("\n"):
-            template += "\n"
+        template = _lines(template)
         markers = [*fields, pad] if pad else list(fields)
         pieces = re.split("(" + "|".join(re.escape(m) for m in markers) + ")", template)
         self.pad = pad
         self.texts: tuple[str, ...] = tuple(pieces[0::2])
         self.markers: tuple[str, ...] = tuple(pieces[1::2])
-        self.raw: tuple[bytes, ...] = tuple(t.encode("utf-8").replace(b"\n", b"\r\n") for t in self.texts)
+        self.raw: tuple[bytes, ...] = tuple(_wire_text(t) for t in self.texts)
         ready: list[tuple[bytes | None, bytes]] = []
         for index, raw in enumerate(self.raw):
             aligned = index == 0 or (pad and self.markers[index - 1] == pad)

@@ -28,8 +28,9 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 
+from ..clock import utc_now
 from ..config import Config
 from ..errors import FinewsError, SubscriberError
 from .delivery import confirmation_message, confirmation_message_id, envelope_sender
@@ -50,8 +51,9 @@ FORM_KINDS = ("subscribe",)
 MAIL_KINDS = ("confirm",)
 
 
-def utc_now() -> datetime:
-    return datetime.now(UTC)
+def _log_expired(row: OutboxRow, attempts: int, now: datetime, error: str) -> None:
+    log.error("outbox: gave up on the %s mail to %s after %d attempts over %s (outbox.lifetime_hours): %s",
+              row.kind, row.email, attempts, now - row.created_at, error)
 
 
 def backoff(config: Config, attempts: int) -> timedelta:
@@ -194,8 +196,7 @@ class OutboxWorker:
             return
         self._swept = now
         for row in self.store.expire_outbox(now - self.lifetime, now):
-            log.error("outbox: gave up on the %s mail to %s after %d attempts over %s (outbox.lifetime_hours): %s",
-                      row.kind, row.email, row.attempts, now - row.created_at, row.last_error or "never tried")
+            _log_expired(row, row.attempts, now, row.last_error or "never tried")
         purged = self.store.purge_outbox(now - KEEP_FINISHED)
         if purged:
             log.info("outbox: deleted %d rows finished more than %d days ago", purged, KEEP_FINISHED.days)
@@ -222,8 +223,7 @@ class OutboxWorker:
         """Record a temporary failure; the time of the next attempt, or None when the mail expired."""
         if now - row.created_at >= self.lifetime:
             self.store.finish_outbox(row.id, self.owner, "expired", now, error)
-            log.error("outbox: gave up on the %s mail to %s after %d attempts over %s (outbox.lifetime_hours): %s",
-                      row.kind, row.email, row.attempts + 1, now - row.created_at, error)
+            _log_expired(row, row.attempts + 1, now, error)
             return None
         next_at = now + backoff(self.config, row.attempts + 1)
         self.store.defer_outbox(row.id, self.owner, error, next_at, now)

@@ -24,7 +24,7 @@ import zlib
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
-from datetime import UTC, date, datetime, timedelta
+from datetime import date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -32,9 +32,10 @@ from sqlalchemy import Connection, Engine, Row, and_, case, create_engine, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, IntegrityError, OperationalError, SQLAlchemyError
 
+from ..clock import utc_now
 from ..errors import DatabaseConnectionLost, StoreError, SubscriberError
 from .migrations import UtcDateTime, deliveries, outbox, runs, subscribers, upgrade
-from .subscribers import normalize_email, normalize_names
+from .subscribers import MAX_NAME_CHARS, normalize_email, normalize_names
 
 log = logging.getLogger(__name__)
 
@@ -53,11 +54,14 @@ OUTBOX_KINDS = ("subscribe", "confirm")
 #: `skipped` (no longer needed), `failed` (a 5xx) and `expired` (past the queue's lifetime) are final.
 OUTBOX_STATES = ("queued", "done", "sent", "skipped", "failed", "expired")
 FINISHED_OUTBOX_STATES = OUTBOX_STATES[1:]
+#: The values that end a worker's lease on an outbox row.
+_RELEASED: dict[str, Any] = {"lease_owner": None, "lease_until": None}
 
 
 def _now(now: datetime | None) -> datetime:
+    """``now`` checked to be aware, or the clock's time when the caller passed none."""
     if now is None:
-        return datetime.now(UTC)
+        return utc_now()
     if now.tzinfo is None:
         raise ValueError("now must be an aware datetime")
     return now
@@ -315,9 +319,7 @@ class Store:
         address = normalize_email(email)
         values = _subscriber_values(address, name, categories, tags, confirmed, now)
         with self._tx() as conn:
-            existing = conn.execute(
-                select(subscribers).where(subscribers.c.email_key == address.lower())
-            ).first()
+            existing = _find(conn, address)
             if existing is None:
                 try:
                     conn.execute(subscribers.insert().values(email_key=address.lower(), created_at=now, **values))
@@ -332,11 +334,11 @@ class Store:
 
     def get_subscriber(self, email: str) -> Subscriber | None:
         with self._tx() as conn:
-            row = conn.execute(select(subscribers).where(subscribers.c.email_key == email.strip().lower())).first()
+            row = _find(conn, email)
         return _subscriber(row) if row else None
 
     def _require(self, conn: Connection, email: str) -> Row[Any]:
-        row = conn.execute(select(subscribers).where(subscribers.c.email_key == email.strip().lower())).first()
+        row = _find(conn, email)
         if row is None:
             raise SubscriberError(f"{email.strip()} is not a subscriber")
         return row
@@ -356,7 +358,7 @@ class Store:
         """Unsubscribe; idempotent (the first time is kept). None when the address is unknown."""
         now = _now(now)
         with self._tx() as conn:
-            row = conn.execute(select(subscribers).where(subscribers.c.email_key == email.strip().lower())).first()
+            row = _find(conn, email)
             if row is None:
                 return None
             if row.status != "unsubscribed":
@@ -397,10 +399,14 @@ class Store:
         return self.list_subscribers("active")
 
     def count_subscribers(self) -> dict[str, int]:
+        return self._counts(subscribers.c.status, STATUSES)
+
+    def _counts(self, column: Any, values: Sequence[str], *where: Any) -> dict[str, int]:
+        """Rows by their value of ``column`` (of those matching ``where``), every one of ``values`` listed."""
         with self._tx() as conn:
-            rows = conn.execute(select(subscribers.c.status, func.count()).group_by(subscribers.c.status)).all()
-        counts = dict.fromkeys(STATUSES, 0)
-        counts.update({status: int(n) for status, n in rows})
+            rows = conn.execute(select(column, func.count()).where(*where).group_by(column)).all()
+        counts = dict.fromkeys(values, 0)
+        counts.update({value: int(n) for value, n in rows})
         return counts
 
     def import_subscribers(self, rows: Sequence[Subscriber], now: datetime | None = None) -> tuple[int, int]:
@@ -640,12 +646,7 @@ class Store:
             return [_delivery(row) for row in rows]
 
     def ledger_counts(self, day: date) -> dict[str, int]:
-        with self._tx() as conn:
-            rows = conn.execute(select(deliveries.c.state, func.count()).where(deliveries.c.day == day)
-                                .group_by(deliveries.c.state)).all()
-        counts = dict.fromkeys(LEDGER_STATES, 0)
-        counts.update({state: int(n) for state, n in rows})
-        return counts
+        return self._counts(deliveries.c.state, LEDGER_STATES, deliveries.c.day == day)
 
     # -- outbox --------------------------------------------------------------------------------
 
@@ -685,7 +686,7 @@ class Store:
         query = (
             select(outbox)
             .where(outbox.c.state == "queued", outbox.c.kind.in_(list(kinds)), outbox.c.next_attempt_at <= now,
-                   or_(outbox.c.lease_until.is_(None), outbox.c.lease_until <= now))
+                   _unleased(now))
             .order_by(outbox.c.next_attempt_at, outbox.c.id)
             .limit(limit)
         )
@@ -708,19 +709,17 @@ class Store:
         if state not in FINISHED_OUTBOX_STATES:
             raise ValueError(f"unknown final outbox state {state!r}")
         with self._tx() as conn:
-            done = conn.execute(outbox.update().where(outbox.c.id == row_id, outbox.c.lease_owner == owner,
-                                                      outbox.c.state == "queued").values(
+            done = conn.execute(outbox.update().where(*_held(row_id, owner)).values(
                 state=state, attempts=outbox.c.attempts + 1, last_error=note, finished_at=now, updated_at=now,
-                lease_owner=None, lease_until=None))
+                **_RELEASED))
         return bool(done.rowcount)
 
     def defer_outbox(self, row_id: int, owner: str, error: str, next_at: datetime, now: datetime) -> bool:
         """An attempt failed for now: try again at ``next_at`` (False when the lease was lost)."""
         with self._tx() as conn:
-            done = conn.execute(outbox.update().where(outbox.c.id == row_id, outbox.c.lease_owner == owner,
-                                                      outbox.c.state == "queued").values(
+            done = conn.execute(outbox.update().where(*_held(row_id, owner)).values(
                 attempts=outbox.c.attempts + 1, last_error=error, next_attempt_at=next_at, updated_at=now,
-                lease_owner=None, lease_until=None))
+                **_RELEASED))
         return bool(done.rowcount)
 
     def accept_subscribe(self, request: OutboxRow, owner: str, now: datetime, message_id: str,
@@ -738,11 +737,10 @@ class Store:
         key = request.email.lower()
         try:
             with self._tx() as conn:
-                held = conn.execute(select(outbox.c.id).where(
-                    outbox.c.id == request.id, outbox.c.lease_owner == owner, outbox.c.state == "queued")).first()
+                held = conn.execute(select(outbox.c.id).where(*_held(request.id, owner))).first()
                 if held is None:
                     return "lost"
-                existing = conn.execute(select(subscribers).where(subscribers.c.email_key == key)).first()
+                existing = _find(conn, request.email)
                 values = _subscriber_values(request.email, str(payload.get("name", "")),
                                             payload.get("categories", ()), payload.get("tags", ()), False, now)
                 if existing is None:
@@ -763,7 +761,7 @@ class Store:
                         _queue(conn, "confirm", request.email, {}, message_id, now)
                 conn.execute(outbox.update().where(outbox.c.id == request.id).values(
                     state="done", attempts=outbox.c.attempts + 1, last_error=outcome, finished_at=now,
-                    updated_at=now, lease_owner=None, lease_until=None))
+                    updated_at=now, **_RELEASED))
         except IntegrityError:
             # The same address inserted by another worker at the same moment: the caller tries again.
             raise SubscriberError(f"{request.email} was being added by another worker") from None
@@ -771,15 +769,14 @@ class Store:
 
     def expire_outbox(self, created_before: datetime, now: datetime) -> list[OutboxRow]:
         """Give up on the queued rows older than ``created_before`` that nobody holds; returns them."""
-        query = select(outbox).where(outbox.c.state == "queued", outbox.c.created_at < created_before,
-                                     or_(outbox.c.lease_until.is_(None), outbox.c.lease_until <= now))
+        query = select(outbox).where(outbox.c.state == "queued", outbox.c.created_at < created_before, _unleased(now))
         if self.dialect == "postgresql":
             query = query.with_for_update(skip_locked=True)
         with self._tx() as conn:
             rows = conn.execute(query).all()
             if rows:
                 conn.execute(outbox.update().where(outbox.c.id.in_([row.id for row in rows])).values(
-                    state="expired", finished_at=now, updated_at=now, lease_owner=None, lease_until=None))
+                    state="expired", finished_at=now, updated_at=now, **_RELEASED))
         return [_outbox_row(row) for row in rows]
 
     def purge_outbox(self, finished_before: datetime) -> int:
@@ -806,11 +803,7 @@ class Store:
             return [_outbox_row(row) for row in conn.execute(query)]
 
     def outbox_counts(self) -> dict[str, int]:
-        with self._tx() as conn:
-            rows = conn.execute(select(outbox.c.state, func.count()).group_by(outbox.c.state)).all()
-        counts = dict.fromkeys(OUTBOX_STATES, 0)
-        counts.update({state: int(n) for state, n in rows})
-        return counts
+        return self._counts(outbox.c.state, OUTBOX_STATES)
 
 
 def _reason(exc: SQLAlchemyError) -> str:
@@ -830,11 +823,26 @@ def _key(day: date, subscriber_id: int) -> Any:
     return and_(deliveries.c.day == day, deliveries.c.subscriber_id == subscriber_id)
 
 
+def _find(conn: Connection, email: str) -> Row[Any] | None:
+    """The subscriber row of ``email``, found by its lower-cased form (the unique key)."""
+    return conn.execute(select(subscribers).where(subscribers.c.email_key == email.strip().lower())).first()
+
+
+def _held(row_id: int, owner: str) -> tuple[Any, ...]:
+    """Conditions that outbox row ``row_id`` is still queued and leased to ``owner`` (its lease not lost)."""
+    return outbox.c.id == row_id, outbox.c.lease_owner == owner, outbox.c.state == "queued"
+
+
+def _unleased(now: datetime) -> Any:
+    """An outbox row nobody holds at ``now``: never leased, or its lease ran out."""
+    return or_(outbox.c.lease_until.is_(None), outbox.c.lease_until <= now)
+
+
 def _clean_name(name: str) -> str:
     # Names end up in a To header: no line breaks or other control characters.
     cleaned = "".join(ch if ch.isprintable() else " " for ch in name).strip()
-    if len(cleaned) > 200:
-        raise SubscriberError(f"name {cleaned[:20]!r}… is longer than 200 characters")
+    if len(cleaned) > MAX_NAME_CHARS:
+        raise SubscriberError(f"name {cleaned[:20]!r}… is longer than {MAX_NAME_CHARS} characters")
     return cleaned
 
 

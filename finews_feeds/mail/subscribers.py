@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING
 from email_validator import EmailNotValidError, validate_email
 
 from ..errors import SubscriberError
+from ..files import atomic_write
 
 if TYPE_CHECKING:
     from .store import Store, Subscriber
@@ -180,10 +181,8 @@ def export_csv(store: Store, path: Path) -> int:
     """Write every subscriber to ``path`` (written whole, then moved into place); returns how many."""
     subs = store.list_subscribers()
     data = to_csv(subs)
-    tmp = path.with_name(path.name + ".tmp")
     try:
-        tmp.write_text(data, encoding="utf-8", newline="")
-        tmp.replace(path)
+        atomic_write(path, data.encode("utf-8"))
     except OSError as exc:
         raise SubscriberError(f"{path}: {exc.strerror}") from None
     return len(subs)

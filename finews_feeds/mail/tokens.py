@@ -19,19 +19,21 @@ PURPOSES = ("unsubscribe", "confirm")
 
 def secret_of(config: Config) -> str:
     """The signing secret, or a :class:`ConfigError` telling the operator what to set."""
-    if not config.secret_key:
+    return _checked(config.secret_key)
+
+
+def _checked(secret: str) -> str:
+    if not secret:
         raise ConfigError(
             "FINEWS_SECRET_KEY is not set: it signs unsubscribe and confirm links",
             hint="set FINEWS_SECRET_KEY in the environment to a long random string, "
             "e.g. python3 -c 'import secrets; print(secrets.token_urlsafe(32))'",
         )
-    return config.secret_key
+    return secret
 
 
 def _serializer(secret: str, purpose: str) -> URLSafeTimedSerializer:
-    if not secret:
-        raise ConfigError("FINEWS_SECRET_KEY is not set: it signs unsubscribe and confirm links",
-                          hint="set FINEWS_SECRET_KEY in the environment to a long random string")
+    _checked(secret)
     if purpose not in PURPOSES:
         raise ValueError(f"unknown token purpose {purpose!r}; expected one of {', '.join(PURPOSES)}")
     return URLSafeTimedSerializer(secret, salt=f"finews-feeds.{purpose}")

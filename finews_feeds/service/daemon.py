@@ -22,7 +22,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime, timedelta, tzinfo
+from datetime import date, datetime, timedelta, tzinfo
 from pathlib import Path, PurePath
 from types import FrameType
 from typing import Any
@@ -32,6 +32,7 @@ import uvicorn
 from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
 
+from ..clock import utc_now
 from ..config import Config
 from ..errors import ConfigError, FinewsError
 from ..feeds.build import BuildReport, run_build
@@ -70,10 +71,6 @@ WATCH_DEBOUNCE = 0.25
 RETRY_FIRST = 300.0
 #: File watcher events that mean the content changed (opening a file to read it is not one).
 CHANGE_EVENTS = frozenset({"created", "modified", "moved", "deleted", "closed"})
-
-
-def utc_now() -> datetime:
-    return datetime.now(UTC)
 
 
 @dataclass

@@ -38,7 +38,7 @@ import threading
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from collections.abc import Set as AbstractSet
-from datetime import UTC, date, datetime
+from datetime import date, datetime
 from email.utils import formatdate, parsedate_to_datetime
 from pathlib import Path
 from typing import Any
@@ -56,6 +56,7 @@ from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Re
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from ..clock import utc_now
 from ..config import Config
 from ..errors import FinewsError, SubscriberError, TokenError
 from ..feeds.plan import FILE_NAMES
@@ -99,10 +100,6 @@ PAGE_HEADERS = {
 }
 TOKEN_PAGE_HEADERS = {**PAGE_HEADERS, "Referrer-Policy": "no-referrer", "Cache-Control": "no-store"}
 DAY_PATTERN = re.compile(r"(\d{4}-\d{2}-\d{2})(?:\.html)?")
-
-
-def utc_now() -> datetime:
-    return datetime.now(UTC)
 
 
 # --------------------------------------------------------------------------- request guards
