@@ -24,9 +24,10 @@ Rules that matter here:
 - No redirect is built from the Host header (Starlette's trailing-slash redirect is off).
 - Pages that carry a token send ``Referrer-Policy: no-referrer`` so the token does not leak to
   the links on them.
-- Feed files get their registered types, a weak ETag and Last-Modified from the file (the feed
-  writer leaves unchanged files alone, so these stay put), 304 answers, and gzip compressed once
-  per file version (:class:`GzipCache`), not once per request.
+- Feed files are served by Starlette's StaticFiles (Last-Modified, ETag and 304 from the file's
+  stat; the feed writer leaves unchanged files alone, so these stay put) with their registered
+  types, the ETag weak, and gzip compressed once per file version (:class:`GzipCache`), not
+  once per request.
 """
 
 from __future__ import annotations
@@ -113,10 +114,12 @@ def create_app(
     choices = categories or (lambda: default_categories(config))
 
     async def home(request: Request) -> Response:
-        chosen = await run_in_threadpool(choices)
-        feeds = await run_in_threadpool(feed_list.feeds, config.site.title or "全部文章", chosen)
-        more = await run_in_threadpool(feed_list.more)
-        return page("home.html", "订阅每日精选", categories=chosen, tags=tags is not None, feeds=feeds, more=more)
+        def look() -> dict[str, Any]:
+            chosen = choices()
+            return {"categories": chosen, "feeds": feed_list.feeds(config.site.title or "全部文章", chosen),
+                    "more": feed_list.more()}
+
+        return page("home.html", "订阅每日精选", tags=tags is not None, **await run_in_threadpool(look))
 
     def refuse_cross_site(request: Request) -> Response | None:
         reason = cross_site(request, origins)
