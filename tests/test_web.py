@@ -44,7 +44,9 @@ from finews_feeds.mail.outbox import OutboxWorker
 from finews_feeds.mail.store import Store
 from finews_feeds.mail.tokens import make_token
 from finews_feeds.models import PostSet
-from finews_feeds.service.web import GzipCache, RateLimiter, accepts_gzip, create_app, safe_file
+from finews_feeds.service.static import GzipCache, accepts_gzip
+from finews_feeds.service.guards import RateLimiter
+from finews_feeds.service.web import create_app
 
 DAY = date(2022, 4, 20)
 T0 = datetime(2022, 4, 21, 7, 30, tzinfo=UTC)
@@ -432,6 +434,29 @@ def test_gzip_is_negotiated_and_each_file_version_compressed_once(web: Web) -> N
             200, b"", (web.output / "rss.xml").stat().st_size)
 
 
+def test_a_rebuilt_feed_of_the_same_size_is_compressed_afresh_not_served_from_the_old_copy(web: Web) -> None:
+    path = web.output / "rss.xml"
+    with web.client() as client:
+        for _ in range(2):  # the second answer comes from the compressed copy
+            first = client.get("/feeds/rss.xml", headers={"Accept-Encoding": "gzip"})
+            assert (first.headers["content-encoding"], first.content) == ("gzip", path.read_bytes())
+        stat = path.stat()
+        rebuilt = path.read_bytes().replace("央行开展".encode(), "人行开展".encode())
+        assert len(rebuilt) == stat.st_size and rebuilt != path.read_bytes()
+        path.write_bytes(rebuilt)
+        # A millisecond later (StaticFiles' tag holds the mtime as float seconds: a fraction of a
+        # microsecond now, finer than the file system's clock tick between two writes).
+        os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000))
+        again = client.get("/feeds/rss.xml", headers={"Accept-Encoding": "gzip"})
+    assert (again.headers["content-encoding"], again.content) == ("gzip", rebuilt)
+    assert again.headers["etag"] != first.headers["etag"]
+    cache = GzipCache()
+    assert cache.cached(Path("/f/rss.xml"), 1, 3) is None
+    packed = cache.get(Path("/f/rss.xml"), 1, b"abc")
+    assert cache.cached(Path("/f/rss.xml"), 1, 3) is packed
+    assert (cache.cached(Path("/f/rss.xml"), 2, 3), cache.cached(Path("/f/rss.xml"), 1, 4)) == (None, None)
+
+
 def test_conditional_get_answers_304_until_the_feed_changes(web: Web) -> None:
     path = web.output / "atom.xml"
     with web.client() as client:
@@ -473,8 +498,7 @@ def test_no_path_leads_outside_the_feeds_folder(web: Web, tmp_path: Path) -> Non
         "/digests/..%2f..%2fsecret",
     ]
     assert {target: raw_get(web.base, target) for target in targets} == dict.fromkeys(targets, 404)
-    assert safe_file(web.output, "categories/cailianshe/rss.xml") == (web.output / "categories/cailianshe/rss.xml").resolve()
-    assert safe_file(web.output, "../secret.txt") is None
+    assert raw_get(web.base, "/feeds/categories/cailianshe/rss.xml") == 200
 
 
 def test_archived_digests_are_served_by_date(web: Web) -> None:
@@ -549,6 +573,38 @@ def test_home_page_links_each_category_to_the_folder_the_build_gave_it(tmp_path:
                 assert all(client.get(link).status_code == 200 for link in links)
                 assert "港股通南向资金净流入" in client.get(links[0]).text
                 assert "恒指收涨" in client.get(links[3]).text
+
+
+def test_before_the_first_build_feeds_and_digests_are_404_and_served_once_it_has_run(tmp_path: Path) -> None:
+    with Store.open(f"sqlite:///{tmp_path}/db.sqlite3") as store:
+        config = make_config(1, feeds={"output": str(tmp_path / "feeds")})  # the folder is not there yet
+        app = create_app(config, store=store)
+        for base_url in serve(app, free_port()):
+            with httpx.Client(base_url=base_url, timeout=10) as client:
+                paths = ("/feeds/rss.xml", "/feeds/", "/digests/2022-04-20")
+                assert [client.get(path).status_code for path in paths] == [404, 404, 404]
+                home = client.get("/")
+                assert (home.status_code, "订阅源尚未生成。" in home.text) == (200, True)
+                build_feeds(make_collection(), config)
+                served = client.get("/feeds/rss.xml")
+                assert (served.status_code, served.content) == (200, (tmp_path / "feeds" / "rss.xml").read_bytes())
+
+
+def test_pages_escape_what_they_show(tmp_path: Path) -> None:
+    with Store.open(f"sqlite:///{tmp_path}/db.sqlite3") as store:
+        config = make_config(1, feeds={"output": str(tmp_path / "feeds")})
+        build_feeds(make_collection(), config)
+        app = create_app(config, store=store, categories=lambda: [("cailianshe", '<b class="x">财联社</b>')],
+                         tags=lambda: frozenset({"A股"}))
+        for base_url in serve(app, free_port()):
+            with httpx.Client(base_url=base_url, timeout=10) as client:
+                home = client.get("/").text
+                refused = client.post("/subscribe", data={"email": "a@example.org", "tags": "<i>x</i>"})
+    assert '<input type="checkbox" name="category" value="cailianshe"> &lt;b class=&#34;x&#34;&gt;财联社&lt;/b&gt;</label>' in home
+    assert "<li>&lt;b class=&#34;x&#34;&gt;财联社&lt;/b&gt;: <a" in home
+    assert "<b class" not in home
+    assert refused.status_code == 400
+    assert "<p>unknown tag: &lt;i&gt;x&lt;/i&gt;</p>" in refused.text
 
 
 # -- issue 12: hardening ------------------------------------------------------------------------
@@ -695,7 +751,7 @@ def test_undecodable_form_bytes_get_400_and_nothing_is_stored_or_queued(web: Web
                                     headers={"Content-Type": "application/x-www-form-urlencoded; charset=latin-1"})
     assert {name: a.status_code for name, a in answers.items()} == dict.fromkeys(cases, 400)
     assert all("is not UTF-8 text" in a.text and "send the form as UTF-8" in a.text for a in answers.values())
-    assert "field &#x27;email&#x27; is not UTF-8 text (byte 0xFF" in answers["percent-escaped bytes that are not UTF-8"].text
+    assert "field &#39;email&#39; is not UTF-8 text (byte 0xFF" in answers["percent-escaped bytes that are not UTF-8"].text
     assert other_charset.status_code == 415
     time.sleep(0.2)
     assert (web.store.outbox_rows(), web.statuses(), web.sink.messages) == ([], {}, [])

@@ -1,0 +1,108 @@
+"""The web app's HTML pages: Jinja2 templates in ``templates/web`` (autoescaped, no scripts),
+rendered into responses with the headers every page carries, and the list of built feeds the
+home page links to (:class:`FeedList`)."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import jinja2
+from starlette.responses import HTMLResponse
+
+from ..feeds.plan import FILE_NAMES
+from ..feeds.render import OPML
+from ..feeds.slugs import quote_path
+from ..feeds.writer import MANIFEST, Manifest
+
+PAGE_HEADERS = {
+    "X-Content-Type-Options": "nosniff",
+    "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; frame-ancestors 'none'",
+}
+#: For pages that carry a token (so it does not leak to the links on them) and for refusals.
+TOKEN_PAGE_HEADERS = {**PAGE_HEADERS, "Referrer-Policy": "no-referrer", "Cache-Control": "no-store"}
+
+# One per process: each template is compiled on first use and kept.
+ENVIRONMENT = jinja2.Environment(
+    loader=jinja2.PackageLoader("finews_feeds", "templates/web"),
+    autoescape=True,
+    undefined=jinja2.StrictUndefined,
+    trim_blocks=True,
+    lstrip_blocks=True,
+    keep_trailing_newline=True,
+)
+
+
+def page(template: str, title: str, status: int = 200, headers: Mapping[str, str] = PAGE_HEADERS,
+         **context: Any) -> HTMLResponse:
+    """The page ``template`` renders with ``title`` and ``context``."""
+    document = ENVIRONMENT.get_template(template).render(title=title, **context)
+    return HTMLResponse(document, status_code=status, headers=dict(headers))
+
+
+def message(title: str, text: str, *, link: tuple[str, str] | None = None, status: int = 200,
+            headers: Mapping[str, str] = PAGE_HEADERS) -> HTMLResponse:
+    """A page that says ``text`` (plain text, escaped), with an optional (href, label) link."""
+    return page("message.html", title, status, headers, text=text, link=link)
+
+
+@dataclass(frozen=True)
+class FeedLinks:
+    """One line of the home page's list: a label and its feeds as (format, href)."""
+
+    label: str
+    links: tuple[tuple[str, str], ...]
+
+
+class FeedList:
+    """The feeds under ``output`` that the home page links to: the site's, each category's (in
+    the folder the last build gave it) and the OPML file and index page, when they exist."""
+
+    def __init__(self, output: Path) -> None:
+        self.output = output
+        self._lock = threading.Lock()
+        self._manifest_key: tuple[int, int] | None = None
+        self._folders: dict[str, str] = {}
+
+    def category_folders(self) -> dict[str, str]:
+        """Category name -> folder of its feeds, from the last build's manifest (names are
+        slugified, and two names that clash get distinct folders), re-read when it changes."""
+        path = self.output / MANIFEST
+        try:
+            stat = path.stat()
+            key = (stat.st_mtime_ns, stat.st_size)
+            with self._lock:
+                if self._manifest_key == key:
+                    return dict(self._folders)
+            manifest = Manifest.from_json(path.read_bytes())
+        except OSError:
+            return {}
+        if manifest is None:
+            return {}
+        with self._lock:
+            self._manifest_key, self._folders = key, dict(manifest.slugs.get("category", {}))
+            return dict(self._folders)
+
+    def feeds(self, site_title: str, categories: Iterable[tuple[str, str]]) -> list[FeedLinks]:
+        """The site's feeds under ``site_title``, then those of each (name, title) category."""
+        folders = self.category_folders()
+        wanted = [(site_title, ""), *((title, f"categories/{folders.get(name, name)}/") for name, title in categories)]
+        rows = []
+        for label, folder in wanted:
+            links = tuple((kind.upper(), f"/feeds/{quote_path(folder + name)}")
+                          for kind, name in FILE_NAMES.items() if (self.output / folder / name).is_file())
+            if links:
+                rows.append(FeedLinks(label, links))
+        return rows
+
+    def more(self) -> list[tuple[str, str]]:
+        """Links (href, label) to the OPML file and the index of every feed, those that exist."""
+        links = []
+        if (self.output / OPML).is_file():
+            links.append((f"/feeds/{OPML}", "OPML（一次导入全部订阅源）"))
+        if (self.output / "index.html").is_file():
+            links.append(("/feeds/", "全部订阅源（含标签）"))
+        return links
