@@ -198,37 +198,37 @@ def bench_ours(work: Path, site: Path, posts: int, repeat: int) -> dict[str, Run
 
 IN_PROCESS = """
 import json, sys, threading, time
-from datetime import UTC, datetime
 from pathlib import Path
-from finews_feeds.feeds.build import build_feeds, rebuild_added
-from finews_feeds.site.collector import collect_site
+from finews_feeds.feeds.build import run_build
 from finews_feeds.config import load_config
 if __name__ == "__main__":
     config = load_config(Path(sys.argv[1]), {})
     post = Path(sys.argv[2])
     # As in the daemon: other threads run (its scheduler, watcher and web server), so nothing
-    # forks; its first build reads the whole site.
+    # forks; its first build plans every feed.
     threading.Thread(target=threading.Event().wait, daemon=True).start()
-    build_feeds(collect_site(config), config)
+    run_build(config)
     post.write_text(sys.argv[3], encoding="utf-8")
     try:
         started = time.perf_counter()
-        report = rebuild_added(config, datetime.now(UTC))  # what the daemon does after new posts
-        if report is None:
-            report = build_feeds(collect_site(config), config)
+        # What the daemon does after its file watcher reported the new post: that path alone
+        # is looked at, no walk.
+        report = run_build(config, touched=[post.relative_to(config.site.source).as_posix()])
         done = time.perf_counter()
     finally:
         post.unlink()
-    build_feeds(collect_site(config), config)
-    print(json.dumps({"seconds": done - started, "quick": report.quick, "summary": report.summary()}))
+    run_build(config)
+    print(json.dumps({"seconds": done - started, "incremental": report.incremental, "summary": report.summary()}))
 """
 
 
 def in_process(config: Path, new_post: Path) -> Run:
-    """The daemon's case: a rebuild after one new post inside a process that has built before."""
+    """The daemon's case: a rebuild after one new post its watcher reported, inside a process
+    that has built before and runs other threads."""
     run = measure([PYTHON, "-c", IN_PROCESS, str(config), str(new_post), NEW_POST], cwd=ROOT)
     data = json.loads(run.output.strip().splitlines()[-1])
-    return Run(data["seconds"], run.peak_mb, f"{data['summary']} ({'quick' if data['quick'] else 'whole site read'})")
+    return Run(data["seconds"], run.peak_mb,
+               f"{data['summary']} ({'only the feeds that changed planned' if data['incremental'] else 'every feed planned'})")
 
 
 def feeds_written(run: Run) -> str:

@@ -21,7 +21,7 @@ from finews_feeds.site.cache import PostCache, pack_scan
 from finews_feeds.site.collector import Collection, cache_file, collect, fingerprint, open_cache, refresh
 from finews_feeds.site.jekyll import resolve_site
 from finews_feeds.site.posts import Outcome
-from finews_feeds.site.walk import Entry, read_file, walk
+from finews_feeds.site.walk import Entry, read_file, scan, walk
 
 NOW = datetime(2022, 5, 1, tzinfo=UTC)
 CONFIG_YML = "title: finews\nurl: https://finews.withounder.com\n"
@@ -313,7 +313,7 @@ def test_the_paths_a_watcher_reported_are_all_that_is_looked_at(source: Path, tm
     site = site_of(source)
     first = run(source, tmp_path / "c")
     walks: list[int] = []
-    monkeypatch.setattr(collector, "walk", lambda s: walks.append(1) or walk(s))
+    monkeypatch.setattr(collector, "scan", lambda s, **k: walks.append(1) or scan(s, **k))
     write(source, "_posts/2022-04-26-new.md", post("新"))
     (source / "_posts/2022-04-21-p1.md").unlink()
     parsed.clear()
@@ -418,12 +418,12 @@ def test_the_last_scan_goes_before_any_row_changes_and_comes_back_with_the_last(
     site = site_of(source)
     run(source, tmp_path / "c")
     cache = PostCache(cache_file(tmp_path / "c", site), fingerprint(site), site)
-    entries = walk(site)
-    assert cache.changes(entries, pack_scan(entries)).read == []
+    found = scan(site)
+    assert cache.changes(found, pack_scan(found)).read == []
     generation = cache.begin()
     with sqlite3.connect(cache_file(tmp_path / "c", site)) as db:
         assert db.execute("SELECT count(*) FROM meta WHERE key = 'scan'").fetchone() == (0,)
-    cache.finish(generation, [], pack_scan(entries))
+    cache.finish(generation, [], pack_scan(found))
     with sqlite3.connect(cache_file(tmp_path / "c", site)) as db:
         assert db.execute("SELECT count(*) FROM meta WHERE key = 'scan'").fetchone() == (1,)
     cache.close()

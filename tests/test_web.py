@@ -44,8 +44,8 @@ from finews_feeds.mail.outbox import OutboxWorker
 from finews_feeds.mail.store import Store
 from finews_feeds.mail.tokens import make_token
 from finews_feeds.models import PostSet
-from finews_feeds.service.static import GzipCache, accepts_gzip
 from finews_feeds.service.guards import RateLimiter
+from finews_feeds.service.static import GzipCache, accepts_gzip
 from finews_feeds.service.web import create_app
 
 DAY = date(2022, 4, 20)

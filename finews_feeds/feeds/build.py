@@ -27,7 +27,7 @@ from pathlib import Path
 
 from .. import parallel
 from ..config import Config
-from ..models import FileError, Post, Posts, Site
+from ..models import ContentSource, FileError, Post, Posts, Site
 from ..site.cache import CacheDamaged, PostCache, is_damage
 from ..site.collector import Collection, cache_folder, open_cache, refresh
 from ..site.jekyll import resolve_site
@@ -149,12 +149,16 @@ def _render_batch(job: _Job, batch: Sequence[tuple[FeedSpec, list[Post]]], posts
         job.site, PostCache(job.cache_path, job.fingerprint, job.site), job.now, parallel=False)
     try:
         out = OutputDir(job.out_root)
-        entries: dict[str, render.EntryData] = {}  # a post is in several feeds: made once
+        unique = list({post.path: post for _, shown in batch for post in shown}.values())
+        if job.options.full_content and isinstance(collection, Collection):
+            html = collection.contents(unique)  # one query for the batch, not one a post
+            content: ContentSource = lambda post: html[post.path]  # noqa: E731
+        else:
+            content = collection.content
+        # A post is in several feeds: its entry is made once.
+        entries = {post.path: render.entry_data(post, job.options, content) for post in unique}
         results = []
         for spec, shown in batch:
-            for post in shown:
-                if post.path not in entries:
-                    entries[post.path] = render.entry_data(post, job.options, collection.content)
             result = _Result(spec.key, [], [])
             for rel, data in render.render_feed(spec, job.options, [entries[p.path] for p in shown]).items():
                 (result.written if out.write(rel, data) else result.unchanged).append(rel)
@@ -171,7 +175,7 @@ def _render_all(work: Sequence[tuple[FeedSpec, list[Post]]], job: _Job, posts: P
         return _render_batch(job, work, posts)
     # Largest feeds first, so the workers finish together.
     ordered = sorted(work, key=lambda item: -len(item[1]))
-    return (result for results in parallel.run(functools.partial(_render_batch, job), parallel.batched(ordered, 4))
+    return (result for results in parallel.run(functools.partial(_render_batch, job), parallel.batched(ordered))
             for result in results)
 
 

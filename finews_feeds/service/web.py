@@ -56,10 +56,10 @@ from ..mail.digest import web_base_url
 from ..mail.store import Store
 from ..mail.subscribers import normalize_email
 from ..mail.tokens import read_token, secret_of
-from .static import FeedFiles, GzipCache, NegotiatedGZipMiddleware
 from .forms import MAX_CHOICES, read_form, split_tags, text_field
 from .guards import BodyLimitMiddleware, RateLimiter, cross_site, origin_of
 from .pages import TOKEN_PAGE_HEADERS, FeedList, message, page
+from .static import FeedFiles, GzipCache, NegotiatedGZipMiddleware
 
 log = logging.getLogger(__name__)
 

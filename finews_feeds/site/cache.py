@@ -32,20 +32,23 @@ import fcntl
 import hashlib
 import logging
 import marshal
+import operator
 import os
 import sqlite3
+import tempfile
 import uuid
 import zlib
 from array import array
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from itertools import compress
 from pathlib import Path
 from typing import Any
 
 from ..models import FileError, Site
 from .posts import Body, Front, Outcome
-from .walk import Entry
+from .walk import Entry, Scan
 
 log = logging.getLogger(__name__)
 
@@ -139,11 +142,10 @@ def _unseal(raw: bytes) -> bytes:
     return data
 
 
-def pack_scan(entries: Sequence[Entry]) -> bytes:
+def pack_scan(scan: Scan) -> bytes:
     """A walk's files in the form the cache keeps them: loaded and compared in a few
     milliseconds at 100,000 posts, where loading every row takes a fifth of a second."""
-    return marshal.dumps(("\x00".join(e.path for e in entries), array("q", [e.size for e in entries]).tobytes(),
-                          array("q", [e.mtime_ns for e in entries]).tobytes()))
+    return marshal.dumps(("\x00".join(scan.paths), array("q", scan.sizes).tobytes(), array("q", scan.mtimes).tobytes()))
 
 
 @dataclass(frozen=True, slots=True)
@@ -156,10 +158,12 @@ class Changes:
 
 class PostCache:
     """The cache of one site (see the module doc): one connection, for one thread. ``path``
-    None keeps it in memory (a run without a cache folder)."""
+    None: a cache for this run only (no cache folder), in a temporary folder removed with it,
+    so that worker processes can open it as they open any other."""
 
     def __init__(self, path: Path | None, fingerprint: str, site: Site) -> None:
-        self.path = path
+        self._temporary = tempfile.TemporaryDirectory(prefix="finews-cache-") if path is None else None
+        self.path = path if path is not None else Path(self._temporary.name) / NAME  # type: ignore[union-attr]
         self.site = site
         self.fingerprint = fingerprint
         self._db = self._open()
@@ -167,8 +171,6 @@ class PostCache:
     # -- opening --------------------------------------------------------------------------------
 
     def _open(self) -> sqlite3.Connection:
-        if self.path is None:
-            return self._prepare(sqlite3.connect(":memory:", isolation_level=None, check_same_thread=False))
         self.path.parent.mkdir(parents=True, exist_ok=True)
         db = sqlite3.connect(self.path, timeout=60, isolation_level=None, check_same_thread=False)
         try:
@@ -207,20 +209,18 @@ class PostCache:
         """Start afresh in place of a damaged file (one warning)."""
         with contextlib.suppress(sqlite3.Error):
             self._db.close()
-        if self.path is not None:
-            self._remove(exc)
+        self._remove(exc)
         self._db = self._open()
 
     def close(self) -> None:
         self._db.close()
+        if self._temporary is not None:
+            self._temporary.cleanup()
 
     @contextlib.contextmanager
     def hold(self) -> Iterator[None]:
         """Hold the cache for a run that reads the site and then relies on what changed: two
         runs that record at once would each think it saw all of a generation."""
-        if self.path is None:
-            yield
-            return
         fd = os.open(f"{self.path}.lock", os.O_RDWR | os.O_CREAT, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
@@ -243,8 +243,8 @@ class PostCache:
 
     # -- what changed ---------------------------------------------------------------------------
 
-    def changes(self, entries: Sequence[Entry], packed: bytes) -> Changes:
-        """How the walk ``entries`` (packed by :func:`pack_scan`) differs from what is recorded."""
+    def changes(self, scan: Scan, packed: bytes) -> Changes:
+        """How ``scan`` (packed by :func:`pack_scan`) differs from what is recorded."""
         last = self._meta("scan")
         if last is not None:
             data = _unseal(last)
@@ -258,8 +258,11 @@ class PostCache:
                 raise CacheDamaged(f"the last scan is unreadable ({exc})") from None
         else:
             known = {path: (size, mtime) for path, size, mtime in self._db.execute("SELECT path, size, mtime FROM files")}
-        read = [entry for entry in entries if known.get(entry.path) != (entry.size, entry.mtime_ns)]
-        listed = {entry.path for entry in entries}
+        # Compared column against column by C-level maps: a Python loop over 100,000 files
+        # was a tenth of a rebuild.
+        differ = list(map(operator.ne, map(known.get, scan.paths), zip(scan.sizes, scan.mtimes, strict=True)))
+        read = list(map(Entry, compress(scan.paths, differ), compress(scan.sizes, differ), compress(scan.mtimes, differ)))
+        listed = set(scan.paths)
         return Changes(read, [path for path in known if path not in listed])
 
     def stats(self, paths: Sequence[str]) -> dict[str, tuple[int, int]]:
@@ -283,12 +286,13 @@ class PostCache:
         now are touched in ``generation``."""
         with _transaction(self._db):
             touched = self._drop([row[0] for row in rows])
+            # In key order: a fifth cheaper than as they come (B-tree pages filled in turn).
             self._db.executemany("INSERT INTO files VALUES (?, ?, ?, ?, ?, ?)",
-                                 [(path, size, mtime, status, data, zlib.crc32(data))
-                                  for path, size, mtime, status, data, _, _ in rows])
+                                 sorted((path, size, mtime, status, data, zlib.crc32(data))
+                                        for path, size, mtime, status, data, _, _ in rows))
             self._db.executemany("INSERT OR IGNORE INTO terms VALUES (?, ?, ?)",
-                                 [(key, -date, path) for path, _, _, _, _, date, keys in rows if date is not None
-                                  for key in keys])
+                                 sorted((key, -date, path) for path, _, _, _, _, date, keys in rows if date is not None
+                                        for key in keys))
             touched.update(key for row in rows for key in row[6])
             self._touch(generation, touched)
 
@@ -304,14 +308,18 @@ class PostCache:
         """Remove what is recorded of ``paths``; the feeds their posts belonged to."""
         touched: set[str] = set()
         terms: list[tuple[str, float, str]] = []
-        for path, data, crc in self._rows("SELECT path, data, crc FROM files WHERE status = 'post'", paths):
-            front = self._front(path, data, crc)
-            keys = front.feed_keys()
-            touched.update(keys)
-            terms.extend((key, -front.date.timestamp(), path) for key in keys)
+        known: list[tuple[str]] = []
+        for path, status, data, crc in self._rows("SELECT path, status, data, crc FROM files", paths):
+            known.append((path,))
+            if status == "post":
+                front = self._front(path, data, crc)
+                keys = front.feed_keys()
+                touched.update(keys)
+                terms.extend((key, -front.date.timestamp(), path) for key in keys)
+        # Only the paths recorded before: a cold run (every path new) deletes nothing.
         self._db.executemany("DELETE FROM terms WHERE key = ? AND neg_date = ? AND path = ?", terms)
-        self._db.executemany("DELETE FROM files WHERE path = ?", [(path,) for path in paths])
-        self._db.executemany("DELETE FROM bodies WHERE path = ?", [(path,) for path in paths])
+        self._db.executemany("DELETE FROM files WHERE path = ?", known)
+        self._db.executemany("DELETE FROM bodies WHERE path = ?", known)
         return touched
 
     def _touch(self, generation: int, keys: set[str]) -> None:

@@ -18,6 +18,7 @@ import os
 import sqlite3
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TextIO, TypeVar
@@ -32,7 +33,7 @@ from . import frontmatter, limits, markup, posts
 from .cache import CacheDamaged, Changes, PostCache, is_damage, pack_scan, row_of
 from .jekyll import resolve_site
 from .posts import Body, Front, Outcome, read_entry, render_entry, whole
-from .walk import Entry, stat_post, walk
+from .walk import Entry, scan, stat_post
 
 log = logging.getLogger(__name__)
 
@@ -172,6 +173,18 @@ class Collection:
         """The rendered HTML of ``post``."""
         return self._read(lambda: self._content(post))
 
+    def contents(self, posts: Sequence[Post]) -> dict[str, str]:
+        """The rendered HTML of each of ``posts``, by path (one query for all)."""
+        return self._read(lambda: self._contents(posts))
+
+    def _contents(self, posts: Sequence[Post]) -> dict[str, str]:
+        bodies = self.cache.bodies([post.path for post in posts])
+        html = {path: body.html for path, body in bodies.items()}
+        for post in posts:
+            if bodies.get(post.path) is None or bodies[post.path].content_hash != post.content_hash:
+                html[post.path] = self._content(post)
+        return html
+
     def _content(self, post: Post) -> str:
         body = self.cache.bodies([post.path]).get(post.path)
         if body is None or body.content_hash != post.content_hash:
@@ -180,41 +193,64 @@ class Collection:
         return body.html if body is not None else ""
 
     def _render(self, fronts: Sequence[Front]) -> dict[str, Body]:
+        """Render and store the bodies of ``fronts`` (by this process and workers, each storing
+        what it rendered); the bodies, read back."""
         batches = parallel.batched(fronts, 4) if len(fronts) >= PARALLEL_FROM else [fronts]
-        task = functools.partial(_render_batch, self.site)
-        done: dict[str, Body] = {}
-        stored: list[tuple[Entry, Body]] = []
-        failed: list[tuple[Entry, Outcome]] = []
-        for results in parallel.run(task, batches, parallel=self.parallel):
-            for front, entry, outcome in results:
-                if isinstance(outcome, Body):
-                    done[front.path] = outcome
-                    if entry is not None:
-                        stored.append((entry, outcome))
-                else:
-                    # Changed since it was read, and no longer a post: shown without its body
-                    # this time, recorded as what it is now (its feeds are touched).
-                    log.warning("%s: %s", front.path, outcome.message if outcome is not None else "no longer published")
-                    if entry is not None:
-                        failed.append((entry, outcome))
-        self.cache.store_bodies(stored)
+        task = functools.partial(_render_batch, _Job(self.site, self.cache.path, self.cache.fingerprint))
+        failed = [item for results in parallel.run(task, batches, parallel=self.parallel) for item in results]
         if failed:
             generation = self.cache.begin()
             self.cache.record(generation, [row_of(entry, outcome) for entry, outcome in failed])
             self.cache.finish(generation, [], None)
-        return done
+        return self.cache.bodies([front.path for front in fronts])
 
 
 def _no_body(front: Front) -> Body:
     return Body(html="", summary="", image=None, source=None, content_hash="")
 
 
-def _read_batch(site: Site, entries: Sequence[Entry]) -> list[cache_module.Row]:
-    return [row_of(entry, read_entry(entry, site)) for entry in entries]
+@dataclass(frozen=True, slots=True)
+class _Job:
+    """What a batch needs to open the cache in any process (a connection must not cross a fork)."""
+
+    site: Site
+    path: Path
+    fingerprint: str
 
 
-def _render_batch(site: Site, fronts: Sequence[Front]) -> list[tuple[Front, Entry | None, Body | FileError | None]]:
-    return [(front, *render_entry(front, site)) for front in fronts]
+def _read_batch(job: _Job, generation: int, entries: Sequence[Entry]) -> list[FileError]:
+    """Read ``entries`` and record them (in this process, one transaction); the rejections."""
+    rows = [row_of(entry, read_entry(entry, job.site)) for entry in entries]
+    cache = PostCache(job.path, job.fingerprint, job.site)
+    try:
+        cache.record(generation, rows)
+    finally:
+        cache.close()
+    return [FileError(path, data.decode("utf-8", "replace")) for path, _, _, status, data, _, _ in rows
+            if status == "rejected"]
+
+
+def _render_batch(job: _Job, fronts: Sequence[Front]) -> list[tuple[Entry, Outcome]]:
+    """Render the bodies of ``fronts`` and store them; the files that are no longer posts."""
+    done: list[tuple[Entry, Body]] = []
+    failed: list[tuple[Entry, Outcome]] = []
+    for front in fronts:
+        entry, outcome = render_entry(front, job.site)
+        if isinstance(outcome, Body):
+            if entry is not None:
+                done.append((entry, outcome))
+        else:
+            # Changed since it was read, and no longer a post: shown without its body this time,
+            # recorded as what it is now by the caller (its feeds are touched).
+            log.warning("%s: %s", front.path, outcome.message if outcome is not None else "no longer published")
+            if entry is not None:
+                failed.append((entry, outcome))
+    cache = PostCache(job.path, job.fingerprint, job.site)
+    try:
+        cache.store_bodies(done)
+    finally:
+        cache.close()
+    return failed
 
 
 def refresh(cache: PostCache, site: Site, now: datetime, *, touched: Iterable[str] | None = None,
@@ -237,9 +273,9 @@ def _refresh(cache: PostCache, site: Site, now: datetime, touched: Iterable[str]
     if cache.generation == 0:
         touched = None  # an empty cache (new, or started afresh): only a walk fills it
     if touched is None:
-        entries = walk(site)
-        packed = pack_scan(entries)
-        changes = cache.changes(entries, packed)
+        walked = scan(site, parallel=use_pool)
+        packed = pack_scan(walked)
+        changes = cache.changes(walked, packed)
     else:
         paths = sorted(set(touched))
         found = {path: stat_post(site, path) for path in paths}
@@ -251,12 +287,11 @@ def _refresh(cache: PostCache, site: Site, now: datetime, touched: Iterable[str]
     if changes.read or changes.removed:
         generation = cache.begin()
         batches = parallel.batched(changes.read, 4) if len(changes.read) >= PARALLEL_FROM else [changes.read]
-        for rows in parallel.run(functools.partial(_read_batch, site), batches, parallel=use_pool):
-            cache.record(generation, rows)
-            for path, _, _, status, data, _, _ in rows:
-                if status == "rejected":
-                    # Logged when found, not at every run: a daemon would repeat it every few minutes.
-                    log.warning("%s: %s", path, data.decode("utf-8", "replace"))
+        task = functools.partial(_read_batch, _Job(site, cache.path, cache.fingerprint), generation)
+        for rejected in parallel.run(task, batches, parallel=use_pool):
+            for error in rejected:
+                # Logged when found, not at every run: a daemon would repeat it every few minutes.
+                log.warning("%s: %s", error.path, error.message)
         cache.finish(generation, changes.removed, packed)
         collection.read = len(changes.read)
     elif packed is not None:

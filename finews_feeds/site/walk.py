@@ -16,9 +16,12 @@ import logging
 import os
 import re
 import stat as stat_module
+from dataclasses import dataclass
+from operator import attrgetter
 from typing import NamedTuple
 
 from ..models import Site
+from ..parallel import run
 
 log = logging.getLogger(__name__)
 
@@ -31,13 +34,50 @@ class Entry(NamedTuple):
     mtime_ns: int
 
 
-def walk(site: Site) -> list[Entry]:
-    """Every file Jekyll would read as a post, in the order of the folders' listings."""
+@dataclass(frozen=True, slots=True)
+class Scan:
+    """What a walk found, as three columns: 100,000 files stay three lists (made and compared by
+    C-level maps), not 100,000 objects."""
+
+    paths: list[str]  #: relative to the site, with `/`, in the order of the folders' listings
+    sizes: list[int]
+    mtimes: list[int]  #: nanoseconds (see :func:`_int64`)
+
+    def entries(self) -> list[Entry]:
+        return list(map(Entry, self.paths, self.sizes, self.mtimes))
+
+
+def scan(site: Site, *, parallel: bool = True) -> Scan:
+    """Every file Jekyll would read as a post, with its size and mtime; on several cores for a
+    large site (:data:`STAT_PARALLEL_FROM`)."""
     root = site_root(site)
-    entries: list[Entry] = []
-    for folder, rel, names in list_posts(site):
-        entries.extend(stat_files(folder, rel, names, root))
-    return entries
+    chunks = [(folder, rel, names[i : i + STAT_CHUNK]) for folder, rel, names in list_posts(site)
+              for i in range(0, len(names), STAT_CHUNK)]
+    task = functools.partial(_stat_chunk, root)
+    if sum(len(names) for _, _, names in chunks) < STAT_PARALLEL_FROM:
+        columns = list(map(task, enumerate(chunks)))
+    else:
+        columns = sorted(run(task, list(enumerate(chunks)), parallel=parallel))  # back in listing order
+    return Scan([p for _, paths, _, _ in columns for p in paths], [n for _, _, sizes, _ in columns for n in sizes],
+                [m for _, _, _, mtimes in columns for m in mtimes])
+
+
+def walk(site: Site) -> list[Entry]:
+    """:func:`scan` as entries."""
+    return scan(site).entries()
+
+
+#: Files from which the walk stats on several cores: 100,000 files take 0.16 s on two cores, 0.33 s
+#: on one (a pool costs ~10 ms to start). Files a worker stats at a time:
+STAT_PARALLEL_FROM = 20_000
+STAT_CHUNK = 10_000
+
+
+def _stat_chunk(root: str, item: tuple[int, tuple[str, str, list[str]]]) -> tuple[int, list[str], list[int], list[int]]:
+    """:func:`stat_files` of one chunk of a folder, as columns (they cross between processes
+    ten times faster than tuples of a named type)."""
+    index, (folder, rel, names) = item
+    return index, *stat_files(folder, rel, names, root)
 
 
 @functools.lru_cache(maxsize=32)
@@ -157,16 +197,17 @@ def follows(root: str, path: str, rel: str, extensions: tuple[str, ...]) -> bool
     return True
 
 
-def stat_files(folder: str, rel: str, names: list[str], root: str) -> list[Entry]:
+def stat_files(folder: str, rel: str, names: list[str], root: str) -> tuple[list[str], list[int], list[int]]:
     """The files ``names`` of ``folder`` (``rel`` from the site) that are regular files, or
     symlinks to regular files inside the site's real folder ``root`` (:func:`site_root`), with
-    their sizes and mtimes (a link's: its target's): stat'ed by ``map``, relative to the
-    folder, without following links (as cheap, and a link is then told by its mode)."""
+    their sizes and mtimes (a link's: its target's), as three columns: stat'ed by ``map``,
+    relative to the folder, without following links (as cheap, and a link is then told by its
+    mode)."""
     try:
         fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
     except OSError as exc:
         log.warning("%s: cannot list folder: %s", folder, exc.strerror)
-        return []
+        return [], [], []
     try:
         try:
             stats = list(map(functools.partial(os.stat, dir_fd=fd, follow_symlinks=False), names))
@@ -179,16 +220,20 @@ def stat_files(folder: str, rel: str, names: list[str], root: str) -> list[Entry
             names = kept
     finally:
         os.close(fd)
-    entries = []
-    for name, info in zip(names, stats, strict=True):
-        if stat_module.S_ISLNK(info.st_mode):
-            found = _linked_file(root, os.path.join(folder, name), rel + name)
-            if found is None:
-                continue
-            info = found
-        if stat_module.S_ISREG(info.st_mode):
-            entries.append(Entry(rel + name, info.st_size, _int64(info.st_mtime_ns)))
-    return entries
+    if not all(map(stat_module.S_ISREG, map(attrgetter("st_mode"), stats))):
+        pairs = []
+        for name, info in zip(names, stats, strict=True):
+            if stat_module.S_ISLNK(info.st_mode):
+                found = _linked_file(root, os.path.join(folder, name), rel + name)
+                if found is None:
+                    continue
+                info = found
+            if stat_module.S_ISREG(info.st_mode):
+                pairs.append((name, info))
+        names, stats = [name for name, _ in pairs], [info for _, info in pairs]
+    # Columns made by C-level maps, with no Python loop of their own (a fifth of a large walk).
+    return ([rel + name for name in names], list(map(attrgetter("st_size"), stats)),
+            list(map(_int64, map(attrgetter("st_mtime_ns"), stats))))
 
 
 def _linked_file(root: str, path: str, rel: str) -> os.stat_result | None:
