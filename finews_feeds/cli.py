@@ -234,7 +234,7 @@ def _store(state: State) -> Any:
 @handle_errors
 def subscribers_add(state: State, email: str, name: str, categories: str, tags: str, confirmed: bool) -> None:
     """Add a subscriber (pending until confirmed, unless --confirmed)."""
-    from .mail.subscribers import normalize_names
+    from .mail.addresses import normalize_names
 
     with _store(state) as store:
         sub = store.add_subscriber(email, name=name, categories=normalize_names(categories, "category"),

@@ -18,9 +18,9 @@ from finews_feeds.site.markup import (
     clean_text,
     encode_path,
     html_to_text,
+    jekyll_slugify,
     render_body,
     render_markdown,
-    slugify,
     summarize_text,
     titleize,
 )
@@ -267,7 +267,7 @@ def test_summary_is_a_prefix_and_bounded(text: str, chars: int) -> None:
     ],
 )
 def test_slugify_matches_jekyll(text: str, mode: str, cased: bool, expected: str) -> None:
-    assert slugify(text, mode, cased) == expected
+    assert jekyll_slugify(text, mode, cased) == expected
 
 
 def test_titleize_matches_jekyll() -> None:
@@ -331,9 +331,9 @@ def test_fragment_parse_and_serialize_match_lxml_html(pieces: list[str]) -> None
 @settings(max_examples=500, deadline=None)
 @given(st.text(alphabet=st.characters(max_codepoint=127), max_size=40), st.sampled_from(["default", "pretty"]))
 def test_ascii_slugify_matches_the_rule_character_by_character(text: str, mode: str) -> None:
-    from finews_feeds.site.markup import _slugify_chars
+    from finews_feeds.site.markup import _jekyll_slugify_chars
 
-    assert slugify(text, mode, cased=True) == _slugify_chars(text, mode == "pretty")
+    assert jekyll_slugify(text, mode, cased=True) == _jekyll_slugify_chars(text, mode == "pretty")
 
 
 def test_network_path_links_take_the_base_scheme() -> None:

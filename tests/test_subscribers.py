@@ -14,8 +14,9 @@ from hypothesis import strategies as st
 
 from finews_feeds.cli import cli
 from finews_feeds.errors import SubscriberError
+from finews_feeds.mail.addresses import normalize_email, normalize_names
 from finews_feeds.mail.store import Store
-from finews_feeds.mail.subscribers import BadRow, export_csv, normalize_email, normalize_names, parse_csv, to_csv
+from finews_feeds.mail.subscribers import BadRow, export_csv, parse_csv, to_csv
 
 T0 = datetime(2026, 3, 1, 8, 0, tzinfo=UTC)
 

@@ -35,7 +35,7 @@ def name_hash(name: str, length: int = 6) -> str:
     return hashlib.blake2b(name.encode("utf-8", "surrogatepass"), digest_size=8).hexdigest()[:length]
 
 
-def slugify(name: str) -> str:
+def base_slug(name: str) -> str:
     """The base slug of a name: lower case, NFKC-normalized, letters and digits kept, runs of
     anything else as one ``-``. May be empty (``！！！``) or reserved; :func:`assign_slugs` fixes that."""
     text = unicodedata.normalize("NFKC", name).lower()
@@ -55,9 +55,9 @@ def is_safe_slug(slug: str) -> bool:
 
 
 def _base(name: str, kind: str) -> tuple[str, bool]:
-    """(slug, must_be_suffixed): names that slugify to nothing, to a reserved name or to an
+    """(slug, must_be_suffixed): names whose base slug is empty, to a reserved name or to an
     over-long slug always carry their hash, so that they cannot collide with a plain one."""
-    slug = slugify(name)
+    slug = base_slug(name)
     if not slug:
         return kind, True
     if len(slug) > MAX_CHARS:

@@ -37,6 +37,7 @@ from zoneinfo import ZoneInfo
 from ..config import Config
 from ..errors import ConfigError, DeliveryError, StoreError, SubscriberError
 from ..models import Post, Posts, Site
+from ..site.collector import collect_site
 from .digest import DigestRenderer, Recipient, Selection, Variant, posts_of_day, web_base_url
 from .mailer import ConnectionFailure, PermanentFailure, SmtpTransport, TemporaryFailure, transport_from_config
 from .message import build_message, domain_of, format_address, message_id
@@ -502,11 +503,7 @@ def send_day(
     collect: Callable[[Config], Posts] | None = None,
 ) -> DeliveryReport:
     """Collect the site, open the store and SMTP from config, and send ``day``'s digest (the CLI's ``--send``)."""
-    if collect is None:
-        from ..site.collector import collect_site
-
-        collect = collect_site
     secret_of(config)
-    collection = collect(config)
+    collection = (collect or collect_site)(config)
     with Store.open(config.database.url) as store:
         return send_digest(config, store, lambda: transport_from_config(config), day, collection, now, stop, progress)

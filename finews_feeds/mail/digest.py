@@ -34,6 +34,8 @@ from ..config import Config
 from ..errors import ConfigError, DigestError
 from ..files import atomic_write
 from ..models import ContentSource, Post, Posts, Site
+from ..site.collector import collect_site
+from ..site.jekyll import resolve_site
 from ..urls import web_url
 from .message import PreparedBody, build_message, domain_of, format_address, header_text, message_id
 
@@ -97,8 +99,6 @@ def covered_day(now: datetime, zone: ZoneInfo, covers: str) -> date:
 
 def digest_day(config: Config, now: datetime) -> date:
     """The day the digest run at ``now`` covers, in the digest's zone (default: the site's)."""
-    from ..site.jekyll import resolve_site
-
     zone_name = config.digest.timezone
     zone = ZoneInfo(zone_name) if zone_name else resolve_site(config).timezone
     return covered_day(now, zone, config.digest.covers)
@@ -600,11 +600,7 @@ def write_preview(
 ) -> PreviewReport:
     """Render the digest of ``day``; write the web copy ``digests/DAY.html`` under ``out_dir``
     (default ``feeds.output``) and the preview for a sample recipient where asked."""
-    if collect is None:
-        from ..site.collector import collect_site
-
-        collect = collect_site
-    _, variant = render_day(config, day, collect)
+    _, variant = render_day(config, day, collect or collect_site)
     if variant is None:
         return PreviewReport(day=day, count=0, subject="", written=(), html_bytes=0)
     written: list[str] = []

@@ -34,8 +34,8 @@ from sqlalchemy.exc import ArgumentError, IntegrityError, OperationalError, SQLA
 
 from ..clock import utc_now
 from ..errors import DatabaseConnectionLost, StoreError, SubscriberError
+from .addresses import MAX_NAME_CHARS, normalize_email, normalize_names
 from .migrations import UtcDateTime, deliveries, outbox, runs, subscribers, upgrade
-from .subscribers import MAX_NAME_CHARS, normalize_email, normalize_names
 
 log = logging.getLogger(__name__)
 

@@ -1,8 +1,4 @@
-"""Subscriber addresses and choices: validation, and CSV import and export.
-
-Addresses are checked for syntax only (email-validator, no DNS: an import of 10,000 rows must
-not make 10,000 lookups, and a site may run without outside DNS). The domain is normalised
-(lower-cased, IDNA), the local part kept as written.
+"""Subscribers as CSV: import and export (addresses are checked by :mod:`.addresses`).
 
 CSV columns: ``email`` (required), ``name``, ``status``, ``categories``, ``tags`` (comma
 separated inside the field), ``created_at``, ``confirmed_at``, ``unsubscribed_at`` (ISO 8601).
@@ -13,54 +9,18 @@ from __future__ import annotations
 
 import csv
 import io
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING
-
-from email_validator import EmailNotValidError, validate_email
 
 from ..errors import SubscriberError
 from ..files import atomic_write
-
-if TYPE_CHECKING:
-    from .store import Store, Subscriber
+from .addresses import MAX_NAME_CHARS, normalize_email, normalize_names
+from .store import Store, Subscriber
 
 COLUMNS = ("email", "name", "status", "categories", "tags", "created_at", "confirmed_at", "unsubscribed_at")
 IMPORT_STATUSES = ("pending", "active", "unsubscribed", "bounced")
-MAX_NAME_CHARS = 200
-
-
-def normalize_email(email: str) -> str:
-    """The address as stored, or a :class:`SubscriberError` saying what is wrong with it."""
-    text = email.strip()
-    if not text:
-        raise SubscriberError("the email address is empty")
-    try:
-        result = validate_email(text, check_deliverability=False)
-    except EmailNotValidError as exc:
-        raise SubscriberError(f"{text!r} is not a valid email address: {exc}") from None
-    return str(result.normalized)
-
-
-def normalize_names(values: Iterable[str] | str, kind: str) -> tuple[str, ...]:
-    """Category or tag names: trimmed, without empties or repeats, sorted (so equal choices compare equal).
-
-    A comma-separated string is split, as given on the command line or in a CSV field.
-    """
-    items = values.split(",") if isinstance(values, str) else list(values)
-    out: set[str] = set()
-    for item in items:
-        name = item.strip()
-        if not name:
-            continue
-        if "," in name or any(not ch.isprintable() for ch in name):
-            raise SubscriberError(f"{kind} {name!r} contains a comma or a control character")
-        if len(name) > 100:
-            raise SubscriberError(f"{kind} {name[:20]!r}… is longer than 100 characters")
-        out.add(name)
-    return tuple(sorted(out))
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,8 +53,6 @@ def parse_csv(text: str, now: datetime, confirmed: bool = False) -> tuple[list[S
     Without a ``status`` column a row is ``pending`` (``active`` with ``confirmed``), as with
     ``subscribers add``. A repeated address is a bad row naming the line of its first use.
     """
-    from .store import Subscriber
-
     reader = csv.DictReader(io.StringIO(text, newline=""))
     fields = [f.strip().lower() for f in reader.fieldnames or []]
     if "email" not in fields:

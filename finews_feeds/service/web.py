@@ -52,9 +52,9 @@ from starlette.routing import Mount, Route
 from ..clock import utc_now
 from ..config import Config
 from ..errors import FinewsError, SubscriberError, TokenError
+from ..mail.addresses import normalize_email
 from ..mail.digest import web_base_url
 from ..mail.store import Store
-from ..mail.subscribers import normalize_email
 from ..mail.tokens import read_token, secret_of
 from .forms import MAX_CHOICES, read_form, split_tags, text_field
 from .guards import BodyLimitMiddleware, RateLimiter, cross_site, origin_of

