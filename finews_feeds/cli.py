@@ -1,6 +1,10 @@
 """The command line: parse, call one library function, turn library errors into messages and exit codes.
 
-Each command stays thin; the work is in the modules of the pipeline.
+Each command stays thin; the work is in the modules of the pipeline. Each command imports the
+stage it runs, and only that one (the one place in the package that imports inside functions):
+the whole package, the daemon's web server, scheduler and database drivers included, takes
+0.55 s to import, the feed build 0.19 s, and `build` after one new post must stay under a second
+at 100,000 posts (measured 2026-12-02).
 """
 
 from __future__ import annotations

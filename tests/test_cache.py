@@ -417,3 +417,17 @@ def test_the_last_scan_goes_before_any_row_changes_and_comes_back_with_the_last(
     with sqlite3.connect(cache_file(tmp_path / "c", site)) as db:
         assert db.execute("SELECT count(*) FROM meta WHERE key = 'scan'").fetchone() == (1,)
     cache.close()
+
+
+def test_a_damaged_index_of_feeds_puts_no_post_in_a_feed_it_is_not_in(source: Path, tmp_path: Path,
+                                                                      caplog: pytest.LogCaptureFixture) -> None:
+    cold = run(source, tmp_path / "c")
+    expected = cold.posts
+    cold.close()
+    with sqlite3.connect(cache_file(tmp_path / "c", cold.site)) as db:
+        # As a flipped byte in the index would: a post filed under a feed it is not in.
+        db.execute("UPDATE terms SET key = 'category:nowhere' WHERE path = '_posts/2022-04-24-p4.md' AND key = 'site:'")
+    again = run(source, tmp_path / "c")
+    assert again.newest("category:nowhere", NOW.timestamp(), 10) == []
+    assert "names _posts/2022-04-24-p4.md wrongly" in caplog.text
+    assert again.posts == expected

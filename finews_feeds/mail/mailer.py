@@ -36,6 +36,8 @@ from email.utils import getaddresses, parseaddr
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import dkim
+
 from ..config import Config
 from ..errors import ConfigError, DeliveryError
 from .message import MESSAGE_POLICY
@@ -209,8 +211,6 @@ class DkimKey:
 
     def sign(self, data: bytes) -> bytes:
         """``data`` with a DKIM-Signature header in front."""
-        import dkim
-
         try:
             header: bytes = dkim.sign(
                 data, self.selector.encode(), self.domain.encode(), self.private_key,

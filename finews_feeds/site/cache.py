@@ -375,8 +375,16 @@ class PostCache:
         """The paths of the ``limit`` newest posts of the feed ``key`` dated up to ``until``,
         newest first (then by path)."""
         bound = -until if until is not None else float("-inf")
-        return [path for (path,) in self._db.execute(
-            "SELECT path FROM terms WHERE key = ? AND neg_date >= ? ORDER BY neg_date, path LIMIT ?", (key, bound, limit))]
+        rows = self._db.execute("SELECT neg_date, path FROM terms WHERE key = ? AND neg_date >= ? "
+                                "ORDER BY neg_date, path LIMIT ?", (key, bound, limit)).fetchall()
+        # The index has no checksum of its own: each post it names is checked against its
+        # checksummed front, so a damaged row cannot put a post in a feed it is not in.
+        fronts = self.fronts([path for _, path in rows])
+        for neg_date, path in rows:
+            front = fronts.get(path)
+            if front is None or key not in front.feed_keys() or -neg_date != front.date.timestamp():
+                raise CacheDamaged(f"the index of feed {key} names {path} wrongly")
+        return [path for _, path in rows]
 
     def between(self, start: float, end: float) -> list[str]:
         """The paths of the posts dated in [start, end), newest first (then by path)."""

@@ -13,16 +13,13 @@ import unicodedata
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import TYPE_CHECKING
 from urllib.parse import quote, urljoin, urlsplit
 
 import lxml.etree
 import lxml.html
+from markdown_it import MarkdownIt
 
 from ..urls import is_web_url
-
-if TYPE_CHECKING:
-    from markdown_it import MarkdownIt
 
 #: Characters XML 1.0 forbids (C0 controls but tab/LF/CR, surrogates, U+FFFE/U+FFFF) and the
 #: C1/DEL controls, which are legal but render as garbage in every reader.
@@ -127,8 +124,8 @@ def _join_network_path(link: str, scheme: str) -> str:
 
 
 # CommonMark's HTML block starts (markdown-it's rules_block.html_block.HTML_SEQUENCES, held equal
-# to it by a test): copied, because importing markdown-it (a fifth of a quick rebuild's imports)
-# is only needed for the lines that are not plain HTML, text and links, which few posts have.
+# to it by a test): copied, because the fast paths below tell a body markdown-it need not render
+# (plain HTML, text and links: most posts) line by line, faster than markdown-it renders it.
 _BLOCK_TAGS = ("address|article|aside|base|basefont|blockquote|body|caption|center|col|colgroup|dd|details|dialog|"
                "dir|div|dl|dt|fieldset|figcaption|figure|footer|form|frame|frameset|h1|h2|h3|h4|h5|h6|head|header|hr|"
                "html|iframe|legend|li|link|main|menu|menuitem|nav|noframes|ol|optgroup|option|p|param|search|section|"
@@ -149,8 +146,6 @@ HTML_SEQUENCES: list[tuple[re.Pattern[str], re.Pattern[str], bool]] = [
 
 @lru_cache(maxsize=1)
 def _markdown() -> MarkdownIt:
-    from markdown_it import MarkdownIt
-
     # The commonmark preset passes raw HTML through and renders <http://...> autolinks.
     return MarkdownIt("commonmark", {"html": True})
 
