@@ -4,8 +4,8 @@
 
 For each size it generates a site with make_site.py (on tmpfs: disk writes make timings swing),
 then measures, each in a fresh process: a cold run (empty cache; posts are read up to their
-bodies, as a build's collect does), a cold run that also renders every body (`Collection.complete`
-of every post, what `finews-feeds check` pays), warm runs (unchanged site, cache on disk: what
+bodies, as a build's collect does), a cold run that also renders every body (`Collection.posts`,
+what `finews-feeds check` pays), warm runs (unchanged site, cache on disk: what
 `check` or `build` pay), and a warm run inside the same process (what the daemon pays). It prints wall and CPU seconds, the warm/cold ratio and the peak resident memory of
 the collecting process and of its parse workers. Targets (issue 2): warm <= cold / 10 and < 1.5 s
 at 100,000 posts; peak memory < 400 MB.
@@ -41,15 +41,16 @@ def child(source: str, cache_dir: str, repeat: int, every_body: bool = False) ->
         wall, cpu = time.perf_counter(), time.process_time()
         collection = collect(site, Path(cache_dir), now)
         if every_body:
-            collection.posts = collection.complete(collection.posts)
+            assert collection.posts  # every body rendered (and stored)
         runs.append({"wall": time.perf_counter() - wall, "cpu": time.process_time() - cpu})
-    # One body fetched on demand, as a feed or the digest does.
+    # One post and its body fetched on demand, as a feed or the digest does.
+    paths = collection.newest("site:", collection.until, -1)
     wall = time.perf_counter()
-    html = collection.content(collection.posts[0])
+    html = collection.content(collection.posts_of(paths[:1])[0])
     fetch = time.perf_counter() - wall
     print(json.dumps({
         "runs": runs,
-        "posts": len(collection.posts),
+        "posts": len(paths),
         "errors": len(collection.errors),
         "fetch_ms": fetch * 1000,
         "body_chars": len(html),

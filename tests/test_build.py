@@ -467,8 +467,9 @@ def test_full_flag_reads_the_whole_site(tmp_path: Path) -> None:
 # site writes, byte for byte, and leave nothing of the killed one behind.
 
 # Runs the `finews-feeds` command line, dying (SIGKILL) or failing as a full disk does (ENOSPC)
-# at the K-th rename of the run: every file the build writes, its manifest and state and the
-# collector's cache all land by a rename, so K = 1, 2, ... visits every point of the write phase.
+# at the K-th rename of the run: every file the build writes, its intent and its manifest land by
+# a rename, so K = 1, 2, ... visits every point of the write phase (the post cache is SQLite's to
+# keep whole: its rows are written in transactions).
 INTERRUPTER = """
 import errno, os, signal, sys
 K, MODE = int(sys.argv[1]), sys.argv[2]

@@ -4,7 +4,7 @@ Everything it touches comes in as an argument of :func:`create_app` (the config,
 function that wakes the outbox worker, the health report, the clock), so tests run it on a real
 server with real parts and the daemon wires it to its scheduler. Its parts: :mod:`.guards`
 (rate limit, body limit, cross-site POSTs), :mod:`.forms` (reading forms), :mod:`.pages` (the
-HTML templates) and :mod:`.files` (the feeds folder, served by Starlette's StaticFiles).
+HTML templates) and :mod:`.static` (the feeds folder, served by Starlette's StaticFiles).
 
 Rules that matter here:
 
