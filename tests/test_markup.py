@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import re
-import subprocess
-import sys
 from typing import Any
 
 import pytest
@@ -12,6 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from markdown_it import MarkdownIt
 
+from finews_feeds.site import markup
 from finews_feeds.site.markup import (
     absolute_url,
     clean_line,
@@ -353,9 +352,12 @@ def test_html_block_starts_are_markdown_its() -> None:
     assert shape(ours) == shape(theirs)
 
 
-def test_plain_html_text_and_links_are_rendered_without_importing_markdown_it() -> None:
-    code = ("import sys; from finews_feeds.site.markup import render_body; "
-            "render_body('<p>正文。</p>\\n\\n[返回首页](/)\\n\\n（文章来源：财联社）', 'https://x.cn'); "
-            "print('markdown_it' in sys.modules)")
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert done.stdout.strip() == "False"
+def test_plain_html_text_and_links_are_rendered_without_running_markdown_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The fast paths, not the import, are what saves time now (markdown-it is imported at the top:
+    # 0.03 s, under a tenth of any command).
+    def refuse(text: str) -> str:
+        raise AssertionError("markdown-it ran")
+
+    monkeypatch.setattr(markup._markdown(), "render", refuse)
+    rendered = render_body("<p>正文。</p>\n\n[返回首页](/)\n\n（文章来源：财联社）", "https://x.cn")
+    assert rendered.html.startswith("<p>正文。</p>")
