@@ -34,7 +34,7 @@ from .markup import (
     summarize_text,
     titleize,
 )
-from .walk import Entry, read_file
+from .walk import Entry, int64, read_file
 
 log = logging.getLogger(__name__)
 
@@ -465,7 +465,7 @@ def render_entry(front: Front, site: Site) -> tuple[Entry | None, Body | FileErr
             raw = handle.read()
     except OSError as exc:
         return None, FileError(front.path, f"cannot read: {exc.strerror}")
-    return Entry(front.path, info.st_size, info.st_mtime_ns), _guarded(front.path, lambda: render(front, raw, site))
+    return Entry(front.path, info.st_size, int64(info.st_mtime_ns)), _guarded(front.path, lambda: render(front, raw, site))
 
 
 def _guarded(path: str, read: Callable[[], T]) -> T | FileError | None:

@@ -41,7 +41,7 @@ class Scan:
 
     paths: list[str]  #: relative to the site, with `/`, in the order of the folders' listings
     sizes: list[int]
-    mtimes: list[int]  #: nanoseconds (see :func:`_int64`)
+    mtimes: list[int]  #: nanoseconds (see :func:`int64`)
 
     def entries(self) -> list[Entry]:
         return list(map(Entry, self.paths, self.sizes, self.mtimes))
@@ -233,7 +233,7 @@ def stat_files(folder: str, rel: str, names: list[str], root: str) -> tuple[list
         names, stats = [name for name, _ in pairs], [info for _, info in pairs]
     # Columns made by C-level maps, with no Python loop of their own (a fifth of a large walk).
     return ([rel + name for name in names], list(map(attrgetter("st_size"), stats)),
-            list(map(_int64, map(attrgetter("st_mtime_ns"), stats))))
+            list(map(int64, map(attrgetter("st_mtime_ns"), stats))))
 
 
 def _linked_file(root: str, path: str, rel: str) -> os.stat_result | None:
@@ -309,10 +309,10 @@ def stat_post(site: Site, rel: str, root: str | None = None) -> Entry | None:
     found = _linked_file(root, path, rel) if stat_module.S_ISLNK(info.st_mode) else info
     if found is None or not stat_module.S_ISREG(found.st_mode):
         return None
-    return Entry(rel, found.st_size, _int64(found.st_mtime_ns))
+    return Entry(rel, found.st_size, int64(found.st_mtime_ns))
 
 
-def _int64(value: int) -> int:
+def int64(value: int) -> int:
     """``value`` as a signed 64-bit integer, as the cache keeps it: an mtime past 2262
     (``touch -d 2300-01-01``) wraps around, which still tells a change from no change."""
     return value if value < 1 << 63 else (value + (1 << 63)) % (1 << 64) - (1 << 63)
