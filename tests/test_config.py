@@ -82,6 +82,11 @@ def test_secrets_come_from_the_environment_only() -> None:
         ({"digest": {"unsubscribe_mailbox": "Unsubscribe <u@example.com>"}},
          "digest.unsubscribe_mailbox = 'Unsubscribe <u@example.com>': expected a bare address"),
         ({"digest": {"unsubscribe_mailbox": "u@example.com?subject=x"}}, "digest.unsubscribe_mailbox = 'u@example.com?subject=x'"),
+        ({"digest": {"list_id": "finews digest"}},
+         "digest.list_id = 'finews digest': expected a name and an id in angle brackets"),
+        ({"digest": {"list_id": "finews <digest.财经.example>"}},
+         "digest.list_id = 'finews <digest.财经.example>': expected a name and an id in angle brackets"),
+        ({"digest": {"list_id": "finews <digest>"}}, "digest.list_id = 'finews <digest>': expected a name"),
     ],
 )
 def test_bad_values_name_the_key_and_the_value(values: dict[str, object], message: str) -> None:

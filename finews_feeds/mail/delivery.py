@@ -138,10 +138,15 @@ class RateLimiter:
 
 
 def list_id(config: Config, site: Site) -> str:
-    """``digest.list_id``, else ``<site title> digest <digest.<site host>>``."""
+    """``digest.list_id``, else ``<site title> digest <digest.<site host>>``, the host in its ASCII
+    (IDNA) form: the id is what list filters match, and it must be plain ASCII (RFC 2919)."""
     if config.digest.list_id:
         return config.digest.list_id
     host = (urlsplit(site.url).hostname or "localhost").lower()
+    try:
+        host = host.encode("idna").decode("ascii")
+    except UnicodeError:
+        host = "localhost"
     return f"{site.title} digest <digest.{host}>".strip()
 
 
