@@ -21,7 +21,7 @@ from typing import Any, TypeVar
 import click
 
 from . import __version__
-from .config import Config, describe, load_config
+from .config import Config, Effective, describe, describe_effective, load_effective
 from .errors import FinewsError
 from .logs import setup_logging
 
@@ -37,8 +37,12 @@ class State:
 
     def config(self, **overrides: dict[str, Any]) -> Config:
         """Load the config with flag values layered on top (None values are not given)."""
+        return self.effective(overrides).config
+
+    def effective(self, overrides: dict[str, dict[str, Any]], flag_names: dict[str, str] | None = None) -> Effective:
+        """:meth:`config` with the source of every value; ``flag_names`` names the flag of each override."""
         cleaned = {s: {k: v for k, v in keys.items() if v is not None} for s, keys in overrides.items()}
-        return load_config(self.config_path, os.environ, cleaned)
+        return load_effective(self.config_path, os.environ, cleaned, flag_names)
 
 
 def handle_errors(func: F) -> F:
@@ -81,12 +85,18 @@ def cli(ctx: click.Context, config_path: Path | None, debug: bool, log_level: st
 
 
 @cli.command("config")
+@click.option("--defaults", is_flag=True, help="Print every key with its default and what it is for instead.")
+@click.option("--site", "site_dir", type=click.Path(path_type=Path), help="As the commands' --site (site.source).")
+@click.option("--out", "out_dir", type=click.Path(path_type=Path, file_okay=False),
+              help="As build's --out (feeds.output).")
 @click.pass_obj
 @handle_errors
-def config_command(state: State) -> None:
-    """Print every config key with its default and what it is for (and check the config)."""
-    state.config()
-    click.echo(describe(), nl=False)
+def config_command(state: State, defaults: bool, site_dir: Path | None, out_dir: Path | None) -> None:
+    """Check the config and print every key's value in effect and where it came from (secrets masked)."""
+    overrides = {"site": {"source": str(site_dir) if site_dir else None},
+                 "feeds": {"output": str(out_dir) if out_dir else None}}
+    effective = state.effective(overrides, {"site.source": "--site", "feeds.output": "--out"})
+    click.echo(describe() if defaults else describe_effective(effective), nl=False)
 
 
 @cli.command("check")

@@ -598,7 +598,8 @@ def describe_effective(effective: Effective) -> str:
         value = setting.value
         if (section, setting.key) == ("database", "url"):
             value = _masked_url(value)
-        where = setting.source + (f" {setting.origin}" if setting.origin else "")
+        # The file is named once, above; a variable or a flag on its line.
+        where = setting.source + (f" {setting.origin}" if setting.origin and setting.source != "file" else "")
         if value is None:
             # A site key left unset is read from the Jekyll site's _config.yml (see site/jekyll.py).
             lines.append(f"# {setting.key} = (unset: the site's _config.yml, else Jekyll's default)  # {where}")
