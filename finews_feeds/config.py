@@ -112,7 +112,8 @@ class DigestConfig:
     postal_address: str = _key("", "Sender's postal address shown in the footer (required by anti-spam law).")
     max_per_category: int = _key(10, "Articles shown per category; the rest become an `and N more` link.")
     send_empty: bool = _key(False, "Send a digest on a day without articles.")
-    templates: str = _key("", "Folder with digest.html.j2 and digest.txt.j2 overriding the bundled ones; empty: bundled.")
+    templates: str = _key("", "Folder with templates overriding the bundled ones (digest.html.j2, digest.txt.j2, confirm.html.j2, confirm.txt.j2; any of them); empty: bundled. Copies to start from: the project's templates/ folder.")
+    confirm_subject: str = _key("请确认订阅 {site_title} 每日精选", "Subject of the confirmation mail of a new subscriber; field: {site_title}.")
     list_id: str = _key("", "List-Id header value, e.g. `finews digest <digest.finews.example>`; empty: derived from the site.")
     unsubscribe_mailbox: str = _key("", "Address also offered in List-Unsubscribe as mailto:ADDRESS?subject=unsubscribe, for mail clients without one-click; set it only if someone or something acts on that mail. Empty: the one-click link alone.")
 
@@ -333,6 +334,11 @@ def _validate(config: Config) -> None:
     for key in ("limit", "category_limit", "tag_limit"):
         if key == "limit" and config.feeds.limit < 1:
             raise ConfigError(f"feeds.limit = {config.feeds.limit!r}: expected at least 1")
+    try:
+        config.digest.confirm_subject.format(site_title="")
+    except (KeyError, IndexError, ValueError) as exc:
+        raise ConfigError(f"digest.confirm_subject = {config.digest.confirm_subject!r}: bad template field {exc}",
+                          hint="field: {site_title}") from None
     try:
         config.digest.subject.format(site_title="", date="", count=0, top_title="")
     except (KeyError, IndexError, ValueError) as exc:

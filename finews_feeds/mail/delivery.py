@@ -19,7 +19,6 @@ per crash, and mail clients show it once).
 
 from __future__ import annotations
 
-import html as html_lib
 import logging
 import threading
 import time
@@ -38,6 +37,8 @@ from ..config import Config
 from ..errors import ConfigError, DeliveryError, StoreError, SubscriberError
 from ..models import Post, Posts, Site
 from ..site.collector import collect_site
+from ..site.jekyll import resolve_site
+from .confirmation import ConfirmationRenderer
 from .digest import DigestRenderer, Recipient, Selection, Variant, posts_of_day, web_base_url
 from .mailer import ConnectionFailure, PermanentFailure, SmtpTransport, TemporaryFailure, transport_from_config
 from .message import build_message, domain_of, format_address, message_id
@@ -442,24 +443,16 @@ def send_digest(
     return report
 
 
-def confirmation_message(config: Config, email: str, name: str, msg_id: str, when: datetime) -> EmailMessage:
-    """The double opt-in message to ``email``, with a signed confirm link (its 7 days count from now)."""
+def confirmation_message(config: Config, email: str, name: str, msg_id: str, when: datetime,
+                         renderer: ConfirmationRenderer | None = None, categories: Sequence[str] = (),
+                         tags: Sequence[str] = ()) -> EmailMessage:
+    """The double opt-in message to ``email``, with a signed confirm link (its 7 days count from now),
+    from the confirm templates (``renderer``: one made for the config's site when not given)."""
     secret = secret_of(config)
     link = confirm_url(config, make_token(secret, "confirm", email))
-    title = config.site.title or "finews"
-    greeting = f"{name}，您好！" if name else "您好！"
-    text = (
-        f"{greeting}\n\n请打开下面的链接，确认订阅{title}每日精选：\n\n{link}\n\n"
-        "如果您没有订阅，请忽略这封邮件，我们不会再给您发信。\n"
-    )
-    html = (
-        f"<!doctype html><html><body><p>{html_lib.escape(greeting)}</p>"
-        f"<p>请点击下面的链接，确认订阅{html_lib.escape(title)}每日精选：</p>"
-        f'<p><a href="{html_lib.escape(link, quote=True)}">确认订阅</a></p>'
-        "<p>如果您没有订阅，请忽略这封邮件，我们不会再给您发信。</p></body></html>"
-    )
+    mail = (renderer or ConfirmationRenderer(config, resolve_site(config))).render(email, name, link, categories, tags)
     msg = build_message(
-        subject=f"请确认订阅 {title} 每日精选", html=html, text=text, sender=config.digest.from_,
+        subject=mail.subject, html=mail.html, text=mail.text, sender=config.digest.from_,
         to=format_address(name, email), reply_to=config.digest.reply_to, message_id=msg_id, date=when,
     )
     _keep_whole(msg, "Message-ID")
@@ -486,15 +479,17 @@ def send_confirmation(
     when = now or datetime.now(UTC)
     secret_of(config)
     name = ""
+    categories: tuple[str, ...] = ()
+    tags: tuple[str, ...] = ()
     if store is not None:
         sub = store.get_subscriber(email)
         if sub is None:
             raise SubscriberError(f"{email} is not a subscriber")
         if sub.status != "pending":
             raise SubscriberError(f"{sub.email} is {sub.status}, not waiting for confirmation")
-        email, name = sub.email, sub.name
+        email, name, categories, tags = sub.email, sub.name, sub.categories, sub.tags
     msg_id = confirmation_message_id(config)
-    msg = confirmation_message(config, email, name, msg_id, when)
+    msg = confirmation_message(config, email, name, msg_id, when, categories=categories, tags=tags)
     transport.send(msg, sender=envelope_sender(config), recipients=(email,))
     return msg_id
 

@@ -405,7 +405,7 @@ class DigestRenderer:
             text = self.text_template.render(d=view)
         except jinja2.TemplateError as exc:
             raise DigestError(f"digest template failed: {exc}") from None
-        return inline_css(raw_html), _tidy_text(text)
+        return inline_css(raw_html), tidy_text(text)
 
     def view(self, day: date, posts: Sequence[Post], selection: Selection, cap: int | None = None) -> DigestView:
         """The view model of the digest for ``selection``: grouped, ordered, at most ``cap``
@@ -541,7 +541,7 @@ def make_environment(custom: str) -> jinja2.Environment:
     )
 
 
-def _tidy_text(text: str) -> str:
+def tidy_text(text: str) -> str:
     # Templates leave runs of blank lines where optional parts are missing.
     lines = [line.rstrip() for line in text.splitlines()]
     out: list[str] = []

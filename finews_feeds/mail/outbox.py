@@ -33,6 +33,9 @@ from datetime import datetime, timedelta
 from ..clock import utc_now
 from ..config import Config
 from ..errors import FinewsError, SubscriberError
+from ..models import Site
+from ..site.jekyll import resolve_site
+from .confirmation import ConfirmationRenderer
 from .delivery import confirmation_message, confirmation_message_id, envelope_sender
 from .mailer import ConnectionFailure, PermanentFailure, SmtpTransport, TemporaryFailure
 from .store import OutboxRow, Store, new_owner
@@ -77,8 +80,11 @@ class OutboxWorker:
         transport_factory: Callable[[], SmtpTransport],
         clock: Callable[[], datetime] = utc_now,
         owner: str | None = None,
+        site: Site | None = None,
     ) -> None:
         self.config = config
+        # Loaded at start, so a broken confirm template in digest.templates stops the daemon at once.
+        self.confirmations = ConfirmationRenderer(config, site or resolve_site(config))
         self.store = store
         self.transport_factory = transport_factory
         self.clock = clock
@@ -240,7 +246,8 @@ class OutboxWorker:
             self.store.finish_outbox(row.id, self.owner, "skipped", now, f"subscriber is {status}")
             return
         try:
-            msg = confirmation_message(self.config, sub.email, sub.name, row.message_id, now)
+            msg = confirmation_message(self.config, sub.email, sub.name, row.message_id, now, self.confirmations,
+                                       sub.categories, sub.tags)
         except (ValueError, TypeError, UnicodeError, LookupError) as exc:
             error = f"cannot build the message: {exc}"
             log.error("outbox: %s mail to %s: %s", row.kind, row.email, error)

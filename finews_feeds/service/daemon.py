@@ -498,7 +498,8 @@ class Daemon:
         )
         # Subscribe forms and confirmation mail go through the outbox, worked in a thread of its
         # own, so no web request ever waits on SMTP (the pool of the web server stays free).
-        self.outbox = OutboxWorker(config, self.store, lambda: transport_from_config(config), clock=self.clock)
+        self.outbox = OutboxWorker(config, self.store, lambda: transport_from_config(config), clock=self.clock,
+                                   site=self.site)
         app = create_app(config, store=self.store, wake_outbox=self.outbox.wake, health=self.health,
                          categories=self.categories, tags=self.tags, clock=self.clock)
         server = uvicorn.Server(uvicorn.Config(

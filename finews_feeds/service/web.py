@@ -53,6 +53,7 @@ from ..clock import utc_now
 from ..config import Config
 from ..errors import FinewsError, SubscriberError, TokenError
 from ..mail.addresses import normalize_email
+from ..mail.confirmation import VALID_DAYS
 from ..mail.digest import web_base_url
 from ..mail.store import Store
 from ..mail.tokens import read_token, secret_of
@@ -63,8 +64,8 @@ from .static import FeedFiles, GzipCache, NegotiatedGZipMiddleware
 
 log = logging.getLogger(__name__)
 
-#: How long a confirm link stays valid.
-CONFIRM_MAX_AGE = 7 * 24 * 3600
+#: How long a confirm link stays valid (the confirmation mail says so).
+CONFIRM_MAX_AGE = VALID_DAYS * 24 * 3600
 ONE_CLICK = "One-Click"
 DAY_PATTERN = re.compile(r"(\d{4}-\d{2}-\d{2})(?:\.html)?")
 ERROR_TITLES = {400: "请求无效", 403: "请求被拒绝", 404: "找不到页面", 405: "不允许的方法", 413: "请求过大",
