@@ -162,15 +162,24 @@ def build_command(state: State, site_dir: Path | None, out_dir: Path | None, ful
 @click.option("--out", "out_dir", type=click.Path(path_type=Path, file_okay=False),
               help="Folder of the web copy digests/YYYY-MM-DD.html (default: feeds.output).")
 @click.option("--send", is_flag=True, help="Also send it to every active subscriber who has not had it yet (exactly once).")
+@click.option("--send-to", "send_to", metavar="ADDRESS",
+              help="Also send the real message to ADDRESS alone, as a test; the ledger is not touched.")
+@click.option("--as", "as_email", metavar="SUBSCRIBER",
+              help="With --send-to: the categories, tags and name of this subscriber.")
 @click.pass_obj
 @handle_errors
 def digest_command(state: State, site_dir: Path | None, day: Any, html_path: Path | None, text_path: Path | None,
-                   eml_path: Path | None, out_dir: Path | None, send: bool = False) -> None:
+                   eml_path: Path | None, out_dir: Path | None, send: bool = False, send_to: str | None = None,
+                   as_email: str | None = None) -> None:
     """Render the digest of a day: its web copy, and a preview for a sample recipient."""
     from datetime import UTC, datetime
 
     from .mail.digest import digest_day, write_preview
 
+    if as_email and not send_to:
+        raise click.UsageError("--as needs --send-to ADDRESS")
+    if send and send_to:
+        raise click.UsageError("--send and --send-to are separate steps: test first, then send")
     config = state.config(site={"source": str(site_dir) if site_dir else None})
     now = datetime.now(UTC)
     the_day = day.date() if day is not None else digest_day(config, now)
@@ -185,6 +194,10 @@ def digest_command(state: State, site_dir: Path | None, day: Any, html_path: Pat
             click.echo(f"wrote {path}")
     if send:
         sys.exit(_send_digest(config, the_day))
+    if send_to:
+        from .mail.testsend import send_test
+
+        click.echo(send_test(config, the_day, send_to, now, as_email=as_email or "").summary())
 
 
 # -- subscribers and sending (issue 5) --------------------------------------------------------
