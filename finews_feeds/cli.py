@@ -75,12 +75,16 @@ def _quick_exit() -> None:
 @click.option("--config", "config_path", type=click.Path(path_type=Path), default=None,
               help="Config file (default: $FINEWS_CONFIG, else config/finews.toml when present).")
 @click.option("--debug", is_flag=True, help="Log at DEBUG level and show tracebacks.")
-@click.option("--log-level", default="INFO", type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False))
+@click.option("--log-level", default=None, type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False),
+              help="Default: INFO for the daemon; WARNING for the other commands, which print their results.")
 @click.option("--log-format", default="text", type=click.Choice(["text", "json"]), help="Log lines as text or JSON objects.")
 @click.pass_context
-def cli(ctx: click.Context, config_path: Path | None, debug: bool, log_level: str, log_format: str) -> None:
+def cli(ctx: click.Context, config_path: Path | None, debug: bool, log_level: str | None, log_format: str) -> None:
     """Feeds and a daily digest for a Jekyll news site."""
-    setup_logging("DEBUG" if debug else log_level, log_format)
+    # A command run by hand prints its summary (built, sent) on stdout; the library logs the same at
+    # INFO for the daemon's journal. Showing both would say everything twice.
+    default = "INFO" if ctx.invoked_subcommand == "daemon" else "WARNING"
+    setup_logging("DEBUG" if debug else log_level or default, log_format)
     ctx.obj = State(config_path, debug)
 
 

@@ -87,10 +87,20 @@ class DeliveryReport:
     aborted: str = ""
     #: Who held the day's claim when this run did not wait for it, or "".
     busy: str = ""
+    #: How long the run took, from its claim to its end (the CLI and the logs show it).
+    seconds: float = 0.0
 
     @property
     def ok(self) -> bool:
         return not self.permanent_failures and not self.aborted
+
+    def fields(self) -> dict[str, object]:
+        """The counts of the run, as the fields of a JSON log line."""
+        return {
+            "day": self.day.isoformat(), "sent": self.sent, "skipped": sum(self.skipped.values()),
+            "retried": self.retried, "failed": sum(self.failed.values()), "already_sent": self.already_sent,
+            "resent": self.resent, "total": self.total, "seconds": round(self.seconds, 3),
+        }
 
     def summary_lines(self) -> list[str]:
         lines = [
@@ -255,6 +265,10 @@ class _Run:
             self.variants[key] = self.renderer.render(self.day, self.posts, selection)
         return self.variants[key]
 
+    def fields(self, email: str, **more: object) -> dict[str, object]:
+        """The fields of a log line about one subscriber's message."""
+        return {"day": self.day.isoformat(), "address": email, **more}
+
     def stopping(self) -> bool:
         return self.stop is not None and self.stop.is_set()
 
@@ -274,7 +288,7 @@ class _Run:
         if row.state == "sending":
             # A crashed run may have had this accepted: same Message-ID, so it is recognisably one message.
             log.warning("%s: resending the %s digest left `sending` by an interrupted run (%s)",
-                        sub.email, self.day, row.message_id)
+                        sub.email, self.day, row.message_id, extra=self.fields(sub.email))
             self.report.resent += 1
         msg_id = row.message_id or message_id(self.day, sub.email, self.domain)
         try:
@@ -283,7 +297,7 @@ class _Run:
         except (ValueError, TypeError, UnicodeError, LookupError) as exc:
             # Something in this subscriber's data the message cannot hold: theirs alone, not a bounce.
             error = f"cannot build the message: {exc}"
-            log.error("%s: %s", sub.email, error)
+            log.error("%s: %s", sub.email, error, extra=self.fields(sub.email))
             self.store.mark_permanent(self.day, sub.id, error, 0, self.now())
             self.report.failed[f"permanent: {_reason(error)}"] += 1
             self.report.permanent_failures.append((sub.email, error))
@@ -302,18 +316,20 @@ class _Run:
             except PermanentFailure as exc:
                 bounced = self.store.mark_permanent(self.day, sub.id, exc.message, self.config.smtp.bounce_after,
                                                     self.now())
-                log.error("%s: permanent failure, not retried: %s", sub.email, exc.message)
+                log.error("%s: permanent failure, not retried: %s", sub.email, exc.message,
+                          extra=self.fields(sub.email, code=exc.code))
                 self.report.failed[f"permanent: {_reason(exc.message)}"] += 1
                 self.report.permanent_failures.append((sub.email, exc.message))
                 if bounced:
                     log.warning("%s: marked bounced after %d permanent failures", sub.email,
-                                self.config.smtp.bounce_after)
+                                self.config.smtp.bounce_after, extra=self.fields(sub.email))
                     self.report.bounced.append(sub.email)
                 return
             except TemporaryFailure as exc:
                 self.store.mark_temporary(self.day, sub.id, exc.message, self.now())
                 if attempt == retries or self.stopping():
-                    log.error("%s: temporary failure, left for the next run: %s", sub.email, exc.message)
+                    log.error("%s: temporary failure, left for the next run: %s", sub.email, exc.message,
+                              extra=self.fields(sub.email, code=exc.code, attempts=attempt + 1))
                     self.report.failed[f"temporary: {_reason(exc.message)}"] += 1
                     self.report.temporary_failures.append((sub.email, exc.message))
                     if isinstance(exc, ConnectionFailure) and not self.stopping():
@@ -321,7 +337,7 @@ class _Run:
                     return
                 wait = self.config.smtp.retry_backoff * 2**attempt
                 log.warning("%s: temporary failure (%s); retry %d of %d in %.1fs", sub.email, exc.message,
-                            attempt + 1, retries, wait)
+                            attempt + 1, retries, wait, extra=self.fields(sub.email, code=exc.code, wait_seconds=wait))
                 self.report.retried += 1
                 self.sleep(wait)
                 continue
@@ -378,6 +394,7 @@ def send_digest(
     posts = posts_of_day(collection, day, zone)
     renderer = renderer or DigestRenderer(config, collection.site, collection.content)
 
+    started = time.monotonic()
     owner = new_owner()
     announced = False
     while True:
@@ -388,7 +405,8 @@ def send_digest(
             report.busy = holder
             return report
         if not announced:
-            log.info("the %s digest is being sent by %s; waiting for it to finish", day, holder)
+            log.info("the %s digest is being sent by %s; waiting for it to finish", day, holder,
+                     extra={"day": day.isoformat()})
             announced = True
         sleep(CLAIM_POLL_SECONDS)
         if stop is not None and stop.is_set():
@@ -438,8 +456,9 @@ def send_digest(
         store.release_run(day, owner, now(), finished=finished)
     except StoreError as exc:
         raise _stopped(exc, day) from None
+    report.seconds = time.monotonic() - started
     log.info("digest %s: sent %d, skipped %d, failed %d", day, report.sent, sum(report.skipped.values()),
-             sum(report.failed.values()))
+             sum(report.failed.values()), extra=report.fields())
     return report
 
 

@@ -30,9 +30,10 @@ import threading
 from collections.abc import Callable
 from datetime import datetime, timedelta
 
-from ..clock import utc_now
+from ..clock import iso, utc_now
 from ..config import Config
 from ..errors import FinewsError, SubscriberError
+from ..logs import subscriber_event
 from ..models import Site
 from ..site.jekyll import resolve_site
 from .confirmation import ConfirmationRenderer
@@ -52,11 +53,19 @@ SWEEP_EVERY = timedelta(minutes=10)
 RETRY_FORM = timedelta(seconds=1)
 FORM_KINDS = ("subscribe",)
 MAIL_KINDS = ("confirm",)
+#: What a subscribe form came to, as logged (the address only at DEBUG, see logs.subscriber_event).
+SUBSCRIBE_OUTCOMES = {
+    "confirm": "subscribe: confirmation mail queued",
+    "active": "subscribe: already an active subscriber; nothing sent",
+    "limited": f"subscribe: {CONFIRMATIONS_PER_HOUR} confirmation mails this hour already; none sent",
+}
 
 
 def _log_expired(row: OutboxRow, attempts: int, now: datetime, error: str) -> None:
     log.error("outbox: gave up on the %s mail to %s after %d attempts over %s (outbox.lifetime_hours): %s",
-              row.kind, row.email, attempts, now - row.created_at, error)
+              row.kind, row.email, attempts, now - row.created_at, error,
+              extra={"kind": row.kind, "address": row.email, "attempts": attempts,
+                     "queued_seconds": round((now - row.created_at).total_seconds())})
 
 
 def backoff(config: Config, attempts: int) -> timedelta:
@@ -205,7 +214,8 @@ class OutboxWorker:
             _log_expired(row, row.attempts, now, row.last_error or "never tried")
         purged = self.store.purge_outbox(now - KEEP_FINISHED)
         if purged:
-            log.info("outbox: deleted %d rows finished more than %d days ago", purged, KEEP_FINISHED.days)
+            log.info("outbox: deleted %d rows finished more than %d days ago", purged, KEEP_FINISHED.days,
+                     extra={"deleted": purged})
 
     def _accept(self, row: OutboxRow) -> None:
         now = self.clock()
@@ -217,13 +227,10 @@ class OutboxWorker:
             return
         if outcome == "confirm":
             self._wake_mail.set()
-        elif outcome == "limited":
-            log.info("subscribe %s: %d confirmation mails this hour already; none sent", row.email,
-                     CONFIRMATIONS_PER_HOUR)
-        elif outcome == "lost":
-            log.warning("subscribe %s: another worker took this form over (outbox.lease_seconds)", row.email)
+        if outcome == "lost":
+            log.warning("subscribe: another worker took this form over (outbox.lease_seconds)")
         else:
-            log.debug("subscribe %s: %s", row.email, outcome)
+            subscriber_event(log, SUBSCRIBE_OUTCOMES[outcome], row.email, outcome=outcome)
 
     def _fail_later(self, row: OutboxRow, error: str, now: datetime) -> datetime | None:
         """Record a temporary failure; the time of the next attempt, or None when the mail expired."""
@@ -234,7 +241,8 @@ class OutboxWorker:
         next_at = now + backoff(self.config, row.attempts + 1)
         self.store.defer_outbox(row.id, self.owner, error, next_at, now)
         log.warning("outbox: %s mail to %s not sent (%s); attempt %d, next at %s", row.kind, row.email, error,
-                    row.attempts + 1, next_at.isoformat(timespec="seconds"))
+                    row.attempts + 1, iso(next_at),
+                    extra={"kind": row.kind, "address": row.email, "attempts": row.attempts + 1, "next_at": iso(next_at)})
         return next_at
 
     def _send(self, row: OutboxRow, transport: SmtpTransport) -> None:
@@ -250,13 +258,15 @@ class OutboxWorker:
                                        sub.categories, sub.tags)
         except (ValueError, TypeError, UnicodeError, LookupError) as exc:
             error = f"cannot build the message: {exc}"
-            log.error("outbox: %s mail to %s: %s", row.kind, row.email, error)
+            log.error("outbox: %s mail to %s: %s", row.kind, row.email, error,
+                      extra={"kind": row.kind, "address": row.email})
             self.store.finish_outbox(row.id, self.owner, "failed", now, error)
             return
         try:
             transport.send(msg, sender=envelope_sender(self.config), recipients=(sub.email,))
         except PermanentFailure as exc:
-            log.error("outbox: %s mail to %s refused, not retried: %s", row.kind, row.email, exc.message)
+            log.error("outbox: %s mail to %s refused, not retried: %s", row.kind, row.email, exc.message,
+                      extra={"kind": row.kind, "address": row.email, "code": exc.code})
             self.store.finish_outbox(row.id, self.owner, "failed", self.clock(), exc.message)
             return
         except TemporaryFailure as exc:
@@ -272,7 +282,7 @@ class OutboxWorker:
             return
         self._down_until = None
         if self.store.finish_outbox(row.id, self.owner, "sent", self.clock()):
-            log.info("%s mail sent to %s", row.kind, row.email)
+            subscriber_event(log, "confirmation mail sent", row.email, kind=row.kind, attempts=row.attempts + 1)
         else:
             log.warning("outbox: %s mail to %s was sent after its lease ran out (outbox.lease_seconds)",
-                        row.kind, row.email)
+                        row.kind, row.email, extra={"kind": row.kind, "address": row.email})
