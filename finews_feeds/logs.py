@@ -16,8 +16,10 @@ from typing import Any
 
 from .clock import iso
 
-#: The attributes every record has; anything else on a record came from ``extra=``.
-_STANDARD = frozenset(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {"message", "asctime", "taskName"}
+#: The attributes every record has, and uvicorn's copy of its message with terminal colours;
+#: anything else on a record came from ``extra=``.
+_STANDARD = frozenset(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {"message", "asctime", "taskName",
+                                                                              "color_message"}
 #: Libraries that are chatty at INFO.
 _NOISY = ("apscheduler.executors", "uvicorn.access", "mail.log", "watchdog")
 

@@ -68,6 +68,8 @@ def test_text_and_json_lines_have_the_time_in_utc_with_z_and_json_has_the_fields
     }
     # A field that is no JSON type is written as text, never a failed line.
     assert json.loads(JsonFormatter().format(record("x", path=Path("/a/b"))))["path"] == "/a/b"
+    # uvicorn adds its message again with terminal colours: not a field.
+    assert "color_message" not in json.loads(JsonFormatter().format(record("x", color_message="\x1b[36mx")))
 
 
 def test_iso_writes_any_zone_as_utc_with_z() -> None:
