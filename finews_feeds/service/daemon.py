@@ -36,8 +36,9 @@ from ..clock import iso, utc_now
 from ..config import Config
 from ..errors import ConfigError, FinewsError
 from ..feeds.build import BuildReport, run_build
+from ..mail.confirmation import ConfirmationRenderer
 from ..mail.delivery import send_digest
-from ..mail.digest import covered_day, write_preview
+from ..mail.digest import DigestRenderer, covered_day, write_preview
 from ..mail.mailer import transport_from_config
 from ..mail.outbox import OutboxWorker
 from ..mail.store import Store
@@ -272,6 +273,9 @@ class Daemon:
         self.digest_in = digest_in
         self.retry_first = retry_first
         self.site = resolve_site(config)
+        # The mails' templates load now: a missing or broken one stops the start, not the 07:30 run.
+        DigestRenderer(config, self.site, lambda _post: "")
+        ConfirmationRenderer(config, self.site)
         self.zone: tzinfo = digest_zone(config, self.site.timezone)
         self.stop = threading.Event()  # the delivery stop event, and "take no new work"
         self.shutdown = threading.Event()
