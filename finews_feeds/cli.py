@@ -21,7 +21,7 @@ from typing import Any, TypeVar
 import click
 
 from . import __version__
-from .config import Config, describe, load_config
+from .config import Config, Effective, describe, describe_effective, load_effective
 from .errors import FinewsError
 from .logs import setup_logging
 
@@ -37,8 +37,12 @@ class State:
 
     def config(self, **overrides: dict[str, Any]) -> Config:
         """Load the config with flag values layered on top (None values are not given)."""
+        return self.effective(overrides).config
+
+    def effective(self, overrides: dict[str, dict[str, Any]], flag_names: dict[str, str] | None = None) -> Effective:
+        """:meth:`config` with the source of every value; ``flag_names`` names the flag of each override."""
         cleaned = {s: {k: v for k, v in keys.items() if v is not None} for s, keys in overrides.items()}
-        return load_config(self.config_path, os.environ, cleaned)
+        return load_effective(self.config_path, os.environ, cleaned, flag_names)
 
 
 def handle_errors(func: F) -> F:
@@ -71,22 +75,32 @@ def _quick_exit() -> None:
 @click.option("--config", "config_path", type=click.Path(path_type=Path), default=None,
               help="Config file (default: $FINEWS_CONFIG, else config/finews.toml when present).")
 @click.option("--debug", is_flag=True, help="Log at DEBUG level and show tracebacks.")
-@click.option("--log-level", default="INFO", type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False))
+@click.option("--log-level", default=None, type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False),
+              help="Default: INFO for the daemon; WARNING for the other commands, which print their results.")
 @click.option("--log-format", default="text", type=click.Choice(["text", "json"]), help="Log lines as text or JSON objects.")
 @click.pass_context
-def cli(ctx: click.Context, config_path: Path | None, debug: bool, log_level: str, log_format: str) -> None:
+def cli(ctx: click.Context, config_path: Path | None, debug: bool, log_level: str | None, log_format: str) -> None:
     """Feeds and a daily digest for a Jekyll news site."""
-    setup_logging("DEBUG" if debug else log_level, log_format)
+    # A command run by hand prints its summary (built, sent) on stdout; the library logs the same at
+    # INFO for the daemon's journal. Showing both would say everything twice.
+    default = "INFO" if ctx.invoked_subcommand == "daemon" else "WARNING"
+    setup_logging("DEBUG" if debug else log_level or default, log_format)
     ctx.obj = State(config_path, debug)
 
 
 @cli.command("config")
+@click.option("--defaults", is_flag=True, help="Print every key with its default and what it is for instead.")
+@click.option("--site", "site_dir", type=click.Path(path_type=Path), help="As the commands' --site (site.source).")
+@click.option("--out", "out_dir", type=click.Path(path_type=Path, file_okay=False),
+              help="As build's --out (feeds.output).")
 @click.pass_obj
 @handle_errors
-def config_command(state: State) -> None:
-    """Print every config key with its default and what it is for (and check the config)."""
-    state.config()
-    click.echo(describe(), nl=False)
+def config_command(state: State, defaults: bool, site_dir: Path | None, out_dir: Path | None) -> None:
+    """Check the config and print every key's value in effect and where it came from (secrets masked)."""
+    overrides = {"site": {"source": str(site_dir) if site_dir else None},
+                 "feeds": {"output": str(out_dir) if out_dir else None}}
+    effective = state.effective(overrides, {"site.source": "--site", "feeds.output": "--out"})
+    click.echo(describe() if defaults else describe_effective(effective), nl=False)
 
 
 @cli.command("check")
@@ -152,15 +166,24 @@ def build_command(state: State, site_dir: Path | None, out_dir: Path | None, ful
 @click.option("--out", "out_dir", type=click.Path(path_type=Path, file_okay=False),
               help="Folder of the web copy digests/YYYY-MM-DD.html (default: feeds.output).")
 @click.option("--send", is_flag=True, help="Also send it to every active subscriber who has not had it yet (exactly once).")
+@click.option("--send-to", "send_to", metavar="ADDRESS",
+              help="Also send the real message to ADDRESS alone, as a test; the ledger is not touched.")
+@click.option("--as", "as_email", metavar="SUBSCRIBER",
+              help="With --send-to: the categories, tags and name of this subscriber.")
 @click.pass_obj
 @handle_errors
 def digest_command(state: State, site_dir: Path | None, day: Any, html_path: Path | None, text_path: Path | None,
-                   eml_path: Path | None, out_dir: Path | None, send: bool = False) -> None:
+                   eml_path: Path | None, out_dir: Path | None, send: bool = False, send_to: str | None = None,
+                   as_email: str | None = None) -> None:
     """Render the digest of a day: its web copy, and a preview for a sample recipient."""
     from datetime import UTC, datetime
 
     from .mail.digest import digest_day, write_preview
 
+    if as_email and not send_to:
+        raise click.UsageError("--as needs --send-to ADDRESS")
+    if send and send_to:
+        raise click.UsageError("--send and --send-to are separate steps: test first, then send")
     config = state.config(site={"source": str(site_dir) if site_dir else None})
     now = datetime.now(UTC)
     the_day = day.date() if day is not None else digest_day(config, now)
@@ -175,6 +198,10 @@ def digest_command(state: State, site_dir: Path | None, day: Any, html_path: Pat
             click.echo(f"wrote {path}")
     if send:
         sys.exit(_send_digest(config, the_day))
+    if send_to:
+        from .mail.testsend import send_test
+
+        click.echo(send_test(config, the_day, send_to, now, as_email=as_email or "").summary())
 
 
 # -- subscribers and sending (issue 5) --------------------------------------------------------

@@ -1,7 +1,8 @@
 """Configuration: one table of defaults, overridden by a TOML file, the environment, then flags.
 
 Every key lives in the dataclasses below, with its default and a comment (the ``doc`` metadata,
-also shown by ``finews-feeds config``). ``config/finews.toml`` documents the same keys; a test
+also shown by ``finews-feeds config --defaults``); ``finews-feeds config`` shows the value in
+effect of each and where it came from (:func:`layer_config`). ``config/finews.toml`` documents the same keys; a test
 keeps the two in step. Values from the environment are ``FINEWS_<SECTION>_<KEY>`` strings,
 parsed by the key's type. Secrets come only from the environment (:data:`SECRET_VARIABLES`).
 
@@ -23,6 +24,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Union
+from urllib.parse import urlsplit, urlunsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from .errors import ConfigError
@@ -37,6 +39,8 @@ CONFIG_VARIABLE = "FINEWS_CONFIG"
 #: the environment of the commands they run, so they must not be reported as mistyped settings.
 OTHER_VARIABLES = ("FINEWS_MAKE_SITE", "FINEWS_UPDATE_GOLDEN", "FINEWS_UPDATE_SCREENSHOTS")
 DEFAULT_CONFIG_PATH = Path("config/finews.toml")
+#: The id part of a List-Id (RFC 2919: ``list-label "." list-id-namespace``, dot-atoms of ASCII).
+LIST_ID = re.compile(r"(?P<phrase>.*?)\s*<(?P<id>[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(?:\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)+)>\s*")
 
 
 def _key(default: Any, doc: str, choices: tuple[str, ...] = ()) -> Any:
@@ -108,7 +112,8 @@ class DigestConfig:
     postal_address: str = _key("", "Sender's postal address shown in the footer (required by anti-spam law).")
     max_per_category: int = _key(10, "Articles shown per category; the rest become an `and N more` link.")
     send_empty: bool = _key(False, "Send a digest on a day without articles.")
-    templates: str = _key("", "Folder with digest.html.j2 and digest.txt.j2 overriding the bundled ones; empty: bundled.")
+    templates: str = _key("", "Folder with templates overriding the bundled ones (digest.html.j2, digest.txt.j2, confirm.html.j2, confirm.txt.j2; any of them); empty: bundled. Copies to start from: the project's templates/ folder.")
+    confirm_subject: str = _key("请确认订阅 {site_title} 每日精选", "Subject of the confirmation mail of a new subscriber; field: {site_title}.")
     list_id: str = _key("", "List-Id header value, e.g. `finews digest <digest.finews.example>`; empty: derived from the site.")
     unsubscribe_mailbox: str = _key("", "Address also offered in List-Unsubscribe as mailto:ADDRESS?subject=unsubscribe, for mail clients without one-click; set it only if someone or something acts on that mail. Empty: the one-click link alone.")
 
@@ -298,6 +303,10 @@ def _validate(config: Config) -> None:
     mailbox = config.digest.unsubscribe_mailbox
     if mailbox and not re.fullmatch(r"[^@\s<>,;:\"?&]+@[^@\s<>,;:\"?&]+\.[^@\s<>,;:\"?&.]+", mailbox):
         raise ConfigError(f"digest.unsubscribe_mailbox = {mailbox!r}: expected a bare address, e.g. unsubscribe@example.com")
+    if config.digest.list_id and not LIST_ID.fullmatch(config.digest.list_id):
+        raise ConfigError(f"digest.list_id = {config.digest.list_id!r}: expected a name and an id in angle brackets, "
+                          "e.g. finews digest <digest.finews.example>",
+                          hint="the id is ASCII letters, digits and dots (RFC 2919); list filters match on it")
     if not re.fullmatch(r"([01]?\d|2[0-3]):[0-5]\d", config.digest.send_at):
         raise ConfigError(f"digest.send_at = {config.digest.send_at!r}: expected HH:MM, e.g. 07:30")
     if not config.site.extensions or not all(e.startswith(".") for e in config.site.extensions):
@@ -325,6 +334,11 @@ def _validate(config: Config) -> None:
     for key in ("limit", "category_limit", "tag_limit"):
         if key == "limit" and config.feeds.limit < 1:
             raise ConfigError(f"feeds.limit = {config.feeds.limit!r}: expected at least 1")
+    try:
+        config.digest.confirm_subject.format(site_title="")
+    except (KeyError, IndexError, ValueError) as exc:
+        raise ConfigError(f"digest.confirm_subject = {config.digest.confirm_subject!r}: bad template field {exc}",
+                          hint="field: {site_title}") from None
     try:
         config.digest.subject.format(site_title="", date="", count=0, top_title="")
     except (KeyError, IndexError, ValueError) as exc:
@@ -409,6 +423,43 @@ def env_overrides(environ: Mapping[str, str]) -> tuple[dict[str, dict[str, str]]
     return out, sorted(unknown)
 
 
+#: Where a value in effect came from, lowest layer first.
+SOURCES = ("default", "file", "environment", "flag")
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One key's value in effect and where it came from (``finews-feeds config``)."""
+
+    section: str  #: ``site``, ..., or ``categories.<slug>``
+    key: str
+    value: Any
+    source: str  #: one of :data:`SOURCES`
+    #: Exactly where: the file, the variable (``FINEWS_SMTP_HOST``) or the flag (``--site``); "" for a default.
+    origin: str = ""
+
+
+@dataclass(frozen=True)
+class Effective:
+    """A config and the source of each of its keys."""
+
+    config: Config
+    #: (section, key) -> (source, origin); keys not listed are defaults.
+    sources: Mapping[tuple[str, str], tuple[str, str]]
+
+    def settings(self) -> list[Setting]:
+        """Every key of every section, then each configured category's, in the table's order."""
+        out: list[Setting] = []
+        tables: list[tuple[str, Any]] = [(name, getattr(self.config, name)) for name in SECTIONS]
+        tables += [(f"categories.{slug}", category) for slug, category in self.config.categories.items()]
+        for name, table in tables:
+            for f in dataclasses.fields(table):
+                key = _toml_name(f.name)
+                source, origin = self.sources.get((name, key), ("default", ""))
+                out.append(Setting(name, key, getattr(table, f.name), source, origin))
+        return out
+
+
 def build_config(
     file_values: Mapping[str, Any] | None = None,
     environ: Mapping[str, str] | None = None,
@@ -419,14 +470,31 @@ def build_config(
 
     ``overrides`` holds typed values from flags, as ``{"site": {"source": "..."}}``.
     """
+    return layer_config(file_values, environ, overrides, path).config
+
+
+def layer_config(
+    file_values: Mapping[str, Any] | None = None,
+    environ: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Mapping[str, Any]] | None = None,
+    path: Path | None = None,
+    flag_names: Mapping[str, str] | None = None,
+) -> Effective:
+    """:func:`build_config`, also saying where each key's value came from.
+
+    ``flag_names`` names the flag behind an override (``{"site.source": "--site"}``), for the report.
+    """
     file_values = dict(file_values or {})
     environ = environ or {}
+    flag_names = flag_names or {}
     for secret in ("password",):
         if secret in file_values.get("smtp", {}):
             raise ConfigError("smtp.password must not be in a file", hint="set FINEWS_SMTP_PASSWORD in the environment")
     if "secret_key" in file_values.get("web", {}) or "secret_key" in file_values:
         raise ConfigError("secret_key must not be in a file", hint="set FINEWS_SECRET_KEY in the environment")
 
+    file_origin = str(path) if path is not None else "(values given)"
+    sources: dict[tuple[str, str], tuple[str, str]] = {}
     sections: dict[str, Any] = {}
     env, unknown_variables = env_overrides(environ)
     for name in unknown_variables:
@@ -438,11 +506,14 @@ def build_config(
             raise ConfigError(f"[{name}] = {raw!r}: expected a table")
         typed = _section(name, cls, raw, "", from_text=False)
         values = {_toml_name(f.name): getattr(typed, f.name) for f in dataclasses.fields(cls) if _toml_name(f.name) in raw}
+        sources.update({(name, key): ("file", file_origin) for key in values})
         if name in env:
             from_env = _section(name, cls, env[name], "FINEWS_ env: ", from_text=True)
             values.update({k: getattr(from_env, section_keys(cls)[k].name) for k in env[name]})
+            sources.update({(name, key): ("environment", environment_name(name, key)) for key in env[name]})
         if overrides and name in overrides:
             values.update(overrides[name])
+            sources.update({(name, key): ("flag", flag_names.get(f"{name}.{key}", "")) for key in overrides[name]})
         sections[name] = _section(name, cls, values, "", from_text=False)
 
     categories_raw = file_values.pop("categories", {})
@@ -453,6 +524,7 @@ def build_config(
         if not isinstance(values, Mapping):
             raise ConfigError(f"categories.{slug} = {values!r}: expected a table with title and order")
         categories[slug] = _section(f"categories.{slug}", CategoryConfig, values, "", from_text=False)
+        sources.update({(f"categories.{slug}", key): ("file", file_origin) for key in values})
 
     if file_values:
         unknown = next(iter(file_values))
@@ -468,7 +540,17 @@ def build_config(
         **sections,
     )
     _validate(config)
-    return config
+    return Effective(config, sources)
+
+
+def config_path(path: Path | None, environ: Mapping[str, str]) -> Path | None:
+    """The file the CLI reads: ``path``, else ``$FINEWS_CONFIG``, else ``config/finews.toml`` when
+    it exists, else none (the defaults alone)."""
+    if path is None and environ.get(CONFIG_VARIABLE):
+        path = Path(environ[CONFIG_VARIABLE])
+    if path is None and DEFAULT_CONFIG_PATH.is_file():
+        path = DEFAULT_CONFIG_PATH
+    return path
 
 
 def load_config(
@@ -478,12 +560,61 @@ def load_config(
 ) -> Config:
     """Load the config the CLI uses: ``path``, else ``$FINEWS_CONFIG``, else
     ``config/finews.toml`` when it exists, else the defaults alone."""
-    if path is None and environ.get(CONFIG_VARIABLE):
-        path = Path(environ[CONFIG_VARIABLE])
-    if path is None and DEFAULT_CONFIG_PATH.is_file():
-        path = DEFAULT_CONFIG_PATH
+    return load_effective(path, environ, overrides).config
+
+
+def load_effective(
+    path: Path | None,
+    environ: Mapping[str, str],
+    overrides: Mapping[str, Mapping[str, Any]] | None = None,
+    flag_names: Mapping[str, str] | None = None,
+) -> Effective:
+    """:func:`load_config`, with the source of every value."""
+    path = config_path(path, environ)
     file_values = read_file(path) if path is not None else {}
-    return build_config(file_values, environ, overrides, path)
+    return layer_config(file_values, environ, overrides, path, flag_names)
+
+
+#: Shown instead of a secret's value.
+MASK = "********"
+
+
+def _masked_url(url: str) -> str:
+    """A database URL with its password masked (``postgresql+psycopg://user:********@host/db``)."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.netloc.rpartition("@")[2]
+    return urlunsplit(parts._replace(netloc=f"{parts.username or ''}:{MASK}@{host}"))
+
+
+def describe_effective(effective: Effective) -> str:
+    """Every key's value in effect and its source, as TOML with a comment per line (secrets masked)."""
+    config = effective.config
+    lines = [
+        "# The configuration in effect. After each value: where it came from (default, file,",
+        "# environment or flag, lowest first; see `finews-feeds config --defaults` for what each key is).",
+        f"# config file: {config.path if config.path is not None else '(none: defaults, environment and flags)'}",
+    ]
+    section = ""
+    for setting in effective.settings():
+        if setting.section != section:
+            section = setting.section
+            lines += ["", f"[{section}]"]
+        value = setting.value
+        if (section, setting.key) == ("database", "url"):
+            value = _masked_url(value)
+        # The file is named once, above; a variable or a flag on its line.
+        where = setting.source + (f" {setting.origin}" if setting.origin and setting.source != "file" else "")
+        if value is None:
+            # A site key left unset is read from the Jekyll site's _config.yml (see site/jekyll.py).
+            lines.append(f"# {setting.key} = (unset: the site's _config.yml, else Jekyll's default)  # {where}")
+        else:
+            lines.append(f"{setting.key} = {_toml_value(value)}  # {where}")
+    lines += ["", "# Secrets, from the environment only:"]
+    for name, value in (("FINEWS_SECRET_KEY", config.secret_key), ("FINEWS_SMTP_PASSWORD", config.smtp_password)):
+        lines.append(f"# {name} = {MASK if value else '(not set)'}")
+    return "\n".join(lines) + "\n"
 
 
 def describe() -> str:

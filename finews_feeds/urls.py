@@ -70,4 +70,7 @@ def _absolute(url: str, base: str) -> str | None:
         return None
     if parts.scheme not in WEB_SCHEMES or not parts.hostname:
         return None
-    return url
+    # urljoin drops an empty fragment or query (`0 #`), which can leave a space at the end: kept
+    # percent-encoded, as a browser sends it, so that the URL reads the same once more.
+    stripped = url.rstrip(_EDGES)
+    return stripped + "".join(f"%{ord(char):02X}" for char in url[len(stripped):])

@@ -7,6 +7,7 @@ from pathlib import Path
 from click.testing import CliRunner
 
 from finews_feeds.cli import cli
+from finews_feeds.config import describe
 
 
 def test_missing_config_file_is_one_line_and_exit_2(tmp_path: Path) -> None:
@@ -48,6 +49,31 @@ def test_config_command_prints_every_section(tmp_path: Path) -> None:
     assert result.exit_code == 0
     for section in ("[site]", "[feeds]", "[digest]", "[smtp]", "[database]", "[web]", "[scheduler]"):
         assert section in result.output
+
+
+def test_config_command_prints_the_values_in_effect_and_their_sources(tmp_path: Path) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text('[smtp]\nhost = "relay.example"\nport = 2525\n', encoding="utf-8")
+    env = {"FINEWS_SMTP_PORT": "587", "FINEWS_SMTP_PASSWORD": "hunter2"}
+    result = CliRunner().invoke(cli, ["--config", str(path), "config", "--site", "my-site"], env=env)
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    assert lines[2] == f"# config file: {path}"
+    smtp = lines[lines.index("[smtp]") + 1:lines.index("[smtp]") + 4]
+    assert smtp == ['host = "relay.example"  # file', "port = 587  # environment FINEWS_SMTP_PORT",
+                    'security = "starttls"  # default']
+    assert 'source = "my-site"  # flag --site' in lines
+    assert "# FINEWS_SMTP_PASSWORD = ********" in lines
+    assert "hunter2" not in result.output
+
+
+def test_config_defaults_prints_every_key_with_its_default_and_comment(tmp_path: Path) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text("[feeds]\nlimit = 7\n", encoding="utf-8")
+    result = CliRunner().invoke(cli, ["--config", str(path), "config", "--defaults"])
+    assert result.exit_code == 0
+    assert result.stdout == describe()
+    assert "limit = 50\n" in result.stdout
 
 
 def test_unknown_environment_variable_is_warned_about_and_the_command_runs(tmp_path: Path) -> None:

@@ -13,9 +13,13 @@ from finews_feeds.config import (
     SECTIONS,
     CategoryConfig,
     Config,
+    Setting,
     build_config,
     describe,
+    describe_effective,
+    layer_config,
     load_config,
+    load_effective,
     section_keys,
 )
 from finews_feeds.errors import ConfigError
@@ -82,6 +86,11 @@ def test_secrets_come_from_the_environment_only() -> None:
         ({"digest": {"unsubscribe_mailbox": "Unsubscribe <u@example.com>"}},
          "digest.unsubscribe_mailbox = 'Unsubscribe <u@example.com>': expected a bare address"),
         ({"digest": {"unsubscribe_mailbox": "u@example.com?subject=x"}}, "digest.unsubscribe_mailbox = 'u@example.com?subject=x'"),
+        ({"digest": {"list_id": "finews digest"}},
+         "digest.list_id = 'finews digest': expected a name and an id in angle brackets"),
+        ({"digest": {"list_id": "finews <digest.财经.example>"}},
+         "digest.list_id = 'finews <digest.财经.example>': expected a name and an id in angle brackets"),
+        ({"digest": {"list_id": "finews <digest>"}}, "digest.list_id = 'finews <digest>': expected a name"),
     ],
 )
 def test_bad_values_name_the_key_and_the_value(values: dict[str, object], message: str) -> None:
@@ -188,3 +197,41 @@ def test_every_key_has_a_comment() -> None:
         for f in dataclasses.fields(cls):
             assert f.metadata.get("doc"), f"{cls.__name__}.{f.name} has no comment"
     assert describe().count("\n# ") >= sum(len(dataclasses.fields(c)) for c in SECTIONS.values())
+
+
+def test_each_value_in_effect_names_its_layer_the_highest_winning(tmp_path: Path) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text('[feeds]\nlimit = 20\noutput = "from-file"\n[smtp]\nhost = "file.example"\n'
+                    '[categories.yicai]\ntitle = "第一财经"\n', encoding="utf-8")
+    env = {"FINEWS_SMTP_HOST": "env.example", "FINEWS_FEEDS_OUTPUT": "from-env", "FINEWS_SECRET_KEY": "k"}
+    effective = load_effective(path, env, {"feeds": {"output": "from-flag"}}, {"feeds.output": "--out"})
+    settings = {(s.section, s.key): s for s in effective.settings()}
+    assert settings["feeds", "limit"] == Setting("feeds", "limit", 20, "file", str(path))
+    assert settings["feeds", "output"] == Setting("feeds", "output", "from-flag", "flag", "--out")
+    assert settings["smtp", "host"] == Setting("smtp", "host", "env.example", "environment", "FINEWS_SMTP_HOST")
+    assert settings["smtp", "port"] == Setting("smtp", "port", 0, "default", "")
+    assert settings["categories.yicai", "title"] == Setting("categories.yicai", "title", "第一财经", "file", str(path))
+    assert settings["categories.yicai", "order"] == Setting("categories.yicai", "order", 1000, "default", "")
+    assert len(settings) == sum(len(dataclasses.fields(c)) for c in SECTIONS.values()) + 2
+    assert effective.config == load_config(path, env, {"feeds": {"output": "from-flag"}})
+
+
+def test_the_config_in_effect_is_printed_with_sources_and_secrets_masked(tmp_path: Path) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text('[web]\nport = 9000\n', encoding="utf-8")
+    env = {"FINEWS_DATABASE_URL": "postgresql+psycopg://finews:s3cret@db.example/finews",
+           "FINEWS_SMTP_PASSWORD": "hunter2", "FINEWS_SECRET_KEY": "k" * 32}
+    text = describe_effective(layer_config({"web": {"port": 9000}}, env, {"site": {"source": "site"}}, path,
+                                           {"site.source": "--site"}))
+    lines = text.splitlines()
+    assert lines[2] == f"# config file: {path}"
+    assert 'source = "site"  # flag --site' in lines
+    assert "# url = (unset: the site's _config.yml, else Jekyll's default)  # default" in lines
+    assert "port = 9000  # file" in lines
+    assert 'host = "127.0.0.1"  # default' in lines
+    assert 'url = "postgresql+psycopg://finews:********@db.example/finews"  # environment FINEWS_DATABASE_URL' in lines
+    assert lines[-3:] == ["# Secrets, from the environment only:", "# FINEWS_SECRET_KEY = ********",
+                          "# FINEWS_SMTP_PASSWORD = ********"]
+    assert "s3cret" not in text and "hunter2" not in text and "k" * 32 not in text
+    assert tomllib.loads(text)["web"]["port"] == 9000  # still TOML: the sources are comments
+    assert describe_effective(layer_config({}, {})).splitlines()[-1] == "# FINEWS_SMTP_PASSWORD = (not set)"

@@ -478,6 +478,16 @@ def test_start_up_errors_are_one_line_with_an_exit_code(tmp_path: Path, smtp_por
                                env={**environment, "FINEWS_SECRET_KEY": SECRET}, capture_output=True, text=True, timeout=60)
     assert taken.returncode == 2
     assert f"error: cannot listen on 127.0.0.1:{port}" in taken.stderr
+    # A broken template in digest.templates (the digest's or the confirmation mail's) stops the start.
+    for name in ("digest.txt.j2", "confirm.html.j2"):
+        templates = tmp_path / f"templates-{name}"
+        templates.mkdir()
+        (templates / name).write_text("{% if %}\n", encoding="utf-8")
+        broken = subprocess.run([str(EXECUTABLE), "--config", str(config), "daemon"], capture_output=True, text=True,
+                                env={**environment, "FINEWS_SECRET_KEY": SECRET, "FINEWS_DIGEST_TEMPLATES": str(templates)},
+                                timeout=60)
+        assert broken.returncode == 5
+        assert broken.stderr.startswith("error: ") and f"{name}, line 1: " in broken.stderr.splitlines()[0]
 
 
 def test_only_post_files_and_the_site_config_trigger_a_rebuild(tmp_path: Path) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import secrets
 import signal
@@ -11,6 +12,8 @@ import tempfile
 import threading
 from collections.abc import Iterator
 from datetime import UTC, date, datetime, timedelta
+from email import message_from_bytes, policy
+from email.header import decode_header, make_header
 from email.message import EmailMessage
 from pathlib import Path
 from typing import Any
@@ -124,6 +127,26 @@ def test_each_active_subscriber_gets_one_message_with_the_bulk_mail_headers(
         assert title in text and title in html
     assert [(d.email, d.state, d.attempts, d.message_id) for d in store.ledger(DAY)] == [
         ("Ann@example.org", "sent", 1, msg["Message-ID"])]
+
+
+def test_the_list_id_sent_has_its_id_in_plain_ascii_and_only_the_site_title_encoded(
+        sink: Sink, port: int, store: Store) -> None:
+    """RFC 2919: filters match the <id> (Gmail's list:, procmail, Sieve), so it is never inside an encoded word."""
+    add_active(store, "a@example.org")
+    send(make_config(port), store)
+    wire = message_from_bytes(sink.messages[0].data, policy=policy.compat32)
+    sent = " ".join(str(wire["List-Id"]).split())
+    phrase, _, list_id = sent.rpartition(" ")
+    assert list_id == "<digest.news.example.org>"
+    assert sent.isascii()
+    assert str(make_header(decode_header(phrase))) == "finews 财经新闻 digest"
+    assert sink.messages[0].message["List-Id"] == "finews 财经新闻 digest <digest.news.example.org>"
+
+
+def test_the_derived_list_id_of_an_international_host_is_its_ascii_form() -> None:
+    site = dataclasses.replace(make_site(), url="https://财经.example.org/news")
+    headers = list_headers(make_config(25), site, "https://x.example/u/T")
+    assert headers["List-Id"] == "finews 财经新闻 digest <digest.xn--4n0a760a.example.org>"
 
 
 def test_running_again_sends_nothing(sink: Sink, port: int, store: Store) -> None:

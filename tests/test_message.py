@@ -102,6 +102,38 @@ def test_crlf_in_extra_headers_and_addresses_is_flattened() -> None:
     assert msg["X-Note"] == "line1 line2"
 
 
+def list_id_on_the_wire(raw: bytes) -> str:
+    """The List-Id header as sent, unfolded, encoded words left as they are (compat32 decodes nothing)."""
+    msg = email.message_from_bytes(raw, policy=email.policy.compat32)
+    return " ".join(str(msg["List-Id"]).split())
+
+
+@pytest.mark.parametrize(
+    ("value", "wire", "decoded"),
+    [
+        ("finews 财经新闻 digest <digest.news.example.org>",
+         "=?utf-8?b?ZmluZXdzIOi0oue7j+aWsOmXuyBkaWdlc3Q=?= <digest.news.example.org>",
+         "finews 财经新闻 digest <digest.news.example.org>"),
+        ("finews.com: daily <daily.finews.example>", '"finews.com: daily" <daily.finews.example>',
+         '"finews.com: daily" <daily.finews.example>'),
+        ("<digest.finews.example>", "<digest.finews.example>", "<digest.finews.example>"),
+        ("财经" * 40 + " <digest.finews.example>", None, "财经" * 40 + " <digest.finews.example>"),
+    ],
+)
+def test_list_id_encodes_only_its_phrase_and_keeps_the_id_plain(value: str, wire: str | None, decoded: str) -> None:
+    """RFC 2919: list filters (Gmail's list:, procmail, Sieve) match the <id>, so it is never inside an encoded word."""
+    raw = make(headers={"List-Id": value})
+    sent = list_id_on_the_wire(raw)
+    assert sent.isascii()
+    assert sent.endswith(" <" + value.rpartition("<")[2]) or sent == "<" + value.rpartition("<")[2]
+    if wire is not None:
+        assert sent == wire
+    assert parse(raw)["List-Id"] == decoded
+    list_id = b"<" + value.rpartition("<")[2].encode()
+    assert any(line.endswith(b" " + list_id) or line == b"List-Id: " + list_id for line in raw.split(b"\r\n")), \
+        "the id ends a line of its own header, after the phrase's last word"
+
+
 def test_invalid_or_reserved_extra_header_names_are_refused() -> None:
     with pytest.raises(ValueError, match="not a valid header name"):
         make(headers={"Bad Name": "x"})

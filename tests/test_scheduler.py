@@ -177,7 +177,8 @@ def test_missed_digest_runs_at_start_with_the_time_it_was_due() -> None:
     assert calls == [due]
     assert status["state"] == "running"
     # Next run: the same time tomorrow (a day later by the clock), never a second run today.
-    assert status["next_run_times"][DIGEST_JOB] == (due + timedelta(days=1)).isoformat()
+    # Written as every time for an operator is: UTC with a Z.
+    assert status["next_run_times"][DIGEST_JOB] == (due + timedelta(days=1)).astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
     assert REBUILD_JOB not in status["next_run_times"]
 
 

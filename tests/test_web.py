@@ -6,13 +6,17 @@ from __future__ import annotations
 
 import gzip
 import http.client
+import io
+import json
+import logging
 import math
 import os
 import random
 import statistics
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from email.utils import formatdate
@@ -37,6 +41,7 @@ from smtp_fakes import (
 
 from finews_feeds.config import Config
 from finews_feeds.feeds.build import build_feeds
+from finews_feeds.logs import JsonFormatter
 from finews_feeds.mail.delivery import send_digest
 from finews_feeds.mail.digest import write_preview
 from finews_feeds.mail.mailer import transport_from_config
@@ -276,6 +281,43 @@ def test_subscribe_is_rate_limited_per_client_address(web: Web) -> None:
         assert client.post("/subscribe", data={"email": "r10@example.org"}).status_code == 200
     assert web.settled()
     assert sorted(web.statuses()) == sorted([f"r{n}@example.org" for n in range(5)] + ["r10@example.org"])
+
+
+@contextmanager
+def json_log(level: int) -> Iterator[Callable[[], list[dict[str, Any]]]]:
+    """The project's loggers as JSON lines (--log-format json) at ``level``, parsed on request."""
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(JsonFormatter())
+    logger = logging.getLogger("finews_feeds")
+    saved = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(level)
+    try:
+        yield lambda: [json.loads(line) for line in stream.getvalue().splitlines()]
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(saved)
+
+
+@pytest.mark.parametrize("level", [logging.INFO, logging.DEBUG])
+def test_subscribe_confirmation_and_confirm_are_logged_the_address_only_at_debug(web: Web, level: int) -> None:
+    with json_log(level) as lines, web.client() as client:
+        assert client.post("/subscribe", data={"email": "reader@example.org", "category": "yicai"}).status_code == 200
+        assert wait_until(lambda: len(web.sink.messages) == 1)
+        text = web.sink.messages[0].message.get_body(("plain",)).get_content()  # type: ignore[union-attr]
+        link = next(word for word in text.split() if word.startswith(f"{web.base}/confirm/"))
+        assert client.post(link.removeprefix(web.base)).status_code == 200
+        assert wait_until(lambda: any(line["message"].startswith("subscription confirmed") for line in lines()))
+    said = [line for line in lines() if line["level"] == "info"]
+    suffix = ": reader@example.org" if level == logging.DEBUG else ""
+    assert [line["message"] for line in said] == [f"subscribe: confirmation mail queued{suffix}",
+                                                  f"confirmation mail sent{suffix}", f"subscription confirmed{suffix}"]
+    assert said[0]["outcome"] == "confirm" and said[1]["kind"] == "confirm"
+    if level == logging.INFO:
+        assert "reader@example.org" not in json.dumps(lines())
+    else:
+        assert [line["address"] for line in said] == ["reader@example.org"] * 3
 
 
 def test_one_address_gets_at_most_three_confirmations_an_hour_whoever_asks(web: Web) -> None:

@@ -80,6 +80,17 @@ class BuildReport:
             f"output: {self.output}"
         )
 
+    def fields(self) -> dict[str, object]:
+        """The summary as the fields of a JSON log line."""
+        return {
+            "posts": self.posts, "feeds": self.feeds, "feeds_written": self.feeds_written,
+            "feeds_unchanged": self.feeds_unchanged, "feeds_removed": self.feeds_removed,
+            "files_written": self.files_written, "files_unchanged": self.files_unchanged,
+            "files_removed": self.files_removed, "rejected_files": len(self.rejected),
+            "seconds": round(self.seconds, 3), "collect_seconds": round(self.collect_seconds, 3),
+            "incremental": self.incremental, "output": self.output,
+        }
+
 
 # --------------------------------------------------------------------------- signatures
 
@@ -206,7 +217,7 @@ def run_build(config: Config, *, full: bool = False, now: datetime | None = None
         finally:
             cache.close()
     report.seconds = time.perf_counter() - started
-    log.info("feeds built: %s", report.summary())
+    log.info("feeds built: %s", report.summary(), extra=report.fields())
     return report
 
 

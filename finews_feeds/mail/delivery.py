@@ -19,7 +19,6 @@ per crash, and mail clients show it once).
 
 from __future__ import annotations
 
-import html as html_lib
 import logging
 import threading
 import time
@@ -38,6 +37,8 @@ from ..config import Config
 from ..errors import ConfigError, DeliveryError, StoreError, SubscriberError
 from ..models import Post, Posts, Site
 from ..site.collector import collect_site
+from ..site.jekyll import resolve_site
+from .confirmation import ConfirmationRenderer
 from .digest import DigestRenderer, Recipient, Selection, Variant, posts_of_day, web_base_url
 from .mailer import ConnectionFailure, PermanentFailure, SmtpTransport, TemporaryFailure, transport_from_config
 from .message import build_message, domain_of, format_address, message_id
@@ -86,10 +87,20 @@ class DeliveryReport:
     aborted: str = ""
     #: Who held the day's claim when this run did not wait for it, or "".
     busy: str = ""
+    #: How long the run took, from its claim to its end (the CLI and the logs show it).
+    seconds: float = 0.0
 
     @property
     def ok(self) -> bool:
         return not self.permanent_failures and not self.aborted
+
+    def fields(self) -> dict[str, object]:
+        """The counts of the run, as the fields of a JSON log line."""
+        return {
+            "day": self.day.isoformat(), "sent": self.sent, "skipped": sum(self.skipped.values()),
+            "retried": self.retried, "failed": sum(self.failed.values()), "already_sent": self.already_sent,
+            "resent": self.resent, "total": self.total, "seconds": round(self.seconds, 3),
+        }
 
     def summary_lines(self) -> list[str]:
         lines = [
@@ -138,10 +149,15 @@ class RateLimiter:
 
 
 def list_id(config: Config, site: Site) -> str:
-    """``digest.list_id``, else ``<site title> digest <digest.<site host>>``."""
+    """``digest.list_id``, else ``<site title> digest <digest.<site host>>``, the host in its ASCII
+    (IDNA) form: the id is what list filters match, and it must be plain ASCII (RFC 2919)."""
     if config.digest.list_id:
         return config.digest.list_id
     host = (urlsplit(site.url).hostname or "localhost").lower()
+    try:
+        host = host.encode("idna").decode("ascii")
+    except UnicodeError:
+        host = "localhost"
     return f"{site.title} digest <digest.{host}>".strip()
 
 
@@ -249,6 +265,10 @@ class _Run:
             self.variants[key] = self.renderer.render(self.day, self.posts, selection)
         return self.variants[key]
 
+    def fields(self, email: str, **more: object) -> dict[str, object]:
+        """The fields of a log line about one subscriber's message."""
+        return {"day": self.day.isoformat(), "address": email, **more}
+
     def stopping(self) -> bool:
         return self.stop is not None and self.stop.is_set()
 
@@ -268,7 +288,7 @@ class _Run:
         if row.state == "sending":
             # A crashed run may have had this accepted: same Message-ID, so it is recognisably one message.
             log.warning("%s: resending the %s digest left `sending` by an interrupted run (%s)",
-                        sub.email, self.day, row.message_id)
+                        sub.email, self.day, row.message_id, extra=self.fields(sub.email))
             self.report.resent += 1
         msg_id = row.message_id or message_id(self.day, sub.email, self.domain)
         try:
@@ -277,7 +297,7 @@ class _Run:
         except (ValueError, TypeError, UnicodeError, LookupError) as exc:
             # Something in this subscriber's data the message cannot hold: theirs alone, not a bounce.
             error = f"cannot build the message: {exc}"
-            log.error("%s: %s", sub.email, error)
+            log.error("%s: %s", sub.email, error, extra=self.fields(sub.email))
             self.store.mark_permanent(self.day, sub.id, error, 0, self.now())
             self.report.failed[f"permanent: {_reason(error)}"] += 1
             self.report.permanent_failures.append((sub.email, error))
@@ -296,18 +316,20 @@ class _Run:
             except PermanentFailure as exc:
                 bounced = self.store.mark_permanent(self.day, sub.id, exc.message, self.config.smtp.bounce_after,
                                                     self.now())
-                log.error("%s: permanent failure, not retried: %s", sub.email, exc.message)
+                log.error("%s: permanent failure, not retried: %s", sub.email, exc.message,
+                          extra=self.fields(sub.email, code=exc.code))
                 self.report.failed[f"permanent: {_reason(exc.message)}"] += 1
                 self.report.permanent_failures.append((sub.email, exc.message))
                 if bounced:
                     log.warning("%s: marked bounced after %d permanent failures", sub.email,
-                                self.config.smtp.bounce_after)
+                                self.config.smtp.bounce_after, extra=self.fields(sub.email))
                     self.report.bounced.append(sub.email)
                 return
             except TemporaryFailure as exc:
                 self.store.mark_temporary(self.day, sub.id, exc.message, self.now())
                 if attempt == retries or self.stopping():
-                    log.error("%s: temporary failure, left for the next run: %s", sub.email, exc.message)
+                    log.error("%s: temporary failure, left for the next run: %s", sub.email, exc.message,
+                              extra=self.fields(sub.email, code=exc.code, attempts=attempt + 1))
                     self.report.failed[f"temporary: {_reason(exc.message)}"] += 1
                     self.report.temporary_failures.append((sub.email, exc.message))
                     if isinstance(exc, ConnectionFailure) and not self.stopping():
@@ -315,7 +337,7 @@ class _Run:
                     return
                 wait = self.config.smtp.retry_backoff * 2**attempt
                 log.warning("%s: temporary failure (%s); retry %d of %d in %.1fs", sub.email, exc.message,
-                            attempt + 1, retries, wait)
+                            attempt + 1, retries, wait, extra=self.fields(sub.email, code=exc.code, wait_seconds=wait))
                 self.report.retried += 1
                 self.sleep(wait)
                 continue
@@ -372,6 +394,7 @@ def send_digest(
     posts = posts_of_day(collection, day, zone)
     renderer = renderer or DigestRenderer(config, collection.site, collection.content)
 
+    started = time.monotonic()
     owner = new_owner()
     announced = False
     while True:
@@ -382,7 +405,8 @@ def send_digest(
             report.busy = holder
             return report
         if not announced:
-            log.info("the %s digest is being sent by %s; waiting for it to finish", day, holder)
+            log.info("the %s digest is being sent by %s; waiting for it to finish", day, holder,
+                     extra={"day": day.isoformat()})
             announced = True
         sleep(CLAIM_POLL_SECONDS)
         if stop is not None and stop.is_set():
@@ -432,29 +456,22 @@ def send_digest(
         store.release_run(day, owner, now(), finished=finished)
     except StoreError as exc:
         raise _stopped(exc, day) from None
+    report.seconds = time.monotonic() - started
     log.info("digest %s: sent %d, skipped %d, failed %d", day, report.sent, sum(report.skipped.values()),
-             sum(report.failed.values()))
+             sum(report.failed.values()), extra=report.fields())
     return report
 
 
-def confirmation_message(config: Config, email: str, name: str, msg_id: str, when: datetime) -> EmailMessage:
-    """The double opt-in message to ``email``, with a signed confirm link (its 7 days count from now)."""
+def confirmation_message(config: Config, email: str, name: str, msg_id: str, when: datetime,
+                         renderer: ConfirmationRenderer | None = None, categories: Sequence[str] = (),
+                         tags: Sequence[str] = ()) -> EmailMessage:
+    """The double opt-in message to ``email``, with a signed confirm link (its 7 days count from now),
+    from the confirm templates (``renderer``: one made for the config's site when not given)."""
     secret = secret_of(config)
     link = confirm_url(config, make_token(secret, "confirm", email))
-    title = config.site.title or "finews"
-    greeting = f"{name}，您好！" if name else "您好！"
-    text = (
-        f"{greeting}\n\n请打开下面的链接，确认订阅{title}每日精选：\n\n{link}\n\n"
-        "如果您没有订阅，请忽略这封邮件，我们不会再给您发信。\n"
-    )
-    html = (
-        f"<!doctype html><html><body><p>{html_lib.escape(greeting)}</p>"
-        f"<p>请点击下面的链接，确认订阅{html_lib.escape(title)}每日精选：</p>"
-        f'<p><a href="{html_lib.escape(link, quote=True)}">确认订阅</a></p>'
-        "<p>如果您没有订阅，请忽略这封邮件，我们不会再给您发信。</p></body></html>"
-    )
+    mail = (renderer or ConfirmationRenderer(config, resolve_site(config))).render(email, name, link, categories, tags)
     msg = build_message(
-        subject=f"请确认订阅 {title} 每日精选", html=html, text=text, sender=config.digest.from_,
+        subject=mail.subject, html=mail.html, text=mail.text, sender=config.digest.from_,
         to=format_address(name, email), reply_to=config.digest.reply_to, message_id=msg_id, date=when,
     )
     _keep_whole(msg, "Message-ID")
@@ -481,15 +498,17 @@ def send_confirmation(
     when = now or datetime.now(UTC)
     secret_of(config)
     name = ""
+    categories: tuple[str, ...] = ()
+    tags: tuple[str, ...] = ()
     if store is not None:
         sub = store.get_subscriber(email)
         if sub is None:
             raise SubscriberError(f"{email} is not a subscriber")
         if sub.status != "pending":
             raise SubscriberError(f"{sub.email} is {sub.status}, not waiting for confirmation")
-        email, name = sub.email, sub.name
+        email, name, categories, tags = sub.email, sub.name, sub.categories, sub.tags
     msg_id = confirmation_message_id(config)
-    msg = confirmation_message(config, email, name, msg_id, when)
+    msg = confirmation_message(config, email, name, msg_id, when, categories=categories, tags=tags)
     transport.send(msg, sender=envelope_sender(config), recipients=(email,))
     return msg_id
 

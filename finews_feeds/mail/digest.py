@@ -20,6 +20,7 @@ import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime, time, timedelta
+from importlib import resources
 from pathlib import Path
 from urllib.parse import quote, urljoin, urlsplit
 from zoneinfo import ZoneInfo
@@ -41,8 +42,9 @@ from .message import PreparedBody, build_message, domain_of, format_address, hea
 
 log = logging.getLogger(__name__)
 
-#: The bundled templates (an operator's ``digest.templates`` folder is searched first).
-BUNDLED_TEMPLATES = Path(__file__).resolve().parents[2] / "templates"
+#: The bundled templates, inside the package (an operator's ``digest.templates`` folder is searched
+#: first; the project's top-level ``templates/`` holds copies to start one from).
+BUNDLED_TEMPLATES = "templates/digest"
 HTML_TEMPLATE = "digest.html.j2"
 TEXT_TEMPLATE = "digest.txt.j2"
 
@@ -403,7 +405,7 @@ class DigestRenderer:
             text = self.text_template.render(d=view)
         except jinja2.TemplateError as exc:
             raise DigestError(f"digest template failed: {exc}") from None
-        return inline_css(raw_html), _tidy_text(text)
+        return inline_css(raw_html), tidy_text(text)
 
     def view(self, day: date, posts: Sequence[Post], selection: Selection, cap: int | None = None) -> DigestView:
         """The view model of the digest for ``selection``: grouped, ordered, at most ``cap``
@@ -519,15 +521,18 @@ class DigestRenderer:
         )
 
 
-def template_dirs(custom: str) -> list[str]:
-    return ([custom] if custom else []) + [str(BUNDLED_TEMPLATES)]
+def template_dirs(custom: str) -> str:
+    """Where templates are looked for, for messages: the operator's folder, then the package's."""
+    bundled = f"the bundled templates ({resources.files('finews_feeds').joinpath(BUNDLED_TEMPLATES)})"
+    return f"{custom} or {bundled}" if custom else bundled
 
 
 def make_environment(custom: str) -> jinja2.Environment:
     if custom and not Path(custom).is_dir():
         raise ConfigError(f"digest.templates = {custom!r}: folder not found")
+    bundled = jinja2.PackageLoader("finews_feeds", BUNDLED_TEMPLATES)
     return jinja2.Environment(
-        loader=jinja2.FileSystemLoader(template_dirs(custom)),
+        loader=jinja2.ChoiceLoader([jinja2.FileSystemLoader(custom), bundled]) if custom else bundled,
         autoescape=lambda name: name is not None and name.endswith((".html.j2", ".html")),
         undefined=jinja2.StrictUndefined,
         trim_blocks=True,
@@ -536,7 +541,7 @@ def make_environment(custom: str) -> jinja2.Environment:
     )
 
 
-def _tidy_text(text: str) -> str:
+def tidy_text(text: str) -> str:
     # Templates leave runs of blank lines where optional parts are missing.
     lines = [line.rstrip() for line in text.splitlines()]
     out: list[str] = []

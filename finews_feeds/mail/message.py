@@ -33,6 +33,8 @@ from email.policy import Policy
 from email.utils import format_datetime, getaddresses, parseaddr
 from io import BytesIO
 
+from ..config import LIST_ID
+
 #: CRLF line endings: the bytes are what goes on the wire and what DKIM signs. Header values the
 #: builder stores are already folded and encoded, so they are written as they are.
 MESSAGE_POLICY = policy.SMTP.clone(refold_source="none")
@@ -132,7 +134,10 @@ def build_message(
             raise ValueError(f"build_message: {name!r} is not a valid header name")
         if name.lower() in _OWN_HEADERS:
             raise ValueError(f"build_message: {name} is set by the builder, not through headers")
-        _set(msg, name, _unstructured(name, header_text(value)))
+        if name.lower() == "list-id":
+            _set(msg, name, _list_id(header_text(value)))
+        else:
+            _set(msg, name, _unstructured(name, header_text(value)))
     # Set here, not left to the generator: its random boundary makes it scan the whole body for a
     # collision. This one cannot collide, as base64 lines never hold "-", and it keeps the bytes
     # of a message reproducible.
@@ -254,6 +259,22 @@ def _unstructured(name: str, value: str) -> str:
         return _fold(name, value.split(" ")) if value else ""
     # Encoded words hold spaces inside them; a line break only goes between words.
     return _fold(name, _encoded_words(value))
+
+
+@functools.lru_cache(maxsize=64)
+def _list_id(value: str) -> str:
+    """A List-Id value: only its phrase is encoded (RFC 2919), the ``<id>`` stays plain ASCII for
+    list filters (Gmail's ``list:``, procmail, Sieve) to match. A value not of that form is
+    written as unstructured text (config validation keeps such values out of a real run)."""
+    match = LIST_ID.fullmatch(value)
+    if match is None:
+        return _unstructured("List-Id", value)
+    phrase = match["phrase"].strip()
+    tokens = _display_name(phrase) if phrase else [""]
+    # The id stays on the line of the phrase's last word (a line of up to ~120 characters, within
+    # RFC 5322's 998): a filter that reads the header line by line still finds name and id together.
+    tokens[-1] = f"{tokens[-1]} <{match['id']}>".lstrip()
+    return _fold("List-Id", tokens)
 
 
 def _display_name(name: str) -> list[str]:

@@ -30,9 +30,13 @@ import threading
 from collections.abc import Callable
 from datetime import datetime, timedelta
 
-from ..clock import utc_now
+from ..clock import iso, utc_now
 from ..config import Config
 from ..errors import FinewsError, SubscriberError
+from ..logs import subscriber_event
+from ..models import Site
+from ..site.jekyll import resolve_site
+from .confirmation import ConfirmationRenderer
 from .delivery import confirmation_message, confirmation_message_id, envelope_sender
 from .mailer import ConnectionFailure, PermanentFailure, SmtpTransport, TemporaryFailure
 from .store import OutboxRow, Store, new_owner
@@ -49,11 +53,19 @@ SWEEP_EVERY = timedelta(minutes=10)
 RETRY_FORM = timedelta(seconds=1)
 FORM_KINDS = ("subscribe",)
 MAIL_KINDS = ("confirm",)
+#: What a subscribe form came to, as logged (the address only at DEBUG, see logs.subscriber_event).
+SUBSCRIBE_OUTCOMES = {
+    "confirm": "subscribe: confirmation mail queued",
+    "active": "subscribe: already an active subscriber; nothing sent",
+    "limited": f"subscribe: {CONFIRMATIONS_PER_HOUR} confirmation mails this hour already; none sent",
+}
 
 
 def _log_expired(row: OutboxRow, attempts: int, now: datetime, error: str) -> None:
     log.error("outbox: gave up on the %s mail to %s after %d attempts over %s (outbox.lifetime_hours): %s",
-              row.kind, row.email, attempts, now - row.created_at, error)
+              row.kind, row.email, attempts, now - row.created_at, error,
+              extra={"kind": row.kind, "address": row.email, "attempts": attempts,
+                     "queued_seconds": round((now - row.created_at).total_seconds())})
 
 
 def backoff(config: Config, attempts: int) -> timedelta:
@@ -77,8 +89,11 @@ class OutboxWorker:
         transport_factory: Callable[[], SmtpTransport],
         clock: Callable[[], datetime] = utc_now,
         owner: str | None = None,
+        site: Site | None = None,
     ) -> None:
         self.config = config
+        # Loaded at start, so a broken confirm template in digest.templates stops the daemon at once.
+        self.confirmations = ConfirmationRenderer(config, site or resolve_site(config))
         self.store = store
         self.transport_factory = transport_factory
         self.clock = clock
@@ -199,7 +214,8 @@ class OutboxWorker:
             _log_expired(row, row.attempts, now, row.last_error or "never tried")
         purged = self.store.purge_outbox(now - KEEP_FINISHED)
         if purged:
-            log.info("outbox: deleted %d rows finished more than %d days ago", purged, KEEP_FINISHED.days)
+            log.info("outbox: deleted %d rows finished more than %d days ago", purged, KEEP_FINISHED.days,
+                     extra={"deleted": purged})
 
     def _accept(self, row: OutboxRow) -> None:
         now = self.clock()
@@ -211,13 +227,10 @@ class OutboxWorker:
             return
         if outcome == "confirm":
             self._wake_mail.set()
-        elif outcome == "limited":
-            log.info("subscribe %s: %d confirmation mails this hour already; none sent", row.email,
-                     CONFIRMATIONS_PER_HOUR)
-        elif outcome == "lost":
-            log.warning("subscribe %s: another worker took this form over (outbox.lease_seconds)", row.email)
+        if outcome == "lost":
+            log.warning("subscribe: another worker took this form over (outbox.lease_seconds)")
         else:
-            log.debug("subscribe %s: %s", row.email, outcome)
+            subscriber_event(log, SUBSCRIBE_OUTCOMES[outcome], row.email, outcome=outcome)
 
     def _fail_later(self, row: OutboxRow, error: str, now: datetime) -> datetime | None:
         """Record a temporary failure; the time of the next attempt, or None when the mail expired."""
@@ -228,7 +241,8 @@ class OutboxWorker:
         next_at = now + backoff(self.config, row.attempts + 1)
         self.store.defer_outbox(row.id, self.owner, error, next_at, now)
         log.warning("outbox: %s mail to %s not sent (%s); attempt %d, next at %s", row.kind, row.email, error,
-                    row.attempts + 1, next_at.isoformat(timespec="seconds"))
+                    row.attempts + 1, iso(next_at),
+                    extra={"kind": row.kind, "address": row.email, "attempts": row.attempts + 1, "next_at": iso(next_at)})
         return next_at
 
     def _send(self, row: OutboxRow, transport: SmtpTransport) -> None:
@@ -240,16 +254,19 @@ class OutboxWorker:
             self.store.finish_outbox(row.id, self.owner, "skipped", now, f"subscriber is {status}")
             return
         try:
-            msg = confirmation_message(self.config, sub.email, sub.name, row.message_id, now)
+            msg = confirmation_message(self.config, sub.email, sub.name, row.message_id, now, self.confirmations,
+                                       sub.categories, sub.tags)
         except (ValueError, TypeError, UnicodeError, LookupError) as exc:
             error = f"cannot build the message: {exc}"
-            log.error("outbox: %s mail to %s: %s", row.kind, row.email, error)
+            log.error("outbox: %s mail to %s: %s", row.kind, row.email, error,
+                      extra={"kind": row.kind, "address": row.email})
             self.store.finish_outbox(row.id, self.owner, "failed", now, error)
             return
         try:
             transport.send(msg, sender=envelope_sender(self.config), recipients=(sub.email,))
         except PermanentFailure as exc:
-            log.error("outbox: %s mail to %s refused, not retried: %s", row.kind, row.email, exc.message)
+            log.error("outbox: %s mail to %s refused, not retried: %s", row.kind, row.email, exc.message,
+                      extra={"kind": row.kind, "address": row.email, "code": exc.code})
             self.store.finish_outbox(row.id, self.owner, "failed", self.clock(), exc.message)
             return
         except TemporaryFailure as exc:
@@ -265,7 +282,7 @@ class OutboxWorker:
             return
         self._down_until = None
         if self.store.finish_outbox(row.id, self.owner, "sent", self.clock()):
-            log.info("%s mail sent to %s", row.kind, row.email)
+            subscriber_event(log, "confirmation mail sent", row.email, kind=row.kind, attempts=row.attempts + 1)
         else:
             log.warning("outbox: %s mail to %s was sent after its lease ran out (outbox.lease_seconds)",
-                        row.kind, row.email)
+                        row.kind, row.email, extra={"kind": row.kind, "address": row.email})

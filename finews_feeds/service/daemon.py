@@ -32,12 +32,13 @@ import uvicorn
 from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
 
-from ..clock import utc_now
+from ..clock import iso, utc_now
 from ..config import Config
 from ..errors import ConfigError, FinewsError
 from ..feeds.build import BuildReport, run_build
+from ..mail.confirmation import ConfirmationRenderer
 from ..mail.delivery import send_digest
-from ..mail.digest import covered_day, write_preview
+from ..mail.digest import DigestRenderer, covered_day, write_preview
 from ..mail.mailer import transport_from_config
 from ..mail.outbox import OutboxWorker
 from ..mail.store import Store
@@ -108,10 +109,10 @@ class DaemonStatus:
         with self._lock:
             running = None
             if self.build_started_at is not None and self.build_started_mono is not None:
-                running = {"started_at": self.build_started_at.isoformat(),
+                running = {"started_at": iso(self.build_started_at),
                            "seconds": round(mono - self.build_started_mono, 3)}
             return {
-                "started_at": self.started_at.isoformat(),
+                "started_at": iso(self.started_at),
                 "builds": self.builds,
                 "build_running": running,
                 "last_build": self.last_build,
@@ -191,7 +192,7 @@ class Rebuilder:
 def build_result(report: BuildReport, now: datetime) -> dict[str, Any]:
     return {
         "ok": True,
-        "finished_at": now.isoformat(),
+        "finished_at": iso(now),
         "posts": report.posts,
         "feeds": report.feeds,
         "feeds_written": report.feeds_written,
@@ -206,7 +207,7 @@ def send_result(report: Any, now: datetime) -> dict[str, Any]:
     return {
         "ok": bool(report.ok),
         "day": report.day.isoformat(),
-        "finished_at": now.isoformat(),
+        "finished_at": iso(now),
         "sent": report.sent,
         "already_sent": report.already_sent,
         "resent": report.resent,
@@ -272,6 +273,9 @@ class Daemon:
         self.digest_in = digest_in
         self.retry_first = retry_first
         self.site = resolve_site(config)
+        # The mails' templates load now: a missing or broken one stops the start, not the 07:30 run.
+        DigestRenderer(config, self.site, lambda _post: "")
+        ConfirmationRenderer(config, self.site)
         self.zone: tzinfo = digest_zone(config, self.site.timezone)
         self.stop = threading.Event()  # the delivery stop event, and "take no new work"
         self.shutdown = threading.Event()
@@ -347,12 +351,12 @@ class Daemon:
         except FinewsError as exc:
             self._walk_after_failure()
             log.error("feed build failed: %s", exc.message)
-            self.status.record_build({"ok": False, "finished_at": self.clock().isoformat(), "error": exc.message})
+            self.status.record_build({"ok": False, "finished_at": iso(self.clock()), "error": exc.message})
             return None
         except Exception as exc:
             self._walk_after_failure()
             log.exception("feed build failed")
-            self.status.record_build({"ok": False, "finished_at": self.clock().isoformat(), "error": repr(exc)})
+            self.status.record_build({"ok": False, "finished_at": iso(self.clock()), "error": repr(exc)})
             return None
         self.status.record_build(build_result(report, self.clock()))
         self._remember_categories(report.categories, report.tags)
@@ -398,14 +402,15 @@ class Daemon:
             return
         zone = self.zone if isinstance(self.zone, ZoneInfo) else ZoneInfo(str(self.zone))
         day = self.digest_day or covered_day(fired, zone, self.config.digest.covers)
-        log.info("digest run for %s (scheduled %s)", day.isoformat(), fired.isoformat())
+        log.info("digest run for %s (scheduled %s)", day.isoformat(), iso(fired),
+                 extra={"day": day.isoformat(), "scheduled": iso(fired), "attempt": attempt + 1})
         try:
             collection = self.collect()
             try:
                 try:
                     write_preview(self.config, day, now=self.clock(), collect=lambda _config: collection)
                 except (FinewsError, OSError) as exc:  # the archive page is a nicety; the mail is not
-                    log.error("web copy of the %s digest not written: %s", day, exc)
+                    log.error("web copy of the %s digest not written: %s", day, exc, extra={"day": day.isoformat()})
                 report = send_digest(
                     self.config, self.store, lambda: transport_from_config(self.config), day, collection,
                     self.clock, self.stop,
@@ -413,19 +418,25 @@ class Daemon:
             finally:
                 collection.close()
         except FinewsError as exc:
-            log.error("digest %s not sent: %s", day, exc.message)
-            self.status.record_send({"ok": False, "day": day.isoformat(), "finished_at": self.clock().isoformat(),
+            log.error("digest %s not sent: %s", day, exc.message, extra={"day": day.isoformat()})
+            self.status.record_send({"ok": False, "day": day.isoformat(), "finished_at": iso(self.clock()),
                                      "error": exc.message, "attempt": attempt + 1})
             self._retry(fired, attempt + 1)
             return
         except Exception as exc:
-            log.exception("digest %s failed", day)
-            self.status.record_send({"ok": False, "day": day.isoformat(), "finished_at": self.clock().isoformat(),
+            log.exception("digest %s failed", day, extra={"day": day.isoformat()})
+            self.status.record_send({"ok": False, "day": day.isoformat(), "finished_at": iso(self.clock()),
                                      "error": repr(exc), "attempt": attempt + 1})
             self._retry(fired, attempt + 1)
             return
-        for line in report.summary_lines():
-            log.info("%s", line)
+        # send_digest logged the counts; said here is only what ends a run early.
+        if report.stopped:
+            log.warning("digest %s: stopped before the end; the next run sends the rest", day,
+                        extra={"day": day.isoformat()})
+        if report.aborted:
+            log.error("digest %s: gave up: %s; trying again later", day, report.aborted, extra={"day": day.isoformat()})
+        if report.busy:
+            log.info("digest %s: another process is sending it (%s)", day, report.busy, extra={"day": day.isoformat()})
         self.status.record_send({**send_result(report, self.clock()), "attempt": attempt + 1})
         if (report.aborted or report.temporary_failures) and not report.stopped:
             self._retry(fired, attempt + 1)
@@ -437,9 +448,10 @@ class Daemon:
         at = retry_time(fired, self.clock(), attempt, self.retry_first, grace)
         if at is None:
             log.error("digest run of %s: giving up after %d attempts (past scheduler.misfire_grace_minutes)",
-                      fired.isoformat(), attempt)
+                      iso(fired), attempt, extra={"scheduled": iso(fired), "attempts": attempt})
             return
-        log.info("digest run of %s: trying again at %s", fired.isoformat(), at.isoformat())
+        log.info("digest run of %s: trying again at %s", iso(fired), iso(at),
+                 extra={"scheduled": iso(fired), "retry_at": iso(at), "attempt": attempt + 1})
         schedule_retry(self.scheduler, self.digest, fired, at, attempt)
 
     def health(self) -> dict[str, Any]:
@@ -498,7 +510,8 @@ class Daemon:
         )
         # Subscribe forms and confirmation mail go through the outbox, worked in a thread of its
         # own, so no web request ever waits on SMTP (the pool of the web server stays free).
-        self.outbox = OutboxWorker(config, self.store, lambda: transport_from_config(config), clock=self.clock)
+        self.outbox = OutboxWorker(config, self.store, lambda: transport_from_config(config), clock=self.clock,
+                                   site=self.site)
         app = create_app(config, store=self.store, wake_outbox=self.outbox.wake, health=self.health,
                          categories=self.categories, tags=self.tags, clock=self.clock)
         server = uvicorn.Server(uvicorn.Config(

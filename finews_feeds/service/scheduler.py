@@ -26,6 +26,7 @@ from apscheduler.triggers.base import BaseTrigger
 from apscheduler.triggers.date import DateTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 
+from ..clock import iso
 from ..config import Config
 from ..errors import ConfigError
 
@@ -190,7 +191,7 @@ def create_scheduler(
 
     missed = catch_up_time(trigger, now, grace)
     if missed is not None:
-        log.info("digest run of %s was missed; running it now", missed.isoformat())
+        log.info("digest run of %s was missed; running it now", iso(missed), extra={"scheduled": iso(missed)})
         scheduler.add_job(run_digest, trigger, id=DIGEST_JOB, name="daily digest", next_run_time=missed)
     else:
         scheduler.add_job(run_digest, trigger, id=DIGEST_JOB, name="daily digest")
@@ -199,7 +200,7 @@ def create_scheduler(
 
     def missed_run(event: JobExecutionEvent) -> None:
         log.warning("job %s missed its run at %s (later than scheduler.misfire_grace_minutes)",
-                    event.job_id, event.scheduled_run_time)
+                    event.job_id, iso(event.scheduled_run_time), extra={"scheduled": iso(event.scheduled_run_time)})
 
     scheduler.add_listener(missed_run, EVENT_JOB_MISSED)
     return scheduler
@@ -229,7 +230,7 @@ def request_rebuild(scheduler: BackgroundScheduler, rebuild: Callable[[], None],
 def scheduler_status(scheduler: BackgroundScheduler) -> dict[str, Any]:
     """State and next run times, for /healthz."""
     jobs = {
-        job.id: job.next_run_time.isoformat() if job.next_run_time else None
+        job.id: iso(job.next_run_time) if job.next_run_time else None
         for job in scheduler.get_jobs()
     }
     return {"state": STATE_NAMES.get(scheduler.state, str(scheduler.state)), "next_run_times": jobs}

@@ -52,7 +52,9 @@ from starlette.routing import Mount, Route
 from ..clock import utc_now
 from ..config import Config
 from ..errors import FinewsError, SubscriberError, TokenError
+from ..logs import subscriber_event
 from ..mail.addresses import normalize_email
+from ..mail.confirmation import VALID_DAYS
 from ..mail.digest import web_base_url
 from ..mail.store import Store
 from ..mail.tokens import read_token, secret_of
@@ -63,8 +65,8 @@ from .static import FeedFiles, GzipCache, NegotiatedGZipMiddleware
 
 log = logging.getLogger(__name__)
 
-#: How long a confirm link stays valid.
-CONFIRM_MAX_AGE = 7 * 24 * 3600
+#: How long a confirm link stays valid (the confirmation mail says so).
+CONFIRM_MAX_AGE = VALID_DAYS * 24 * 3600
 ONE_CLICK = "One-Click"
 DAY_PATTERN = re.compile(r"(\d{4}-\d{2}-\d{2})(?:\.html)?")
 ERROR_TITLES = {400: "请求无效", 403: "请求被拒绝", 404: "找不到页面", 405: "不允许的方法", 413: "请求过大",
@@ -180,8 +182,10 @@ def create_app(
             return message("链接已失效", "这个确认链接对应的订阅已不存在，请重新订阅。", link=("/", "订阅"),
                            status=400, headers=TOKEN_PAGE_HEADERS)
         if sub.status != "active":
+            log.info("confirm refused: the subscriber is %s", sub.status, extra={"status": sub.status})
             return message("无法确认", "这个地址已退订或无法投递。如需再次订阅，请重新提交订阅表单。", link=("/", "订阅"),
                            status=409, headers=TOKEN_PAGE_HEADERS)
+        subscriber_event(log, "subscription confirmed", sub.email)
         return message("订阅成功", f"{sub.email} 将每天收到每日精选。", headers=TOKEN_PAGE_HEADERS)
 
     async def unsubscribe_page(request: Request) -> Response:
@@ -196,7 +200,7 @@ def create_app(
         if text_field(form, "List-Unsubscribe", 20) != ONE_CLICK:
             raise HTTPException(400, "expected List-Unsubscribe=One-Click")
         await run_in_threadpool(store.unsubscribe, email, clock())
-        log.info("unsubscribed %s", email)
+        subscriber_event(log, "unsubscribed", email)
         return message("已退订", f"{email} 已退订，不会再收到每日精选。", headers=TOKEN_PAGE_HEADERS)
 
     async def unsubscribe_help(request: Request) -> Response:

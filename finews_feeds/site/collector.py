@@ -242,7 +242,8 @@ def _render_batch(job: _Job, fronts: Sequence[Front]) -> list[tuple[Entry, Outco
         else:
             # Changed since it was read, and no longer a post: shown without its body this time,
             # recorded as what it is now by the caller (its feeds are touched).
-            log.warning("%s: %s", front.path, outcome.message if outcome is not None else "no longer published")
+            log.warning("%s: %s", front.path, outcome.message if outcome is not None else "no longer published",
+                        extra={"file": front.path})
             if entry is not None:
                 failed.append((entry, outcome))
     cache = PostCache(job.path, job.fingerprint, job.site)
@@ -291,7 +292,7 @@ def _refresh(cache: PostCache, site: Site, now: datetime, touched: Iterable[str]
         for rejected in parallel.run(task, batches, parallel=use_pool):
             for error in rejected:
                 # Logged when found, not at every run: a daemon would repeat it every few minutes.
-                log.warning("%s: %s", error.path, error.message)
+                log.warning("%s: %s", error.path, error.message, extra={"file": error.path})
         cache.finish(generation, changes.removed, packed)
         collection.read = len(changes.read)
     elif packed is not None:
