@@ -104,8 +104,8 @@ def read_data(folder: Path) -> dict[str, Any]:
 
 
 def _data_key(name: str) -> str:
-    # DataReader#sanitize_filename
-    return re.sub(r"\s+", "_", re.sub(r"[^\w\s-]+|(?<=^|\b\s)\s+(?=$|\s?\b)", "", name))
+    # DataReader#sanitize_filename: other characters dropped, spaces at either end dropped, runs made `_`
+    return re.sub(r"\s+", "_", re.sub(r"[^\w\s-]+", "", name).strip())
 
 
 def _data_file(path: Path) -> Any:
