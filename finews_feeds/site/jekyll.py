@@ -23,6 +23,7 @@ import yaml
 from ..config import Config
 from ..errors import SiteError
 from ..models import JEKYLL_EXCLUDES, JEKYLL_INCLUDES, FrontMatterLimits, Site
+from .markup import html_to_text
 
 log = logging.getLogger(__name__)
 
@@ -172,7 +173,8 @@ def resolve_site(config: Config) -> Site:
     return Site(
         source=str(source),
         url=full_url,
-        title=cfg.title or _text(jekyll.get("title")) or "finews",
+        # Plain text wherever a title is shown (feeds, OPML, the digest's subject), as jekyll-feed strips it.
+        title=html_to_text(cfg.title or _text(jekyll.get("title")) or "") or "finews",
         timezone=zone,
         language=cfg.language,
         permalink=permalink,
