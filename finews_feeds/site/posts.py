@@ -300,14 +300,19 @@ def markdown_style(site: Site) -> Style:
     """What the site's Markdown converter adds to CommonMark: kramdown's header ids (GFM
     input's by default) and typography (``kramdown.auto_ids``, ``kramdown.input``,
     ``kramdown.smart_quotes``); nothing for another converter."""
-    if str(site.config.get("markdown") or "kramdown").lower() != "kramdown":
-        return PLAIN
     options = site.config.get("kramdown")
     options = options if isinstance(options, Mapping) else {}
-    ids = ""
-    if options.get("auto_ids", True) is not False:
-        ids = "gfm" if str(options.get("input") or "GFM").lower() == "gfm" else "kramdown"
-    names = [name.strip() for name in str(options.get("smart_quotes") or SMART_QUOTES).split(",")]
+    return _markdown_style(str(site.config.get("markdown") or "kramdown"), options.get("auto_ids", True) is not False,
+                           str(options.get("input") or "GFM"), str(options.get("smart_quotes") or SMART_QUOTES))
+
+
+@functools.lru_cache(maxsize=64)
+def _markdown_style(converter: str, auto_ids: bool, input_: str, smart_quotes: str) -> Style:
+    # Asked once a post (for its title): kept by the settings it depends on.
+    if converter.lower() != "kramdown":
+        return PLAIN
+    ids = ("gfm" if input_.lower() == "gfm" else "kramdown") if auto_ids else ""
+    names = [name.strip() for name in smart_quotes.split(",")]
     chars = [_entity(name) for name in names]
     quotes = "".join(c for c in chars if c) if len(chars) == 4 and all(chars) else "‘’“”"
     return Style(ids=ids, quotes=quotes)
