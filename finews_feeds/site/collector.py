@@ -96,11 +96,11 @@ class SiteLinks:
         if match is None:
             return None
         folder, day, slug = match.group(1) or "", match.group(2), match.group(3)
+        # Jekyll puts the folder into its pattern as written; here it is matched literally, so
+        # that a template cannot make a pattern that backtracks for ever.
         basename = f"{day}-{re.escape(slug)}\\.[^.]+"
-        try:
-            pattern = re.compile(f"^_posts/{folder}{basename}|^{folder}_posts/?{basename}")
-        except re.error:
-            return None
+        folder = re.escape(folder)
+        pattern = re.compile(f"^_posts/{folder}{basename}|^{folder}_posts/?{basename}")
         for front in self.cache.named(f"{day}-{slug}"):
             if pattern.match(relative_path(front.path, self.site)):
                 return front.permalink

@@ -178,7 +178,7 @@ def _describe(exc: LiquidError, line: int) -> str:
     name = str(exc.template_name or "")
     if where is None:
         return f"Liquid error: {message}"
-    if name and name != "":
+    if name:
         return f"Liquid error in {Path(name).name} (from _includes) line {where[0]}: {message}"
     return f"Liquid error at line {where[0] + line - 1}: {message}"
 
@@ -387,7 +387,8 @@ def absolute_url(site: Site, url: object) -> str:
     text = "" if url is None else str(url)
     if re.match(r"^[a-zA-Z][a-zA-Z0-9+.\-]*:", text) or text.startswith("//"):
         return text
-    return site.url[: len(site.url) - len(site.baseurl)] + relative_url(site, text) if site.baseurl else site.url + relative_url(site, text)
+    root = site.url[: len(site.url) - len(site.baseurl)] if site.baseurl and site.url.endswith(site.baseurl) else site.url
+    return root + relative_url(site, text)
 
 
 def _context_filter(function: Callable[..., Any]) -> Callable[..., Any]:
