@@ -69,6 +69,10 @@ class Site:
     includes_digest: str = ""
     #: the path part of ``url`` that is the site's ``baseurl`` ("/blog", or ""): Liquid's ``relative_url``
     baseurl: str = ""
+    #: what its Markdown converter adds to CommonMark (kramdown's, from `_config.yml`): header ids
+    #: ("gfm", "kramdown" or "": none) and the four characters of smart quotes ("": no typography)
+    header_ids: str = ""
+    smart_quotes: str = ""
 
     def category_title(self, name: str) -> str:
         return self.category_titles.get(name, name)

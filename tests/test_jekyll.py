@@ -483,13 +483,17 @@ def test_smart_quotes_and_typographic_symbols_are_kramdowns() -> None:
 
 
 def test_the_sites_kramdown_settings_are_honoured(tmp_path: Path) -> None:
-    write(tmp_path / "_config.yml", "kramdown:\n  auto_ids: false\n  smart_quotes: apos,apos,quot,quot\n")
-    site = site_of(tmp_path)
+    raw = b"---\ntitle: x\n---\n# Head\n\n\"q\" -- x\n"
+    write(tmp_path / "off" / "_config.yml", "kramdown:\n  auto_ids: false\n  smart_quotes: apos,apos,quot,quot\n")
+    site = site_of(tmp_path / "off")
     front = front_of(site, "title: '\"q\" -- x'")
-    body = render(front, b"---\ntitle: x\n---\n# Head\n\n\"q\" -- x\n", site)
-    assert body.html == '<h1>Head</h1>\n<p>"q" – x</p>' and front.title == '"q" – x'
-    plain = replace(site, config={"markdown": "CommonMarkGhPages"})
-    assert render(front, b"---\ntitle: x\n---\n# Head\n\n\"q\" -- x\n", plain).html == '<h1>Head</h1>\n<p>"q" -- x</p>'
+    assert render(front, raw, site).html == '<h1>Head</h1>\n<p>"q" – x</p>' and front.title == '"q" – x'
+    write(tmp_path / "ascii" / "_config.yml", "kramdown:\n  input: kramdown\n  smart_quotes: '171,187,8249,8250'\n")
+    site = site_of(tmp_path / "ascii")
+    assert render(front, raw, site).html == '<h1 id="head">Head</h1>\n<p>‹q› – x</p>'
+    write(tmp_path / "other" / "_config.yml", "markdown: CommonMarkGhPages\n")
+    site = site_of(tmp_path / "other")
+    assert render(front, raw, site).html == '<h1>Head</h1>\n<p>"q" -- x</p>'
 
 
 def test_the_demo_sites_bodies_are_untouched_by_typography_and_ids() -> None:
@@ -501,4 +505,4 @@ def test_the_demo_sites_bodies_are_untouched_by_typography_and_ids() -> None:
     for post in collection.posts[:200]:
         front = read_front(post.path, (demo / post.path).read_bytes(), site)
         assert render(front, (demo / post.path).read_bytes(), site).html == \
-            render(front, (demo / post.path).read_bytes(), replace(site, config={"markdown": "none"})).html
+            render(front, (demo / post.path).read_bytes(), replace(site, header_ids="", smart_quotes="")).html

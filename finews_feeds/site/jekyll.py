@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import html.entities
 import io
 import json
 import logging
@@ -119,6 +120,34 @@ def _data_file(path: Path) -> Any:
     return yaml.load(text, Loader=YamlLoader)
 
 
+#: kramdown's default ``smart_quotes`` (Jekyll's configuration): entity names of ‘ ’ “ ”.
+SMART_QUOTES = "lsquo,rsquo,ldquo,rdquo"
+
+
+def markdown_settings(jekyll: Mapping[str, Any]) -> tuple[str, str]:
+    """What the site's Markdown converter adds to CommonMark: kramdown's header ids (GFM input's
+    by default, kramdown's own with ``kramdown.input: kramdown``, none with ``auto_ids: false``)
+    and the characters of its smart quotes (``kramdown.smart_quotes``, entity names or numbers);
+    nothing for another converter (``markdown``)."""
+    if str(jekyll.get("markdown") or "kramdown").lower() != "kramdown":
+        return "", ""
+    options = jekyll.get("kramdown")
+    options = options if isinstance(options, Mapping) else {}
+    ids = ""
+    if options.get("auto_ids", True) is not False:
+        ids = "gfm" if str(options.get("input") or "GFM").lower() == "gfm" else "kramdown"
+    chars = [_entity(name.strip()) for name in str(options.get("smart_quotes") or SMART_QUOTES).split(",")]
+    quotes = "".join(c for c in chars if c) if len(chars) == 4 and all(chars) else "‘’“”"
+    return ids, quotes
+
+
+def _entity(name: str) -> str | None:
+    if name.isdigit():
+        return chr(int(name)) if 0 < int(name) < 0x110000 else None
+    code = html.entities.name2codepoint.get(name) if name != "apos" else ord("'")
+    return chr(code) if code is not None else None
+
+
 def includes_digest(folder: Path) -> str:
     """A digest of every file under ``folder`` (the site's `_includes`): names and bytes."""
     digest = hashlib.blake2b(digest_size=12)
@@ -167,6 +196,7 @@ def resolve_site(config: Config) -> Site:
         destination_rel = destination.resolve().relative_to(source.resolve()).as_posix()
     except ValueError:
         destination_rel = ""
+    header_ids, smart_quotes = markdown_settings(jekyll)
     collections_dir = jekyll.get("collections_dir") or ""
     if not isinstance(collections_dir, str):
         raise SiteError(f"collections_dir = {collections_dir!r} (in {source / '_config.yml'}): expected a folder name")
@@ -205,4 +235,6 @@ def resolve_site(config: Config) -> Site:
         data=read_data(source / (_text(jekyll.get("data_dir")) or "_data")),
         includes_digest=includes_digest(source / (_text(jekyll.get("includes_dir")) or "_includes")),
         baseurl="/" + baseurl.strip("/") if baseurl.strip("/") else "",
+        header_ids=header_ids,
+        smart_quotes=smart_quotes,
     )

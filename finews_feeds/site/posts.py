@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import html.entities
 import logging
 import os
 import re
@@ -27,7 +26,6 @@ from . import liquid
 from .frontmatter import Rejected, body_of, decode, split_front_matter
 from .limits import terms_problem
 from .markup import (
-    PLAIN,
     Style,
     absolute_url,
     clean_line,
@@ -285,44 +283,25 @@ def excerpt_only_of(data: Mapping[str, Any], site: Site) -> bool:
 
 
 def title_text(value: str, site: Site) -> str:
-    """A title as jekyll-feed publishes it (``smartify | strip_html | normalize_whitespace``):
-    plain text, kramdown's typography when the site's Markdown is kramdown's."""
-    text = html_to_text(value) if "<" in value or "&" in value else clean_line(value)
-    quotes = markdown_style(site).quotes
-    return clean_line(typography(text, quotes)) if quotes else text
+    """A title (one clean line) as jekyll-feed publishes it (``smartify | strip_html |
+    normalize_whitespace``): plain text, kramdown's typography when the site's Markdown is kramdown's."""
+    text = html_to_text(value) if "<" in value or "&" in value else value  # value: a clean line already
+    if not _TYPOGRAPHIC.search(text):  # most titles: nothing kramdown's typography changes
+        return text
+    return clean_line(typography(text, site.smart_quotes)) if site.smart_quotes else text
 
 
-#: kramdown's default ``smart_quotes`` (Jekyll's configuration): entity names of ‘ ’ “ ”.
-SMART_QUOTES = "lsquo,rsquo,ldquo,rdquo"
+_TYPOGRAPHIC = re.compile(r"""['"]|--|\.\.\.|<<|>>""")
 
 
 def markdown_style(site: Site) -> Style:
-    """What the site's Markdown converter adds to CommonMark: kramdown's header ids (GFM
-    input's by default) and typography (``kramdown.auto_ids``, ``kramdown.input``,
-    ``kramdown.smart_quotes``); nothing for another converter."""
-    options = site.config.get("kramdown")
-    options = options if isinstance(options, Mapping) else {}
-    return _markdown_style(str(site.config.get("markdown") or "kramdown"), options.get("auto_ids", True) is not False,
-                           str(options.get("input") or "GFM"), str(options.get("smart_quotes") or SMART_QUOTES))
+    """What the site's Markdown converter adds to CommonMark (see :func:`.jekyll.markdown_settings`)."""
+    return _style(site.header_ids, site.smart_quotes)
 
 
 @functools.lru_cache(maxsize=64)
-def _markdown_style(converter: str, auto_ids: bool, input_: str, smart_quotes: str) -> Style:
-    # Asked once a post (for its title): kept by the settings it depends on.
-    if converter.lower() != "kramdown":
-        return PLAIN
-    ids = ("gfm" if input_.lower() == "gfm" else "kramdown") if auto_ids else ""
-    names = [name.strip() for name in smart_quotes.split(",")]
-    chars = [_entity(name) for name in names]
-    quotes = "".join(c for c in chars if c) if len(chars) == 4 and all(chars) else "‘’“”"
+def _style(ids: str, quotes: str) -> Style:
     return Style(ids=ids, quotes=quotes)
-
-
-def _entity(name: str) -> str | None:
-    if name.isdigit():
-        return chr(int(name)) if 0 < int(name) < 0x110000 else None
-    code = html.entities.name2codepoint.get(name) if name != "apos" else ord("'")
-    return chr(code) if code is not None else None
 
 
 def _image(value: object) -> str | None:
