@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from feed_checks import atom_problems, json_feed_problems, rss_problems
 from lxml import etree, html
 
 from finews_feeds.config import build_config
@@ -160,6 +161,9 @@ def test_our_atom_feed_shows_what_jekyll_feed_shows(jekyll_build: Path, ours: tu
 
 def test_json_feed_and_rss_carry_the_author_and_leave_out_an_excerpt_only_post_s_content(ours: tuple[Collection, Path]) -> None:
     _, out = ours
+    for path in out.rglob("*"):
+        check = {"atom.xml": atom_problems, "rss.xml": rss_problems, "feed.json": json_feed_problems}.get(path.name)
+        assert check is None or check(path.read_bytes()) == [], path
     items = {item["url"]: item for item in json.loads((out / "feed.json").read_text(encoding="utf-8"))["items"]}
     second = items["https://example.org/blog/news/2023/01/03/second.html"]
     assert second["authors"] == [{"name": "Ann Other", "url": "https://ann.example.org"}]
