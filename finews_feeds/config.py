@@ -99,6 +99,10 @@ class FeedsConfig:
     websub_hub: str = _key("", "URL of a WebSub hub announced in every feed (rel=hub); empty: none.")
     tags: bool = _key(True, "Write a feed for every tag.")
     stylesheet: bool = _key(True, "Write an XSL stylesheet and reference it from RSS and Atom files.")
+    # jekyll-feed's author is the post's (`author`, the first of `authors`, looked up in
+    # _data/authors), else the site's (`author` in _config.yml); this key says what stands in when
+    # neither names one. The bundled config sets "source" for the finews demo site.
+    author_fallback: str = _key("none", "Author of a post that names none (nor does _config.yml `author`): none (no author, as jekyll-feed), source (the news source its body names, e.g. 财联社, else its first category's display name), site (the site title).", ("none", "source", "site"))
 
 
 @dataclass(frozen=True)

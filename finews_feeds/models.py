@@ -7,10 +7,10 @@ only for the few posts a feed or a digest shows.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Protocol
+from typing import Any, Protocol
 from zoneinfo import ZoneInfo
 
 
@@ -24,6 +24,13 @@ class FrontMatterLimits:
     depth: int = 32  #: lists and mappings inside one another (a mapping of strings is 1)
     tags: int = 1_000  #: distinct tags of one post
     categories: int = 100  #: distinct categories of one post, folders included
+
+
+#: What Jekyll 4.3 always adds to `_config.yml`'s ``exclude`` (``Configuration::DEFAULT_EXCLUDES``).
+JEKYLL_EXCLUDES = (".sass-cache", ".jekyll-cache", "gemfiles", "Gemfile", "Gemfile.lock", "node_modules",
+                   "vendor/bundle/", "vendor/cache/", "vendor/gems/", "vendor/ruby/")
+#: Jekyll 4.3's ``include`` when `_config.yml` sets none.
+JEKYLL_INCLUDES = (".htaccess",)
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,6 +55,24 @@ class Site:
     category_order: dict[str, int] = field(default_factory=dict)
     #: the most one post's front matter may hold, from config `[collector]`
     limits: FrontMatterLimits = field(default_factory=FrontMatterLimits)
+    #: `_config.yml` ``exclude`` with Jekyll's defaults, and ``include`` (glob patterns, from the site)
+    exclude: tuple[str, ...] = JEKYLL_EXCLUDES
+    include: tuple[str, ...] = JEKYLL_INCLUDES
+    #: `_config.yml` ``collections_dir``: posts are read only from the `_posts` folders under it
+    collections_dir: str = ""
+    #: the folder Jekyll writes to, relative to the site ("" when outside it): never read
+    destination: str = "_site"
+    #: `_config.yml` as read (Liquid's ``site``), and the site's `_data` files (``site.data``)
+    config: Mapping[str, Any] = field(default_factory=dict)
+    data: Mapping[str, Any] = field(default_factory=dict)
+    #: a digest of the `_includes` folder: a changed include renders every body again
+    includes_digest: str = ""
+    #: the path part of ``url`` that is the site's ``baseurl`` ("/blog", or ""): Liquid's ``relative_url``
+    baseurl: str = ""
+    #: what its Markdown converter adds to CommonMark (kramdown's, from `_config.yml`): header ids
+    #: ("gfm", "kramdown" or "": none) and the four characters of smart quotes ("": no typography)
+    header_ids: str = ""
+    smart_quotes: str = ""
 
     def category_title(self, name: str) -> str:
         return self.category_titles.get(name, name)
@@ -69,10 +94,14 @@ class Post:
     id: str  #: stable id for feeds and the digest: the absolute URL
     summary: str  #: plain text, cut at a sentence end near `summary_chars`
     image: str | None  #: absolute URL of the first image, if any
-    author: str | None
+    author: str | None  #: the author's name, resolved as jekyll-feed does (see ``posts.author_of``)
     source: str  #: `财联社` from `（文章来源：财联社）`, else the category's display name
     excerpt: str | None = None  #: front matter `excerpt` (plain text), if given
     description: str | None = None  #: front matter `description`, if given
+    author_email: str | None = None
+    author_uri: str | None = None
+    #: jekyll-feed's ``feed.excerpt_only`` (the post's, else the site's): feeds show the summary only
+    excerpt_only: bool = False
     #: digest of the rendered HTML, so a build can tell an edited post
     content_hash: str = ""
 

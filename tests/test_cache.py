@@ -72,9 +72,9 @@ def rendered(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     seen: list[str] = []
     original = collector.render_entry
 
-    def counting(front: Any, site: Site) -> Any:
+    def counting(front: Any, site: Site, *links: Any) -> Any:
         seen.append(front.path)
-        return original(front, site)
+        return original(front, site, *links)
 
     monkeypatch.setattr(collector, "render_entry", counting)
     return seen

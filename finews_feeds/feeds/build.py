@@ -101,6 +101,7 @@ def post_fingerprint(post: Post) -> bytes:
         post.id, post.url, post.content_hash, post.title, post.slug, post.date.isoformat(),
         post.updated.isoformat() if post.updated else "", "\x1e".join(post.categories), "\x1e".join(post.tags),
         post.summary, post.image or "", post.author or "", post.source, post.excerpt or "", post.description or "",
+        post.author_email or "", post.author_uri or "", "1" if post.excerpt_only else "",
     )).encode("utf-8", "surrogatepass") + b"\x1d"
 
 

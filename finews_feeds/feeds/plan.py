@@ -19,7 +19,8 @@ from zoneinfo import ZoneInfo
 from ..config import FeedsConfig
 from ..errors import ConfigError
 from ..models import Post, Posts, PostSet, Site
-from ..site.markup import clean_text
+from ..site.markup import clean_line, clean_text, html_to_text
+from ..site.posts import author_of
 from .slugs import assign_slugs, join_url
 
 FORMATS = ("rss", "atom", "json")
@@ -45,12 +46,17 @@ class FeedOptions:
     category_limit: int = 50
     tag_limit: int = 50
     tags: bool = True
+    #: who stands in for a post that names no author: "none", "source" or "site" (``feeds.author_fallback``)
+    author_fallback: str = "none"
+    #: the site's author (`_config.yml` ``author``: name, email, URI), the feeds' own author; None: the site title
+    site_author: tuple[str, str | None, str | None] | None = None
 
     @classmethod
     def from_config(cls, site: Site, feeds: FeedsConfig) -> FeedOptions:
         formats = tuple(f for f in FORMATS if f in feeds.formats)
+        author = author_of({}, site)
         return cls(
-            site_title=clean_text(site.title),
+            site_title=plain_text(site.title),
             site_url=site.url,
             base_url=(feeds.base_url or site.url + "/feeds").rstrip("/"),
             language=site.language,
@@ -63,12 +69,15 @@ class FeedOptions:
             category_limit=feeds.category_limit or feeds.limit,
             tag_limit=feeds.tag_limit or feeds.limit,
             tags=feeds.tags,
+            author_fallback=feeds.author_fallback,
+            site_author=author,
         )
 
     def fingerprint(self) -> str:
         """Everything in the options that shows in a feed, as text (part of each feed's signature)."""
         return repr((self.site_title, self.site_url, self.base_url, self.language, str(self.timezone),
-                     self.formats, self.full_content, self.websub_hub, self.stylesheet))
+                     self.formats, self.full_content, self.websub_hub, self.stylesheet, self.author_fallback,
+                     self.site_author))
 
     @property
     def zh(self) -> bool:
@@ -116,6 +125,13 @@ class FeedPlan:
     slugs: dict[str, dict[str, str]] = field(default_factory=dict)  #: kind -> name -> slug
     counts: dict[str, int] = field(default_factory=dict)  #: spec key -> posts in the feed's category or tag
     newest: dict[str, datetime | None] = field(default_factory=dict)  #: spec key -> its newest post's date
+
+
+@lru_cache(maxsize=65536)
+def plain_text(text: str) -> str:
+    """The site's title as text: HTML dropped, as jekyll-feed drops it from titles (category and
+    tag names are names, shown as written)."""
+    return html_to_text(text) if "<" in text or "&" in text else clean_line(text)
 
 
 @lru_cache(maxsize=65536)

@@ -76,12 +76,14 @@ class EntryData:
     title: str
     published: datetime
     updated: datetime
-    author: str
+    author: str | None  #: None: no author (the feed's own stands for it)
     terms: tuple[str, ...]  #: categories then tags, without repeats
     summary: str
-    content_html: str | None  #: None when the feeds are summary-only
+    content_html: str | None  #: None when the feeds are summary-only, or the post is excerpt-only
     image: str | None
     image_type: str
+    author_email: str | None = None
+    author_uri: str | None = None
 
     @property
     def newest(self) -> datetime:
@@ -110,21 +112,32 @@ def entry_data(post: Post, options: FeedOptions, content: ContentSource | None) 
     published = _local(post.date, zone)
     updated = _local(post.updated, zone) if post.updated else published
     summary = clean_text(post.description or post.excerpt or post.summary or "")
-    body = clean_text(content(post)) if options.full_content and content is not None else None
+    full = options.full_content and not post.excerpt_only and content is not None
+    body = clean_text(content(post)) if full and content is not None else None
     image = web_url(post.image, post.url)  # the digest's policy too: http(s) in every reading
+    author, email, uri = post.author, post.author_email, post.author_uri
+    if not author:
+        author = {"source": post.source or options.site_title, "site": options.site_title}.get(options.author_fallback)
     return EntryData(
         id=post.id,
         url=post.url,
         title=clean_text(post.title).strip() or post.slug,
         published=published,
         updated=max(updated, published),
-        author=clean_text(post.author or post.source or options.site_title),
+        author=clean_text(author) if author else None,
         terms=tuple(dict.fromkeys(clean_text(t) for t in (*post.categories, *post.tags) if clean_text(t))),
         summary=summary,
         content_html=body,
         image=image,
         image_type=_image_type(image) if image else "",
+        author_email=clean_text(email) if email and author else None,
+        author_uri=_author_uri(uri, post.url) if author else None,
     )
+
+
+def _author_uri(uri: str | None, base: str) -> str | None:
+    """An author's URI as published: an http(s) URL only (the URL policy of every link we add)."""
+    return web_url(uri, base) if uri else None
 
 
 EntryFactory = Callable[[Post], EntryData]
@@ -155,7 +168,12 @@ def _generator(spec: FeedSpec, options: FeedOptions, entries: Sequence[EntryData
     fg.title(spec.title)
     fg.description(spec.description)
     fg.subtitle(spec.description)
-    fg.author(name=options.site_title, uri=options.site_url + "/")
+    if options.site_author is not None:
+        name, email, uri = options.site_author
+        fg.author({key: value for key, value in (("name", name), ("email", email), ("uri", _author_uri(uri, options.site_url)))
+                   if value})
+    else:
+        fg.author(name=options.site_title, uri=options.site_url + "/")
     fg.language(options.language)
     fg.generator(GENERATOR)
     fg.link(href=atom_url, rel="self", type=MEDIA_TYPES["atom"])
@@ -176,8 +194,11 @@ def _generator(spec: FeedSpec, options: FeedOptions, entries: Sequence[EntryData
         fe.updated(data.updated)
         fe.published(data.published)
         fe._FeedEntry__rss_pubDate = None  # added to the RSS tree without setlocale, see module doc
-        fe.author(name=data.author)
-        fe.dc.dc_creator(data.author)
+        if data.author:
+            # Atom: name, email, uri; RSS: <author> (feedgen writes it only with an email) and dc:creator.
+            fe.author({key: value for key, value in (("name", data.author), ("email", data.author_email),
+                                                     ("uri", data.author_uri)) if value})
+            fe.dc.dc_creator(data.author)
         if data.terms:
             fe.category([{"term": term} for term in data.terms])
         if data.summary:
@@ -272,7 +293,9 @@ def render_json(spec: FeedSpec, options: FeedOptions, entries: Sequence[EntryDat
         item["date_published"] = data.published.isoformat()
         if data.updated != data.published:
             item["date_modified"] = data.updated.isoformat()
-        item["authors"] = [{"name": data.author}]
+        if data.author:
+            url = data.author_uri or (f"mailto:{data.author_email}" if data.author_email else None)
+            item["authors"] = [{"name": data.author, **({"url": url} if url else {})}]
         if data.terms:
             item["tags"] = list(data.terms)
         item["language"] = options.language
@@ -283,7 +306,7 @@ def render_json(spec: FeedSpec, options: FeedOptions, entries: Sequence[EntryDat
         "home_page_url": spec.home_url,
         "feed_url": spec.url(options, "json"),
         "description": spec.description,
-        "authors": [{"name": options.site_title, "url": options.site_url + "/"}],
+        "authors": [_feed_author(options)],
         "language": options.language,
     }
     if options.websub_hub:
@@ -291,6 +314,14 @@ def render_json(spec: FeedSpec, options: FeedOptions, entries: Sequence[EntryDat
     document["items"] = items
     # No indent: only without it does json use its C encoder (5x faster on a cold build).
     return (json.dumps(document, ensure_ascii=False, separators=(",", ":")) + "\n").encode("utf-8")
+
+
+def _feed_author(options: FeedOptions) -> dict[str, str]:
+    if options.site_author is None:
+        return {"name": options.site_title, "url": options.site_url + "/"}
+    name, email, uri = options.site_author
+    url = _author_uri(uri, options.site_url) or (f"mailto:{email}" if email else None)
+    return {"name": name, **({"url": url} if url else {})}
 
 
 RENDERERS: dict[str, Callable[[FeedSpec, FeedOptions, Sequence[EntryData]], bytes]] = {

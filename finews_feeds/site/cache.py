@@ -15,7 +15,10 @@ Tables:
 - ``terms``: per post, the feeds it belongs to (``site:``, ``category:NAME``, ``tag:NAME``: a
   feed's key), ordered newest first within each feed.
 - ``touched``: the feeds whose posts changed in each generation.
-- ``bodies``: a post's rendered body, stored on first use and dropped with any change of its file.
+- ``bodies``: a post's rendered body, stored on first use and dropped with any change of its file;
+  with what its Liquid looked up (other posts' URLs), checked again when it is read.
+- ``names``: per post, its file name without the ending (`2022-04-20-slug`), for Liquid's
+  ``{% post_url %}`` (:meth:`PostCache.named`); ``{% link %}`` asks ``files`` (:meth:`PostCache.url_at`).
 
 Every row is a fact that holds on its own ("this file, at this size and mtime, says this"), so
 each batch is written in its own transaction and a run killed half-way leaves a cache right
@@ -52,8 +55,9 @@ from .walk import Entry, Scan
 
 log = logging.getLogger(__name__)
 
-#: Bump when the layout of the tables or of a stored front or body changes.
-FORMAT = 1
+#: Bump when the layout of the tables or of a stored front or body changes (2: the ``names``
+#: table; fronts with the author's email and URI and ``excerpt_only``; bodies with references).
+FORMAT = 2
 NAME = "posts.sqlite3"
 #: Generations of ``touched`` kept: a build further behind than this renders every feed.
 KEEP_GENERATIONS = 10_000
@@ -71,8 +75,9 @@ CREATE TABLE IF NOT EXISTS terms (key TEXT NOT NULL, neg_date REAL NOT NULL, pat
 CREATE TABLE IF NOT EXISTS touched (generation INTEGER NOT NULL, key TEXT NOT NULL,
                                     PRIMARY KEY (generation, key)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS bodies (path TEXT PRIMARY KEY, data BLOB NOT NULL, crc INTEGER NOT NULL) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS names (name TEXT NOT NULL, path TEXT NOT NULL, PRIMARY KEY (name, path)) WITHOUT ROWID;
 """
-_TABLES = ("meta", "files", "terms", "touched", "bodies")
+_TABLES = ("meta", "files", "terms", "touched", "bodies", "names")
 
 #: What the cache records of one file: path, size, mtime, status, data (see ``files``), and the
 #: post's date and feeds (None for a file that is not a post).
@@ -103,7 +108,7 @@ def row_of(entry: Entry, outcome: Outcome) -> Row:
 
 
 _FRONT = ("slug", "title", "date", "updated", "categories", "tags", "permalink", "url", "excerpt", "description",
-          "image", "author", "source")
+          "image", "author", "source", "author_email", "author_uri", "excerpt_only")
 
 
 def _pack_front(front: Front) -> bytes:
@@ -123,12 +128,19 @@ def _unpack_front(path: str, data: bytes, site: Site) -> Front:
 
 
 def _pack_body(body: Body) -> bytes:
-    return marshal.dumps((body.html.encode("utf-8"), body.summary, body.image, body.source, body.content_hash))
+    return marshal.dumps((body.html.encode("utf-8"), body.summary, body.image, body.source, body.content_hash,
+                          body.references))
 
 
 def _unpack_body(data: bytes) -> Body:
-    html, summary, image, source, content_hash = marshal.loads(data)
-    return Body(html.decode("utf-8"), summary, image, source, content_hash)
+    html, summary, image, source, content_hash, references = marshal.loads(data)
+    return Body(html.decode("utf-8"), summary, image, source, content_hash,
+                tuple((kind, argument, found) for kind, argument, found in references))
+
+
+def name_of(path: str) -> str:
+    """A post's name for ``{% post_url %}``: its file name without the ending."""
+    return path.rpartition("/")[2].rpartition(".")[0]
 
 
 def _seal(data: bytes) -> bytes:
@@ -293,6 +305,8 @@ class PostCache:
             self._db.executemany("INSERT OR IGNORE INTO terms VALUES (?, ?, ?)",
                                  sorted((key, -date, path) for path, _, _, _, _, date, keys in rows if date is not None
                                         for key in keys))
+            self._db.executemany("INSERT OR IGNORE INTO names VALUES (?, ?)",
+                                 sorted((name_of(row[0]), row[0]) for row in rows if row[3] == "post"))
             touched.update(key for row in rows for key in row[6])
             self._touch(generation, touched)
 
@@ -320,6 +334,7 @@ class PostCache:
         self._db.executemany("DELETE FROM terms WHERE key = ? AND neg_date = ? AND path = ?", terms)
         self._db.executemany("DELETE FROM files WHERE path = ?", known)
         self._db.executemany("DELETE FROM bodies WHERE path = ?", known)
+        self._db.executemany("DELETE FROM names WHERE name = ? AND path = ?", [(name_of(path), path) for (path,) in known])
         return touched
 
     def _touch(self, generation: int, keys: set[str]) -> None:
@@ -402,6 +417,18 @@ class PostCache:
         """The fronts recorded for those of ``paths`` that are posts."""
         return {path: self._front(path, data, crc)
                 for path, data, crc in self._rows("SELECT path, data, crc FROM files WHERE status = 'post'", paths)}
+
+    def url_at(self, path: str) -> str | None:
+        """The site-relative URL (permalink) of the post at ``path``, if it is one."""
+        front = self.fronts([path]).get(path)
+        return front.permalink if front is not None else None
+
+    def named(self, prefix: str) -> list[Front]:
+        """The posts whose names (:func:`name_of`) start with ``prefix``, oldest first (then
+        by path): Jekyll's order of posts, in which ``{% post_url %}`` takes the first match."""
+        paths = [path for (path,) in self._db.execute(
+            "SELECT path FROM names WHERE name >= ? AND name < ? ORDER BY path", (prefix, prefix + "\U0010ffff"))]
+        return sorted(self.fronts(paths).values(), key=lambda front: (front.date.timestamp(), front.path))
 
     def entries(self, paths: Sequence[str]) -> dict[str, Entry]:
         return {path: Entry(path, size, mtime) for path, (size, mtime) in self.stats(paths).items()}

@@ -12,9 +12,11 @@ import contextlib
 import dataclasses
 import functools
 import hashlib
+import importlib.metadata
 import json
 import logging
 import os
+import re
 import sqlite3
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -29,11 +31,13 @@ from .. import parallel, urls
 from ..config import Config
 from ..models import FileError, Post, Site
 from . import cache as cache_module
-from . import frontmatter, limits, markup, posts
+from . import frontmatter, limits, liquid, markup, posts
 from .cache import CacheDamaged, Changes, PostCache, is_damage, pack_scan, row_of
 from .jekyll import resolve_site
-from .posts import Body, Front, Outcome, read_entry, render_entry, whole
-from .walk import Entry, scan, stat_post
+from .markup import encode_path
+from .posts import MARKDOWN_EXTENSIONS as _MARKDOWN_ENDINGS
+from .posts import Body, Front, Outcome, read_entry, relative_path, render_entry, whole
+from .walk import Entry, inside, rules_of, scan, site_root, stat_post
 
 log = logging.getLogger(__name__)
 
@@ -46,10 +50,11 @@ PARALLEL_FROM = 500
 def _code_version() -> str:
     digest = hashlib.blake2b(digest_size=8)
     # What decides a front, a body or a rejection, and how they are stored.
-    for module in (posts, frontmatter, markup, limits, urls, cache_module):
+    for module in (posts, frontmatter, markup, limits, urls, cache_module, liquid):
         with contextlib.suppress(OSError, TypeError):
             digest.update(Path(str(module.__file__)).read_bytes())
     digest.update(markdown_it.__version__.encode())
+    digest.update(importlib.metadata.version("python-liquid").encode())
     return digest.hexdigest()
 
 
@@ -64,6 +69,91 @@ def fingerprint(site: Site) -> str:
     settings["timezone"] = str(site.timezone)
     text = repr((_code(), sorted((k, repr(v)) for k, v in settings.items())))
     return hashlib.blake2b(text.encode(), digest_size=16).hexdigest()
+
+
+class SiteLinks:
+    """What Liquid's ``{% link %}`` and ``{% post_url %}`` find in a site (:class:`liquid.Links`):
+    posts from the post cache, pages and other files from the site's folder as Jekyll reads them."""
+
+    def __init__(self, cache: PostCache, site: Site) -> None:
+        self.cache = cache
+        self.site = site
+
+    def _site_path(self, path: str) -> str:
+        prefix = self.site.collections_dir.strip("/")
+        return f"{prefix}/{path}" if prefix else path
+
+    def link(self, path: str) -> str | None:
+        """Jekyll's ``Link`` tag: the item whose ``relative_path`` is ``path`` (a file's also with a
+        leading `/`)."""
+        found = self.cache.url_at(self._site_path(path))
+        return found if found is not None else page_url(self.site, path.lstrip("/") if path.startswith("/") else path)
+
+    def post_url(self, name: str) -> str | None:
+        """Jekyll's ``PostComparer``: the first post, by date, whose relative path is
+        `_posts/PATH/DATE-SLUG.ext` or `PATH/_posts/DATE-SLUG.ext`."""
+        match = re.match(r"^(.+/)*(\d+-\d+-\d+)-(.*)$", name.removeprefix("/"))
+        if match is None:
+            return None
+        folder, day, slug = match.group(1) or "", match.group(2), match.group(3)
+        # Jekyll puts the folder into its pattern as written; here it is matched literally, so
+        # that a template cannot make a pattern that backtracks for ever.
+        basename = f"{day}-{re.escape(slug)}\\.[^.]+"
+        folder = re.escape(folder)
+        pattern = re.compile(f"^_posts/{folder}{basename}|^{folder}_posts/?{basename}")
+        for front in self.cache.named(f"{day}-{slug}"):
+            if pattern.match(relative_path(front.path, self.site)):
+                return front.permalink
+        return None
+
+
+#: Jekyll's permalink styles that give a page its output ending (``Utils.add_permalink_suffix``).
+_ENDING_STYLES = ("date", "ordinal", "none")
+
+
+def page_url(site: Site, rel: str) -> str | None:
+    """The URL Jekyll gives the page or static file at ``rel`` (from the site), if its reader
+    reads it: a file with front matter is a page (its ``permalink``, or `/path/name.html`,
+    `/path/` for an index), any other a static file (its path)."""
+    rules = rules_of(site)
+    *folders, name = rel.split("/")
+    parent = ""
+    for folder in folders:
+        if not folder or folder == "_posts" or not rules.folder(folder, parent + folder):
+            return None
+        parent += folder + "/"
+    full = os.path.join(site.source, *rel.split("/"))
+    if not name or not rules.admits(name, rel) or not os.path.isfile(full) or inside(site_root(site), full) is None:
+        return None
+    try:
+        with open(full, "rb") as handle:
+            head = handle.read(frontmatter_limit(site))
+    except OSError:
+        return None
+    if not re.match(rb"---[ \t]*\r?\n", head):
+        return encode_path("/" + rel)
+    data: Mapping[str, Any] = {}
+    with contextlib.suppress(Exception):
+        data, _ = frontmatter.split_front_matter(frontmatter.decode(head, site.encoding), site.limits)
+    permalink = data.get("permalink")
+    if isinstance(permalink, str) and permalink.strip():
+        return encode_path(permalink.strip() if permalink.startswith("/") else "/" + permalink.strip())
+    stem, ext = os.path.splitext(name)
+    output = ".html" if ext.lower() in _MARKDOWN_ENDINGS or ext.lower() in (".html", ".htm") else ext
+    path = "/" + parent
+    if output != ".html":
+        return encode_path(path + stem + output)
+    if stem == "index":
+        return encode_path(path)
+    style = str(site.config.get("permalink") or "date")
+    suffix = (output if style in _ENDING_STYLES or style.endswith(":output_ext") else "/" if style == "pretty" or style.endswith("/")
+              else "")
+    return encode_path(path + stem + suffix)
+
+
+def frontmatter_limit(site: Site) -> int:
+    """Bytes read of a page for its front matter."""
+    return site.limits.chars * 4 + 1024
 
 
 def cache_file(cache_dir: Path, site: Site) -> Path:
@@ -158,12 +248,23 @@ class Collection:
         (on several cores when there are many) and stored."""
         return self._read(lambda: self._posts_of(paths))
 
+    def _bodies(self, paths: Sequence[str]) -> dict[str, Body]:
+        """The stored bodies of ``paths`` whose Liquid lookups still answer as they did."""
+        bodies = self.cache.bodies(paths)
+        links = SiteLinks(self.cache, self.site)
+        return {path: body for path, body in bodies.items()
+                if not body.references or liquid.references_hold(body.references, links)}
+
     def _posts_of(self, paths: Sequence[str]) -> list[Post]:
         fronts = self.cache.fronts(paths)
-        bodies = self.cache.bodies(paths)
+        bodies = self._bodies(paths)
         missing = [fronts[path] for path in dict.fromkeys(paths) if path in fronts and path not in bodies]
         if missing:
             bodies.update(self._render(missing))
+            unrendered = [front.path for front in missing if front.path not in bodies]
+            if unrendered:  # a file rejected when rendered (a Liquid error) is no post any more
+                still = self.cache.fronts(unrendered)
+                fronts = {path: front for path, front in fronts.items() if path not in unrendered or path in still}
         return [whole(fronts[path], bodies.get(path) or _no_body(fronts[path])) for path in paths if path in fronts]
 
     def close(self) -> None:
@@ -178,7 +279,7 @@ class Collection:
         return self._read(lambda: self._contents(posts))
 
     def _contents(self, posts: Sequence[Post]) -> dict[str, str]:
-        bodies = self.cache.bodies([post.path for post in posts])
+        bodies = self._bodies([post.path for post in posts])
         html = {path: body.html for path, body in bodies.items()}
         for post in posts:
             if bodies.get(post.path) is None or bodies[post.path].content_hash != post.content_hash:
@@ -186,7 +287,7 @@ class Collection:
         return html
 
     def _content(self, post: Post) -> str:
-        body = self.cache.bodies([post.path]).get(post.path)
+        body = self._bodies([post.path]).get(post.path)
         if body is None or body.content_hash != post.content_hash:
             front = self.cache.fronts([post.path]).get(post.path)
             body = self._render([front]).get(post.path) if front is not None else None
@@ -202,7 +303,7 @@ class Collection:
             generation = self.cache.begin()
             self.cache.record(generation, [row_of(entry, outcome) for entry, outcome in failed])
             self.cache.finish(generation, [], None)
-        return self.cache.bodies([front.path for front in fronts])
+        return self._bodies([front.path for front in fronts])
 
 
 def _no_body(front: Front) -> Body:
@@ -234,8 +335,10 @@ def _render_batch(job: _Job, fronts: Sequence[Front]) -> list[tuple[Entry, Outco
     """Render the bodies of ``fronts`` and store them; the files that are no longer posts."""
     done: list[tuple[Entry, Body]] = []
     failed: list[tuple[Entry, Outcome]] = []
+    cache = PostCache(job.path, job.fingerprint, job.site)
+    links = SiteLinks(cache, job.site)
     for front in fronts:
-        entry, outcome = render_entry(front, job.site)
+        entry, outcome = render_entry(front, job.site, links)
         if isinstance(outcome, Body):
             if entry is not None:
                 done.append((entry, outcome))
@@ -246,7 +349,6 @@ def _render_batch(job: _Job, fronts: Sequence[Front]) -> list[tuple[Entry, Outco
                         extra={"file": front.path})
             if entry is not None:
                 failed.append((entry, outcome))
-    cache = PostCache(job.path, job.fingerprint, job.site)
     try:
         cache.store_bodies(done)
     finally:

@@ -7,6 +7,7 @@ resolve ``/x`` or ``//host/x`` against, so every link and image leaves this modu
 
 from __future__ import annotations
 
+import functools
 import html as html_lib
 import re
 import unicodedata
@@ -18,6 +19,8 @@ from urllib.parse import quote, urljoin, urlsplit
 import lxml.etree
 import lxml.html
 from markdown_it import MarkdownIt
+from markdown_it.rules_core import StateCore
+from markdown_it.token import Token
 
 from ..urls import is_web_url
 
@@ -144,10 +147,162 @@ HTML_SEQUENCES: list[tuple[re.Pattern[str], re.Pattern[str], bool]] = [
 ]
 
 
-@lru_cache(maxsize=1)
-def _markdown() -> MarkdownIt:
+@dataclass(frozen=True, slots=True)
+class Style:
+    """What Jekyll's Markdown converter (kramdown) writes that CommonMark does not: header ids
+    and typography. The default is plain CommonMark."""
+
+    ids: str = ""  #: header ids: "gfm" (kramdown's GFM input, Jekyll's default), "kramdown", or "" (none)
+    #: kramdown's typography (smart quotes, dashes, ellipses, guillemets): the four characters
+    #: for ‘ ’ “ ” (`smart_quotes`), or "" for none
+    quotes: str = ""
+
+
+PLAIN = Style()
+
+
+@lru_cache(maxsize=8)
+def _markdown(style: Style = PLAIN) -> MarkdownIt:
     # The commonmark preset passes raw HTML through and renders <http://...> autolinks.
-    return MarkdownIt("commonmark", {"html": True})
+    md = MarkdownIt("commonmark", {"html": True})
+    if style.quotes:
+        md.core.ruler.push("kramdown_typography", functools.partial(_typography, quotes=style.quotes))
+    if style.ids:
+        md.core.ruler.push("kramdown_ids", functools.partial(_header_ids, gfm=style.ids == "gfm"))
+    return md
+
+
+# ---------------------------------------------------------------- kramdown's typography and ids
+
+_SQ_PUNCT = r"""[!"#$%'()*+,\-./:;<=>?@\[\\\]^_`{|}~]"""
+_SQ_CLOSE = r"[^ \\\t\r\n\[{(-]"
+#: kramdown's ``SQ_RULES`` (parser/kramdown/smart_quotes.rb), tried in turn where a quote (or the
+#: character before it) starts: each gives the groups it keeps as text (a number) and the quotes
+#: it makes ("l1", "r2"...: opening or closing of the quote in that group; "ld", "ls", "rs": fixed).
+_SQ_RULES: list[tuple[re.Pattern[str], tuple[int | str, ...]]] = [
+    (re.compile(r"""("|')(?=[_*]{1,2}\S)""", re.A), ("l1",)),
+    (re.compile(rf"""("|')(?={_SQ_PUNCT}(?!\.\.)\B)""", re.A), ("r1",)),
+    (re.compile(r"""(\s?)"'(?=\w)""", re.A), (1, "ld", "ls")),
+    (re.compile(r"""(\s?)'"(?=\w)""", re.A), (1, "ls", "ld")),
+    (re.compile(r"""(\s?)'(?=\d\ds)""", re.A), (1, "rs")),
+    (re.compile(r"""(\s)('|")(?=\w)""", re.A), (1, "l2")),
+    (re.compile(rf"""({_SQ_CLOSE})('|")""", re.A), (1, "r2")),
+    (re.compile(r"""("|')(?=\s|s\b|$)""", re.A | re.M), ("r1",)),
+    (re.compile(r"(.?)'", re.S), (1, "ls")),
+    (re.compile(r'(.?)"', re.S), (1, "ld")),
+]
+#: The quotes some rules make whatever quote they matched: ‘ ’ “ ” are 0 to 3 in ``quotes``.
+_FIXED_QUOTES = {"ls": 0, "rs": 1, "ld": 2}
+_SQ_START = re.compile(r"""[^\\]?["']""")
+#: kramdown's ``TYPOGRAPHIC_SYMS``, longest first (an escaped `\<<` is left to Markdown's escapes).
+_TYPOGRAPHIC = re.compile(r"---|--|\.\.\.|<< | >>|<<|>>")
+_TYPOGRAPHIC_SYMS = {"---": "\u2014", "--": "\u2013", "...": "\u2026", "<< ": "\u00ab\u00a0", " >>": "\u00a0\u00bb",
+                     "<<": "\u00ab", ">>": "\u00bb"}
+
+
+def smart_quotes(text: str, quotes: str, before: str = "", after: str = "") -> str:
+    """``text`` with kramdown's smart quotes (``quotes``: the characters for ‘ ’ “ ”), read as
+    kramdown's span parser reads it: ``before`` and ``after`` are the source characters around
+    it (markup, or nothing at the start and end of a paragraph)."""
+    if "'" not in text and '"' not in text:
+        return text
+    source = before + text + after
+    lo, hi = len(before), len(before) + len(text)
+    made: dict[int, str] = {}
+    # kramdown's scan may start on the character before a quote; markup before the text was
+    # consumed by its own parser, a line break was not.
+    pos = lo - 1 if before.isspace() else lo
+    while pos < hi:
+        start = _SQ_START.search(source, pos, hi)
+        if start is None:
+            break
+        match, substs = _first_rule(source, start.start())
+        at = match.start()
+        for subst in substs:
+            if isinstance(subst, int):
+                at = match.end(subst)
+                continue
+            if subst in _FIXED_QUOTES:
+                char = quotes[_FIXED_QUOTES[subst]]
+            else:
+                quote = match.group(int(subst[1]))
+                char = quotes[(2 if quote == '"' else 0) + (1 if subst[0] == "r" else 0)]
+            made[at] = char
+            at += 1
+        pos = max(match.end(), pos + 1)
+    return "".join(made.get(i, source[i]) for i in range(lo, hi))
+
+
+def _first_rule(source: str, at: int) -> tuple[re.Match[str], tuple[int | str, ...]]:
+    for rule, substs in _SQ_RULES:
+        match = rule.match(source, at)
+        if match is not None:
+            return match, substs
+    raise AssertionError("the last rules match any quote")  # pragma: no cover
+
+
+def typography(text: str, quotes: str, before: str = "", after: str = "") -> str:
+    """kramdown's typography on plain ``text``: smart quotes, then dashes, ellipses and guillemets."""
+    text = smart_quotes(text, quotes, before, after)
+    return _TYPOGRAPHIC.sub(lambda m: _TYPOGRAPHIC_SYMS[m.group()], text) if "--" in text or "..." in text or "<<" in text or ">>" in text else text
+
+
+def _source_end(token: Token | None) -> str:
+    if token is None:
+        return ""
+    if token.type == "text":
+        return token.content[-1:]
+    if token.type == "softbreak" or token.type == "hardbreak":
+        return "\n"
+    return {"link_open": "[", "link_close": ")", "code_inline": "`"}.get(token.type, token.markup[-1:] or token.content[-1:])
+
+
+def _source_start(token: Token | None) -> str:
+    if token is None:
+        return ""
+    if token.type in ("text", "html_inline"):
+        return token.content[:2]
+    if token.type == "softbreak" or token.type == "hardbreak":
+        return "\n"
+    return {"link_open": "[", "link_close": "]", "code_inline": "`"}.get(token.type, token.markup[:2] or token.content[:2])
+
+
+def _typography(state: StateCore, quotes: str) -> None:
+    for block in state.tokens:
+        if block.type != "inline" or not block.children:
+            continue
+        children = block.children
+        for index, token in enumerate(children):
+            if token.type == "text":
+                before = _source_end(children[index - 1] if index else None)
+                after = _source_start(children[index + 1] if index + 1 < len(children) else None)
+                token.content = typography(token.content, quotes, before, after)
+
+
+def header_id(text: str, gfm: bool) -> str:
+    """kramdown's automatic header id of a header whose source text is ``text`` (before any
+    repeat's suffix): GFM input's (lower case, only letters, marks, digits, `_`, `-` and spaces
+    kept, spaces made `-`) or kramdown input's (ASCII only, from the first letter; `section`
+    when nothing is left)."""
+    if gfm:
+        kept = "".join(c for c in text.lower() if c in "- \t" or unicodedata.category(c)[0] in "LM"
+                       or unicodedata.category(c) in ("Nd", "Pc"))
+        return kept.replace(" ", "-").replace("\t", "-")
+    made = re.sub(r"^[^a-zA-Z]+", "", text)
+    made = re.sub(r"[^a-zA-Z0-9 -]", "", made).replace(" ", "-").lower()
+    return made or "section"
+
+
+def _header_ids(state: StateCore, gfm: bool) -> None:
+    seen: dict[str, int] = {}
+    tokens = state.tokens
+    for index, token in enumerate(tokens):
+        if token.type != "heading_open" or token.attrGet("id") is not None or index + 1 >= len(tokens):
+            continue
+        made = header_id(tokens[index + 1].content, gfm)
+        count = seen.get(made, -1) + 1
+        seen[made] = count
+        token.attrSet("id", f"{made}-{count}" if count else made)
 
 
 _BLANK_LINE = re.compile(r"\n[ \t]*(?=\n|\Z)")
@@ -163,7 +318,7 @@ def _is_html_block_start(line: str) -> bool:
     return False
 
 
-def render_markdown(text: str) -> str:
+def render_markdown(text: str, style: Style = PLAIN) -> str:
     """Markdown (with raw HTML mixed in, as finews posts are) to HTML.
 
     finews bodies are mostly one long raw HTML block followed by a few Markdown lines. A block
@@ -171,10 +326,14 @@ def render_markdown(text: str) -> str:
     copied here without tokenizing them (markdown-it spends most of its time scanning their
     inline content for nothing); the rest goes through markdown-it. The output is the same.
     """
-    return _render_markdown(text)[0]
+    return _render_markdown(text, style)[0]
 
 
-def _render_markdown(text: str) -> tuple[str, bool]:
+#: What kramdown's typography changes in text: a line holding none of it is the same either way.
+_TYPOGRAPHIC_TEXT = re.compile(r"""['"]|--|\.\.\.""")
+
+
+def _render_markdown(text: str, style: Style = PLAIN) -> tuple[str, bool]:
     """:func:`render_markdown`, and whether markdown-it rendered part of it (else every character
     of the output comes from ``text``)."""
     pos = 0
@@ -195,9 +354,9 @@ def _render_markdown(text: str) -> tuple[str, bool]:
     rest = text[pos:]
     by_markdown_it = False
     if rest.strip():
-        simple = _render_simple_paragraphs(rest)
+        simple = None if style.quotes and _TYPOGRAPHIC_TEXT.search(rest) else _render_simple_paragraphs(rest)
         if simple is None:
-            simple, by_markdown_it = _markdown().render(rest), True
+            simple, by_markdown_it = _markdown(style).render(rest), True
         out.append(simple)
     return "".join(out), by_markdown_it
 
@@ -454,12 +613,12 @@ def _only_links(text: str, link_texts: list[str]) -> bool:
     return _LINK_SEPARATORS.fullmatch(rest) is not None
 
 
-def render_body(body: str, base: str, *, markdown: bool = True) -> Rendered:
+def render_body(body: str, base: str, *, markdown: bool = True, style: Style = PLAIN) -> Rendered:
     """Render a post body (Markdown unless ``markdown`` is false: Jekyll passes `.html` posts
     through), make its URLs absolute against ``base`` (the post's URL), and derive the plain
     text, the source and the first image from the same tree."""
     if markdown:
-        html, by_markdown_it = _render_markdown(clean_text(body))
+        html, by_markdown_it = _render_markdown(clean_text(body), style)
         if by_markdown_it:  # it decodes entities, which may name characters clean_text removes
             html = clean_text(html)
     else:

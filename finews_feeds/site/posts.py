@@ -22,9 +22,11 @@ from typing import Any, NamedTuple, TypeVar
 from ..errors import PostError
 from ..models import FileError, Post, Site
 from ..urls import web_url
+from . import liquid
 from .frontmatter import Rejected, body_of, decode, split_front_matter
 from .limits import terms_problem
 from .markup import (
+    Style,
     absolute_url,
     clean_line,
     encode_path,
@@ -33,6 +35,7 @@ from .markup import (
     render_body,
     summarize_text,
     titleize,
+    typography,
 )
 from .walk import Entry, int64, read_file
 
@@ -75,8 +78,11 @@ class Front:
     excerpt: str | None
     description: str | None
     image: str | None  #: the front matter's (the body's first image comes with the body)
-    author: str | None
+    author: str | None  #: the author's name (:func:`author_of`)
     source: str  #: the first category's display name (the body may name the news source)
+    author_email: str | None = None
+    author_uri: str | None = None
+    excerpt_only: bool = False  #: jekyll-feed's ``feed.excerpt_only`` (:func:`excerpt_only_of`)
 
     def feed_keys(self) -> tuple[str, ...]:
         """The feeds this post belongs to: the site's, its categories' and its tags'."""
@@ -92,6 +98,9 @@ class Body:
     image: str | None  #: the first image, absolute, if the URL policy lets it through
     source: str | None  #: `财联社` from `（文章来源：财联社）`
     content_hash: str  #: of ``html``: an edited body changes the feeds that show it
+    #: what its Liquid looked up (``{% link %}``, ``{% post_url %}``): a stored body whose
+    #: lookups answer otherwise now is rendered again
+    references: tuple[liquid.Reference, ...] = ()
 
 
 def whole(front: Front, body: Body) -> Post:
@@ -100,7 +109,8 @@ def whole(front: Front, body: Body) -> Post:
                 categories=front.categories, tags=front.tags, permalink=front.permalink, url=front.url, id=front.url,
                 summary=front.excerpt or front.description or body.summary, image=front.image or body.image,
                 author=front.author, source=body.source or front.source, excerpt=front.excerpt,
-                description=front.description, content_hash=body.content_hash)
+                description=front.description, content_hash=body.content_hash, author_email=front.author_email,
+                author_uri=front.author_uri, excerpt_only=front.excerpt_only)
 
 
 # ---------------------------------------------------------------- dates
@@ -227,6 +237,71 @@ def _author(value: object) -> str | None:
     if value is None or isinstance(value, (dict, set)):
         return None
     return clean_line(str(value)) or None
+
+
+def _liquid_empty(value: object) -> bool:
+    """What Liquid's ``default`` filter replaces: nil, false, an empty string, list or mapping."""
+    return value is None or value is False or (isinstance(value, (str, list, tuple, dict)) and not value)
+
+
+Author = tuple[str, str | None, str | None]
+
+
+def author_of(data: Mapping[str, Any], site: Site) -> Author | None:
+    """The author as jekyll-feed resolves it: the front matter's ``author``, else the first of
+    ``authors``, else the site's ``author``; a name found in ``site.data.authors`` stands for its
+    entry there; from a mapping, its ``name``, ``email`` and ``uri``. None: no name."""
+    value: Any = data.get("author")
+    if _liquid_empty(value):
+        authors = data.get("authors")
+        value = authors[0] if isinstance(authors, list) and authors else None
+    if _liquid_empty(value):
+        value = site.config.get("author")
+    table = site.data.get("authors")
+    if isinstance(value, (str, int, float)) and not isinstance(value, bool) and isinstance(table, Mapping):
+        value = table.get(str(value), value)
+    if isinstance(value, Mapping):
+        name = _author(value.get("name"))
+        return (name, _optional_line(value.get("email")), _optional_line(value.get("uri"))) if name else None
+    name = _author(value)
+    return (name, None, None) if name else None
+
+
+def _optional_line(value: object) -> str | None:
+    return clean_line(str(value)) or None if isinstance(value, (str, int, float)) and not isinstance(value, bool) else None
+
+
+def excerpt_only_of(data: Mapping[str, Any], site: Site) -> bool:
+    """jekyll-feed's ``post.feed.excerpt_only | default: site.feed.excerpt_only``, as Liquid
+    reads it (a post's false gives way to the site's true; any value but nil and false is true)."""
+    feed = data.get("feed")
+    value = feed.get("excerpt_only") if isinstance(feed, Mapping) else None
+    if _liquid_empty(value):
+        site_feed = site.config.get("feed")
+        value = site_feed.get("excerpt_only") if isinstance(site_feed, Mapping) else None
+    return value is not None and value is not False
+
+
+def title_text(value: str, site: Site) -> str:
+    """A title (one clean line) as jekyll-feed publishes it (``smartify | strip_html |
+    normalize_whitespace``): plain text, kramdown's typography when the site's Markdown is kramdown's."""
+    text = html_to_text(value) if "<" in value or "&" in value else value  # value: a clean line already
+    if not _TYPOGRAPHIC.search(text):  # most titles: nothing kramdown's typography changes
+        return text
+    return clean_line(typography(text, site.smart_quotes)) if site.smart_quotes else text
+
+
+_TYPOGRAPHIC = re.compile(r"""['"]|--|\.\.\.|<<|>>""")
+
+
+def markdown_style(site: Site) -> Style:
+    """What the site's Markdown converter adds to CommonMark (see :func:`.jekyll.markdown_settings`)."""
+    return _style(site.header_ids, site.smart_quotes)
+
+
+@functools.lru_cache(maxsize=64)
+def _style(ids: str, quotes: str) -> Style:
+    return Style(ids=ids, quotes=quotes)
 
 
 def _image(value: object) -> str | None:
@@ -367,10 +442,13 @@ def _read_front(path: str, raw: bytes, site: Site) -> Front:
     slug_value = data.get("slug")
     slug = clean_line(str(slug_value)) if isinstance(slug_value, (str, int, float)) and str(slug_value).strip() else file_slug
     title = " ".join(_scalars(data.get("title"))) if not isinstance(data.get("title"), (dict, list)) else ""
+    title = title_text(title, site) if title else ""
     if not title:
         title = clean_line(titleize(file_slug))
 
-    folders = [p for p in parts[: parts.index("_posts")] if p] if "_posts" in parts else []
+    relative = relative_path(path, site)
+    inner = relative.split("/")
+    folders = [p for p in inner[: inner.index("_posts")] if p] if "_posts" in inner else []
     categories = categories_of(folders, data)
     tags = tags_of(data)
     limits = site.limits
@@ -396,6 +474,7 @@ def _read_front(path: str, raw: bytes, site: Site) -> Front:
         except ValueError as exc:
             log.warning("%s: last_modified_at is not a usable date (%s); ignored", path, exc)
 
+    author = author_of(data, site)
     return Front(
         path=path,
         slug=slug,
@@ -409,22 +488,61 @@ def _read_front(path: str, raw: bytes, site: Site) -> Front:
         excerpt=excerpt,
         description=description,
         image=_image_url(image, url) if image else None,
-        author=_author(data.get("author")),
+        author=author[0] if author else None,
         source=site.category_title(categories[0]) if categories else site.title,
+        author_email=author[1] if author else None,
+        author_uri=author[2] if author else None,
+        excerpt_only=excerpt_only_of(data, site),
     )
 
 
-def render(front: Front, raw: bytes, site: Site) -> Body:
-    """The body of the file ``raw`` whose front is ``front``, rendered."""
+def relative_path(path: str, site: Site) -> str:
+    """Jekyll's ``relative_path`` of the post at ``path`` (from the site): from the site's
+    ``collections_dir`` when it is set."""
+    prefix = site.collections_dir.strip("/") + "/" if site.collections_dir.strip("/") else ""
+    return path[len(prefix) :] if prefix and path.startswith(prefix) else path
+
+
+def render(front: Front, raw: bytes, site: Site, links: liquid.Links | None = None) -> Body:
+    """The body of the file ``raw`` whose front is ``front``, rendered: Liquid first (as Jekyll
+    does, unless `render_with_liquid: false`), then Markdown. ``links`` answers ``{% link %}``
+    and ``{% post_url %}`` (the collected posts)."""
     try:
-        body = body_of(decode(raw, site.encoding))
+        text = decode(raw, site.encoding)
+        body = body_of(text)
     except (Rejected, ValueError) as exc:
         raise PostError(front.path, str(exc)) from None
-    markdown = os.path.splitext(front.path)[1].lower() in MARKDOWN_EXTENSIONS
-    rendered = render_body(body, front.url, markdown=markdown)
+    style = markdown_style(site)
+    references: tuple[liquid.Reference, ...] = ()
+    if liquid.has_liquid(body):
+        try:
+            data, _ = split_front_matter(text, site.limits)
+        except Rejected as exc:
+            raise PostError(front.path, str(exc)) from None
+        if data.get("render_with_liquid") is not False:
+            body, references = _render_liquid(front, data, text, body, site, style, links or liquid.NoLinks())
+    ext = os.path.splitext(front.path)[1]
+    markdown = ext.lower() in MARKDOWN_EXTENSIONS
+    rendered = render_body(body, front.url, markdown=markdown, style=style)
     return Body(html=rendered.html, summary=summarize_text(rendered.text, site.summary_chars),
                 image=web_url(rendered.image, front.url), source=rendered.source,
-                content_hash=hashlib.blake2b(rendered.html.encode("utf-8"), digest_size=12).hexdigest())
+                content_hash=hashlib.blake2b(rendered.html.encode("utf-8"), digest_size=12).hexdigest(),
+                references=references)
+
+
+def _render_liquid(front: Front, data: Mapping[str, Any], text: str, body: str, site: Site, style: Style,
+                   links: liquid.Links) -> tuple[str, tuple[liquid.Reference, ...]]:
+    line = text[: len(text) - len(body)].count("\n") + 1 if text.endswith(body) else 1
+    name = front.path.rsplit("/", 1)[-1]
+    match = FILENAME.match(name)
+    page = liquid.page_variable(data, title=front.title, date=front.date, permalink=front.permalink,
+                                relative_path=relative_path(front.path, site), slug=front.slug,
+                                ext=match.group(5) if match else os.path.splitext(name)[1],
+                                categories=front.categories, tags=front.tags, excerpt=front.excerpt, content=body)
+    try:
+        return liquid.render(body, site=site, page=page, style=style, links=links, line=line)
+    except liquid.LiquidFailed as exc:
+        raise PostError(front.path, str(exc)) from None
 
 
 @dataclass(frozen=True, slots=True)
@@ -455,7 +573,7 @@ def read_entry(entry: Entry, site: Site) -> Outcome:
     return _guarded(entry.path, lambda: read_front(entry.path, raw, site))
 
 
-def render_entry(front: Front, site: Site) -> tuple[Entry | None, Body | FileError | None]:
+def render_entry(front: Front, site: Site, links: liquid.Links | None = None) -> tuple[Entry | None, Body | FileError | None]:
     """Render the body of a post read before, with the size and mtime of the file as it was
     read (None when it could not be); never raises. None for the body when the file is no
     longer a published post."""
@@ -465,7 +583,7 @@ def render_entry(front: Front, site: Site) -> tuple[Entry | None, Body | FileErr
             raw = handle.read()
     except OSError as exc:
         return None, FileError(front.path, f"cannot read: {exc.strerror}")
-    return Entry(front.path, info.st_size, int64(info.st_mtime_ns)), _guarded(front.path, lambda: render(front, raw, site))
+    return Entry(front.path, info.st_size, int64(info.st_mtime_ns)), _guarded(front.path, lambda: render(front, raw, site, links))
 
 
 def _guarded(path: str, read: Callable[[], T]) -> T | FileError | None:
