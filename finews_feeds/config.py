@@ -129,6 +129,7 @@ class SmtpConfig:
     security: str = _key("starttls", "Connection security: none, starttls or tls.", ("none", "starttls", "tls"))
     username: str = _key("", "Login user; empty: no login. The password comes from FINEWS_SMTP_PASSWORD.")
     rate_per_second: float = _key(10.0, "Most messages sent per second; 0: no limit.")
+    connections: int = _key(8, "Most SMTP connections one digest run keeps open to the relay at once (one sending thread each; the rate limit holds across all of them). A run opens one per 50 open messages up to this. 8 keeps well under the 20 a Postfix relay accepts from one client by default (smtpd_client_connection_count_limit, default_destination_concurrency_limit) while hiding a remote relay's latency; raise it for a relay of your own (listmonk's max_conns).")
     max_retries: int = _key(5, "Retries of a temporary failure (4xx, dropped connection) before giving up for this run.")
     retry_backoff: float = _key(1.0, "First wait before a retry, in seconds; doubled at each retry.")
     timeout: float = _key(30.0, "Seconds one read or write on the connection may wait for the server before it counts as a connection error.")
@@ -319,6 +320,8 @@ def _validate(config: Config) -> None:
         raise ConfigError(f"web.port = {config.web.port!r}: expected a port number up to 65535")
     if config.smtp.port > 65535:
         raise ConfigError(f"smtp.port = {config.smtp.port!r}: expected a port number up to 65535")
+    if config.smtp.connections < 1:
+        raise ConfigError(f"smtp.connections = {config.smtp.connections!r}: expected 1 or more")
     if config.smtp.send_deadline_seconds <= 0:
         raise ConfigError(f"smtp.send_deadline_seconds = {config.smtp.send_deadline_seconds!r}: expected a positive number of seconds",
                           hint="without a deadline a server that trickles its replies holds the sender forever")

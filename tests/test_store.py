@@ -424,3 +424,39 @@ def test_removing_a_subscriber_removes_their_outbox_rows(store: Store) -> None:
     store.queue_subscribe("b@example.org", now=T0)
     store.remove_subscriber("a@example.org")
     assert [r.email for r in store.outbox_rows()] == ["b@example.org"]
+
+
+def test_a_batch_is_committed_sending_with_its_message_ids_and_the_inactive_ones_skipped(store: Store) -> None:
+    for email in ("a@example.org", "b@example.org", "c@example.org", "d@example.org"):
+        store.add_subscriber(email, confirmed=True, now=T0)
+    store.prepare_day(DAY, T0)
+    ids = {s.email: s.id for s in store.list_subscribers()}
+    store.unsubscribe("b@example.org", T0)
+    statuses = store.start_sending_batch(DAY, [(ids["a@example.org"], "<a@x>"), (ids["b@example.org"], "<b@x>"),
+                                               (ids["c@example.org"], "<c@x>")], T0,
+                                         skipped={ids["d@example.org"]: "no article matches"})
+    assert statuses == {ids["a@example.org"]: "active", ids["b@example.org"]: "unsubscribed",
+                        ids["c@example.org"]: "active"}
+    assert [(d.email, d.state, d.message_id, d.last_error) for d in store.ledger(DAY)] == [
+        ("a@example.org", "sending", "<a@x>", ""), ("b@example.org", "skipped", "", "subscriber is unsubscribed"),
+        ("c@example.org", "sending", "<c@x>", ""), ("d@example.org", "skipped", "", "no article matches")]
+    store.mark_permanent(DAY, ids["c@example.org"], "550 no", bounce_after=5, now=T0)
+    store.start_sending_batch(DAY, [(ids["c@example.org"], "<c@x>")], T0)
+    store.mark_sent_batch(DAY, [ids["a@example.org"], ids["c@example.org"]], T0 + timedelta(seconds=1))
+    rows = {d.email: d for d in store.ledger(DAY)}
+    assert [(rows[e].state, rows[e].attempts, rows[e].sent_at) for e in ("a@example.org", "c@example.org")] == [
+        ("sent", 1, T0 + timedelta(seconds=1)), ("sent", 2, T0 + timedelta(seconds=1))]
+    c = store.get_subscriber("c@example.org")
+    assert c is not None and c.permanent_failures == 0  # a success resets the count, as mark_sent does
+    store.mark_sent_batch(DAY, [], T0)  # nothing to commit
+
+
+def test_a_batch_larger_than_an_in_list_is_committed_whole(store: Store) -> None:
+    subscribers = [Subscriber(0, f"r{n:04d}@example.org", "", "active", (), (), T0, T0, None) for n in range(1203)]
+    store.import_subscribers(subscribers, T0)
+    store.prepare_day(DAY, T0)
+    ids = [s.id for s in store.list_subscribers()]
+    statuses = store.start_sending_batch(DAY, [(sid, f"<{sid}@x>") for sid in ids], T0)
+    assert set(statuses.values()) == {"active"} and len(statuses) == 1203
+    store.mark_sent_batch(DAY, ids, T0)
+    assert store.ledger_counts(DAY)["sent"] == 1203

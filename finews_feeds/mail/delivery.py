@@ -19,10 +19,12 @@ per crash, and mail clients show it once).
 
 from __future__ import annotations
 
+import heapq
 import logging
+import queue
 import threading
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
@@ -49,7 +51,7 @@ log = logging.getLogger(__name__)
 
 #: How often a run waiting for another process's claim on the day looks again.
 CLAIM_POLL_SECONDS = 1.0
-#: Rows claimed per transaction; each still gets its own `sending` and `sent` commits.
+#: Rows claimed per transaction (and most rows skipped in one commit).
 CLAIM_BATCH = 50
 
 
@@ -89,6 +91,8 @@ class DeliveryReport:
     busy: str = ""
     #: How long the run took, from its claim to its end (the CLI and the logs show it).
     seconds: float = 0.0
+    #: SMTP connections the run used at once.
+    connections: int = 0
 
     @property
     def ok(self) -> bool:
@@ -130,22 +134,28 @@ class DeliveryReport:
 
 
 class RateLimiter:
-    """At most ``rate`` messages a second, on an injectable clock (seconds) and sleep."""
+    """At most ``rate`` messages a second, on an injectable clock (seconds) and sleep.
+
+    Shared by every connection of a run, so ``smtp.rate_per_second`` is the run's rate, not each
+    connection's: each caller takes the next free slot under a lock and sleeps outside it.
+    """
 
     def __init__(self, rate: float, clock: Callable[[], float], sleep: Callable[[float], None]) -> None:
         self.interval = 1.0 / rate if rate > 0 else 0.0
         self.clock = clock
         self.sleep = sleep
         self.next_at: float | None = None
+        self._lock = threading.Lock()
 
     def wait(self) -> None:
         if not self.interval:
             return
-        now = self.clock()
-        if self.next_at is not None and self.next_at > now:
-            self.sleep(self.next_at - now)
-            now = self.next_at
-        self.next_at = now + self.interval
+        with self._lock:
+            now = self.clock()
+            at = now if self.next_at is None or self.next_at <= now else self.next_at
+            self.next_at = at + self.interval
+        if at > now:
+            self.sleep(at - now)
 
 
 def list_id(config: Config, site: Site) -> str:
@@ -236,28 +246,96 @@ def _sleeper(stop: threading.Event | None) -> Callable[[float], None]:
     return sleep
 
 
-class _Run:
-    """One run's state; :func:`send_digest` is its only user."""
+#: Open rows per SMTP connection: a run opens one connection per this many rows to send, up to
+#: ``smtp.connections``. A connection costs a TCP (and TLS) handshake and a login, which 50
+#: messages amortise; and a small send (under 100 rows) keeps one connection and the strict
+#: one-at-a-time order of a single sender (each message's retries before the next message).
+MESSAGES_PER_CONNECTION = 50
+#: Messages committed `sending` ahead per connection: enough that a connection always finds its
+#: next message ready while the ledger commits, and the bound of the duplicate window (below).
+WINDOW_PER_CONNECTION = 16
+#: Longest an outcome waits for its group commit (Postgres's commit_delay idea, on our side):
+#: outcomes that come back meanwhile share one commit.
+GROUP_COMMIT_SECONDS = 0.02
+#: Longest the ledger thread waits for an outcome before it looks for due retries again.
+_POLL_SECONDS = 0.05
 
-    def __init__(self, config: Config, store: Store, transport: SmtpTransport, day: date, site: Site,
-                 posts: list[Post], renderer: Renderer, now: Callable[[], datetime],
-                 stop: threading.Event | None, sleep: Callable[[float], None], report: DeliveryReport) -> None:
+
+@dataclass
+class _Job:
+    """One subscriber's message on its way: committed `sending`, queued for or on a connection."""
+
+    claim: Claim
+    variant: Variant
+    msg_id: str
+    #: Attempts made so far in this run (0 before the first).
+    attempt: int = 0
+    #: The message, built on its first attempt and reused by its retries.
+    msg: EmailMessage | None = None
+    #: The last temporary failure, while the job waits for its retry.
+    error: str = ""
+
+
+@dataclass
+class _Outcome:
+    job: _Job
+    #: sent, temporary, permanent, unbuildable (the message cannot be built) or fatal (the run cannot go on)
+    kind: str
+    error: str = ""
+    code: int | None = None
+    connection: bool = False
+    exc: BaseException | None = None
+
+
+class _Run:
+    """One run: a ledger thread (the caller's) and a pool of sending threads; :func:`send_digest` is its only user.
+
+    The ledger thread claims rows, renders each selection's variant once, commits a batch of rows
+    `sending` (the subscribers' statuses read in the same transaction), queues them for the
+    connections, and commits their outcomes in groups: everything that came back while the
+    previous commit ran goes in the next. At most ``window`` messages are committed `sending`
+    without their outcome committed: that is the duplicate window after a crash. A temporary
+    failure goes back to the ledger thread, which commits it `failed-temporary` and hands the
+    message out again after its backoff (committing `sending` again first), so its connection
+    goes on with other messages meanwhile. A run with one connection keeps a single sender's
+    order: its window is one message, and a retry waits out its backoff before anything else.
+    """
+
+    def __init__(self, config: Config, store: Store, transports: list[SmtpTransport], day: date, site: Site,
+                 posts: list[Post], renderer: Renderer, now: Callable[[], datetime], owner: str,
+                 stop: threading.Event | None, sleep: Callable[[float], None], report: DeliveryReport,
+                 progress: Callable[[int, int], None] | None) -> None:
         self.config = config
         self.store = store
-        self.transport = transport
+        self.transports = transports
         self.day = day
         self.site = site
         self.posts = posts
         self.renderer = renderer
         self.now = now
+        self.owner = owner
         self.stop = stop
         self.sleep = sleep
         self.report = report
+        self.progress = progress
         self.secret = secret_of(config)
         self.domain = domain_of(config.digest.from_)
         self.envelope_from = parseaddr(config.digest.from_)[1]
         self.variants: dict[str, Variant | None] = {}
         self.limiter = RateLimiter(config.smtp.rate_per_second, lambda: now().timestamp(), sleep)
+        self.serial = len(transports) == 1
+        window = 1 if self.serial else len(transports) * WINDOW_PER_CONNECTION
+        if config.smtp.rate_per_second > 0:
+            # No more than about a second of messages ahead: a stop drains what is committed `sending`.
+            window = min(window, max(len(transports), int(config.smtp.rate_per_second)))
+        self.window = window
+        self.batch = 1 if self.serial else max(1, window // 2)
+        self.jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
+        self.outcomes: queue.SimpleQueue[_Outcome] = queue.SimpleQueue()
+        self.done = 0
+        self.fatal: BaseException | None = None
+
+    # -- the ledger thread ---------------------------------------------------------------------
 
     def variant(self, selection: Selection) -> Variant | None:
         key = selection.key()
@@ -272,82 +350,246 @@ class _Run:
     def stopping(self) -> bool:
         return self.stop is not None and self.stop.is_set()
 
-    def skip(self, claim: Claim, reason: str) -> None:
-        self.store.mark_skipped(self.day, claim.subscriber.id, reason, self.now())
-        self.report.skipped[reason] += 1
+    def finished_one(self, count: int = 1) -> None:
+        self.done += count
+        if self.progress is not None and count:
+            self.progress(self.done, self.report.open)
 
-    def deliver(self, claim: Claim) -> None:
+    def prepare(self, claim: Claim, skipped: dict[int, str]) -> _Job | None:
+        """The job of a claimed row, or None when the row is skipped (its reason put in ``skipped``)."""
         sub, row = claim.subscriber, claim.delivery
         if sub.status != "active":
-            self.skip(claim, f"subscriber is {sub.status}")
-            return
+            skipped[sub.id] = f"subscriber is {sub.status}"
+            return None
         variant = self.variant(Selection(frozenset(sub.categories), frozenset(sub.tags)))
         if variant is None:
-            self.skip(claim, "no article matches the subscriber's categories and tags")
-            return
+            skipped[sub.id] = "no article matches the subscriber's categories and tags"
+            return None
         if row.state == "sending":
             # A crashed run may have had this accepted: same Message-ID, so it is recognisably one message.
             log.warning("%s: resending the %s digest left `sending` by an interrupted run (%s)",
                         sub.email, self.day, row.message_id, extra=self.fields(sub.email))
             self.report.resent += 1
-        msg_id = row.message_id or message_id(self.day, sub.email, self.domain)
-        try:
-            msg = digest_message(self.config, self.site, variant, self.secret, sub.email, sub.name, msg_id,
-                                 self.now())
-        except (ValueError, TypeError, UnicodeError, LookupError) as exc:
-            # Something in this subscriber's data the message cannot hold: theirs alone, not a bounce.
-            error = f"cannot build the message: {exc}"
-            log.error("%s: %s", sub.email, error, extra=self.fields(sub.email))
-            self.store.mark_permanent(self.day, sub.id, error, 0, self.now())
-            self.report.failed[f"permanent: {_reason(error)}"] += 1
-            self.report.permanent_failures.append((sub.email, error))
-            return
-        retries = self.config.smtp.max_retries
-        for attempt in range(retries + 1):
-            self.limiter.wait()
+        return _Job(claim, variant, row.message_id or message_id(self.day, sub.email, self.domain))
+
+    def start(self, jobs: list[_Job], skipped: dict[int, str]) -> int:
+        """Commit ``jobs`` `sending` (and ``skipped``) in one transaction, then queue the active ones."""
+        if jobs:
             # A run whose claim went with its database session must not send on (another may have the day).
             self.store.check_claim(self.day)
-            status = self.store.start_sending(self.day, sub.id, msg_id, self.now())
+        statuses = self.store.start_sending_batch(
+            self.day, [(job.claim.subscriber.id, job.msg_id) for job in jobs], self.now(), skipped)
+        for reason in skipped.values():
+            self.report.skipped[reason] += 1
+        finished = len(skipped)
+        started = 0
+        for job in jobs:
+            status = statuses[job.claim.subscriber.id]
             if status != "active":
                 self.report.skipped[f"subscriber is {status}"] += 1
-                return
+                finished += 1
+                continue
+            self.jobs.put(job)
+            started += 1
+        self.finished_one(finished)
+        return started
+
+    def run(self) -> bool:
+        """Send every open row; True when the run went through its whole list."""
+        threads = [threading.Thread(target=self.connection, args=(transport,), name=f"smtp-{n}", daemon=True)
+                   for n, transport in enumerate(self.transports)]
+        for thread in threads:
+            thread.start()
+        try:
+            return self.loop()
+        finally:
+            # Messages queued but not begun stay `sending` in the ledger: the next run sends them.
+            while True:
+                try:
+                    self.jobs.get_nowait()
+                except queue.Empty:
+                    break
+            for _ in threads:
+                self.jobs.put(None)
+            for thread in threads:
+                thread.join()
+
+    def loop(self) -> bool:
+        claims: deque[Claim] = deque()
+        exhausted = False
+        retries: list[tuple[float, int, _Job]] = []  # (due on the monotonic clock, order, job)
+        order = 0
+        #: Messages committed `sending` whose outcome is not committed yet (the duplicate window).
+        outstanding = 0
+        #: Outcomes back from the connections, for the next group commit; since when the first waits.
+        uncommitted: list[_Outcome] = []
+        first_at = 0.0
+        while True:
+            halted = self.stopping() or bool(self.report.aborted) or self.fatal is not None
+            # Refill a whole batch at a time: one commit for many rows.
+            while not halted and self.window - outstanding >= self.batch:
+                jobs: list[_Job] = []
+                skipped: dict[int, str] = {}
+                while retries and len(jobs) < self.batch and retries[0][0] <= time.monotonic():
+                    jobs.append(heapq.heappop(retries)[2])
+                while len(jobs) < self.batch and len(skipped) < CLAIM_BATCH:
+                    if not claims and not exhausted:
+                        got = self.store.claim_batch(self.day, self.owner, self.now(), limit=CLAIM_BATCH)
+                        exhausted = not got
+                        claims.extend(got)
+                    if not claims:
+                        break
+                    job = self.prepare(claims.popleft(), skipped)
+                    if job is not None:
+                        jobs.append(job)
+                if not jobs and not skipped:
+                    break
+                outstanding += self.start(jobs, skipped)
+                halted = self.stopping()
+            if outstanding == 0:
+                if self.fatal is not None:
+                    raise self.fatal
+                if halted or not retries:
+                    complete = exhausted and not claims and not retries
+                    self.report.stopped = self.stopping() and not complete
+                    for _, _, job in retries:  # stopped or given up while waiting for a retry: next run's
+                        self.report.failed[f"temporary: {_reason(job.error)}"] += 1
+                        self.report.temporary_failures.append((job.claim.subscriber.email, job.error))
+                    return complete and not halted
+                # Only retries left, none due yet: wait for the first.
+                self.sleep(max(0.0, retries[0][0] - time.monotonic()))
+                continue
+            if outstanding > len(uncommitted):
+                wait = _POLL_SECONDS
+                if retries:
+                    wait = min(wait, max(0.0, retries[0][0] - time.monotonic()))
+                if uncommitted:
+                    wait = min(wait, max(0.0, first_at + GROUP_COMMIT_SECONDS - time.monotonic()))
+                got = self.collect(wait)
+                if got and not uncommitted:
+                    first_at = time.monotonic()
+                uncommitted += got
+            # Group commit: a batch's worth, or what waited long enough, or all there is to wait for.
+            if uncommitted and (self.serial or len(uncommitted) >= self.batch or outstanding == len(uncommitted)
+                                or time.monotonic() - first_at >= GROUP_COMMIT_SECONDS):
+                outcomes, uncommitted = uncommitted, []
+                outstanding -= len(outcomes)
+                for job, backoff in self.record(outcomes):
+                    order += 1
+                    if self.serial:
+                        self.sleep(backoff)
+                        heapq.heappush(retries, (float("-inf"), order, job))
+                    else:
+                        heapq.heappush(retries, (time.monotonic() + backoff, order, job))
+
+    def collect(self, wait: float) -> list[_Outcome]:
+        """The outcomes that came back: the first waited for up to ``wait`` seconds, then all that are there."""
+        out: list[_Outcome] = []
+        try:
+            out.append(self.outcomes.get(timeout=wait) if wait > 0 else self.outcomes.get_nowait())
+        except queue.Empty:
+            return out
+        while True:
             try:
-                self.transport.send(msg, sender=self.envelope_from, recipients=(sub.email,))
-            except PermanentFailure as exc:
-                bounced = self.store.mark_permanent(self.day, sub.id, exc.message, self.config.smtp.bounce_after,
-                                                    self.now())
-                log.error("%s: permanent failure, not retried: %s", sub.email, exc.message,
-                          extra=self.fields(sub.email, code=exc.code))
-                self.report.failed[f"permanent: {_reason(exc.message)}"] += 1
-                self.report.permanent_failures.append((sub.email, exc.message))
+                out.append(self.outcomes.get_nowait())
+            except queue.Empty:
+                return out
+
+    def record(self, outcomes: list[_Outcome]) -> list[tuple[_Job, float]]:
+        """Commit ``outcomes`` (the `sent` ones in one transaction); returns the jobs to retry, with their backoff."""
+        if not outcomes:
+            return []
+        now = self.now()
+        sent = [o.job.claim.subscriber.id for o in outcomes if o.kind == "sent"]
+        self.store.mark_sent_batch(self.day, sent, now)
+        self.report.sent += len(sent)
+        finished = len(sent)
+        retry: list[tuple[_Job, float]] = []
+        retries = self.config.smtp.max_retries
+        for outcome in outcomes:
+            job, sub = outcome.job, outcome.job.claim.subscriber
+            if outcome.kind == "sent":
+                continue
+            if outcome.kind == "unbuildable":
+                log.error("%s: %s", sub.email, outcome.error, extra=self.fields(sub.email))
+                self.store.mark_permanent(self.day, sub.id, outcome.error, 0, now)
+                self.report.failed[f"permanent: {_reason(outcome.error)}"] += 1
+                self.report.permanent_failures.append((sub.email, outcome.error))
+                finished += 1
+            elif outcome.kind == "permanent":
+                bounced = self.store.mark_permanent(self.day, sub.id, outcome.error, self.config.smtp.bounce_after,
+                                                    now)
+                log.error("%s: permanent failure, not retried: %s", sub.email, outcome.error,
+                          extra=self.fields(sub.email, code=outcome.code))
+                self.report.failed[f"permanent: {_reason(outcome.error)}"] += 1
+                self.report.permanent_failures.append((sub.email, outcome.error))
                 if bounced:
                     log.warning("%s: marked bounced after %d permanent failures", sub.email,
                                 self.config.smtp.bounce_after, extra=self.fields(sub.email))
                     self.report.bounced.append(sub.email)
-                return
-            except TemporaryFailure as exc:
-                self.store.mark_temporary(self.day, sub.id, exc.message, self.now())
-                if attempt == retries or self.stopping():
-                    log.error("%s: temporary failure, left for the next run: %s", sub.email, exc.message,
-                              extra=self.fields(sub.email, code=exc.code, attempts=attempt + 1))
-                    self.report.failed[f"temporary: {_reason(exc.message)}"] += 1
-                    self.report.temporary_failures.append((sub.email, exc.message))
-                    if isinstance(exc, ConnectionFailure) and not self.stopping():
-                        self.report.aborted = f"the SMTP server failed {retries + 1} times in a row: {exc.message}"
-                    return
-                wait = self.config.smtp.retry_backoff * 2**attempt
-                log.warning("%s: temporary failure (%s); retry %d of %d in %.1fs", sub.email, exc.message,
-                            attempt + 1, retries, wait, extra=self.fields(sub.email, code=exc.code, wait_seconds=wait))
-                self.report.retried += 1
-                self.sleep(wait)
-                continue
-            except DeliveryError as exc:
+                finished += 1
+            elif outcome.kind == "fatal":
                 # The run cannot go on (login refused, no STARTTLS): nothing was sent to this one.
-                self.store.mark_temporary(self.day, sub.id, exc.message, self.now())
-                raise
-            self.store.mark_sent(self.day, sub.id, self.now())
-            self.report.sent += 1
-            return
+                self.store.mark_temporary(self.day, sub.id, outcome.error, now)
+                if self.fatal is None:
+                    self.fatal = outcome.exc
+            else:
+                self.store.mark_temporary(self.day, sub.id, outcome.error, now)
+                job.error = outcome.error
+                attempt = job.attempt - 1
+                if attempt >= retries or self.stopping() or self.report.aborted:
+                    log.error("%s: temporary failure, left for the next run: %s", sub.email, outcome.error,
+                              extra=self.fields(sub.email, code=outcome.code, attempts=job.attempt))
+                    self.report.failed[f"temporary: {_reason(outcome.error)}"] += 1
+                    self.report.temporary_failures.append((sub.email, outcome.error))
+                    if outcome.connection and attempt >= retries and not self.stopping() and not self.report.aborted:
+                        self.report.aborted = f"the SMTP server failed {retries + 1} times in a row: {outcome.error}"
+                    finished += 1
+                    continue
+                backoff = self.config.smtp.retry_backoff * 2**attempt
+                log.warning("%s: temporary failure (%s); retry %d of %d in %.1fs", sub.email, outcome.error,
+                            attempt + 1, retries, backoff,
+                            extra=self.fields(sub.email, code=outcome.code, wait_seconds=backoff))
+                self.report.retried += 1
+                retry.append((job, backoff))
+        self.finished_one(finished)
+        return retry
+
+    # -- the sending threads -------------------------------------------------------------------
+
+    def connection(self, transport: SmtpTransport) -> None:
+        """One connection: send what the ledger thread queued, report each outcome back."""
+        try:
+            while True:
+                job = self.jobs.get()
+                if job is None:
+                    return
+                self.outcomes.put(self.attempt(transport, job))
+        finally:
+            transport.close()
+
+    def attempt(self, transport: SmtpTransport, job: _Job) -> _Outcome:
+        sub = job.claim.subscriber
+        job.attempt += 1
+        if job.msg is None:
+            try:
+                job.msg = digest_message(self.config, self.site, job.variant, self.secret, sub.email, sub.name,
+                                         job.msg_id, self.now())
+            except (ValueError, TypeError, UnicodeError, LookupError) as exc:
+                # Something in this subscriber's data the message cannot hold: theirs alone, not a bounce.
+                return _Outcome(job, "unbuildable", f"cannot build the message: {exc}")
+        self.limiter.wait()
+        try:
+            transport.send(job.msg, sender=self.envelope_from, recipients=(sub.email,))
+        except PermanentFailure as exc:
+            return _Outcome(job, "permanent", exc.message, exc.code)
+        except TemporaryFailure as exc:
+            return _Outcome(job, "temporary", exc.message, exc.code, connection=isinstance(exc, ConnectionFailure))
+        except DeliveryError as exc:
+            return _Outcome(job, "fatal", exc.message, exc=exc)
+        except BaseException as exc:  # a bug: the ledger thread raises it, after recording the row
+            return _Outcome(job, "fatal", f"{type(exc).__name__}: {exc}", exc=exc)
+        return _Outcome(job, "sent")
 
 
 def _stopped(exc: StoreError, day: date) -> StoreError:
@@ -414,34 +656,24 @@ def send_digest(
             return report
 
     finished = False
-    transport: SmtpTransport | None = None
+    transports: list[SmtpTransport] = []
     try:
-        transport = transport_factory()
         store.prepare_day(day, now())
         counts = store.ledger_counts(day)
         report.total = sum(counts.values())
         report.already_sent = counts["sent"]
         report.failed_before = counts["failed-permanent"]
         report.open = counts["pending"] + counts["sending"] + counts["failed-temporary"]
-        run = _Run(config, store, transport, day, collection.site, posts, renderer, now, stop, sleep, report)
-        done = 0
+        pool = max(1, min(config.smtp.connections, report.open // MESSAGES_PER_CONNECTION))
+        transports = [transport_factory() for _ in range(pool)]
+        run = _Run(config, store, transports, day, collection.site, posts, renderer, now, owner, stop, sleep, report,
+                   progress)
+        report.connections = pool
         if progress is not None:
             progress(0, report.open)
-        while not finished and not report.stopped and not report.aborted:
-            claims = store.claim_batch(day, owner, now(), limit=CLAIM_BATCH)
-            finished = not claims
-            for claim in claims:
-                if run.stopping():
-                    report.stopped = True
-                    break
-                run.deliver(claim)
-                done += 1
-                if progress is not None:
-                    progress(done, report.open)
-                if report.aborted:
-                    break
+        finished = run.run()
     except BaseException as exc:
-        if transport is not None:
+        for transport in transports:
             transport.close()
         try:
             store.release_run(day, owner, now(), finished=False)
@@ -451,7 +683,6 @@ def send_digest(
         if isinstance(exc, StoreError):
             raise _stopped(exc, day) from None
         raise
-    transport.close()
     try:
         store.release_run(day, owner, now(), finished=finished)
     except StoreError as exc:

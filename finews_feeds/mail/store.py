@@ -21,14 +21,14 @@ import secrets
 import socket
 import threading
 import zlib
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from datetime import date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Connection, Engine, Row, and_, case, create_engine, event, func, or_, select, text
+from sqlalchemy import Connection, Engine, Row, and_, bindparam, case, create_engine, event, func, or_, select, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, IntegrityError, OperationalError, SQLAlchemyError
 
@@ -605,6 +605,58 @@ class Store:
             conn.execute(runs.update().where(runs.c.day == day, runs.c.owner.is_not(None)).values(heartbeat_at=now))
         return status
 
+    def start_sending_batch(self, day: date, rows: Sequence[tuple[int, str]], now: datetime | None = None,
+                            skipped: Mapping[int, str] | None = None) -> dict[int, str]:
+        """:meth:`start_sending` for many rows in one transaction (one commit, one fsync).
+
+        ``rows`` are (subscriber id, Message-ID); each row whose subscriber is still active is
+        committed `sending` with its Message-ID, any other `skipped` ("subscriber is <status>").
+        ``skipped`` (subscriber id -> reason) records rows the caller skips itself in the same
+        commit. The statuses are read ``FOR SHARE`` on PostgreSQL (SQLite's write lock does the
+        same): an unsubscribe that commits first is seen, one that comes later waits for this
+        commit. Returns each row's subscriber status (``"active"``: its message may go).
+        """
+        now = _now(now)
+        ids = [sid for sid, _ in rows]
+        with self._tx() as conn:
+            statuses: dict[int, str] = {}
+            for chunk in _chunks(ids):
+                query = select(subscribers.c.id, subscribers.c.status).where(subscribers.c.id.in_(chunk))
+                if self.dialect == "postgresql":
+                    query = query.with_for_update(read=True)
+                statuses.update({int(sid): str(status) for sid, status in conn.execute(query)})
+            sending = [{"d": day, "sid": sid, "mid": mid} for sid, mid in rows if statuses.get(sid) == "active"]
+            skips = [{"d": day, "sid": sid, "why": f"subscriber is {statuses.get(sid, 'removed')}"}
+                     for sid, _ in rows if statuses.get(sid) != "active"]
+            skips += [{"d": day, "sid": sid, "why": why} for sid, why in (skipped or {}).items()]
+            where = and_(deliveries.c.day == bindparam("d"), deliveries.c.subscriber_id == bindparam("sid"))
+            if sending:
+                conn.execute(deliveries.update().where(where).values(
+                    state="sending", message_id=bindparam("mid"), updated_at=now), sending)
+            if skips:
+                conn.execute(deliveries.update().where(where).values(
+                    state="skipped", last_error=bindparam("why"), updated_at=now), skips)
+            conn.execute(runs.update().where(runs.c.day == day, runs.c.owner.is_not(None)).values(heartbeat_at=now))
+        return {sid: statuses.get(sid, "removed") for sid in ids}
+
+    def mark_sent_batch(self, day: date, subscriber_ids: Sequence[int], now: datetime | None = None) -> None:
+        """:meth:`mark_sent` for many rows in one transaction (a group commit). One row goes through
+        :meth:`mark_sent` itself, so a subclass that wraps it sees every commit of a one-by-one send."""
+        if len(subscriber_ids) == 1:
+            self.mark_sent(day, subscriber_ids[0], now)
+            return
+        if not subscriber_ids:
+            return
+        now = _now(now)
+        with self._tx() as conn:
+            for chunk in _chunks(list(subscriber_ids)):
+                conn.execute(deliveries.update().where(deliveries.c.day == day, deliveries.c.subscriber_id.in_(chunk))
+                             .values(state="sent", attempts=deliveries.c.attempts + 1, last_error="", sent_at=now,
+                                     updated_at=now))
+                conn.execute(subscribers.update().where(subscribers.c.id.in_(chunk),
+                                                        subscribers.c.permanent_failures != 0)
+                             .values(permanent_failures=0))
+
     def mark_sent(self, day: date, subscriber_id: int, now: datetime | None = None) -> None:
         now = _now(now)
         with self._tx() as conn:
@@ -817,6 +869,12 @@ def _store_error(exc: OperationalError) -> StoreError:
     if exc.connection_invalidated:
         return DatabaseConnectionLost(f"the database connection was lost ({_reason(exc)})")
     return StoreError(f"database error: {_reason(exc)}")
+
+
+def _chunks(ids: list[int], size: int = 500) -> Iterator[list[int]]:
+    """``ids`` in lists of at most ``size``: an IN list stays within SQLite's bound-parameter limit."""
+    for start in range(0, len(ids), size):
+        yield ids[start : start + size]
 
 
 def _key(day: date, subscriber_id: int) -> Any:

@@ -1,0 +1,158 @@
+"""Sending a large digest over a pool of SMTP connections: each subscriber still gets exactly one message."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import UTC, date, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+from smtp_fakes import Sink, make_collection, make_config, running
+
+from finews_feeds.config import Config
+from finews_feeds.mail.delivery import MESSAGES_PER_CONNECTION, DeliveryReport, send_digest
+from finews_feeds.mail.mailer import transport_from_config
+from finews_feeds.mail.message import message_id
+from finews_feeds.mail.store import Store, Subscriber
+
+DAY = date(2022, 4, 20)
+T0 = datetime(2022, 4, 21, 7, 30, tzinfo=UTC)
+
+
+@pytest.fixture
+def sink() -> Sink:
+    return Sink()
+
+
+@pytest.fixture
+def port(sink: Sink) -> Iterator[int]:
+    with running(sink) as value:
+        yield value
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[Store]:
+    with Store.open(f"sqlite:///{tmp_path}/var/finews.sqlite3") as opened:
+        yield opened
+
+
+def add(store: Store, count: int) -> list[str]:
+    emails = [f"r{n:04d}@example.org" for n in range(count)]
+    store.import_subscribers([Subscriber(0, e, "", "active", (), (), T0, T0, None) for e in emails], T0)
+    return emails
+
+
+def send(config: Config, store: Store, **kwargs: Any) -> DeliveryReport:
+    kwargs.setdefault("now", lambda: T0)
+    return send_digest(config, store, lambda: transport_from_config(config), DAY, make_collection(), **kwargs)
+
+
+def counts(sink: Sink) -> dict[str, int]:
+    return {rcpt: len(msgs) for rcpt, msgs in sink.by_recipient().items()}
+
+
+def test_a_large_send_opens_one_connection_per_fifty_messages_up_to_the_limit(
+        sink: Sink, port: int, store: Store) -> None:
+    emails = add(store, 3 * MESSAGES_PER_CONNECTION)
+    report = send(make_config(port, smtp={"connections": 8}), store)
+    assert (report.sent, report.connections, report.ok) == (150, 3, True)
+    assert len({r.peer for r in sink.messages}) == 3
+    assert counts(sink) == dict.fromkeys(emails, 1)
+    assert {d.state for d in store.ledger(DAY)} == {"sent"}
+    assert {r.rcpt_tos[0]: r.message["Message-ID"] for r in sink.messages} == {
+        e: message_id(DAY, e, "news.example.org") for e in emails}
+    again = send(make_config(port, smtp={"connections": 8}), store)
+    assert (again.sent, again.already_sent, again.connections) == (0, 150, 1)
+
+
+def test_the_connection_limit_caps_the_pool(sink: Sink, port: int, store: Store) -> None:
+    add(store, 6 * MESSAGES_PER_CONNECTION)
+    report = send(make_config(port, smtp={"connections": 2}), store)
+    assert (report.sent, report.connections) == (300, 2)
+    assert len({r.peer for r in sink.messages}) == 2
+
+
+def test_a_temporary_failure_waits_off_its_connection_and_is_retried_later_in_the_run(
+        sink: Sink, port: int, store: Store) -> None:
+    emails = add(store, 2 * MESSAGES_PER_CONNECTION)
+    sink.data_replies[:] = ["451 4.7.1 greylisted, try again later"]
+    report = send(make_config(port, smtp={"connections": 2, "retry_backoff": 0.3}), store)
+    assert (report.sent, report.retried, dict(report.failed)) == (100, 1, {})
+    assert counts(sink) == dict.fromkeys(emails, 1)
+    ledger = store.ledger(DAY)
+    retried = [d.email for d in ledger if d.attempts == 2]
+    assert len(retried) == 1 and {d.attempts for d in ledger if d.email not in retried} == {1}
+    # While it waited out its backoff, the connections went on with the other messages.
+    order = [r.rcpt_tos[0] for r in sink.messages]
+    assert order.index(retried[0]) > 20
+
+
+def test_a_temporary_failure_past_the_retries_is_left_for_the_next_run_without_holding_the_others(
+        sink: Sink, port: int, store: Store) -> None:
+    emails = add(store, 2 * MESSAGES_PER_CONNECTION)
+    sink.rcpt_replies[emails[3]] = "452 4.2.2 mailbox full"
+    config = make_config(port, smtp={"connections": 2, "retry_backoff": 0.05, "max_retries": 2})
+    report = send(config, store)
+    assert (report.sent, report.retried, dict(report.failed), report.aborted) == (
+        99, 2, {"temporary: 452 4.2.2 mailbox full": 1}, "")
+    assert [(d.state, d.attempts) for d in store.ledger(DAY) if d.email == emails[3]] == [("failed-temporary", 3)]
+    del sink.rcpt_replies[emails[3]]
+    again = send(config, store)
+    assert (again.sent, again.already_sent) == (1, 99)
+    assert counts(sink) == dict.fromkeys(emails, 1)
+
+
+def test_connections_dropped_by_the_server_are_reopened_each_on_its_own(sink: Sink, port: int, store: Store) -> None:
+    emails = add(store, 3 * MESSAGES_PER_CONNECTION)
+    sink.drop_after = 7
+    report = send(make_config(port, smtp={"connections": 3}), store)
+    assert (report.sent, report.retried) == (150, 0)
+    assert counts(sink) == dict.fromkeys(emails, 1)
+    assert len(sink.connections) >= 150 // 7
+
+
+def test_the_rate_limit_holds_across_all_connections(sink: Sink, port: int, store: Store) -> None:
+    add(store, 2 * MESSAGES_PER_CONNECTION)
+    waits: list[float] = []
+    # The clock stands still: each message's slot is its place in one shared schedule, whoever sends it.
+    report = send(make_config(port, smtp={"connections": 2, "rate_per_second": 4.0}), store,
+                  sleep=waits.append)
+    assert (report.sent, report.connections) == (100, 2)
+    assert sorted(waits) == [n * 0.25 for n in range(1, 100)]
+
+
+def test_someone_who_unsubscribes_during_a_pool_send_gets_nothing_after_it(sink: Sink, port: int, store: Store) -> None:
+    emails = add(store, 4 * MESSAGES_PER_CONNECTION)
+    leaver = emails[-1]
+
+    def progress(done: int, total: int) -> None:
+        if done and store.get_subscriber(leaver).status == "active":  # type: ignore[union-attr]
+            store.unsubscribe(leaver, T0)
+
+    report = send(make_config(port, smtp={"connections": 2}), store, progress=progress)
+    assert (report.sent, dict(report.skipped)) == (199, {"subscriber is unsubscribed": 1})
+    assert leaver not in counts(sink)
+    assert [(d.state, d.last_error) for d in store.ledger(DAY) if d.email == leaver] == [
+        ("skipped", "subscriber is unsubscribed")]
+
+
+def test_a_stop_finishes_what_is_committed_sending_and_a_rerun_sends_the_rest(
+        sink: Sink, port: int, store: Store) -> None:
+    import threading
+
+    emails = add(store, 4 * MESSAGES_PER_CONNECTION)
+    stop = threading.Event()
+
+    def progress(done: int, total: int) -> None:
+        if done >= 50:
+            stop.set()
+
+    config = make_config(port, smtp={"connections": 2})
+    report = send(config, store, stop=stop, progress=progress)
+    assert report.stopped and 50 <= report.sent < 200
+    states = {d.state for d in store.ledger(DAY)}
+    assert states == {"sent", "pending"}  # nothing left `sending`: what was committed went out
+    rest = send(config, store)
+    assert (rest.sent, rest.resent, rest.already_sent) == (200 - report.sent, 0, report.sent)
+    assert counts(sink) == dict.fromkeys(emails, 1)
