@@ -465,10 +465,10 @@ class _Run:
                     wait = min(wait, max(0.0, retries[0][0] - time.monotonic()))
                 if uncommitted:
                     wait = min(wait, max(0.0, first_at + GROUP_COMMIT_SECONDS - time.monotonic()))
-                got = self.collect(wait)
-                if got and not uncommitted:
+                came = self.collect(wait)
+                if came and not uncommitted:
                     first_at = time.monotonic()
-                uncommitted += got
+                uncommitted += came
             # Group commit: a batch's worth, or what waited long enough, or all there is to wait for.
             if uncommitted and (self.serial or len(uncommitted) >= self.batch or outstanding == len(uncommitted)
                                 or time.monotonic() - first_at >= GROUP_COMMIT_SECONDS):
