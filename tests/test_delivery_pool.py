@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import random
+import signal
+import time
 from collections.abc import Iterator
 from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
-from smtp_fakes import Sink, make_collection, make_config, running
+from smtp_fakes import Sink, database_url, make_collection, make_config, postgres_available, running, wait_until
+from test_delivery import run_cli, write_config
 
 from finews_feeds.config import Config
-from finews_feeds.mail.delivery import MESSAGES_PER_CONNECTION, DeliveryReport, send_digest
+from finews_feeds.mail.delivery import MESSAGES_PER_CONNECTION, WINDOW_PER_CONNECTION, DeliveryReport, send_digest
 from finews_feeds.mail.mailer import transport_from_config
 from finews_feeds.mail.message import message_id
 from finews_feeds.mail.store import Store, Subscriber
@@ -156,3 +160,57 @@ def test_a_stop_finishes_what_is_committed_sending_and_a_rerun_sends_the_rest(
     rest = send(config, store)
     assert (rest.sent, rest.resent, rest.already_sent) == (200 - report.sent, 0, report.sent)
     assert counts(sink) == dict.fromkeys(emails, 1)
+
+
+# -- killed with SIGKILL at random points of a pool send, through the CLI ------------------------
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("seed", [1, 2, 3])
+@pytest.mark.parametrize("kind", [
+    "sqlite",
+    pytest.param("postgresql", marks=[
+        pytest.mark.postgres,
+        pytest.mark.skipif(not postgres_available(), reason="PostgreSQL at 127.0.0.1:5432 is not reachable"),
+    ]),
+])
+def test_a_pool_send_killed_at_a_random_point_and_rerun_sends_everyone_once_but_the_window(
+        sink: Sink, port: int, tmp_path: Path, kind: str, seed: int) -> None:
+    chance = random.Random(seed)
+    count = 6 * MESSAGES_PER_CONNECTION
+    with database_url(kind, tmp_path) as db:
+        config = tmp_path / "finews.toml"
+        write_config(config, port, db)
+        with Store.open(db) as store:
+            emails = add(store, count)
+            store.add_subscriber("pending@example.org", now=T0)
+        args = ("digest", "--date", "2022-04-20", "--send", "--out", str(tmp_path / "out"))
+        kill_after = chance.randrange(1, count - 20)
+        proc = run_cli(config, *args, wait=False)
+        try:
+            assert wait_until(lambda: len(sink.messages) >= kill_after, timeout=120), (
+                proc.stderr.read() if proc.stderr else "")
+            time.sleep(chance.uniform(0, 0.05))  # anywhere: mid-DATA, mid-commit, between batches
+        finally:
+            proc.send_signal(signal.SIGKILL)
+            proc.wait(30)
+        with Store.open(db) as store:
+            left_sending = {d.email for d in store.ledger(DAY) if d.state == "sending"}
+        window = min(8, count // MESSAGES_PER_CONNECTION) * WINDOW_PER_CONNECTION
+        assert len(left_sending) <= window
+        before = len(sink.messages)
+        again = run_cli(config, *args)
+        out = again.stdout.read() if again.stdout else ""
+        assert again.returncode == 0, out + (again.stderr.read() if again.stderr else "")
+        assert f"resent after a crash {len(left_sending)}" in out or not left_sending, out
+        received = sink.by_recipient()
+        assert set(received) == set(emails)
+        twice = {email for email, copies in received.items() if len(copies) > 1}
+        # A duplicate only where the killed run had committed `sending` and not yet `sent`: the window.
+        assert twice <= left_sending
+        assert all(len(copies) <= 2 for copies in received.values())
+        for email, copies in received.items():
+            assert {c.message["Message-ID"] for c in copies} == {message_id(DAY, email, "news.example.org")}
+        with Store.open(db) as store:
+            assert {d.state for d in store.ledger(DAY)} == {"sent"}
+        assert len(sink.messages) - before == count - (before - len(twice))
