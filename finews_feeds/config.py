@@ -120,6 +120,8 @@ class DigestConfig:
     confirm_subject: str = _key("请确认订阅 {site_title} 每日精选", "Subject of the confirmation mail of a new subscriber; field: {site_title}.")
     list_id: str = _key("", "List-Id header value, e.g. `finews digest <digest.finews.example>`; empty: derived from the site.")
     unsubscribe_mailbox: str = _key("", "Address also offered in List-Unsubscribe as mailto:ADDRESS?subject=unsubscribe, for mail clients without one-click; set it only if someone or something acts on that mail. Empty: the one-click link alone.")
+    archive_per_page: int = _key(30, "Digests listed on each page of the archive (digests/ under feeds.output, /digests/ in the web app).")
+    archive_feed_limit: int = _key(20, "Digests in the archive's Atom feed (digests/atom.xml), newest first.")
 
 
 @dataclass(frozen=True)
@@ -336,6 +338,10 @@ def _validate(config: Config) -> None:
         if not re.fullmatch(r"https?://[^/\s?#]+", origin):
             raise ConfigError(f"web.trusted_origins = {config.web.trusted_origins!r}: {origin!r} is not an origin",
                               hint="write scheme and host only, e.g. https://news.example.org")
+    if config.digest.archive_per_page < 1:
+        raise ConfigError(f"digest.archive_per_page = {config.digest.archive_per_page!r}: expected at least 1")
+    if config.digest.archive_feed_limit < 0:
+        raise ConfigError(f"digest.archive_feed_limit = {config.digest.archive_feed_limit!r}: expected 0 or more")
     if config.site.summary_chars < 10:
         raise ConfigError(f"site.summary_chars = {config.site.summary_chars!r}: expected at least 10")
     for key in ("limit", "category_limit", "tag_limit"):

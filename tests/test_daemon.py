@@ -20,10 +20,13 @@ from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
+import feedparser
 import httpx
 import pytest
 from aiosmtpd.controller import Controller
+from feed_checks import atom_problems
 from smtp_fakes import SECRET, Sink, database_url, free_port, postgres_available, running, wait_until
+from test_archive import rows
 
 from finews_feeds.config import build_config, load_config
 from finews_feeds.mail.store import Store
@@ -47,6 +50,9 @@ def write_post(site: Path, category: str, slug: str, title: str, when: str) -> P
         encoding="utf-8",
     )
     return path
+
+
+SITE_URL = "https://news.example.org"
 
 
 def make_site(root: Path) -> Path:
@@ -265,6 +271,8 @@ def test_subscribe_confirm_digest_one_click_unsubscribe_and_no_more_digests_thro
     daemons.append(daemon)
     daemon.wait_ready()
     with httpx.Client(base_url=daemon.base, timeout=5) as client:
+        archive = client.get("/digests/")  # written at start, before any digest
+        assert (archive.status_code, "还没有发出过每日精选。" in archive.text) == (200, True)
         assert client.post("/subscribe", data={"email": "reader@example.org", "category": "yicai"}).status_code == 200
         assert wait_until(lambda: "reader@example.org" in per_recipient(sink), timeout=20), daemon.output()
         text = sink.by_recipient()["reader@example.org"][0].message.get_body(("plain",)).get_content()  # type: ignore[union-attr]
@@ -314,6 +322,17 @@ def test_the_digest_arrives_once_with_its_web_copy_served(
         archived = client.get("/digests/2022-04-20")
         assert archived.status_code == 200
         assert "央行开展逆回购操作" in archived.text
+        index = client.get("/digests/")
+        assert [(href, line) for href, _, line, _ in rows(index.content)] == [
+            ("2022-04-20.html", "2022年4月20日 星期三 · 共 2 篇")]
+        feed = client.get("/digests/atom.xml")
+        assert atom_problems(feed.content) == []
+        assert [e.link for e in feedparser.parse(feed.content).entries] == [f"{SITE_URL}/feeds/digests/2022-04-20.html"]
+    # Both parts of the mail lead to the archive.
+    text = message.get_body(("plain",)).get_content()  # type: ignore[union-attr]
+    html = message.get_body(("html",)).get_content()  # type: ignore[union-attr]
+    assert f"往期精选：{SITE_URL}/feeds/digests/\n" in text
+    assert f'<a class="fl" href="{SITE_URL}/feeds/digests/"' in html
     assert daemon.stop()[0] == 0
 
     # A restart that runs the same day again sends nothing: see the catch-up test below.

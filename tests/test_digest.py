@@ -32,6 +32,7 @@ from smtp_fakes import make_site as fake_site
 from finews_feeds.cli import cli
 from finews_feeds.config import Config, build_config, read_file
 from finews_feeds.errors import ConfigError, DigestError
+from finews_feeds.look import STYLESHEET_NAME
 from finews_feeds.mail.digest import (
     GREETING,
     PLACEHOLDERS,
@@ -274,13 +275,14 @@ def test_header_has_date_count_and_preheader(config: Config, site: Site) -> None
     assert variant.subject == "finews 财经新闻 每日精选 · 2022年4月20日 · 2篇"
 
 
-def test_footer_has_unsubscribe_browser_feeds_and_postal_address(tmp_path: Path, site: Site) -> None:
+def test_footer_has_unsubscribe_browser_archive_feeds_and_postal_address(tmp_path: Path, site: Site) -> None:
     config = config_for(ROOT / "demo-site", tmp_path, postal_address="上海市浦东新区 某路 1 号")
     html, text = render(config, site, [make_post(1)]).personalize(reader())
     footer = doc(html).find_class("ft")[0]
     links = {a.text_content(): a.get("href") for a in footer.iter("a")}
     assert links == {
         "在浏览器中查看": "https://finews.withounder.com/feeds/digests/2022-04-20.html",
+        "往期精选": "https://finews.withounder.com/feeds/digests/",
         "RSS": "https://finews.withounder.com/feeds/rss.xml",
         "Atom": "https://finews.withounder.com/feeds/atom.xml",
         "JSON Feed": "https://finews.withounder.com/feeds/feed.json",
@@ -289,6 +291,7 @@ def test_footer_has_unsubscribe_browser_feeds_and_postal_address(tmp_path: Path,
     assert "上海市浦东新区 某路 1 号" in footer.text_content()
     assert "本邮件发送至 reader@example.org。" in footer.text_content()
     assert "退订：https://news.example.com/unsubscribe/TOKEN?x=1&y=2" in text
+    assert "往期精选：https://finews.withounder.com/feeds/digests/\n" in text
     assert "上海市浦东新区 某路 1 号" in text
 
 
@@ -556,7 +559,9 @@ def test_a_web_copy_written_again_unchanged_keeps_its_file_and_time_stamp(demo: 
     after = web.stat()
     assert (after.st_ino, after.st_mtime_ns) == (before.st_ino, before.st_mtime_ns)
     assert stat.S_IMODE(after.st_mode) == 0o644
-    assert sorted(os.listdir(web.parent)) == ["2022-04-20.html"]
+    # No temporary file left; the archive beside it (mail/archive.py) was written once.
+    assert sorted(os.listdir(web.parent)) == [".archive.lock", "2022-04-20.html", "2022-04-20.json", "atom.xml",
+                                             "index.html", STYLESHEET_NAME]
 
 
 def test_digest_command_writes_preview_and_web_copy(tmp_path: Path) -> None:
@@ -575,8 +580,10 @@ def test_digest_command_writes_preview_and_web_copy(tmp_path: Path) -> None:
     lines = result.output.splitlines()
     assert lines[0].startswith("2022-04-20: 31 articles, ")
     assert lines[1] == "subject: finews 财经新闻 每日精选 · 2022年4月20日 · 31篇"
-    assert lines[2:] == [f"wrote {tmp_path / 'feeds' / 'digests' / '2022-04-20.html'}", f"wrote {tmp_path / 'p.html'}",
-                         f"wrote {tmp_path / 'p.txt'}", f"wrote {tmp_path / 'p.eml'}"]
+    archive = tmp_path / "feeds" / "digests"
+    assert lines[2:] == [f"wrote {archive / name}" for name in (
+        "2022-04-20.html", "2022-04-20.json", "index.html", "atom.xml", STYLESHEET_NAME)] + [
+        f"wrote {tmp_path / 'p.html'}", f"wrote {tmp_path / 'p.txt'}", f"wrote {tmp_path / 'p.eml'}"]
     assert (tmp_path / "p.txt").read_text(encoding="utf-8").startswith("finews 财经新闻 · 每日精选\n")
 
     empty = CliRunner().invoke(cli, ["--config", str(config_file), "digest", "--date", "2022-05-01"])

@@ -17,15 +17,18 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime, timedelta
 from email.utils import formatdate
 from pathlib import Path
 from typing import Any
 
+import feedparser
 import httpx
+import lxml.html
 import pytest
 import uvicorn
+from feed_checks import atom_problems
 from itsdangerous import TimestampSigner
 from smtp_fakes import (
     SECRET,
@@ -38,12 +41,15 @@ from smtp_fakes import (
     stalled,
     wait_until,
 )
+from test_archive import pager, rows
 
 from finews_feeds.config import Config
 from finews_feeds.feeds.build import build_feeds
 from finews_feeds.logs import JsonFormatter
+from finews_feeds.look import STYLESHEET, STYLESHEET_HASH, STYLESHEET_NAME, STYLESHEET_URL
+from finews_feeds.mail.archive import ArchiveEntry, Headline, publish
 from finews_feeds.mail.delivery import send_digest
-from finews_feeds.mail.digest import write_preview
+from finews_feeds.mail.digest import archive_options, write_preview
 from finews_feeds.mail.mailer import transport_from_config
 from finews_feeds.mail.outbox import OutboxWorker
 from finews_feeds.mail.store import Store
@@ -920,3 +926,113 @@ def test_feeds_stay_served_while_45_confirmation_mails_wait_for_a_stalled_smtp_s
             worker.stop()
     # Leaving `stalled` dropped its connections, so the worker's attempt ended.
     assert worker.join(10)
+
+
+# -- issue 16: the digest archive and the pages' look ---------------------------------------------
+
+
+def test_the_archive_index_feed_and_stylesheet_are_served_as_the_digest_job_wrote_them(web: Web) -> None:
+    folder = web.output / "digests"
+    with web.client() as client:
+        index = client.get("/digests/")
+        assert (index.status_code, index.headers["content-type"]) == (200, "text/html; charset=utf-8")
+        assert index.content == (folder / "index.html").read_bytes()
+        assert rows(index.content) == [("2022-04-20.html", "finews 财经新闻 每日精选 · 2022年4月20日 · 3篇",
+                                        "2022年4月20日 星期三 · 共 3 篇",
+                                        ["沪指收涨0.5%", "央行开展逆回购操作", "一财快讯：人民币汇率"])]
+        # Its links are relative, so they lead to the same files from /digests/ and from /feeds/digests/.
+        assert client.get("/digests/2022-04-20.html").content == (folder / "2022-04-20.html").read_bytes()
+        assert client.get("/feeds/digests/").content == index.content
+        assert client.get(f"/digests/{STYLESHEET_NAME}").content == STYLESHEET
+        moved = client.get("/digests")
+        assert (moved.status_code, moved.headers["location"]) == (301, "/digests/")
+        feed = client.get("/digests/atom.xml")
+        assert (feed.status_code, feed.headers["content-type"]) == (200, "application/atom+xml; charset=utf-8")
+        assert feed.content == (folder / "atom.xml").read_bytes()
+        assert atom_problems(feed.content) == []
+        assert [e.id for e in feedparser.parse(feed.content).entries] == [
+            "https://news.example.org/feeds/digests/2022-04-20.html"]
+        assert client.get("/digests/", headers={"If-None-Match": index.headers["etag"]}).status_code == 304
+        assert [client.get(path).status_code for path in ("/digests/page/1/", "/digests/page/2/", "/digests/.archive.lock",
+                                                          "/digests/page/")] == [404, 404, 404, 404]
+
+
+def test_older_digests_are_on_pages_of_their_own_linked_both_ways(web: Web) -> None:
+    folder = web.output / "digests"
+    site = make_collection().site
+    older = date(2022, 4, 19)
+    (folder / f"{older}.html").write_bytes((folder / "2022-04-20.html").read_bytes())
+    (folder / f"{older}.json").write_bytes(ArchiveEntry(older, "四月十九日", 1, (Headline("旧闻", "https://news.example.org/old.html"),),
+                                                        datetime(2022, 4, 19, 18, 0, tzinfo=UTC)).to_json())
+    publish(folder, replace(archive_options(web.config, site), per_page=1))
+    with web.client() as client:
+        first = client.get("/digests/")
+        assert [row[0] for row in rows(first.content)] == ["2022-04-20.html"]
+        assert pager(first.content) == [("page/2/", "较早 →")]
+        second = client.get("/digests/page/2/")
+        assert second.status_code == 200
+        assert rows(second.content) == [("../../2022-04-19.html", "四月十九日", "2022年4月19日 星期二 · 共 1 篇", ["旧闻"])]
+        assert pager(second.content) == [("../../", "← 较新")]
+        # Followed as a browser resolves them, the links of page 2 reach the older digest and page 1.
+        assert client.get(str(httpx.URL(web.base + "/digests/page/2/").join("../../2022-04-19.html"))).status_code == 200
+        assert client.get(str(httpx.URL(web.base + "/digests/page/2/").join("../../"))).content == first.content
+        assert client.get("/digests/page/3/").status_code == 404
+
+
+def test_the_stylesheet_is_served_by_its_hash_for_a_year_and_304_when_the_browser_has_it(web: Web) -> None:
+    with web.client() as client:
+        sheet = client.get(STYLESHEET_URL)
+        assert (sheet.status_code, sheet.content) == (200, STYLESHEET)
+        assert {k: sheet.headers[k] for k in ("content-type", "cache-control", "etag")} == {
+            "content-type": "text/css; charset=utf-8", "cache-control": "public, max-age=31536000, immutable",
+            "etag": f'"{STYLESHEET_HASH}"'}
+        again = client.get(STYLESHEET_URL, headers={"If-None-Match": sheet.headers["etag"]})
+        assert (again.status_code, again.content) == (304, b"")
+        assert client.get("/static/site.0123456789ab.css").status_code == 404
+        assert client.get("/static/").status_code == 404
+    assert len(STYLESHEET) < 4096  # a few KB, no framework
+
+
+def test_every_page_has_the_site_title_as_header_the_one_stylesheet_and_a_phone_viewport(web: Web) -> None:
+    confirm = make_token(SECRET, "confirm", "p@example.org")
+    unsubscribe = make_token(SECRET, "unsubscribe", "p@example.org")
+    paths = ["/", f"/confirm/{confirm}", f"/unsubscribe/{unsubscribe}", "/unsubscribe", "/nowhere", "/digests/"]
+    with web.client() as client:
+        answers = {path: client.get(path) for path in paths}
+        answers["POST /subscribe"] = client.post("/subscribe", data={"email": "p@example.org"})
+    for name, answer in answers.items():
+        root = lxml.html.document_fromstring(answer.content)
+        assert root.find_class("brand")[0].text_content() == "finews 财经新闻", name
+        sheets = [link.get("href") for link in root.iter("link") if link.get("rel") == "stylesheet"]
+        assert sheets == [STYLESHEET_NAME if name == "/digests/" else STYLESHEET_URL], name
+        assert root.find(".//meta[@name='viewport']").get("content") == "width=device-width, initial-scale=1", name
+        assert "style=" not in answer.text and "<style" not in answer.text and "<script" not in answer.text, name
+    csp = answers["/"].headers["content-security-policy"]
+    assert csp == "default-src 'none'; style-src 'self'; form-action 'self'; frame-ancestors 'none'"
+
+
+def test_the_home_page_shows_the_newest_digests_first_headlines_under_the_form(web: Web) -> None:
+    with web.client() as client:
+        home = client.get("/").text
+    root = lxml.html.document_fromstring(home)
+    sample = root.find_class("sample")[0]
+    assert sample.findtext("h2") == "最近一期：2022年4月20日，共 3 篇"
+    assert [(a.text_content(), a.get("href")) for a in sample.iter("a")] == [
+        ("沪指收涨0.5%", "https://news.example.org/cailianshe/2022/04/20/n2.html"),
+        ("央行开展逆回购操作", "https://news.example.org/cailianshe/2022/04/20/n1.html"),
+        ("一财快讯：人民币汇率", "https://news.example.org/yicai/2022/04/20/n3.html"),
+        ("看这一期", "/digests/2022-04-20"),
+        ("往期精选", "/digests/"),
+    ]
+    assert home.index("</form>") < home.index('class="sample"') < home.index("<h2>订阅源</h2>")
+
+
+def test_without_a_digest_yet_the_home_page_shows_no_sample(tmp_path: Path) -> None:
+    with Store.open(f"sqlite:///{tmp_path}/db.sqlite3") as store:
+        config = make_config(1, feeds={"output": str(tmp_path / "feeds")})
+        app = create_app(config, store=store)
+        for base_url in serve(app, free_port()):
+            with httpx.Client(base_url=base_url, timeout=10) as client:
+                home = client.get("/")
+                assert (home.status_code, 'class="sample"' in home.text) == (200, False)
+                assert client.get("/digests/").status_code == 404  # until the daemon or `digest` writes it

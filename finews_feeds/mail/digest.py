@@ -38,6 +38,8 @@ from ..models import ContentSource, Post, Posts, Site
 from ..site.collector import collect_site
 from ..site.jekyll import resolve_site
 from ..urls import web_url
+from . import archive
+from .archive import ArchiveEntry, ArchiveOptions, Headline
 from .message import PreparedBody, build_message, domain_of, format_address, header_text, message_id
 
 log = logging.getLogger(__name__)
@@ -196,6 +198,8 @@ class DigestView:
     groups: tuple[DigestGroup, ...]
     selection_text: str  #: what the subscriber chose, for the footer; "" for everything
     archive_url: str
+    #: the archive of every digest (its index page), linked from every digest
+    archive_index_url: str
     feeds: tuple[FeedLink, ...]
     postal_address: str
     greeting: str = GREETING
@@ -221,6 +225,10 @@ class Variant:
     text: str
     #: Used when a recipient has no unsubscribe URL of their own, so the link is never empty.
     default_unsubscribe_url: str = ""
+    #: The articles as listed, for the archive's record of the digest.
+    headlines: tuple[Headline, ...] = ()
+    #: The time of its newest article; None without articles.
+    newest: datetime | None = None
     _html_body: PreparedBody = field(init=False, repr=False, compare=False)
     _text_body: PreparedBody = field(init=False, repr=False, compare=False)
 
@@ -269,6 +277,32 @@ def feeds_base_url(config: Config, site: Site) -> str:
 def archive_url(config: Config, site: Site, day: date) -> str:
     """Where the digest of ``day`` is published as a web page (the "view in browser" link)."""
     return f"{feeds_base_url(config, site)}/digests/{day.isoformat()}.html"
+
+
+def archive_index_url(config: Config, site: Site) -> str:
+    """Where the archive of every digest is published (its first index page)."""
+    return f"{feeds_base_url(config, site)}/{archive.FOLDER}/"
+
+
+def archive_options(config: Config, site: Site) -> ArchiveOptions:
+    """What the archive's pages and feed say, from the config and the site."""
+    return ArchiveOptions(
+        site_title=site.title, site_url=site.url, feeds_url=feeds_base_url(config, site),
+        subscribe_url=web_base_url(config) + "/", language=site.language,
+        per_page=config.digest.archive_per_page, feed_limit=config.digest.archive_feed_limit,
+    )
+
+
+def publish_archive(config: Config, site: Site, out_dir: Path | None = None) -> list[Path]:
+    """Write the archive of the web copies already in ``digests/`` (the daemon does at start: the
+    archive's first page exists before the first digest, and copies from before it are listed)."""
+    return archive.publish(Path(out_dir or config.feeds.output) / archive.FOLDER, archive_options(config, site))
+
+
+def archive_entry(variant: Variant, zone: ZoneInfo) -> ArchiveEntry:
+    """The archive's record of a (full) digest; a digest without articles is dated at its day's start."""
+    updated = variant.newest or datetime.combine(variant.day, time(), zone)
+    return ArchiveEntry(variant.day, variant.subject, variant.count, variant.headlines, updated)
 
 
 def web_base_url(config: Config) -> str:
@@ -395,8 +429,11 @@ class DigestRenderer:
                         "102 KB)", day, size // 1000, smaller, shown)
             view = self.view(day, posts, selection, smaller)
             html, text = self.render_view(view)
+        headlines = tuple(Headline(item.title, item.url, group.title) for group in view.groups for item in group.items)
+        newest = max((p.date for p in posts if selection.matches(p)), default=None)
         return Variant(day=day, selection=selection, subject=view.subject, count=view.count, html=html, text=text,
-                       default_unsubscribe_url=default_unsubscribe_url(self.config))
+                       default_unsubscribe_url=default_unsubscribe_url(self.config), headlines=headlines,
+                       newest=newest)
 
     def render_view(self, view: DigestView) -> tuple[str, str]:
         """The inlined HTML and the text of a view, placeholders still in."""
@@ -441,6 +478,7 @@ class DigestRenderer:
             groups=groups,
             selection_text=self._selection_text(selection),
             archive_url=archive_url(config, site, day),
+            archive_index_url=archive_index_url(config, site),
             feeds=(
                 FeedLink("RSS", f"{feeds_url}/rss.xml"),
                 FeedLink("Atom", f"{feeds_url}/atom.xml"),
@@ -604,14 +642,18 @@ def write_preview(
     collect: Callable[[Config], Posts] | None = None,
 ) -> PreviewReport:
     """Render the digest of ``day``; write the web copy ``digests/DAY.html`` under ``out_dir``
-    (default ``feeds.output``) and the preview for a sample recipient where asked."""
-    _, variant = render_day(config, day, collect or collect_site)
+    (default ``feeds.output``), its record and the archive (index pages, Atom feed: see
+    :mod:`.archive`), and the preview for a sample recipient where asked."""
+    site, variant = render_day(config, day, collect or collect_site)
     if variant is None:
         return PreviewReport(day=day, count=0, subject="", written=(), html_bytes=0)
     written: list[str] = []
-    archive = Path(out_dir or config.feeds.output) / "digests" / f"{day.isoformat()}.html"
-    write_atomic(archive, web_copy(variant, config))
-    written.append(str(archive))
+    folder = Path(out_dir or config.feeds.output) / archive.FOLDER
+    copy = folder / f"{day.isoformat()}.html"
+    write_atomic(copy, web_copy(variant, config))
+    written.append(str(copy))
+    written += [str(path) for path in archive.publish(folder, archive_options(config, site),
+                                                         archive_entry(variant, site.timezone))]
     recipient = sample_recipient(config)
     html, text = variant.personalize(recipient)
     if html_path is not None:

@@ -38,7 +38,7 @@ from ..errors import ConfigError, FinewsError
 from ..feeds.build import BuildReport, run_build
 from ..mail.confirmation import ConfirmationRenderer
 from ..mail.delivery import send_digest
-from ..mail.digest import DigestRenderer, covered_day, write_preview
+from ..mail.digest import DigestRenderer, covered_day, publish_archive, write_preview
 from ..mail.mailer import transport_from_config
 from ..mail.outbox import OutboxWorker
 from ..mail.store import Store
@@ -532,6 +532,10 @@ class Daemon:
         previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
         observer = None
         try:
+            try:
+                publish_archive(config, self.site)
+            except OSError as exc:  # the archive is a nicety: the feeds and the mail go on
+                log.error("digest archive not written: %s", exc)
             self.scheduler.start()
             self.outbox.start()
             server_thread.start()

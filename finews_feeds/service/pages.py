@@ -1,6 +1,7 @@
-"""The web app's HTML pages: Jinja2 templates in ``templates/web`` (autoescaped, no scripts),
-rendered into responses with the headers every page carries, and the list of built feeds the
-home page links to (:class:`FeedList`)."""
+"""The web app's HTML pages: Jinja2 templates in ``templates/web`` (autoescaped, no scripts, one
+stylesheet: :mod:`finews_feeds.look`), rendered into responses with the headers every page
+carries; the list of built feeds the home page links to (:class:`FeedList`) and the newest
+digest it shows a sample of (:class:`LatestDigest`)."""
 
 from __future__ import annotations
 
@@ -10,31 +11,22 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import jinja2
 from starlette.responses import HTMLResponse
 
 from ..feeds.plan import FILE_NAMES
 from ..feeds.render import OPML
 from ..feeds.slugs import quote_path
 from ..feeds.writer import MANIFEST, Manifest
+from ..look import ENVIRONMENT
+from ..mail.archive import ArchiveEntry, published_days, read_entry
 
 PAGE_HEADERS = {
     "X-Content-Type-Options": "nosniff",
-    "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; frame-ancestors 'none'",
+    # The one stylesheet and nothing inline: a page has no style or script of its own.
+    "Content-Security-Policy": "default-src 'none'; style-src 'self'; form-action 'self'; frame-ancestors 'none'",
 }
 #: For pages that carry a token (so it does not leak to the links on them) and for refusals.
 TOKEN_PAGE_HEADERS = {**PAGE_HEADERS, "Referrer-Policy": "no-referrer", "Cache-Control": "no-store"}
-
-# One per process: each template is compiled on first use and kept.
-ENVIRONMENT = jinja2.Environment(
-    loader=jinja2.PackageLoader("finews_feeds", "templates/web"),
-    autoescape=True,
-    undefined=jinja2.StrictUndefined,
-    trim_blocks=True,
-    lstrip_blocks=True,
-    keep_trailing_newline=True,
-)
-
 
 def page(template: str, title: str, status: int = 200, headers: Mapping[str, str] = PAGE_HEADERS,
          **context: Any) -> HTMLResponse:
@@ -44,9 +36,9 @@ def page(template: str, title: str, status: int = 200, headers: Mapping[str, str
 
 
 def message(title: str, text: str, *, link: tuple[str, str] | None = None, status: int = 200,
-            headers: Mapping[str, str] = PAGE_HEADERS) -> HTMLResponse:
+            headers: Mapping[str, str] = PAGE_HEADERS, **context: Any) -> HTMLResponse:
     """A page that says ``text`` (plain text, escaped), with an optional (href, label) link."""
-    return page("message.html", title, status, headers, text=text, link=link)
+    return page("message.html", title, status, headers, text=text, link=link, **context)
 
 
 @dataclass(frozen=True)
@@ -106,3 +98,28 @@ class FeedList:
         if (self.output / "index.html").is_file():
             links.append(("/feeds/", "全部订阅源（含标签）"))
         return links
+
+
+class LatestDigest:
+    """The newest digest in the archive folder, for the sample under the subscribe form; read
+    again only when the folder changes (a web copy or record written renames a file into it)."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self._lock = threading.Lock()
+        self._key: int | None = None
+        self._entry: ArchiveEntry | None = None
+
+    def get(self) -> ArchiveEntry | None:
+        try:
+            key = self.folder.stat().st_mtime_ns
+        except OSError:
+            return None
+        with self._lock:
+            if key == self._key:
+                return self._entry
+        days = published_days(self.folder)
+        entry = read_entry(self.folder, days[0]) if days else None
+        with self._lock:
+            self._key, self._entry = key, entry
+        return entry

@@ -24,6 +24,10 @@ Rules that matter here:
 - No redirect is built from the Host header (Starlette's trailing-slash redirect is off).
 - Pages that carry a token send ``Referrer-Policy: no-referrer`` so the token does not leak to
   the links on them.
+- The digest archive (``/digests/``, ``/digests/page/N/``, ``/digests/atom.xml``) is served
+  from the files the digest job writes (:mod:`finews_feeds.mail.archive`), exactly as a static
+  host would serve them; ``/static/site.<hash>.css``, the pages' one stylesheet, from memory,
+  cached for a year (its name changes with its bytes).
 - Feed files are served by Starlette's StaticFiles (Last-Modified, ETag and 304 from the file's
   stat; the feed writer leaves unchanged files alone, so these stay put) with their registered
   types, the ETag weak, and gzip compressed once per file version (:class:`GzipCache`), not
@@ -53,14 +57,18 @@ from ..clock import utc_now
 from ..config import Config
 from ..errors import FinewsError, SubscriberError, TokenError
 from ..logs import subscriber_event
+from ..look import STYLESHEET, STYLESHEET_HASH, STYLESHEET_NAME
 from ..mail.addresses import normalize_email
+from ..mail.archive import FOLDER as ARCHIVE_FOLDER
+from ..mail.archive import date_text
 from ..mail.confirmation import VALID_DAYS
 from ..mail.digest import web_base_url
 from ..mail.store import Store
 from ..mail.tokens import read_token, secret_of
+from . import pages
 from .forms import MAX_CHOICES, read_form, split_tags, text_field
 from .guards import BodyLimitMiddleware, RateLimiter, cross_site, origin_of
-from .pages import TOKEN_PAGE_HEADERS, FeedList, message, page
+from .pages import PAGE_HEADERS, TOKEN_PAGE_HEADERS, FeedList, LatestDigest
 from .static import FeedFiles, GzipCache, NegotiatedGZipMiddleware
 
 log = logging.getLogger(__name__)
@@ -69,6 +77,11 @@ log = logging.getLogger(__name__)
 CONFIRM_MAX_AGE = VALID_DAYS * 24 * 3600
 ONE_CLICK = "One-Click"
 DAY_PATTERN = re.compile(r"(\d{4}-\d{2}-\d{2})(?:\.html)?")
+#: The stylesheet's name changes with its bytes, so a browser may keep it as long as it likes.
+STYLESHEET_HEADERS = {"Cache-Control": "public, max-age=31536000, immutable", "ETag": f'"{STYLESHEET_HASH}"',
+                      "X-Content-Type-Options": "nosniff"}
+#: Headlines of the newest digest shown under the subscribe form.
+SAMPLE_HEADLINES = 3
 ERROR_TITLES = {400: "请求无效", 403: "请求被拒绝", 404: "找不到页面", 405: "不允许的方法", 413: "请求过大",
                 415: "请求格式不对"}
 
@@ -92,6 +105,7 @@ def create_app(
     tags: Callable[[], AbstractSet[str]] | None = None,
     clock: Callable[[], datetime] = utc_now,
     monotonic: Callable[[], float] = time.monotonic,
+    site_title: str | None = None,
 ) -> Starlette:
     """The Starlette app.
 
@@ -100,7 +114,21 @@ def create_app(
     ``ok`` key (default true) chooses 200 or 503. ``categories()`` gives the choices of the
     subscribe form as (slug, display name); default: the config's categories. ``tags()`` gives the
     tags a subscriber may name (the form then has a tags field); default: no tags field.
+    ``site_title`` heads every page; default: ``site.title`` of the config (the daemon gives the
+    site's, which may come from ``_config.yml``).
     """
+    title_of_site = site_title or config.site.title or "每日精选"
+
+    # Every page names the site; handlers below call these (and so get it) instead of pages'.
+    def page(template: str, title: str, status: int = 200, headers: Mapping[str, str] = PAGE_HEADERS,
+             **context: Any) -> Response:
+        return pages.page(template, title, status, headers, **{"site_title": title_of_site, **context})
+
+    def message(title: str, text: str, *, link: tuple[str, str] | None = None, status: int = 200,
+                headers: Mapping[str, str] = PAGE_HEADERS, **context: Any) -> Response:
+        return pages.message(title, text, link=link, status=status, headers=headers,
+                             **{"site_title": title_of_site, **context})
+
     secret = secret_of(config)
     output = Path(config.feeds.output)
     limiter = RateLimiter(config.web.subscribe_per_minute, 60.0, monotonic, config.web.rate_limit_clients)
@@ -110,13 +138,18 @@ def create_app(
     feed_files = FeedFiles(output, "public, max-age=300", packed)
     digest_files = FeedFiles(output, "public, max-age=3600", packed)
     feed_list = FeedList(output)
+    latest = LatestDigest(output / ARCHIVE_FOLDER)
     choices = categories or (lambda: default_categories(config))
 
     async def home(request: Request) -> Response:
         def look() -> dict[str, Any]:
             chosen = choices()
+            newest = latest.get()
+            sample = None if newest is None or not newest.headlines else {
+                "day": newest.day.isoformat(), "date_text": date_text(newest.day), "count": newest.count,
+                "headlines": newest.headlines[:SAMPLE_HEADLINES]}
             return {"categories": chosen, "feeds": feed_list.feeds(config.site.title or "全部文章", chosen),
-                    "more": feed_list.more()}
+                    "more": feed_list.more(), "sample": sample}
 
         return page("home.html", "订阅每日精选", tags=tags is not None, **await run_in_threadpool(look))
 
@@ -209,10 +242,15 @@ def create_app(
     async def feeds_root(request: Request) -> Response:
         return RedirectResponse("/feeds/", status_code=301)
 
+    async def archive_root(request: Request) -> Response:
+        return RedirectResponse("/digests/", status_code=301)
+
     async def digest_page(request: Request) -> Response:
-        match = DAY_PATTERN.fullmatch(request.path_params["day"])
+        name = request.path_params["path"]
+        match = DAY_PATTERN.fullmatch(name)
         if not match:
-            raise HTTPException(404)
+            # The archive's index pages, its feed and stylesheet, as the digest job wrote them.
+            return await feed_files.get_response(f"{ARCHIVE_FOLDER}/{name}", request.scope)
         try:
             day = date.fromisoformat(match.group(1))
         except ValueError:
@@ -223,6 +261,13 @@ def create_app(
             if exc.status_code == 404:
                 raise HTTPException(404, f"no digest for {day.isoformat()}") from None
             raise
+
+    async def stylesheet(request: Request) -> Response:
+        if request.path_params["name"] != STYLESHEET_NAME:
+            raise HTTPException(404)
+        if STYLESHEET_HEADERS["ETag"] in request.headers.get("if-none-match", ""):
+            return Response(status_code=304, headers=STYLESHEET_HEADERS)
+        return Response(STYLESHEET, media_type="text/css; charset=utf-8", headers=STYLESHEET_HEADERS)
 
     async def healthz(request: Request) -> Response:
         report = dict(await run_in_threadpool(health))
@@ -256,7 +301,9 @@ def create_app(
         Route("/unsubscribe/{token}", unsubscribe, methods=["POST"]),
         Route("/feeds", feeds_root, methods=["GET"]),
         Mount("/feeds", app=feed_files),
-        Route("/digests/{day}", digest_page, methods=["GET"]),
+        Route("/digests", archive_root, methods=["GET"]),
+        Route("/digests/{path:path}", digest_page, methods=["GET"]),
+        Route("/static/{name}", stylesheet, methods=["GET"]),
         Route("/healthz", healthz, methods=["GET"]),
     ]
     handlers: dict[Any, Callable[[Request, Exception], Response | Awaitable[Response]]] = {
