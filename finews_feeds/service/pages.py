@@ -7,11 +7,13 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterable, Mapping
+from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from starlette.responses import HTMLResponse
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from ..feeds.plan import FILE_NAMES
 from ..feeds.render import OPML
@@ -28,9 +30,30 @@ PAGE_HEADERS = {
 #: For pages that carry a token (so it does not leak to the links on them) and for refusals.
 TOKEN_PAGE_HEADERS = {**PAGE_HEADERS, "Referrer-Policy": "no-referrer", "Cache-Control": "no-store"}
 
+#: The site's title, which heads every page: set for each request by :class:`SiteTitle`, so every
+#: handler's page has it, whichever module renders it.
+SITE_TITLE: ContextVar[str] = ContextVar("site_title", default="")
+
+
+class SiteTitle:
+    """ASGI middleware: the app's site title for the pages rendered while a request is handled."""
+
+    def __init__(self, app: ASGIApp, title: str) -> None:
+        self.app = app
+        self.title = title
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        token = SITE_TITLE.set(self.title)
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            SITE_TITLE.reset(token)
+
+
 def page(template: str, title: str, status: int = 200, headers: Mapping[str, str] = PAGE_HEADERS,
          **context: Any) -> HTMLResponse:
-    """The page ``template`` renders with ``title`` and ``context``."""
+    """The page ``template`` renders with ``title`` and ``context`` (and the site's title)."""
+    context.setdefault("site_title", SITE_TITLE.get())
     document = ENVIRONMENT.get_template(template).render(title=title, **context)
     return HTMLResponse(document, status_code=status, headers=dict(headers))
 

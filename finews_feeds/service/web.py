@@ -65,10 +65,9 @@ from ..mail.confirmation import VALID_DAYS
 from ..mail.digest import web_base_url
 from ..mail.store import Store
 from ..mail.tokens import read_token, secret_of
-from . import pages
 from .forms import MAX_CHOICES, read_form, split_tags, text_field
 from .guards import BodyLimitMiddleware, RateLimiter, cross_site, origin_of
-from .pages import PAGE_HEADERS, TOKEN_PAGE_HEADERS, FeedList, LatestDigest
+from .pages import TOKEN_PAGE_HEADERS, FeedList, LatestDigest, SiteTitle, message, page
 from .static import FeedFiles, GzipCache, NegotiatedGZipMiddleware
 
 log = logging.getLogger(__name__)
@@ -117,17 +116,6 @@ def create_app(
     ``site_title`` heads every page; default: ``site.title`` of the config (the daemon gives the
     site's, which may come from ``_config.yml``).
     """
-    title_of_site = site_title or config.site.title or "每日精选"
-
-    # Every page names the site; handlers below call these (and so get it) instead of pages'.
-    def page(template: str, title: str, status: int = 200, headers: Mapping[str, str] = PAGE_HEADERS,
-             **context: Any) -> Response:
-        return pages.page(template, title, status, headers, **{"site_title": title_of_site, **context})
-
-    def message(title: str, text: str, *, link: tuple[str, str] | None = None, status: int = 200,
-                headers: Mapping[str, str] = PAGE_HEADERS, **context: Any) -> Response:
-        return pages.message(title, text, link=link, status=status, headers=headers,
-                             **{"site_title": title_of_site, **context})
 
     secret = secret_of(config)
     output = Path(config.feeds.output)
@@ -314,6 +302,7 @@ def create_app(
         routes=routes,
         middleware=[
             Middleware(NegotiatedGZipMiddleware),
+            Middleware(SiteTitle, title=site_title or config.site.title or "每日精选"),
             Middleware(BodyLimitMiddleware, max_bytes=config.web.max_body_bytes),
         ],
         exception_handlers=handlers,
