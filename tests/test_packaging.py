@@ -14,6 +14,8 @@ import sys
 import tomllib
 from pathlib import Path
 
+from finews_feeds.look import STYLESHEET, STYLESHEET_NAME
+
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGE = ROOT / "finews_feeds"
 BUNDLED = PACKAGE / "templates" / "digest"
@@ -57,6 +59,9 @@ def test_the_digest_renders_from_a_copy_of_the_package_alone(tmp_path: Path) -> 
         cwd=run, env=env, capture_output=True, text=True, timeout=120,
     )
     assert result.returncode == 0, result.stderr
-    assert result.stdout.splitlines()[0] == "2022-04-20: 31 articles, 36562 bytes of HTML"
+    assert result.stdout.splitlines()[0] == "2022-04-20: 31 articles, 36697 bytes of HTML"
     assert "每日精选" in (run / "digest.html").read_text(encoding="utf-8")
     assert (run / "feeds" / "digests" / "2022-04-20.html").is_file()
+    # The archive's page template and stylesheet come from the package too.
+    assert '<time datetime="2022-04-20">2022年4月20日 星期三</time> · 共 31 篇' in (run / "feeds" / "digests" / "index.html").read_text(encoding="utf-8")
+    assert (run / "feeds" / "digests" / STYLESHEET_NAME).read_bytes() == STYLESHEET
