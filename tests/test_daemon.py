@@ -331,7 +331,7 @@ def test_the_digest_arrives_once_with_its_web_copy_served(
     # Both parts of the mail lead to the archive.
     text = message.get_body(("plain",)).get_content()  # type: ignore[union-attr]
     html = message.get_body(("html",)).get_content()  # type: ignore[union-attr]
-    assert f"往期精选：{SITE_URL}/feeds/digests/\n" in text
+    assert f"往期精选：{SITE_URL}/feeds/digests/" in text.splitlines()
     assert f'<a class="fl" href="{SITE_URL}/feeds/digests/"' in html
     assert daemon.stop()[0] == 0
 
