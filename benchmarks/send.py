@@ -48,7 +48,6 @@ from contextlib import contextmanager
 from dataclasses import dataclass, fields
 from datetime import UTC, date, datetime
 from pathlib import Path
-from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
@@ -96,7 +95,7 @@ def supports_workers() -> bool:
 
 
 def write_config(path: Path, port: int, url: str, connections: int | None = None, dkim: Path | None = None) -> None:
-    smtp = [f'host = "127.0.0.1"', f"port = {port}", 'security = "none"', "rate_per_second = 0", "timeout = 30"]
+    smtp = ['host = "127.0.0.1"', f"port = {port}", 'security = "none"', "rate_per_second = 0", "timeout = 30"]
     if connections is not None and supports("connections"):
         smtp.append(f"connections = {connections}")
     if dkim is not None:
