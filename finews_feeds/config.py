@@ -122,6 +122,11 @@ class DigestConfig:
     unsubscribe_mailbox: str = _key("", "Address also offered in List-Unsubscribe as mailto:ADDRESS?subject=unsubscribe, for mail clients without one-click; set it only if someone or something acts on that mail. Empty: the one-click link alone.")
     archive_per_page: int = _key(30, "Digests listed on each page of the archive (digests/ under feeds.output, /digests/ in the web app).")
     archive_feed_limit: int = _key(20, "Digests in the archive's Atom feed (digests/atom.xml), newest first.")
+    # Only a worker that stops answering while its session lives on (stopped, or its machine cut
+    # off before the server notices) is waited for this long: one whose process dies is taken over
+    # at once. Each message renews its row's lease when it starts, so the lease need only outlast
+    # one attempt (smtp.send_deadline_seconds) with room to spare.
+    lease_seconds: float = _key(300.0, "PostgreSQL with several workers: how long a worker holds the subscribers it has claimed; if it stops answering, another worker takes them over after this (at once when its process dies). Must exceed smtp.send_deadline_seconds.")
 
 
 @dataclass(frozen=True)
@@ -334,6 +339,10 @@ def _validate(config: Config) -> None:
         raise ConfigError(f"outbox.lease_seconds = {config.outbox.lease_seconds!r}: expected more than "
                           f"smtp.send_deadline_seconds ({config.smtp.send_deadline_seconds!r})",
                           hint="a lease that ends while its mail is still being sent lets another worker send it again")
+    if config.digest.lease_seconds <= config.smtp.send_deadline_seconds:
+        raise ConfigError(f"digest.lease_seconds = {config.digest.lease_seconds!r}: expected more than "
+                          f"smtp.send_deadline_seconds ({config.smtp.send_deadline_seconds!r})",
+                          hint="a lease that ends while its message is still being sent lets another worker send it again")
     for origin in config.web.trusted_origins:
         if not re.fullmatch(r"https?://[^/\s?#]+", origin):
             raise ConfigError(f"web.trusted_origins = {config.web.trusted_origins!r}: {origin!r} is not an origin",

@@ -207,16 +207,108 @@ def test_permanent_failures_bounce_the_subscriber_and_a_success_resets_the_count
     assert [(d.state, d.last_error, d.attempts) for d in store.ledger(days[3])] == [("failed-permanent", "550 no", 1)]
 
 
-def test_only_one_owner_holds_a_day_until_it_releases_it(url: str) -> None:
+def test_on_sqlite_only_one_owner_holds_a_day_until_it_releases_it(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path}/finews.sqlite3"
     with Store.open(url) as one, Store.open(url) as two:
         first, second = new_owner(), new_owner()
         assert one.try_claim_run(DAY, first, T0) is None
-        assert two.try_claim_run(DAY, second, T0) is not None
+        assert two.try_claim_run(DAY, second, T0) == first
         assert two.try_claim_run(DAY + timedelta(days=1), second, T0) is None
         one.release_run(DAY, first, T0, finished=True)
         assert two.try_claim_run(DAY, second, T0) is None
         info = two.run_info(DAY)
         assert info is not None and (info["owner"], info["attempts"]) == (second, 2)
+
+
+LEDGER_LEASE = timedelta(minutes=5)
+
+
+@pytest.fixture
+def pg_url(tmp_path: Path) -> Iterator[str]:
+    with database_url("postgresql", tmp_path) as value:
+        yield value
+
+
+def active_day(store: Store, count: int) -> list[int]:
+    ids = [store.add_subscriber(f"r{n}@example.org", confirmed=True, now=T0).id for n in range(count)]
+    store.prepare_day(DAY, T0)
+    return ids
+
+
+def claimed(store: Store, owner: str, when: datetime, limit: int = 10) -> list[int]:
+    return [c.subscriber.id for c in store.claim_batch(DAY, owner, when, limit=limit, lease=LEDGER_LEASE)]
+
+
+needs_postgres = pytest.mark.skipif(not postgres_available(), reason="PostgreSQL at 127.0.0.1:5432 is not reachable")
+
+
+@pytest.mark.postgres
+@needs_postgres
+def test_on_postgresql_workers_share_a_day_and_each_row_is_leased_to_one(pg_url: str) -> None:
+    with Store.open(pg_url) as one, Store.open(pg_url) as two:
+        a, b = new_owner(), new_owner()
+        ids = active_day(one, 6)
+        assert one.try_claim_run(DAY, a, T0) is None
+        assert two.try_claim_run(DAY, b, T0) is None  # no whole-day claim: both send
+        assert claimed(one, a, T0, limit=2) == ids[:2]
+        assert claimed(two, b, T0, limit=2) == ids[2:4]
+        assert claimed(one, a, T0, limit=10) == ids[4:]
+        assert claimed(two, b, T0) == []
+        # b has nothing to claim, but a holds 4 rows it has not finished: b waits for them.
+        assert two.held_elsewhere(DAY, b, T0) == 4
+        assert one.held_elsewhere(DAY, a, T0) == 2
+        assert one.start_sending(DAY, ids[0], "<0@x>", T0, owner=a) == "active"
+        one.mark_sent(DAY, ids[0], T0)
+        assert two.start_sending(DAY, ids[1], "<1@x>", T0, owner=b) == "taken"  # a's row: nothing written
+        assert [(d.state, d.message_id) for d in one.ledger(DAY)][:2] == [("sent", "<0@x>"), ("pending", "")]
+        # a releases its day (it stops): its unfinished rows are b's to take at once.
+        one.release_run(DAY, a, T0, finished=False)
+        assert two.held_elsewhere(DAY, b, T0) == 0
+        assert claimed(two, b, T0) == [ids[1], ids[4], ids[5]]
+
+
+@pytest.mark.postgres
+@needs_postgres
+def test_on_postgresql_a_worker_that_stops_answering_loses_its_rows_when_its_lease_runs_out(pg_url: str) -> None:
+    with Store.open(pg_url) as one, Store.open(pg_url) as two:
+        a, b = new_owner(), new_owner()
+        ids = active_day(one, 3)
+        assert one.try_claim_run(DAY, a, T0) is None and two.try_claim_run(DAY, b, T0) is None
+        assert claimed(one, a, T0) == ids
+        assert one.start_sending(DAY, ids[0], "<0@x>", T0, owner=a) == "active"  # renews ids[0] to T0 + 5 min
+        later = T0 + LEDGER_LEASE - timedelta(seconds=1)
+        assert one.start_sending(DAY, ids[1], "<1@x>", later, owner=a) == "active"  # renewed to later + 5 min
+        # a is alive (its session holds its lock) but silent: b waits while the leases last...
+        assert claimed(two, b, T0 + LEDGER_LEASE - timedelta(seconds=2)) == []
+        assert two.held_elsewhere(DAY, b, T0 + LEDGER_LEASE - timedelta(seconds=2)) == 3
+        # ...and takes what has run out: ids[0] (`sending`, resent with its Message-ID) and ids[2].
+        expired = T0 + LEDGER_LEASE
+        [first, third] = two.claim_batch(DAY, b, expired, lease=LEDGER_LEASE)
+        assert (first.subscriber.id, first.delivery.state, first.delivery.message_id) == (ids[0], "sending", "<0@x>")
+        assert third.subscriber.id == ids[2]
+        assert two.held_elsewhere(DAY, b, expired) == 1  # ids[1], renewed
+        # a wakes up: the rows taken over are no longer its to send.
+        assert one.start_sending(DAY, ids[2], "<2@x>", expired, owner=a) == "taken"
+        assert one.start_sending(DAY, ids[2], "<2@x>", expired, owner=b) == "active"
+
+
+@pytest.mark.postgres
+@needs_postgres
+def test_on_postgresql_the_rows_of_a_worker_whose_session_ended_are_taken_over_at_once(pg_url: str) -> None:
+    with Store.open(pg_url) as one, Store.open(pg_url) as two:
+        a, b = new_owner(), new_owner()
+        ids = active_day(one, 3)
+        assert one.try_claim_run(DAY, a, T0) is None and two.try_claim_run(DAY, b, T0) is None
+        assert claimed(one, a, T0) == ids
+        assert one.start_sending(DAY, ids[0], "<0@x>", T0, owner=a) == "active"
+        assert two.held_elsewhere(DAY, b, T0) == 3
+        # What the server does when a's process dies: its session, and the lock with it, end.
+        conn = one._run_connections.pop(DAY)
+        conn.invalidate()
+        conn.close()
+        assert two.held_elsewhere(DAY, b, T0) == 0
+        assert [(c.subscriber.id, c.delivery.state) for c in two.claim_batch(DAY, b, T0, lease=LEDGER_LEASE)] == [
+            (ids[0], "sending"), (ids[1], "pending"), (ids[2], "pending")]
 
 
 def test_a_claim_of_a_dead_process_is_taken_over(url: str) -> None:
@@ -304,10 +396,26 @@ def test_a_version_1_database_gets_the_outbox_and_keeps_its_subscribers(url: str
                 assert not conn.dialect.has_table(conn, "outbox")
     with Store.open(url) as new:
         with new.engine.connect() as conn:
-            assert conn.execute(text("SELECT version FROM finews_schema")).scalar() == 2
+            assert conn.execute(text("SELECT version FROM finews_schema")).scalar() == LATEST
         assert [s.email for s in new.active_subscribers()] == ["a@example.org"]
         new.queue_subscribe("b@example.org", now=T0)
         assert [(r.kind, r.email, r.state) for r in new.outbox_rows()] == [("subscribe", "b@example.org", "queued")]
+
+
+def test_a_version_2_ledger_gets_the_lease_column_and_keeps_its_rows(url: str) -> None:
+    with Store.open(url) as old:
+        old.add_subscriber("a@example.org", confirmed=True, now=T0)
+        old.prepare_day(DAY, T0)
+        with old.engine.begin() as conn:
+            # A database from before version 3: no lease column.
+            conn.execute(text("ALTER TABLE deliveries DROP COLUMN lease_until"))
+            conn.execute(text("UPDATE finews_schema SET version = 2"))
+    with Store.open(url) as new:
+        with new.engine.connect() as conn:
+            assert conn.execute(text("SELECT version FROM finews_schema")).scalar() == LATEST
+        assert [(d.email, d.state) for d in new.ledger(DAY)] == [("a@example.org", "pending")]
+        owner = new_owner()
+        assert [c.subscriber.email for c in new.claim_batch(DAY, owner, T0)] == ["a@example.org"]
 
 
 def test_a_subscribe_form_is_queued_as_given_and_claimed_by_one_worker_until_its_lease_runs_out(store: Store) -> None:

@@ -2,8 +2,8 @@
 
 The ledger (see :mod:`store`) holds one row per (day, subscriber). A run:
 
-1. claims the day, so only one process sends it at a time (two daemons on one PostgreSQL
-   database wait for each other instead of both sending);
+1. claims the day: on SQLite only one process sends it at a time; on PostgreSQL any number of
+   workers share it, each ledger row leased to one of them (see :mod:`store`, docs/delivery.md);
 2. gives each active subscriber without a row a `pending` one;
 3. takes the open rows one by one (each at most once per run), and for each: commits
    `sending` before the message goes out, sends it, commits `sent` after the server's 250.
@@ -27,7 +27,7 @@ import time
 from collections import Counter, deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from email.message import EmailMessage
 from email.policy import Policy
 from email.utils import make_msgid, parseaddr
@@ -304,8 +304,12 @@ class _Run:
     def __init__(self, config: Config, store: Store, transports: list[SmtpTransport], day: date, site: Site,
                  posts: list[Post], renderer: Renderer, now: Callable[[], datetime], owner: str,
                  stop: threading.Event | None, sleep: Callable[[float], None], report: DeliveryReport,
-                 progress: Callable[[int, int], None] | None) -> None:
+                 progress: Callable[[int, int], None] | None, wait: bool = True) -> None:
         self.config = config
+        #: How long the rows this worker claims or starts stay its own (PostgreSQL, several workers).
+        self.lease = timedelta(seconds=config.digest.lease_seconds)
+        #: Whether to wait for rows other workers hold (to take them over if those workers fail).
+        self.wait = wait
         self.store = store
         self.transports = transports
         self.day = day
@@ -378,13 +382,19 @@ class _Run:
             # A run whose claim went with its database session must not send on (another may have the day).
             self.store.check_claim(self.day)
         statuses = self.store.start_sending_batch(
-            self.day, [(job.claim.subscriber.id, job.msg_id) for job in jobs], self.now(), skipped)
+            self.day, [(job.claim.subscriber.id, job.msg_id) for job in jobs], self.now(), skipped, owner=self.owner,
+            lease=self.lease)
         for reason in skipped.values():
             self.report.skipped[reason] += 1
         finished = len(skipped)
         started = 0
         for job in jobs:
             status = statuses[job.claim.subscriber.id]
+            if status == "taken":
+                # Its lease ran out while this worker was slow, and another worker has the row now.
+                log.info("%s: left to the worker that took it over", job.claim.subscriber.email,
+                         extra=self.fields(job.claim.subscriber.email))
+                continue
             if status != "active":
                 self.report.skipped[f"subscriber is {status}"] += 1
                 finished += 1
@@ -434,7 +444,8 @@ class _Run:
                     jobs.append(heapq.heappop(retries)[2])
                 while len(jobs) < self.batch and len(skipped) < CLAIM_BATCH:
                     if not claims and not exhausted:
-                        got = self.store.claim_batch(self.day, self.owner, self.now(), limit=CLAIM_BATCH)
+                        got = self.store.claim_batch(self.day, self.owner, self.now(), limit=CLAIM_BATCH,
+                                                     lease=self.lease)
                         exhausted = not got
                         claims.extend(got)
                     if not claims:
@@ -449,6 +460,9 @@ class _Run:
             if outstanding == 0:
                 if self.fatal is not None:
                     raise self.fatal
+                if not halted and not retries and exhausted and not claims and self.others_hold():
+                    exhausted = False  # look again: what the others held may be free now
+                    continue
                 if halted or not retries:
                     complete = exhausted and not claims and not retries
                     self.report.stopped = self.stopping() and not complete
@@ -481,6 +495,19 @@ class _Run:
                         heapq.heappush(retries, (float("-inf"), order, job))
                     else:
                         heapq.heappush(retries, (time.monotonic() + backoff, order, job))
+
+    def others_hold(self) -> bool:
+        """Whether to wait for rows other workers hold (PostgreSQL): True after a pause when some do and
+        this run waits, so that it takes over the rows of a worker that dies (at once) or stops
+        answering (when its lease runs out) instead of leaving them to the next run."""
+        held = self.store.held_elsewhere(self.day, self.owner, self.now())
+        if not held:
+            return False
+        if not self.wait:
+            self.report.busy = f"{held} messages held by other workers"
+            return False
+        self.sleep(CLAIM_POLL_SECONDS)
+        return not self.stopping()
 
     def collect(self, wait: float) -> list[_Outcome]:
         """The outcomes that came back: the first waited for up to ``wait`` seconds, then all that are there."""
@@ -667,7 +694,7 @@ def send_digest(
         pool = max(1, min(config.smtp.connections, report.open // MESSAGES_PER_CONNECTION))
         transports = [transport_factory() for _ in range(pool)]
         run = _Run(config, store, transports, day, collection.site, posts, renderer, now, owner, stop, sleep, report,
-                   progress)
+                   progress, wait)
         report.connections = pool
         if progress is not None:
             progress(0, report.open)

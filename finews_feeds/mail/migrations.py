@@ -29,6 +29,7 @@ from sqlalchemy import (
     Table,
     Text,
     TypeDecorator,
+    inspect,
     select,
     text,
 )
@@ -108,6 +109,9 @@ deliveries = Table(
     Column("message_id", String(255), nullable=False, default=""),
     # The run (owner) that last claimed this row: a run claims each row at most once.
     Column("run_owner", String(200)),
+    # Until when run_owner holds the row (PostgreSQL, several workers): another worker takes it after
+    # that, or as soon as the owner's session is gone. NULL: nobody holds it. (Version 3.)
+    Column("lease_until", UtcDateTime),
     Column("created_at", UtcDateTime, nullable=False),
     Column("updated_at", UtcDateTime, nullable=False),
     Column("sent_at", UtcDateTime),
@@ -156,10 +160,20 @@ def _v2(conn: Connection) -> None:
     METADATA.create_all(conn, tables=[outbox])
 
 
+def _v3(conn: Connection) -> None:
+    """The ledger row's lease, so that several workers share one day's send (issue 14)."""
+    # _v1 creates the tables from the current METADATA, so a database created by this release has the
+    # column already; one created before it gets it here.
+    if "lease_until" not in {column["name"] for column in inspect(conn).get_columns("deliveries")}:
+        kind = "TIMESTAMP WITHOUT TIME ZONE" if conn.dialect.name == "postgresql" else "DATETIME"
+        conn.execute(text(f"ALTER TABLE deliveries ADD COLUMN lease_until {kind}"))
+
+
 #: (version, step); append only.
 MIGRATIONS: list[tuple[int, Callable[[Connection], None]]] = [
     (1, _v1),
     (2, _v2),
+    (3, _v3),
 ]
 LATEST = MIGRATIONS[-1][0]
 

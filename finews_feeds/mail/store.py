@@ -7,9 +7,12 @@ On SQLite every transaction starts with ``BEGIN IMMEDIATE``: a read that later w
 otherwise fail with "database is locked" when another process wrote in between, instead of
 waiting ``busy_timeout`` for its turn.
 
-Run claims (one sender per digest day): on PostgreSQL a session advisory lock held on its own
-connection, which the server releases when the process dies; on SQLite the ``runs`` row names
-its owner (host, pid) and a claim by someone else is taken over once that process is gone.
+Run claims: on SQLite one sender per digest day, the ``runs`` row naming its owner (host, pid), and a
+claim by someone else is taken over once that process is gone. On PostgreSQL any number of workers
+share a day: each ledger row is claimed ``FOR UPDATE SKIP LOCKED`` and leased to one worker
+(``deliveries.lease_until``), and a worker holds a session advisory lock named after itself, so the
+others take its rows over as soon as its session ends (the process died) or, if it only stopped
+answering, once its leases run out.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Connection, Engine, Row, and_, bindparam, case, create_engine, event, func, or_, select, text
+from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, IntegrityError, OperationalError, SQLAlchemyError
 
@@ -44,6 +48,9 @@ STATUSES = ("pending", "active", "unsubscribed", "bounced")
 LEDGER_STATES = ("pending", "sending", "sent", "failed-temporary", "failed-permanent", "skipped")
 #: States a run still has work for: `sending` is a message a crashed run may or may not have sent.
 OPEN_STATES = ("pending", "sending", "failed-temporary")
+#: How long a worker holds the ledger rows it claims (PostgreSQL) unless it renews them; the default
+#: of ``digest.lease_seconds``, which explains the choice.
+LEDGER_LEASE = timedelta(minutes=5)
 #: A SQLite run claim whose owner has not written for this long is taken over even if its pid lives
 #: (the pid may have been reused, or the owner is on another host sharing the file).
 STALE_CLAIM = timedelta(minutes=15)
@@ -442,8 +449,18 @@ class Store:
         namespace = zlib.crc32(f"finews-digest:{self._schema_name}".encode()) & 0x7FFFFFFF
         return namespace, day.toordinal()
 
+    def _worker_namespace(self) -> int:
+        return zlib.crc32(f"finews-worker:{self._schema_name}".encode()) & 0x7FFFFFFF
+
     def try_claim_run(self, day: date, owner: str, now: datetime | None = None) -> str | None:
-        """Become the one sender of ``day``'s digest. None on success, else who holds it now."""
+        """Start sending ``day``'s digest as ``owner``. None on success, else who holds the day now.
+
+        SQLite: one sender a day (the ``runs`` row names it). PostgreSQL: any number of workers share
+        the day, each row leased by :meth:`claim_batch`; a worker holds a session advisory lock named
+        after itself on a connection of its own, so that the others can tell at once that it is gone
+        (the server frees the lock with the session) and take its rows over without waiting for
+        their leases to run out.
+        """
         now = _now(now)
         if self.dialect == "postgresql":
             with self._lock:
@@ -454,21 +471,20 @@ class Store:
                 except OperationalError as exc:
                     raise _store_error(exc) from None
                 try:
-                    got = conn.execute(text("SELECT pg_try_advisory_lock(:a, :b)"),
-                                       dict(zip("ab", self._advisory_key(day), strict=True))).scalar()
+                    conn.execute(text("SELECT pg_advisory_lock(:a, :b)"),
+                                 {"a": self._worker_namespace(), "b": _owner_key(owner)})
                     conn.commit()
                 except SQLAlchemyError as exc:
                     conn.close()
                     if isinstance(exc, OperationalError):
                         raise _store_error(exc) from None
                     raise
-                if not got:
-                    conn.close()
-                    with self._tx() as tx:
-                        holder = tx.execute(select(runs.c.owner).where(runs.c.day == day)).scalar()
-                    return str(holder or "another process")
                 self._run_connections[day] = conn
         with self._tx() as conn:
+            if self.dialect == "postgresql":
+                # Workers starting together: one inserts the day's row, the others count themselves in.
+                conn.execute(pg_insert(runs).values(day=day, owner=owner, started_at=now, heartbeat_at=now,
+                                                    attempts=0).on_conflict_do_nothing(index_elements=["day"]))
             row = conn.execute(select(runs).where(runs.c.day == day)).first()
             if row is None:
                 conn.execute(runs.insert().values(day=day, owner=owner, started_at=now, heartbeat_at=now, attempts=1))
@@ -483,7 +499,11 @@ class Store:
         return None
 
     def release_run(self, day: date, owner: str, now: datetime | None = None, finished: bool = True) -> None:
-        """Give up the claim; ``finished`` records that the run went through its whole list."""
+        """Give up the claim; ``finished`` records that the run went through its whole list.
+
+        The rows ``owner`` still leases and has not finished are handed back (another worker may take
+        them at once): a run that stops sends nothing more.
+        """
         now = _now(now)
         values: dict[str, Any] = {"owner": None, "heartbeat_at": now}
         if finished:
@@ -491,13 +511,18 @@ class Store:
         try:
             with self._tx() as conn:
                 conn.execute(runs.update().where(and_(runs.c.day == day, runs.c.owner == owner)).values(**values))
+                if self.dialect == "postgresql":
+                    conn.execute(deliveries.update().where(
+                        deliveries.c.day == day, deliveries.c.run_owner == owner,
+                        deliveries.c.state.in_(OPEN_STATES), deliveries.c.lease_until.is_not(None),
+                    ).values(lease_until=None))
         finally:
             with self._lock:
                 conn2 = self._run_connections.pop(day, None)
             if conn2 is not None:
                 try:
                     conn2.execute(text("SELECT pg_advisory_unlock(:a, :b)"),
-                                  dict(zip("ab", self._advisory_key(day), strict=True)))
+                                  {"a": self._worker_namespace(), "b": _owner_key(owner)})
                     conn2.commit()
                 except SQLAlchemyError as exc:
                     # Only a session that is gone fails here, and the server freed its lock with it: nothing
@@ -508,9 +533,9 @@ class Store:
                     conn2.close()
 
     def check_claim(self, day: date) -> None:
-        """Raise :class:`DatabaseConnectionLost` when the PostgreSQL session holding ``day``'s claim has ended
-        (a server restart, a terminated backend): its advisory lock went with it, so another sender may
-        already have the day, and this run must not send on. A no-op on SQLite and without a claim."""
+        """Raise :class:`DatabaseConnectionLost` when the PostgreSQL session holding this worker's claim has
+        ended (a server restart, a terminated backend): the other workers now count it as gone and take
+        its rows, so it must not send on. A no-op on SQLite and without a claim."""
         conn = self._run_connections.get(day)
         if conn is None:
             return
@@ -520,6 +545,33 @@ class Store:
         except SQLAlchemyError as exc:
             raise DatabaseConnectionLost(f"the database connection was lost (the session holding the claim on "
                                          f"the day ended: {_reason(exc)})") from None
+
+    def _gone_owners(self, conn: Connection, day: date, owner: str, now: datetime) -> list[str]:
+        """The other workers holding unexpired leases on ``day`` whose database session has ended."""
+        holders = [str(name) for (name,) in conn.execute(
+            select(deliveries.c.run_owner).distinct().where(
+                deliveries.c.day == day, deliveries.c.state.in_(OPEN_STATES), deliveries.c.lease_until > now,
+                deliveries.c.run_owner != owner))]
+        if not holders:
+            return []
+        live = {int(key) for (key,) in conn.execute(
+            text("SELECT objid FROM pg_locks WHERE locktype = 'advisory' AND classid = :a AND objsubid = 2 "
+                 "AND granted"), {"a": self._worker_namespace()})}
+        return [name for name in holders if _owner_key(name) not in live]
+
+    def held_elsewhere(self, day: date, owner: str, now: datetime | None = None) -> int:
+        """Open rows of ``day`` that other live workers hold now (PostgreSQL; always 0 on SQLite, where
+        the day has one sender): a worker that has nothing left to claim waits for these, and takes
+        over those whose worker dies or whose lease runs out."""
+        if self.dialect != "postgresql":
+            return 0
+        now = _now(now)
+        with self._tx() as conn:
+            gone = self._gone_owners(conn, day, owner, now)
+            count = conn.execute(select(func.count()).select_from(deliveries).where(
+                deliveries.c.day == day, deliveries.c.state.in_(OPEN_STATES), deliveries.c.lease_until > now,
+                deliveries.c.run_owner != owner, deliveries.c.run_owner.not_in(gone))).scalar()
+        return int(count or 0)
 
     def run_info(self, day: date) -> dict[str, Any] | None:
         with self._tx() as conn:
@@ -551,32 +603,37 @@ class Store:
         claims = self.claim_batch(day, owner, now, limit=1)
         return claims[0] if claims else None
 
-    def claim_batch(self, day: date, owner: str, now: datetime | None = None, limit: int = 50) -> list[Claim]:
+    def claim_batch(self, day: date, owner: str, now: datetime | None = None, limit: int = 50,
+                    lease: timedelta = LEDGER_LEASE) -> list[Claim]:
         """Take up to ``limit`` open rows of ``day`` this run has not taken yet, in subscriber order.
 
         Claiming marks a row as seen by this run (so a failed one is not retried in a loop); its
-        state changes only in :meth:`start_sending`, which checks the subscriber again.
+        state changes only in :meth:`start_sending`, which checks the subscriber again. On
+        PostgreSQL the rows are read ``FOR UPDATE SKIP LOCKED`` and leased to ``owner`` for
+        ``lease`` in the same transaction, so workers sharing the day never take one row at once;
+        a row leased by another worker is taken only once its lease has run out or that worker's
+        session is gone (see :meth:`try_claim_run`).
         """
         now = _now(now)
-        query = (
-            select(deliveries)
-            .where(
-                deliveries.c.day == day,
-                deliveries.c.state.in_(OPEN_STATES),
-                or_(deliveries.c.run_owner.is_(None), deliveries.c.run_owner != owner),
-            )
-            .order_by(deliveries.c.subscriber_id)
-            .limit(limit)
-        )
-        if self.dialect == "postgresql":
-            query = query.with_for_update(skip_locked=True)
+        conditions = [
+            deliveries.c.day == day,
+            deliveries.c.state.in_(OPEN_STATES),
+            or_(deliveries.c.run_owner.is_(None), deliveries.c.run_owner != owner),
+        ]
         with self._tx() as conn:
+            if self.dialect == "postgresql":
+                gone = self._gone_owners(conn, day, owner, now)
+                conditions.append(or_(deliveries.c.lease_until.is_(None), deliveries.c.lease_until <= now,
+                                      deliveries.c.run_owner.in_(gone)))
+            query = select(deliveries).where(*conditions).order_by(deliveries.c.subscriber_id).limit(limit)
+            if self.dialect == "postgresql":
+                query = query.with_for_update(skip_locked=True)
             rows = conn.execute(query).all()
             if not rows:
                 return []
             ids = [row.subscriber_id for row in rows]
             conn.execute(deliveries.update().where(deliveries.c.day == day, deliveries.c.subscriber_id.in_(ids))
-                         .values(run_owner=owner))
+                         .values(run_owner=owner, lease_until=now + lease if self.dialect == "postgresql" else None))
             subs = {row.id: _subscriber(row) for row in conn.execute(select(subscribers)
                                                                       .where(subscribers.c.id.in_(ids)))}
             conn.execute(runs.update().where(and_(runs.c.day == day, runs.c.owner == owner)).values(heartbeat_at=now))
@@ -586,11 +643,15 @@ class Store:
         """Recorded and committed before DATA: if we die now, the next run resends with this Message-ID."""
         self._set(day, subscriber_id, now, state="sending", message_id=message_id)
 
-    def start_sending(self, day: date, subscriber_id: int, message_id: str, now: datetime | None = None) -> str:
+    def start_sending(self, day: date, subscriber_id: int, message_id: str, now: datetime | None = None,
+                      owner: str | None = None, lease: timedelta = LEDGER_LEASE) -> str:
         """:meth:`mark_sending` if the subscriber is still active, else record the row `skipped`.
 
         One transaction, so someone who unsubscribed a moment ago is not sent to. Returns the
-        subscriber's status (``"active"`` when the message may go).
+        subscriber's status (``"active"`` when the message may go). With ``owner``, the row must
+        still be that worker's (else nothing is written and ``"taken"`` is returned: its lease ran
+        out and another worker has it), and on PostgreSQL its lease is renewed for ``lease``, so a
+        message is never in flight on a lease about to run out.
         """
         now = _now(now)
         with self._tx() as conn:
@@ -600,13 +661,21 @@ class Store:
                 values: dict[str, Any] = {"state": "sending", "message_id": message_id}
             else:
                 values = {"state": "skipped", "last_error": f"subscriber is {status}"}
-            conn.execute(deliveries.update().where(_key(day, subscriber_id)).values(updated_at=now, **values))
+            where = [_key(day, subscriber_id)]
+            if owner is not None:
+                where.append(deliveries.c.run_owner == owner)
+                if self.dialect == "postgresql":
+                    values["lease_until"] = now + lease
+            done = conn.execute(deliveries.update().where(*where).values(updated_at=now, **values))
+            if owner is not None and not done.rowcount:
+                return "taken"
             # The claim's heartbeat, in a commit that happens anyway: a slow, rate-limited run stays fresh.
             conn.execute(runs.update().where(runs.c.day == day, runs.c.owner.is_not(None)).values(heartbeat_at=now))
         return status
 
     def start_sending_batch(self, day: date, rows: Sequence[tuple[int, str]], now: datetime | None = None,
-                            skipped: Mapping[int, str] | None = None) -> dict[int, str]:
+                            skipped: Mapping[int, str] | None = None, owner: str | None = None,
+                            lease: timedelta = LEDGER_LEASE) -> dict[int, str]:
         """:meth:`start_sending` for many rows in one transaction (one commit, one fsync).
 
         ``rows`` are (subscriber id, Message-ID); each row whose subscriber is still active is
@@ -615,10 +684,30 @@ class Store:
         commit. The statuses are read ``FOR SHARE`` on PostgreSQL (SQLite's write lock does the
         same): an unsubscribe that commits first is seen, one that comes later waits for this
         commit. Returns each row's subscriber status (``"active"``: its message may go).
+
+        With ``owner`` (a worker sharing the day), only the rows still leased to it are written, their
+        leases renewed for ``lease`` on PostgreSQL; any other is ``"taken"``: its lease ran out and
+        another worker has it, so it must not be sent from here. The owned rows are locked first, so
+        a worker claiming at the same moment skips them.
         """
         now = _now(now)
         ids = [sid for sid, _ in rows]
         with self._tx() as conn:
+            taken: set[int] = set()
+            if owner is not None:
+                owned: set[int] = set()
+                for chunk in _chunks(list({*ids, *(skipped or {})})):
+                    mine = select(deliveries.c.subscriber_id).where(
+                        deliveries.c.day == day, deliveries.c.subscriber_id.in_(chunk), deliveries.c.run_owner == owner)
+                    if self.dialect == "postgresql":
+                        mine = mine.with_for_update()
+                    owned.update(int(sid) for (sid,) in conn.execute(mine))
+                taken = {sid for sid in [*ids, *(skipped or {})] if sid not in owned}
+                rows = [(sid, mid) for sid, mid in rows if sid not in taken]
+                skipped = {sid: why for sid, why in (skipped or {}).items() if sid not in taken}
+            renew: dict[str, Any] = {}
+            if owner is not None and self.dialect == "postgresql":
+                renew["lease_until"] = now + lease
             statuses: dict[int, str] = {}
             for chunk in _chunks(ids):
                 query = select(subscribers.c.id, subscribers.c.status).where(subscribers.c.id.in_(chunk))
@@ -632,12 +721,12 @@ class Store:
             where = and_(deliveries.c.day == bindparam("d"), deliveries.c.subscriber_id == bindparam("sid"))
             if sending:
                 conn.execute(deliveries.update().where(where).values(
-                    state="sending", message_id=bindparam("mid"), updated_at=now), sending)
+                    state="sending", message_id=bindparam("mid"), updated_at=now, **renew), sending)
             if skips:
                 conn.execute(deliveries.update().where(where).values(
                     state="skipped", last_error=bindparam("why"), updated_at=now), skips)
             conn.execute(runs.update().where(runs.c.day == day, runs.c.owner.is_not(None)).values(heartbeat_at=now))
-        return {sid: statuses.get(sid, "removed") for sid in ids}
+        return {sid: "taken" if sid in taken else statuses.get(sid, "removed") for sid in ids}
 
     def mark_sent_batch(self, day: date, subscriber_ids: Sequence[int], now: datetime | None = None) -> None:
         """:meth:`mark_sent` for many rows in one transaction (a group commit). One row goes through
@@ -884,6 +973,11 @@ def _key(day: date, subscriber_id: int) -> Any:
 def _find(conn: Connection, email: str) -> Row[Any] | None:
     """The subscriber row of ``email``, found by its lower-cased form (the unique key)."""
     return conn.execute(select(subscribers).where(subscribers.c.email_key == email.strip().lower())).first()
+
+
+def _owner_key(owner: str) -> int:
+    """The second int of a worker's advisory lock: its name hashed (names are unique: host, pid, random)."""
+    return zlib.crc32(owner.encode()) & 0x7FFFFFFF
 
 
 def _held(row_id: int, owner: str) -> tuple[Any, ...]:
