@@ -170,11 +170,13 @@ def build_command(state: State, site_dir: Path | None, out_dir: Path | None, ful
               help="Also send the real message to ADDRESS alone, as a test; the ledger is not touched.")
 @click.option("--as", "as_email", metavar="SUBSCRIBER",
               help="With --send-to: the categories, tags and name of this subscriber.")
+@click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True,
+              help="With --send: worker processes sharing the send (PostgreSQL only; see docs/delivery.md).")
 @click.pass_obj
 @handle_errors
 def digest_command(state: State, site_dir: Path | None, day: Any, html_path: Path | None, text_path: Path | None,
                    eml_path: Path | None, out_dir: Path | None, send: bool = False, send_to: str | None = None,
-                   as_email: str | None = None) -> None:
+                   as_email: str | None = None, workers: int = 1) -> None:
     """Render the digest of a day: its web copy, and a preview for a sample recipient."""
     from datetime import UTC, datetime
 
@@ -185,6 +187,12 @@ def digest_command(state: State, site_dir: Path | None, day: Any, html_path: Pat
     if send and send_to:
         raise click.UsageError("--send and --send-to are separate steps: test first, then send")
     config = state.config(site={"source": str(site_dir) if site_dir else None})
+    if workers > 1:
+        from .mail.workers import check_workers
+
+        if not send:
+            raise click.UsageError("--workers goes with --send")
+        check_workers(config, workers)  # before the preview is written: refused at once
     now = datetime.now(UTC)
     the_day = day.date() if day is not None else digest_day(config, now)
     report = write_preview(config, the_day, now=now, html_path=html_path, text_path=text_path, eml_path=eml_path,
@@ -197,7 +205,7 @@ def digest_command(state: State, site_dir: Path | None, day: Any, html_path: Pat
         for path in report.written:
             click.echo(f"wrote {path}")
     if send:
-        sys.exit(_send_digest(config, the_day))
+        sys.exit(_send_digest(config, the_day, workers))
     if send_to:
         from .mail.testsend import send_test
 
@@ -207,13 +215,13 @@ def digest_command(state: State, site_dir: Path | None, day: Any, html_path: Pat
 # -- subscribers and sending (issue 5) --------------------------------------------------------
 
 
-def _send_digest(config: Config, day: Any) -> int:
+def _send_digest(config: Config, day: Any, workers: int = 1) -> int:
     """Send with a progress bar on a terminal and a summary; a stop signal ends after the message in flight."""
     import signal
     import threading
     from datetime import UTC, datetime
 
-    from .mail.delivery import send_day
+    from .mail.workers import send_day_workers
 
     stop = threading.Event()
     bars: list[Any] = []
@@ -231,7 +239,7 @@ def _send_digest(config: Config, day: Any) -> int:
 
     previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
-        report = send_day(config, day, lambda: datetime.now(UTC), stop, progress)
+        report = send_day_workers(config, day, workers, lambda: datetime.now(UTC), stop, progress)
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
