@@ -3,14 +3,18 @@ aiosmtpd server, and the faults that matter: a worker killed, a worker that stop
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
 import signal
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
+from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 from smtp_fakes import SECRET, Sink, database_url, postgres_available, running, wait_until
@@ -30,9 +34,21 @@ ARGS = ("digest", "--date", "2022-04-20", "--send")
 needs_postgres = pytest.mark.skipif(not postgres_available(), reason="PostgreSQL at 127.0.0.1:5432 is not reachable")
 
 
+@dataclass
+class GatedSink(Sink):
+    """Answers no DATA until ``gate`` is set (if there is one)."""
+
+    gate: threading.Event | None = None
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        while self.gate is not None and not self.gate.is_set():
+            await asyncio.sleep(0.05)
+        return await super().handle_DATA(server, session, envelope)
+
+
 @pytest.fixture
-def sink() -> Sink:
-    return Sink()
+def sink() -> GatedSink:
+    return GatedSink()
 
 
 @pytest.fixture
@@ -47,7 +63,7 @@ def pg(tmp_path: Path) -> Iterator[str]:
         yield url
 
 
-def write_config(path: Path, port: int, db: str, **digest: float) -> Path:
+def write_config(path: Path, port: int, db: str, timeout: float = 10, **digest: float) -> Path:
     deadline = digest.pop("send_deadline_seconds", 60)
     extra = "".join(f"{key} = {value}\n" for key, value in digest.items())
     path.write_text(f"""
@@ -60,7 +76,7 @@ port = {port}
 security = "none"
 rate_per_second = 0
 retry_backoff = 0.01
-timeout = 10
+timeout = {timeout}
 send_deadline_seconds = {deadline}
 [digest]
 from = "finews <digest@news.example.org>"
@@ -120,12 +136,17 @@ def copies(sink: Sink) -> dict[str, list[str]]:
 @pytest.mark.parametrize("workers", [2, 3])
 def test_n_worker_processes_share_the_day_and_send_everyone_exactly_once(
         sink: Sink, port: int, pg: str, tmp_path: Path, workers: int) -> None:
-    # Each 250 after 0.2 s: one worker alone (4 connections for 200 rows) would take 10 s, far longer
-    # than the other workers, started at the same time, take to collect the site and claim.
-    sink.delay = 0.2
+    # No 250 until a second worker has claimed rows: the first holds its window (half the list) meanwhile,
+    # however long the others take to start on this shared machine.
+    sink.gate = threading.Event()
     emails = fill(pg, 200)
-    config = write_config(tmp_path / "finews.toml", port, pg)
-    code, output = finish(cli(config, *ARGS, "--workers", str(workers)))
+    config = write_config(tmp_path / "finews.toml", port, pg, timeout=120, send_deadline_seconds=150)
+    proc = cli(config, *ARGS, "--workers", str(workers))
+    try:
+        assert wait_until(lambda: len(set(owners(pg).values()) - {None}) >= 2, timeout=120)
+    finally:
+        sink.gate.set()
+    code, output = finish(proc)
     assert code == 0, output
     assert "digest 2022-04-20: sent 200, skipped 0, retried 0, failed 0" in output, output
     assert {rcpt: len(ids) for rcpt, ids in copies(sink).items()} == dict.fromkeys(emails, 1)
@@ -184,7 +205,7 @@ def test_a_worker_that_stops_answering_loses_its_rows_when_its_lease_runs_out(
     emails = fill(pg, 100)
     # A short lease: it must outlast one message's deadline (short here too) and the time a worker's
     # window of messages committed `sending` waits for its connections on this loaded machine.
-    config = write_config(tmp_path / "finews.toml", port, pg, lease_seconds=8, send_deadline_seconds=2)
+    config = write_config(tmp_path / "finews.toml", port, pg, lease_seconds=20, send_deadline_seconds=2)
     first = cli(config, *ARGS)
     second = None
     try:
@@ -208,7 +229,8 @@ def test_a_worker_that_stops_answering_loses_its_rows_when_its_lease_runs_out(
     twice = {rcpt: ids for rcpt, ids in got.items() if len(ids) > 1}
     # At most the messages the first worker had committed `sending` when it stopped (its window: it
     # sends those when it resumes), each with one Message-ID; none of the rows it had only claimed.
-    assert len(twice) <= window(100) and all(len(ids) == 2 and len(set(ids)) == 1 for ids in twice.values()), twice
+    assert len(twice) <= window(100) and all(len(set(ids)) == 1 for ids in twice.values()), twice
+    assert sum(len(ids) - 1 for ids in twice.values()) <= window(100), twice
     assert len(sink.messages) - stopped_at >= len(emails) - stopped_at
     assert states(pg) == {"sent"}
 
