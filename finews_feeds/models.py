@@ -104,6 +104,9 @@ class Post:
     excerpt_only: bool = False
     #: digest of the rendered HTML, so a build can tell an edited post
     content_hash: str = ""
+    #: width and height of ``image`` in pixels, when the front matter gives them
+    #: (``image: {path, width, height}``, jekyll-seo-tag's form)
+    image_size: tuple[int, int] | None = None
 
 
 def sort_key(post: Post) -> tuple[float, str]:

@@ -31,12 +31,14 @@ def make_site(**overrides: object) -> Site:
 
 def make_post(n: int, *, minute: int | None = None, title: str | None = None, categories: tuple[str, ...] = ("cailianshe",),
               tags: tuple[str, ...] = ("财联社新闻",), image: str | None = None, summary: str = "摘要。",
-              date: datetime | None = None, updated: datetime | None = None, content_hash: str = "h") -> Post:
+              date: datetime | None = None, updated: datetime | None = None, content_hash: str = "h",
+              image_size: tuple[int, int] | None = None) -> Post:
     moment = date or datetime(2022, 4, 20, 9, minute if minute is not None else n, tzinfo=TZ)
     url = f"{SITE_URL}/{categories[0] if categories else 'p'}/2022/04/20/NW{n:04d}.html"
     return Post(path=f"_posts/2022-04-20-NW{n:04d}.md", slug=f"NW{n:04d}", title=title if title is not None else f"标题{n}", date=moment,
                 updated=updated, categories=categories, tags=tags, permalink=url[len(SITE_URL):], url=url, id=url,
-                summary=summary, image=image, author=None, source="财联社", content_hash=content_hash)
+                summary=summary, image=image, author=None, source="财联社", content_hash=content_hash,
+                image_size=image_size)
 
 
 def body_of(post: Post) -> str:

@@ -210,6 +210,7 @@ def test_json_feed_1_1_fields() -> None:
         "feed_url": f"{SITE_URL}/feeds/tags/{tag}/feed.json",
         "description": "finews 财经新闻: #财联社新闻",
         "authors": [{"name": "finews 财经新闻", "url": f"{SITE_URL}/"}],
+        "author": {"name": "finews 财经新闻", "url": f"{SITE_URL}/"},
         "language": "zh-CN",
         "items": [{
             "id": f"{SITE_URL}/cailianshe/2022/04/20/NW0001.html",
@@ -220,10 +221,103 @@ def test_json_feed_1_1_fields() -> None:
             "image": "https://img.example/a.jpg",
             "date_published": "2022-04-20T09:01:00+08:00",
             "authors": [{"name": "财联社"}],
-            "tags": ["cailianshe", "财联社新闻"],
+            "author": {"name": "财联社"},
+            "tags": ["财联社新闻"],
             "language": "zh-CN",
         }],
     }
+
+
+# --------------------------------------------------------------------------- labels and images (issue 17)
+
+MEDIA = "{http://search.yahoo.com/mrss/}"
+LABELLED = [make_post(1, categories=("cailianshe", "stcn"), tags=("A股", "财联社新闻"))]
+
+
+def test_atom_categories_carry_term_label_and_scheme() -> None:
+    entry = next(atom_of(render(LABELLED, kind="site", name="")).iter(f"{ATOM}entry"))
+    assert [dict(c.attrib) for c in entry.findall(f"{ATOM}category")] == [
+        {"term": "cailianshe", "scheme": f"{SITE_URL}/feeds/categories/", "label": "财联社新闻"},
+        {"term": "stcn", "scheme": f"{SITE_URL}/feeds/categories/", "label": "stcn"},
+        {"term": "A股", "scheme": f"{SITE_URL}/feeds/tags/", "label": "A股"},
+    ]
+
+
+def test_rss_categories_show_the_label_with_the_scheme_as_domain() -> None:
+    item = rss_of(render(LABELLED, kind="site", name="")).find("channel/item")
+    assert item is not None
+    assert [(c.text, c.get("domain")) for c in item.findall("category")] == [
+        ("财联社新闻", f"{SITE_URL}/feeds/categories/"), ("stcn", f"{SITE_URL}/feeds/categories/"),
+        ("A股", f"{SITE_URL}/feeds/tags/"),
+    ]
+
+
+def test_json_feed_tags_are_the_labels_each_once() -> None:
+    assert json_of(render(LABELLED, kind="site", name=""))["items"][0]["tags"] == ["财联社新闻", "stcn", "A股"]  # type: ignore[index]
+
+
+def test_feedparser_reads_labels_and_schemes() -> None:
+    files = render(LABELLED, kind="site", name="")
+    atom = feedparser.parse(files["atom.xml"]).entries[0]
+    assert [(t.term, t.label, t.scheme) for t in atom.tags] == [
+        ("cailianshe", "财联社新闻", f"{SITE_URL}/feeds/categories/"),
+        ("stcn", "stcn", f"{SITE_URL}/feeds/categories/"), ("A股", "A股", f"{SITE_URL}/feeds/tags/")]
+    rss = feedparser.parse(files["rss.xml"]).entries[0]
+    assert [(t.term, t.scheme) for t in rss.tags] == [
+        ("财联社新闻", f"{SITE_URL}/feeds/categories/"), ("stcn", f"{SITE_URL}/feeds/categories/"),
+        ("A股", f"{SITE_URL}/feeds/tags/")]
+
+
+def test_a_category_title_set_in_config_changes_every_feed_that_shows_the_category() -> None:
+    before = options()
+    site = make_site(category_titles={"cailianshe": "财联社"})
+    after = FeedOptions.from_config(site, FeedsConfig(author_fallback="source"))
+    assert before.fingerprint() != after.fingerprint()
+    entry = entry_data(LABELLED[0], after, body_of)
+    assert [t.label for t in entry.terms] == ["财联社", "stcn", "A股", "财联社新闻"]
+
+
+def test_the_first_image_is_media_content_with_its_size_when_known() -> None:
+    sized = make_post(2, image="https://img.example/b.webp", image_size=(1200, 675))
+    files = render([make_post(1, image="https://img.example/a.png"), sized])
+    rss_items = rss_of(files).findall("channel/item")
+    atom_entries = list(atom_of(files).iter(f"{ATOM}entry"))
+    for element in (rss_items[0], atom_entries[0]):
+        assert [dict(m.attrib) for m in element.findall(f"{MEDIA}content")] == [
+            {"url": "https://img.example/b.webp", "type": "image/webp", "medium": "image", "width": "1200", "height": "675"}]
+        assert [dict(m.attrib) for m in element.findall(f"{MEDIA}thumbnail")] == [
+            {"url": "https://img.example/b.webp", "width": "1200", "height": "675"}]
+        assert element.find(f"{MEDIA}group") is None
+    for element in (rss_items[1], atom_entries[1]):
+        assert [dict(m.attrib) for m in element.findall(f"{MEDIA}content")] == [
+            {"url": "https://img.example/a.png", "type": "image/png", "medium": "image"}]
+    parsed = feedparser.parse(files["categories/cailianshe/rss.xml"]).entries[0]
+    assert parsed.media_content == [{"url": "https://img.example/b.webp", "type": "image/webp", "medium": "image",
+                                     "width": "1200", "height": "675"}]
+    assert [e.href for e in parsed.enclosures] == ["https://img.example/b.webp"]
+
+
+def test_json_feed_keeps_authors_and_the_1_0_author() -> None:
+    item = json_of(render([make_post(1)]))["items"][0]  # type: ignore[index]
+    assert item["authors"] == [item["author"]] == [{"name": "财联社"}]
+
+
+def test_front_matter_image_size_reaches_the_post(tmp_path: Path) -> None:
+    posts = tmp_path / "site" / "_posts"
+    posts.mkdir(parents=True)
+    front = "---\ntitle: t{n}\ndate: 2022-04-20 09:0{n}:00 +0800\ncategories: cailianshe\n{image}---\n<p>x</p>\n"
+    images = ["image: {path: /a.jpg, width: 800, height: '600px'}\n", "image: {path: /b.jpg, width: 0, height: 10}\n",
+              "image: /c.jpg\n"]
+    for n, image in enumerate(images, 1):
+        (posts / f"2022-04-20-p{n}.md").write_text(front.format(n=n, image=image), encoding="utf-8")
+    (tmp_path / "site" / "_config.yml").write_text(f"url: {SITE_URL}\n", encoding="utf-8")
+    config = build_config({"site": {"source": str(tmp_path / "site"), "cache_dir": str(tmp_path / "c")},
+                           "feeds": {"output": str(tmp_path / "out")}})
+    run_build(config)
+    root = etree.parse(str(tmp_path / "out" / "rss.xml")).getroot()
+    media = {m.get("url"): (m.get("width"), m.get("height")) for m in root.iter(f"{MEDIA}content")}
+    assert media == {f"{SITE_URL}/a.jpg": ("800", "600"), f"{SITE_URL}/b.jpg": (None, None),
+                     f"{SITE_URL}/c.jpg": (None, None)}
 
 
 def test_feed_titles_use_display_names_and_name_the_tag() -> None:

@@ -38,7 +38,7 @@ from .writer import FeedRecord, Manifest, OutputDir, load_manifest, record_inten
 log = logging.getLogger(__name__)
 
 #: Bump when the rendered output changes for the same input, so old manifests do not match.
-RENDER_VERSION = "3"
+RENDER_VERSION = "4"
 #: Feeds to render from which a pool of worker processes pays for itself.
 PARALLEL_FROM = 100
 
@@ -102,6 +102,7 @@ def post_fingerprint(post: Post) -> bytes:
         post.updated.isoformat() if post.updated else "", "\x1e".join(post.categories), "\x1e".join(post.tags),
         post.summary, post.image or "", post.author or "", post.source, post.excerpt or "", post.description or "",
         post.author_email or "", post.author_uri or "", "1" if post.excerpt_only else "",
+        "x".join(map(str, post.image_size)) if post.image_size else "",
     )).encode("utf-8", "surrogatepass") + b"\x1d"
 
 

@@ -50,6 +50,8 @@ class FeedOptions:
     author_fallback: str = "none"
     #: the site's author (`_config.yml` ``author``: name, email, URI), the feeds' own author; None: the site title
     site_author: tuple[str, str | None, str | None] | None = None
+    #: category name -> display title (``[categories.<slug>] title``), the label readers show
+    category_titles: tuple[tuple[str, str], ...] = ()
 
     @classmethod
     def from_config(cls, site: Site, feeds: FeedsConfig) -> FeedOptions:
@@ -71,13 +73,14 @@ class FeedOptions:
             tags=feeds.tags,
             author_fallback=feeds.author_fallback,
             site_author=author,
+            category_titles=tuple(sorted(site.category_titles.items())),
         )
 
     def fingerprint(self) -> str:
         """Everything in the options that shows in a feed, as text (part of each feed's signature)."""
         return repr((self.site_title, self.site_url, self.base_url, self.language, str(self.timezone),
                      self.formats, self.full_content, self.websub_hub, self.stylesheet, self.author_fallback,
-                     self.site_author))
+                     self.site_author, self.category_titles))
 
     @property
     def zh(self) -> bool:

@@ -14,6 +14,11 @@ feedgen 1.0.0 is used for RSS and Atom, and its known faults are corrected here:
 - ``entry.id()`` writes ``isPermaLink="false"``: ``guid(url, permalink=True)`` is used.
 - lxml raises on characters XML 1.0 forbids: every text is cleaned first.
 - No API for the ``xml-stylesheet`` instruction (#28): added to the finished tree.
+- ``category(label=...)`` also becomes the RSS ``<category>`` text and ``scheme`` its ``domain``
+  (what we want); an empty label would be written as an empty RSS category, so none is passed.
+- ``media.content()``/``thumbnail()`` put the element in a ``<media:group>`` unless
+  ``group=None``; Media RSS keeps groups for alternative versions of one medium, which an
+  image and its thumbnail are not. Attribute values must be strings (lxml refuses ints).
 - Its RFC 822 dates call ``locale.setlocale`` for the whole process (unsafe with threads): it is
   never given an RSS date; ``pubDate``/``lastBuildDate`` are added to the finished tree.
 """
@@ -68,6 +73,17 @@ _A = "{" + ATOM_NS + "}"
 
 
 @dataclass(frozen=True, slots=True)
+class Term:
+    """A category or tag of an entry: ``term`` as the posts give it (the feeds' folders are named
+    after it), ``label`` as readers show it (a category's ``[categories.<slug>] title``, a tag's
+    own text), ``scheme`` the folder URL of its kind of feed (categories or tags)."""
+
+    term: str
+    label: str
+    scheme: str
+
+
+@dataclass(frozen=True, slots=True)
 class EntryData:
     """A post as every format shows it: cleaned text, dates in the site's zone, absolute URLs."""
 
@@ -77,13 +93,14 @@ class EntryData:
     published: datetime
     updated: datetime
     author: str | None  #: None: no author (the feed's own stands for it)
-    terms: tuple[str, ...]  #: categories then tags, without repeats
+    terms: tuple[Term, ...]  #: categories then tags, one per label
     summary: str
     content_html: str | None  #: None when the feeds are summary-only, or the post is excerpt-only
     image: str | None
     image_type: str
     author_email: str | None = None
     author_uri: str | None = None
+    image_size: tuple[int, int] | None = None  #: width, height in pixels, when known
 
     @property
     def newest(self) -> datetime:
@@ -106,6 +123,28 @@ def _image_type(url: str) -> str:
     return IMAGE_TYPES.get(name.rsplit(".", 1)[-1].lower(), "image/jpeg") if "." in name else "image/jpeg"
 
 
+@lru_cache(maxsize=8)
+def _titles(pairs: tuple[tuple[str, str], ...]) -> dict[str, str]:
+    return dict(pairs)
+
+
+def _terms(post: Post, options: FeedOptions) -> tuple[Term, ...]:
+    """Categories then tags, each once by label: a tag named as a category's display name (the
+    finews posts tag 财联社新闻 in the category cailianshe, titled 财联社新闻) would show twice."""
+    titles = _titles(options.category_titles)
+    terms: dict[str, Term] = {}
+    for kind, names in (("categories", post.categories), ("tags", post.tags)):
+        scheme = f"{options.base_url}/{kind}/"
+        for name in names:
+            term = clean_text(name)
+            if not term:
+                continue
+            label = clean_text(titles.get(name, "")) if kind == "categories" else ""
+            label = label or term
+            terms.setdefault(label, Term(term, label, scheme))
+    return tuple(terms.values())
+
+
 def entry_data(post: Post, options: FeedOptions, content: ContentSource | None) -> EntryData:
     """The fields of one entry; ``content`` is called only when the feeds carry full content."""
     zone = options.timezone
@@ -125,13 +164,14 @@ def entry_data(post: Post, options: FeedOptions, content: ContentSource | None) 
         published=published,
         updated=max(updated, published),
         author=clean_text(author) if author else None,
-        terms=tuple(dict.fromkeys(clean_text(t) for t in (*post.categories, *post.tags) if clean_text(t))),
+        terms=_terms(post, options),
         summary=summary,
         content_html=body,
         image=image,
         image_type=_image_type(image) if image else "",
         author_email=clean_text(email) if email and author else None,
         author_uri=_author_uri(uri, post.url) if author else None,
+        image_size=post.image_size if image else None,
     )
 
 
@@ -190,7 +230,12 @@ def _generator(spec: FeedSpec, options: FeedOptions, entries: Sequence[EntryData
         fe.link(href=data.url)
         if data.image:
             fe.enclosure(url=data.image, length="0", type=data.image_type)
-            fe.media.thumbnail(url=data.image, group=None)
+            # media:content for the readers that take images from Media RSS only (Feedly,
+            # Inoreader, Miniflux's media handling), with the size when known so the layout
+            # does not jump; the thumbnail for those that read only that.
+            size = {"width": str(data.image_size[0]), "height": str(data.image_size[1])} if data.image_size else {}
+            fe.media.content(url=data.image, type=data.image_type, medium="image", group=None, **size)
+            fe.media.thumbnail(url=data.image, group=None, **size)
         fe.updated(data.updated)
         fe.published(data.published)
         fe._FeedEntry__rss_pubDate = None  # added to the RSS tree without setlocale, see module doc
@@ -200,7 +245,7 @@ def _generator(spec: FeedSpec, options: FeedOptions, entries: Sequence[EntryData
                                                      ("uri", data.author_uri)) if value})
             fe.dc.dc_creator(data.author)
         if data.terms:
-            fe.category([{"term": term} for term in data.terms])
+            fe.category([{"term": t.term, "label": t.label, "scheme": t.scheme} for t in data.terms])
         if data.summary:
             fe.summary(data.summary)
         if data.content_html is not None:
@@ -295,9 +340,13 @@ def render_json(spec: FeedSpec, options: FeedOptions, entries: Sequence[EntryDat
             item["date_modified"] = data.updated.isoformat()
         if data.author:
             url = data.author_uri or (f"mailto:{data.author_email}" if data.author_email else None)
-            item["authors"] = [{"name": data.author, **({"url": url} if url else {})}]
+            author = {"name": data.author, **({"url": url} if url else {})}
+            # 1.1's authors, and 1.0's author for the readers that know only that (the 1.1
+            # text allows both).
+            item["authors"] = [author]
+            item["author"] = author
         if data.terms:
-            item["tags"] = list(data.terms)
+            item["tags"] = [t.label for t in data.terms]
         item["language"] = options.language
         items.append(item)
     document: dict[str, Any] = {
@@ -307,6 +356,7 @@ def render_json(spec: FeedSpec, options: FeedOptions, entries: Sequence[EntryDat
         "feed_url": spec.url(options, "json"),
         "description": spec.description,
         "authors": [_feed_author(options)],
+        "author": _feed_author(options),
         "language": options.language,
     }
     if options.websub_hub:

@@ -56,8 +56,9 @@ from .walk import Entry, Scan
 log = logging.getLogger(__name__)
 
 #: Bump when the layout of the tables or of a stored front or body changes (2: the ``names``
-#: table; fronts with the author's email and URI and ``excerpt_only``; bodies with references).
-FORMAT = 2
+#: table; fronts with the author's email and URI and ``excerpt_only``; bodies with references;
+#: 3: fronts with the image's size).
+FORMAT = 3
 NAME = "posts.sqlite3"
 #: Generations of ``touched`` kept: a build further behind than this renders every feed.
 KEEP_GENERATIONS = 10_000
@@ -108,7 +109,7 @@ def row_of(entry: Entry, outcome: Outcome) -> Row:
 
 
 _FRONT = ("slug", "title", "date", "updated", "categories", "tags", "permalink", "url", "excerpt", "description",
-          "image", "author", "source", "author_email", "author_uri", "excerpt_only")
+          "image", "author", "source", "author_email", "author_uri", "excerpt_only", "image_size")
 
 
 def _pack_front(front: Front) -> bytes:

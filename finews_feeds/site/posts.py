@@ -83,6 +83,7 @@ class Front:
     author_email: str | None = None
     author_uri: str | None = None
     excerpt_only: bool = False  #: jekyll-feed's ``feed.excerpt_only`` (:func:`excerpt_only_of`)
+    image_size: tuple[int, int] | None = None  #: of the front matter's image, when it gives both
 
     def feed_keys(self) -> tuple[str, ...]:
         """The feeds this post belongs to: the site's, its categories' and its tags'."""
@@ -110,7 +111,8 @@ def whole(front: Front, body: Body) -> Post:
                 summary=front.excerpt or front.description or body.summary, image=front.image or body.image,
                 author=front.author, source=body.source or front.source, excerpt=front.excerpt,
                 description=front.description, content_hash=body.content_hash, author_email=front.author_email,
-                author_uri=front.author_uri, excerpt_only=front.excerpt_only)
+                author_uri=front.author_uri, excerpt_only=front.excerpt_only,
+                image_size=front.image_size if front.image else None)
 
 
 # ---------------------------------------------------------------- dates
@@ -312,6 +314,26 @@ def _image(value: object) -> str | None:
     return None
 
 
+#: The largest width or height believed (a typo such as 6000000 is dropped, not published).
+MAX_IMAGE_SIDE = 100_000
+
+
+def _image_size(value: object) -> tuple[int, int] | None:
+    """``width`` and ``height`` of an ``image:`` mapping (jekyll-seo-tag's form), when both are
+    whole numbers of pixels; a reader lays out the image before it loads with them."""
+    if not isinstance(value, Mapping):
+        return None
+    sides = []
+    for name in ("width", "height"):
+        side = value.get(name)
+        if isinstance(side, str) and side.strip().removesuffix("px").isdigit():
+            side = int(side.strip().removesuffix("px"))
+        if isinstance(side, bool) or not isinstance(side, int) or not 0 < side <= MAX_IMAGE_SIDE:
+            return None
+        sides.append(side)
+    return sides[0], sides[1]
+
+
 def _image_url(image: str | None, url: str) -> str | None:
     """A front-matter image as published: absolute, and only when it passes the URL policy
     (:func:`~finews_feeds.urls.web_url`) as the author wrote it."""
@@ -466,6 +488,7 @@ def _read_front(path: str, raw: bytes, site: Site) -> Front:
     excerpt = _optional_text(data.get("excerpt"))
     description = _optional_text(data.get("description"))
     image = _image(data.get("image"))
+    image_size = _image_size(data.get("image"))
 
     updated: datetime | None = None
     if data.get("last_modified_at") not in (None, ""):
@@ -493,6 +516,7 @@ def _read_front(path: str, raw: bytes, site: Site) -> Front:
         author_email=author[1] if author else None,
         author_uri=author[2] if author else None,
         excerpt_only=excerpt_only_of(data, site),
+        image_size=image_size if image else None,
     )
 
 
