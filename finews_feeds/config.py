@@ -99,6 +99,12 @@ class FeedsConfig:
     websub_hub: str = _key("", "URL of a WebSub hub announced in every feed (rel=hub); empty: none.")
     tags: bool = _key(True, "Write a feed for every tag.")
     stylesheet: bool = _key(True, "Write an XSL stylesheet and reference it from RSS and Atom files.")
+    # RFC 5005 archived feeds: the whole history of a feed, in pages that never change once full
+    # (docs/feeds.md). Tags are off by default: a site has thousands of tags of a few posts each,
+    # and their history is already in the site and category archives.
+    archives: bool = _key(True, "Publish the whole history of the site and category feeds as RFC 5005 archive pages (<feed folder>/archive/<N>/), linked from the feed.")
+    archive_page_size: int = _key(0, "Entries per archive page; 0: the feed's own limit. At most the feed's limit (the feed shows what no full page holds yet); changing it rewrites every page.")
+    tag_archives: bool = _key(False, "Archive the tag feeds too (many small pages for posts the site and category archives already hold).")
     # jekyll-feed's author is the post's (`author`, the first of `authors`, looked up in
     # _data/authors), else the site's (`author` in _config.yml); this key says what stands in when
     # neither names one. The bundled config sets "source" for the finews demo site.
@@ -356,6 +362,7 @@ def _validate(config: Config) -> None:
     for key in ("limit", "category_limit", "tag_limit"):
         if key == "limit" and config.feeds.limit < 1:
             raise ConfigError(f"feeds.limit = {config.feeds.limit!r}: expected at least 1")
+    _check_archive_page_size(config.feeds)
     try:
         config.digest.confirm_subject.format(site_title="")
     except (KeyError, IndexError, ValueError) as exc:
@@ -480,6 +487,23 @@ class Effective:
                 source, origin = self.sources.get((name, key), ("default", ""))
                 out.append(Setting(name, key, getattr(table, f.name), source, origin))
         return out
+
+
+def _check_archive_page_size(feeds: FeedsConfig) -> None:
+    """An archive page may hold no more than a feed shows: the entries not on a full page yet
+    are only in the feed, and one more would be in neither."""
+    size = feeds.archive_page_size
+    if size < 0:
+        raise ConfigError(f"feeds.archive_page_size = {size!r}: expected 0 (the feed's limit) or more")
+    if not feeds.archives or size == 0:
+        return
+    limits = [("limit", feeds.limit), ("category_limit", feeds.category_limit or feeds.limit)]
+    if feeds.tag_archives:
+        limits.append(("tag_limit", feeds.tag_limit or feeds.limit))
+    for key, limit in limits:
+        if size > limit:
+            raise ConfigError(f"feeds.archive_page_size = {size!r} is more than feeds.{key} = {limit!r}",
+                              hint="an archive page can hold at most what the feed shows; 0 uses each feed's limit")
 
 
 def build_config(

@@ -7,6 +7,7 @@ only for the few posts a feed or a digest shows.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -163,6 +164,13 @@ class Posts(Protocol):
         :func:`sort_key` order."""
         ...
 
+    def versions(self, key: str, until: float | None) -> list[tuple[str, str]]:
+        """Every post of the feed ``key`` dated up to ``until``, in :func:`sort_key` order, as
+        its path and a version: a text that changes when anything the feeds show of the post
+        may have changed (its file, or its date). Cheap: archive pages are compared by it
+        without loading their posts."""
+        ...
+
     def posts_of(self, paths: Sequence[str]) -> list[Post]:
         """The whole posts at ``paths``, in that order."""
         ...
@@ -217,3 +225,7 @@ class PostSet:
 
     def posts_of(self, paths: Sequence[str]) -> list[Post]:
         return [self.by_path[path] for path in paths if path in self.by_path]
+
+    def versions(self, key: str, until: float | None) -> list[tuple[str, str]]:
+        return [(p.path, hashlib.blake2b(repr(p).encode("utf-8", "surrogatepass"), digest_size=8).hexdigest())
+                for p in self.ordered if (until is None or p.date.timestamp() <= until) and key in feed_keys(p)]

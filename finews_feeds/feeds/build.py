@@ -10,6 +10,12 @@ post, the four feeds it reaches out of two thousand. Anything that makes the las
 record untrustworthy (``--full``, other settings, another cache, an interrupted build, a
 missing file) plans and signs every feed; the writer still rewrites only files whose bytes
 changed. Many feeds to render go to a pool of worker processes (:mod:`finews_feeds.parallel`).
+
+Archive pages (:mod:`.plan`) are signed apart, each from its page number and its posts' paths
+and versions (the cache's date, size and mtime of each file): a feed that changed has its pages
+compared without loading their posts, and only a page whose signature moved is rendered. A new
+post changes the feed and, when it fills a page, that one new page; an edited old post, its
+page; a removed or back-dated one, its page and every later page (their posts move down a place).
 """
 
 from __future__ import annotations
@@ -27,12 +33,12 @@ from pathlib import Path
 
 from .. import parallel
 from ..config import Config
-from ..models import ContentSource, FileError, Post, Posts, Site
+from ..models import ContentSource, FileError, Post, Posts, Site, feed_keys
 from ..site.cache import CacheDamaged, PostCache, is_damage
 from ..site.collector import Collection, cache_folder, open_cache, refresh
 from ..site.jekyll import resolve_site
 from . import render
-from .plan import FEED_FOLDERS, FILE_NAMES, FeedOptions, FeedPlan, FeedSpec, plan
+from .plan import FEED_FOLDERS, FILE_NAMES, PAGE_SEPARATOR, FeedOptions, FeedPlan, FeedSpec, plan
 from .writer import FeedRecord, Manifest, OutputDir, load_manifest, record_intent, save_manifest
 
 log = logging.getLogger(__name__)
@@ -110,9 +116,25 @@ def signature(spec: FeedSpec, posts: Sequence[Post], options: FeedOptions) -> st
     """Of everything the feed ``spec`` showing ``posts`` would be made of."""
     digest = hashlib.blake2b(f"{RENDER_VERSION}\x1d{options.fingerprint()}\x1d".encode(), digest_size=16)
     digest.update(spec.header().encode("utf-8", "surrogatepass"))
+    # Not in the header (which the listings are signed by): the feed's link to its last page.
+    digest.update(f"\x1d{spec.page_size}\x1f{spec.archived}\x1d".encode())
     for post in posts:
         digest.update(post_fingerprint(post))
     return digest.hexdigest()
+
+
+def page_signature(page: FeedSpec, members: Sequence[tuple[str, str]], options: FeedOptions) -> str:
+    """Of the archive page ``page`` holding ``members`` (path and version, see
+    :meth:`~finews_feeds.models.Posts.versions`)."""
+    digest = hashlib.blake2b(f"{RENDER_VERSION}\x1d{options.fingerprint()}\x1d".encode(), digest_size=16)
+    digest.update(spec_text(page).encode("utf-8", "surrogatepass"))
+    for path, version in members:
+        digest.update(f"{path}\x1f{version}\x1e".encode("utf-8", "surrogatepass"))
+    return digest.hexdigest()
+
+
+def spec_text(page: FeedSpec) -> str:
+    return f"{page.header()}\x1d{page.page}\x1f{page.page_size}"
 
 
 def listings_signatures(feeds: FeedPlan, options: FeedOptions) -> tuple[str, str]:
@@ -271,8 +293,18 @@ def _prepare(posts: Posts, site: Site, options: FeedOptions, out: OutputDir, *, 
     changed = None
     if isinstance(posts, Collection) and not full and not old.interrupted and old.plan_key == key:
         changed = posts.changed_since(old.cache_id, old.generation, old.due)
+    # Records whose files are all there; a feed is known when its own and its pages' are.
     present = {k for k, record in old.feeds.items() if all(map(out.exists, record.files))}
-    feeds = plan(posts, site, options, posts.until, old.slugs, keys=changed, known=present)
+    incomplete = {k.partition(PAGE_SEPARATOR)[0] for k in old.feeds if k not in present}
+    known = {k for k in present if PAGE_SEPARATOR not in k and k not in incomplete}
+    feeds = plan(posts, site, options, posts.until, old.slugs, keys=changed, known=known)
+    if changed is not None:
+        # A feed whose posts did not change but whose last build left fewer pages on record
+        # than it has (a record lost, say): planned with the rest.
+        unrecorded = {spec.key for spec in feeds.specs if spec.key not in feeds.entries and any(
+            spec.at(n).record_key not in present for n in range(1, spec.archived + 1))}
+        if unrecorded:
+            feeds = plan(posts, site, options, posts.until, old.slugs, keys=changed | unrecorded, known=known)
     report.incremental = changed is not None
     report.rejected = posts.errors
     report.posts = feeds.counts.get("site:", 0)
@@ -281,16 +313,44 @@ def _prepare(posts: Posts, site: Site, options: FeedOptions, out: OutputDir, *, 
     manifest = Manifest(options=options.fingerprint(), slugs=feeds.slugs, plan_key=key)
     if isinstance(posts, Collection):
         manifest.cache_id, manifest.generation, manifest.due = posts.cache.id, posts.generation, posts.next_due()
+    pages: list[tuple[FeedSpec, list[str]]] = []  #: archive pages to render, with their paths newest first
     for spec in feeds.specs:
         files = [spec.path(fmt) for fmt in options.formats]
         if spec.key in feeds.entries:
             manifest.feeds[spec.key] = FeedRecord(signature(spec, feeds.entries[spec.key], options), files)
+            for number, members in enumerate(feeds.pages.get(spec.key, ()), 1):
+                page = spec.at(number)
+                manifest.feeds[page.record_key] = FeedRecord(page_signature(page, members, options),
+                                                             [page.path(fmt) for fmt in options.formats])
+                if full or _stale(old, manifest, page.record_key, present):
+                    pages.append((page, [path for path, _ in reversed(members)]))
         else:
             manifest.feeds[spec.key] = FeedRecord(old.feeds[spec.key].signature, files)
+            # Not planned: nothing in the feed changed, nor did its pages.
+            for number in range(1, spec.archived + 1):
+                record = old.feeds[spec.at(number).record_key]
+                manifest.feeds[spec.at(number).record_key] = record
     manifest.outline_signature, manifest.listings_signature = listings_signatures(feeds, options)
     work = [(spec, feeds.entries[spec.key]) for spec in feeds.specs
             if spec.key in feeds.entries and (full or _stale(old, manifest, spec.key, present))]
+    work.extend(_archive_work(posts, pages))
     return _Prepared(feeds, work, manifest, old, report)
+
+
+def _archive_work(posts: Posts, pages: Sequence[tuple[FeedSpec, list[str]]]) -> list[tuple[FeedSpec, list[Post]]]:
+    """The archive pages to render with their posts, loaded at once. The feed index the pages
+    were cut from is not checked against the posts' checksummed fronts as a feed's newest are
+    (:meth:`~finews_feeds.site.cache.PostCache.newest`): it is checked here, for what is shown."""
+    if not pages:
+        return []
+    loaded = {post.path: post for post in posts.posts_of(list(dict.fromkeys(p for _, paths in pages for p in paths)))}
+    work = []
+    for page, paths in pages:
+        shown = [loaded[path] for path in paths if path in loaded]
+        if len(shown) != len(paths) or any(page.key not in feed_keys(post) for post in shown):
+            raise CacheDamaged(f"the index of feed {page.key} names posts of archive page {page.page} wrongly")
+        work.append((page, shown))
+    return work
 
 
 def _stale(old: Manifest, new: Manifest, key: str, present: set[str]) -> bool:
@@ -322,17 +382,17 @@ def _write(prepared: _Prepared, out: OutputDir, job: _Job, posts: Posts, *, full
     if work or parts or gone:
         record_intent(out, [*manifest.all_files(), *render.LISTING_FILES])
     report.feeds = len(feeds.specs)
-    report.feeds_unchanged = len(feeds.specs) - len(work)
-    rendered = {spec.key for spec, _ in work}
-    report.files_unchanged += sum(len(manifest.feeds[spec.key].files) for spec in feeds.specs if spec.key not in rendered)
+    rendered = {spec.record_key for spec, _ in work}
+    report.files_unchanged += sum(len(record.files) for key, record in manifest.feeds.items() if key not in rendered)
+    written = set()  # feeds with a file written, their archive pages' included
     for result in _render_all(work, job, posts, use_pool):
         report.files_written += len(result.written)
         report.files_unchanged += len(result.unchanged)
         report.written.extend(result.written)
         if result.written:
-            report.feeds_written += 1
-        else:
-            report.feeds_unchanged += 1
+            written.add(result.key)
+    report.feeds_written = len(written)
+    report.feeds_unchanged = len(feeds.specs) - len(written)
     if parts:
         for rel, data in render.render_listings(feeds.specs, job.options, feeds.counts, feeds.newest, parts).items():
             manifest.listings.append(rel)
@@ -344,7 +404,7 @@ def _write(prepared: _Prepared, out: OutputDir, job: _Job, posts: Posts, *, full
     for rel in sorted(old.all_files() - manifest.all_files()):
         if out.remove(rel):
             report.files_removed += 1
-    report.feeds_removed = sum(1 for key in old.feeds if key not in manifest.feeds)
+    report.feeds_removed = sum(1 for key in old.feeds if key not in manifest.feeds and PAGE_SEPARATOR not in key)
     save_manifest(out, manifest, written=bool(report.files_written or report.files_removed))
     report.written.sort()
 

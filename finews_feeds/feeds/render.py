@@ -67,7 +67,10 @@ GENERATOR = "finews-feeds"
 
 ATOM_NS = "http://www.w3.org/2005/Atom"
 MEDIA_NS = "http://search.yahoo.com/mrss/"
+#: RFC 5005's namespace (``<fh:archive/>`` marks an archive document).
+HISTORY_NS = "http://purl.org/syndication/history/1.0"
 _A = "{" + ATOM_NS + "}"
+_FH = "{" + HISTORY_NS + "}"
 
 # --------------------------------------------------------------------------- entries
 
@@ -204,7 +207,8 @@ def _generator(spec: FeedSpec, options: FeedOptions, entries: Sequence[EntryData
     fg.register_extension("media", MediaExtension, MediaEntryExtension, atom=True, rss=True)
     fg.register_extension("dc", DcExtension, DcEntryExtension, atom=False, rss=True)
     atom_url = spec.url(options, "atom")
-    fg.id(atom_url)
+    # An archive page is a document of the same feed (RFC 5005): the feed's id.
+    fg.id(spec.at(0).url(options, "atom"))
     fg.title(spec.title)
     fg.description(spec.description)
     fg.subtitle(spec.description)
@@ -217,7 +221,7 @@ def _generator(spec: FeedSpec, options: FeedOptions, entries: Sequence[EntryData
     fg.language(options.language)
     fg.generator(GENERATOR)
     fg.link(href=atom_url, rel="self", type=MEDIA_TYPES["atom"])
-    if options.websub_hub:
+    if options.websub_hub and not spec.page:  # an archive page never changes: nothing to push
         fg.link(href=options.websub_hub, rel="hub")
     # Last: feedgen makes the last link() the RSS channel <link>.
     fg.link(href=spec.home_url, rel="alternate", type="text/html")
@@ -256,8 +260,39 @@ def _generator(spec: FeedSpec, options: FeedOptions, entries: Sequence[EntryData
     return fg
 
 
+def history_links(spec: FeedSpec, options: FeedOptions, fmt: str) -> list[tuple[str, str]]:
+    """RFC 5005's links of a feed or archive page, as (rel, URL of the same format). The feed:
+    ``prev-archive``, its newest full page. A page: ``current``, ``prev-archive`` (but the
+    first) and ``next-archive``, the following page's URL even before that page is full (until
+    then it is not there), so that a page never changes once written."""
+    if not spec.page:
+        return [("prev-archive", spec.at(spec.archived).url(options, fmt))] if spec.archived else []
+    links = [("current", spec.at(0).url(options, fmt))]
+    if spec.page > 1:
+        links.append(("prev-archive", spec.at(spec.page - 1).url(options, fmt)))
+    links.append(("next-archive", spec.at(spec.page + 1).url(options, fmt)))
+    return links
+
+
+def _add_history(anchor: etree._Element, tag: str, spec: FeedSpec, options: FeedOptions, fmt: str) -> None:
+    """The links after ``anchor`` (the self link), then ``<fh:archive/>`` on an archive page."""
+    for rel, url in reversed(history_links(spec, options, fmt)):
+        anchor.addnext(etree.Element(tag, href=url, rel=rel, type=MEDIA_TYPES[fmt]))
+    if spec.page:
+        parent = anchor.getparent()
+        assert parent is not None
+        # Before the entries: some readers stop looking at feed-level elements at the first.
+        first = next((child for child in parent if child.tag in ("entry", "item")), None)
+        mark = etree.Element(_FH + "archive", nsmap={"fh": HISTORY_NS})
+        if first is not None:
+            first.addprevious(mark)
+        else:
+            parent.append(mark)
+
+
 def _stylesheet_pi(spec: FeedSpec) -> etree._Element:
-    depth = spec.folder.count("/") + 1 if spec.folder else 0
+    folder = spec.directory
+    depth = folder.count("/") + 1 if folder else 0
     href = "../" * depth + STYLESHEET
     return etree.ProcessingInstruction("xml-stylesheet", f'type="text/xsl" href="{href}"')
 
@@ -275,9 +310,11 @@ def _rss_document(fg: FeedGenerator, spec: FeedSpec, options: FeedOptions, entri
     assert self_link is not None
     self_link.set("href", spec.url(options, "rss"))
     self_link.set("type", MEDIA_TYPES["rss"])
-    if options.websub_hub:
+    if options.websub_hub and not spec.page:
         # feedgen writes only the rel=self atom:link into RSS; WebSub needs rel=hub too.
         self_link.addnext(etree.Element(_A + "link", href=options.websub_hub, rel="hub"))
+    # RFC 5005 appendix B: the same links in RSS, as atom:link.
+    _add_history(self_link, _A + "link", spec, options, "rss")
     language = channel.find("language")
     last_build = etree.Element("lastBuildDate")
     last_build.text = format_datetime(_feed_updated(entries, options))
@@ -293,7 +330,9 @@ def _rss_document(fg: FeedGenerator, spec: FeedSpec, options: FeedOptions, entri
 def _atom_document(fg: FeedGenerator, spec: FeedSpec, options: FeedOptions, entries: Sequence[EntryData]) -> bytes:
     root, _ = fg._create_atom()
     # feedgen builds the Atom tree without a namespace and writes `xmlns` as a plain attribute,
-    # so its elements are found by their bare names.
+    # so its elements are found (and added) by their bare names.
+    self_link = next(link for link in root.iterchildren("link") if link.get("rel") == "self")
+    _add_history(self_link, "link", spec, options, "atom")
     for element, data in zip(root.iter("entry"), entries, strict=True):
         # feedgen#135: entry links keep only href. The first is the post's page, the next
         # (from enclosure()) its image: their rel and type are set again.
@@ -353,14 +392,23 @@ def render_json(spec: FeedSpec, options: FeedOptions, entries: Sequence[EntryDat
         "version": "https://jsonfeed.org/version/1.1",
         "title": spec.title,
         "home_page_url": spec.home_url,
-        "feed_url": spec.url(options, "json"),
+        "feed_url": spec.at(0).url(options, "json"),  # the feed's, on its archive pages too
         "description": spec.description,
         "authors": [_feed_author(options)],
         "author": _feed_author(options),
         "language": options.language,
     }
-    if options.websub_hub:
+    if options.websub_hub and not spec.page:
         document["hubs"] = [{"type": "WebSub", "url": options.websub_hub}]
+    # JSON Feed pages by next_url, to older items: the feed to its newest full archive page,
+    # each page to the one before. RFC 5005's links in an extension object.
+    history = dict(history_links(spec, options, "json"))
+    older = history.get("prev-archive")
+    if older:
+        document["next_url"] = older
+    if spec.page:
+        document["_rfc5005"] = {"about": "https://www.rfc-editor.org/rfc/rfc5005", "archive": True,
+                                **{rel.replace("-", "_"): url for rel, url in history.items()}}
     document["items"] = items
     # No indent: only without it does json use its C encoder (5x faster on a cold build).
     return (json.dumps(document, ensure_ascii=False, separators=(",", ":")) + "\n").encode("utf-8")

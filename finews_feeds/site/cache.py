@@ -402,6 +402,17 @@ class PostCache:
                 raise CacheDamaged(f"the index of feed {key} names {path} wrongly")
         return [path for _, path in rows]
 
+    def versions(self, key: str, until: float | None) -> list[tuple[str, str]]:
+        """Every post of the feed ``key`` dated up to ``until``, newest first (then by path), with
+        its version: its date and its file's size and mtime, as the walk saw them (a file that
+        changes is read again, and what the feeds show of a post comes from its file and the
+        site's settings). Not checked against the fronts as :meth:`newest` is: the posts of a
+        page that is rendered are, when loaded."""
+        bound = -until if until is not None else float("-inf")
+        return [(path, f"{-neg_date!r}:{size}:{mtime}") for neg_date, path, size, mtime in self._db.execute(
+            "SELECT t.neg_date, t.path, f.size, f.mtime FROM terms t JOIN files f ON f.path = t.path "
+            "WHERE t.key = ? AND t.neg_date >= ? ORDER BY t.neg_date, t.path", (key, bound))]
+
     def between(self, start: float, end: float) -> list[str]:
         """The paths of the posts dated in [start, end), newest first (then by path)."""
         return [path for (path,) in self._db.execute(

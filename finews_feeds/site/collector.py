@@ -221,6 +221,9 @@ class Collection:
     def newest(self, key: str, until: float | None, limit: int) -> list[str]:
         return self._read(lambda: self.cache.newest(key, until, limit))
 
+    def versions(self, key: str, until: float | None) -> list[tuple[str, str]]:
+        return self._read(lambda: self.cache.versions(key, until))
+
     def changed_since(self, cache_id: str, generation: int, due: float | None) -> set[str] | None:
         """The feeds whose posts changed since the run of ``cache_id`` at ``generation``, or
         came due since ``due`` (the first post then in the future); None when the cache cannot
