@@ -265,6 +265,15 @@ def test_a_retracted_old_post_is_in_no_document_and_later_pages_move_up(tmp_path
     assert report.files_removed == 6
 
 
+def test_pages_left_by_a_build_whose_manifest_is_unreadable_are_removed_when_gone(tmp_path: Path) -> None:
+    build(tmp_path, POSTS)
+    (tmp_path / ".finews-manifest.json").write_bytes(b"garbage")
+    build(tmp_path, POSTS[:16])  # 4 pages of the site, 2 of cailianshe (11 posts), 1 of stcn (5)
+    assert sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("archive/*")) == [
+        "archive/1", "archive/2", "archive/3", "archive/4", "categories/cailianshe/archive/1",
+        "categories/cailianshe/archive/2", "categories/stcn/archive/1"]
+
+
 def test_tags_are_archived_only_when_asked(tmp_path: Path) -> None:
     build(tmp_path / "off", POSTS)
     assert not list((tmp_path / "off" / "tags").rglob("archive"))

@@ -38,7 +38,7 @@ from ..site.cache import CacheDamaged, PostCache, is_damage
 from ..site.collector import Collection, cache_folder, open_cache, refresh
 from ..site.jekyll import resolve_site
 from . import render
-from .plan import FEED_FOLDERS, FILE_NAMES, PAGE_SEPARATOR, FeedOptions, FeedPlan, FeedSpec, plan
+from .plan import ARCHIVE_FOLDER, FEED_FOLDERS, FILE_NAMES, PAGE_SEPARATOR, FeedOptions, FeedPlan, FeedSpec, plan
 from .writer import FeedRecord, Manifest, OutputDir, load_manifest, record_intent, save_manifest
 
 log = logging.getLogger(__name__)
@@ -417,10 +417,13 @@ def _recovered(old: Manifest, out: OutputDir) -> Manifest:
         return old
     names = set(FILE_NAMES.values())
     found: dict[str, FeedRecord] = {"site:": FeedRecord("", [name for name in sorted(names) if out.exists(name)])}
-    for kind in FEED_FOLDERS:
-        for folder in out.folders(kind):
-            files = [f"{kind}/{folder}/{name}" for name in sorted(names) if out.exists(f"{kind}/{folder}/{name}")]
-            found[f"found:{kind}/{folder}"] = FeedRecord("", files)
+    folders = [f"{kind}/{folder}" for kind in FEED_FOLDERS for folder in out.folders(kind)]
+    # Archive pages: <feed folder>/archive/<N>/, the site's under the output folder itself.
+    folders += [f"{prefix}{ARCHIVE_FOLDER}/{page}" for prefix in ("", *(f"{folder}/" for folder in folders))
+                for page in out.folders(f"{prefix}{ARCHIVE_FOLDER}") if page.isdigit()]
+    for folder in folders:
+        files = [f"{folder}/{name}" for name in sorted(names) if out.exists(f"{folder}/{name}")]
+        found[f"found:{folder}"] = FeedRecord("", files)
     found.update(old.feeds)  # an intent's files
     listings = [name for name in render.LISTING_FILES if out.exists(name)]
     return Manifest(old.options, old.slugs, found, listings, interrupted=True)
