@@ -22,8 +22,10 @@ from finews_feeds.config import build_config
 from finews_feeds.errors import ConfigError
 from finews_feeds.feeds.build import BuildReport, build_feeds, run_build
 from finews_feeds.models import Post, PostSet
+from finews_feeds.site.collector import collect_site
 
 BASE = f"{SITE_URL}/feeds"
+DEMO = Path(__file__).resolve().parent.parent / "demo-site"
 ATOM = "{http://www.w3.org/2005/Atom}"
 FH = "{http://purl.org/syndication/history/1.0}"
 CATEGORIES = ("cailianshe", "stcn")
@@ -355,6 +357,27 @@ def test_the_incremental_build_rewrites_the_pages_a_change_reaches(tmp_path: Pat
     assert sorted(kept) == sorted(f"{SITE_URL}/{CATEGORIES[n % 2]}/2022/04/01/p{n:03d}.html" for n in range(1, 25) if n != 3)
     assert set(kept.values()) == {1}
     assert not any(b"/p003" in path.read_bytes() for path in (tmp_path / "out").rglob("*.xml"))
+
+
+def test_the_demo_sites_pages_hold_every_post_of_each_feed_once_in_order(tmp_path: Path) -> None:
+    """The demo site (301 posts) through the collector: the site's feed and every category's."""
+    config = build_config({"site": {"source": str(DEMO), "cache_dir": str(tmp_path / "cache")},
+                           "feeds": {"output": str(tmp_path / "out"), "category_limit": 20}})
+    report = run_build(config)
+    out = tmp_path / "out"
+    posts = list(reversed(collect_site(config).posts))  # oldest first
+    slugs = json.loads((out / ".finews-manifest.json").read_bytes())["slugs"]["category"]
+    feeds = {"": (posts, 50)} | {f"categories/{slug}/": ([p for p in posts if name in p.categories], 20)
+                                 for name, slug in slugs.items()}
+    pages = 0
+    for folder, (shown, size) in feeds.items():
+        for n in range(1, len(shown) // size + 1):
+            assert walk_atoma_atom(out, f"{BASE}/{folder}archive/{n}/atom.xml")[0] == [
+                p.id for p in shown[(n - 1) * size:n * size]][::-1]
+            pages += 1
+        assert not (out / folder / "archive" / str(len(shown) // size + 1)).exists()
+        assert recovered(walk_feedparser(out, f"{BASE}/{folder}rss.xml")) == Counter(p.id for p in shown)
+    assert pages > len(feeds) and report.rejected == []
 
 
 # --------------------------------------------------------------------------- 100,000 posts
