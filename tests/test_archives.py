@@ -4,6 +4,7 @@ them recovers, what a build rewrites, and that a full page never changes."""
 from __future__ import annotations
 
 import json
+import sqlite3
 import urllib.parse
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -410,6 +411,26 @@ def test_100000_posts_walked_by_two_clients_and_one_new_post_touches_two_files(t
     assert recovered(walk_feedparser(tmp_path, f"{BASE}/atom.xml")) == expected
     report = build(tmp_path, big_site(100_001), **settings)
     assert report.written == ["atom.xml", "feed.json", "index.html"]
+
+
+def test_a_damaged_feed_index_puts_no_post_on_a_page_of_a_feed_it_is_not_in(tmp_path: Path,
+                                                                          caplog: pytest.LogCaptureFixture) -> None:
+    site = tmp_path / "site"
+    for n in range(1, 24):
+        write_post(site, n)
+    (site / "_config.yml").write_text(f"url: {SITE_URL}\n", encoding="utf-8")
+    config = build_config({"site": {"source": str(site), "cache_dir": str(tmp_path / "cache")},
+                           "feeds": {"output": str(tmp_path / "out"), "limit": 5, "archive_page_size": 4}})
+    run_build(config)
+    clean = {p.relative_to(tmp_path / "out"): p.read_bytes() for p in (tmp_path / "out").rglob("archive/*/*")}
+    with sqlite3.connect(next((tmp_path / "cache").rglob("posts.sqlite3"))) as db:
+        # As a flipped byte in the index would: post 2 (cailianshe) filed under stcn as well,
+        # among stcn's oldest (its first page).
+        db.execute("INSERT INTO terms SELECT 'category:stcn', neg_date, path FROM terms "
+                   "WHERE key = 'site:' AND path LIKE '%p002.md'")
+    run_build(config, full=True)
+    assert "names posts of archive page 1 wrongly" in caplog.text
+    assert {p.relative_to(tmp_path / "out"): p.read_bytes() for p in (tmp_path / "out").rglob("archive/*/*")} == clean
 
 
 # --------------------------------------------------------------------------- the W3C feed validator

@@ -177,13 +177,20 @@ class _Result:
     unchanged: list[str]
 
 
-def _render_batch(job: _Job, batch: Sequence[tuple[FeedSpec, list[Post]]], posts: Posts | None = None) -> list[_Result]:
+#: A feed to render with its posts, or an archive page with its posts' paths (newest first):
+#: pages' posts are loaded by whoever renders them, a batch at a time, so that no process holds
+#: every archived post at once.
+Work = tuple[FeedSpec, list[Post] | tuple[str, ...]]
+
+
+def _render_batch(job: _Job, batch: Sequence[Work], posts: Posts | None = None) -> list[_Result]:
     """Render and write ``batch``; a worker process reads bodies through its own connection."""
     own = posts is None
     collection = posts if posts is not None else Collection(
         job.site, PostCache(job.cache_path, job.fingerprint, job.site), job.now, parallel=False)
     try:
         out = OutputDir(job.out_root)
+        batch = _with_posts(batch, collection)
         unique = list({post.path: post for _, shown in batch for post in shown}.values())
         if job.options.full_content and isinstance(collection, Collection):
             html = collection.contents(unique)  # one query for the batch, not one a post
@@ -204,8 +211,25 @@ def _render_batch(job: _Job, batch: Sequence[tuple[FeedSpec, list[Post]]], posts
             collection.close()
 
 
-def _render_all(work: Sequence[tuple[FeedSpec, list[Post]]], job: _Job, posts: Posts,
-                use_pool: bool) -> Iterable[_Result]:
+def _with_posts(batch: Sequence[Work], posts: Posts) -> list[tuple[FeedSpec, list[Post]]]:
+    """``batch`` with the posts of its archive pages loaded (one query). The feed index the
+    pages were cut from is not checked against the posts' checksummed fronts as a feed's newest
+    are (:meth:`~finews_feeds.site.cache.PostCache.newest`): it is checked here, for what is shown."""
+    wanted = list(dict.fromkeys(path for _, shown in batch if isinstance(shown, tuple) for path in shown))
+    loaded = {post.path: post for post in posts.posts_of(wanted)} if wanted else {}
+    ready = []
+    for spec, shown in batch:
+        if isinstance(shown, tuple):
+            found = [loaded[path] for path in shown if path in loaded]
+            if len(found) != len(shown) or any(spec.key not in feed_keys(post) for post in found):
+                raise CacheDamaged(f"the index of feed {spec.key} names posts of archive page {spec.page} wrongly")
+            ready.append((spec, found))
+        else:
+            ready.append((spec, shown))
+    return ready
+
+
+def _render_all(work: Sequence[Work], job: _Job, posts: Posts, use_pool: bool) -> Iterable[_Result]:
     if len(work) < PARALLEL_FROM or job.cache_path is None or not use_pool:
         return _render_batch(job, work, posts)
     # Largest feeds first, so the workers finish together.
@@ -280,7 +304,7 @@ class _Prepared:
     """What a build will write: the plan, the feeds to render, the manifest it will leave."""
 
     feeds: FeedPlan
-    work: list[tuple[FeedSpec, list[Post]]]
+    work: list[Work]
     manifest: Manifest
     old: Manifest
     report: BuildReport
@@ -313,7 +337,7 @@ def _prepare(posts: Posts, site: Site, options: FeedOptions, out: OutputDir, *, 
     manifest = Manifest(options=options.fingerprint(), slugs=feeds.slugs, plan_key=key)
     if isinstance(posts, Collection):
         manifest.cache_id, manifest.generation, manifest.due = posts.cache.id, posts.generation, posts.next_due()
-    pages: list[tuple[FeedSpec, list[str]]] = []  #: archive pages to render, with their paths newest first
+    work: list[Work] = []  #: archive pages to render, with their posts' paths newest first
     for spec in feeds.specs:
         files = [spec.path(fmt) for fmt in options.formats]
         if spec.key in feeds.entries:
@@ -323,7 +347,7 @@ def _prepare(posts: Posts, site: Site, options: FeedOptions, out: OutputDir, *, 
                 manifest.feeds[page.record_key] = FeedRecord(page_signature(page, members, options),
                                                              [page.path(fmt) for fmt in options.formats])
                 if full or _stale(old, manifest, page.record_key, present):
-                    pages.append((page, [path for path, _ in reversed(members)]))
+                    work.append((page, tuple(path for path, _ in reversed(members))))
         else:
             manifest.feeds[spec.key] = FeedRecord(old.feeds[spec.key].signature, files)
             # Not planned: nothing in the feed changed, nor did its pages.
@@ -331,26 +355,9 @@ def _prepare(posts: Posts, site: Site, options: FeedOptions, out: OutputDir, *, 
                 record = old.feeds[spec.at(number).record_key]
                 manifest.feeds[spec.at(number).record_key] = record
     manifest.outline_signature, manifest.listings_signature = listings_signatures(feeds, options)
-    work = [(spec, feeds.entries[spec.key]) for spec in feeds.specs
-            if spec.key in feeds.entries and (full or _stale(old, manifest, spec.key, present))]
-    work.extend(_archive_work(posts, pages))
+    work[:0] = [(spec, feeds.entries[spec.key]) for spec in feeds.specs
+                if spec.key in feeds.entries and (full or _stale(old, manifest, spec.key, present))]
     return _Prepared(feeds, work, manifest, old, report)
-
-
-def _archive_work(posts: Posts, pages: Sequence[tuple[FeedSpec, list[str]]]) -> list[tuple[FeedSpec, list[Post]]]:
-    """The archive pages to render with their posts, loaded at once. The feed index the pages
-    were cut from is not checked against the posts' checksummed fronts as a feed's newest are
-    (:meth:`~finews_feeds.site.cache.PostCache.newest`): it is checked here, for what is shown."""
-    if not pages:
-        return []
-    loaded = {post.path: post for post in posts.posts_of(list(dict.fromkeys(p for _, paths in pages for p in paths)))}
-    work = []
-    for page, paths in pages:
-        shown = [loaded[path] for path in paths if path in loaded]
-        if len(shown) != len(paths) or any(page.key not in feed_keys(post) for post in shown):
-            raise CacheDamaged(f"the index of feed {page.key} names posts of archive page {page.page} wrongly")
-        work.append((page, shown))
-    return work
 
 
 def _stale(old: Manifest, new: Manifest, key: str, present: set[str]) -> bool:
