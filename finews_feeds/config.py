@@ -32,7 +32,7 @@ from .errors import ConfigError
 log = logging.getLogger(__name__)
 
 #: Environment variables read for secrets; they are never accepted in a file or a flag.
-SECRET_VARIABLES = ("FINEWS_SMTP_PASSWORD", "FINEWS_SECRET_KEY")
+SECRET_VARIABLES = ("FINEWS_SMTP_PASSWORD", "FINEWS_SECRET_KEY", "FINEWS_IMAP_PASSWORD", "FINEWS_MAILGUN_SIGNING_KEY")
 #: Environment variable naming the config file when ``--config`` is not given.
 CONFIG_VARIABLE = "FINEWS_CONFIG"
 #: ``FINEWS_`` variables read by the project's benchmarks and tests, not by the tool: they share
@@ -125,7 +125,7 @@ class DigestConfig:
     templates: str = _key("", "Folder with templates overriding the bundled ones (digest.html.j2, digest.txt.j2, confirm.html.j2, confirm.txt.j2; any of them); empty: bundled. Copies to start from: the project's templates/ folder.")
     confirm_subject: str = _key("请确认订阅 {site_title} 每日精选", "Subject of the confirmation mail of a new subscriber; field: {site_title}.")
     list_id: str = _key("", "List-Id header value, e.g. `finews digest <digest.finews.example>`; empty: derived from the site.")
-    unsubscribe_mailbox: str = _key("", "Address also offered in List-Unsubscribe as mailto:ADDRESS?subject=unsubscribe, for mail clients without one-click; set it only if someone or something acts on that mail. Empty: the one-click link alone.")
+    unsubscribe_mailbox: str = _key("", "Address also offered in List-Unsubscribe as mailto:ADDRESS?subject=unsubscribe%20TOKEN (the subscriber's signed token), for mail clients without one-click; set it only if something acts on that mail: the bounces mailbox reader does when this address is delivered to it (docs/bounces.md). Empty: the one-click link alone.")
     archive_per_page: int = _key(30, "Digests listed on each page of the archive (digests/ under feeds.output, /digests/ in the web app).")
     archive_feed_limit: int = _key(20, "Digests in the archive's Atom feed (digests/atom.xml), newest first.")
     # Only a worker that stops answering while its session lives on (stopped, or its machine cut
@@ -187,6 +187,25 @@ class SchedulerConfig:
 
 
 @dataclass(frozen=True)
+class BouncesConfig:
+    # Bounces and complaints that arrive after the SMTP session (docs/bounces.md): from a
+    # mailbox read over IMAP, and from a provider's webhook.
+    address: str = _key("", "Envelope sender (Return-Path) of digests and confirmation mail, e.g. bounces@list.example, an address delivered to the mailbox below; empty: the From address, as before (and no VERP).")
+    verp: bool = _key(True, "With address set: encode each recipient in the envelope sender (bounces+ann=example.org@list.example, Postfix's VERP), so a bounce names its subscriber even when the report itself is mangled; false: address as it is.")
+    soft_weight: float = _key(0.5, "How much a soft bounce (a report with a 4.x.x status: mailbox full, ...; the relay gave up) counts towards smtp.bounce_after, a hard bounce (5.x.x) counting 1; 0: soft bounces are recorded only.")
+    window_days: int = _key(30, "Reported bounces count towards smtp.bounce_after for this many days (a relay's 250 says nothing of delivery, so no send clears them; a new confirmation does); 0: for ever.")
+    imap_host: str = _key("", "IMAP server of the mailbox that receives bounces, complaints and mailed unsubscribe requests; empty: no mailbox is read.")
+    imap_port: int = _key(0, "IMAP port; 0: 993 for tls, 143 otherwise.")
+    imap_security: str = _key("tls", "IMAP connection security: tls (IMAPS), starttls or none.", ("tls", "starttls", "none"))
+    imap_username: str = _key("", "IMAP login; the password comes from FINEWS_IMAP_PASSWORD.")
+    imap_folder: str = _key("INBOX", "Folder whose unseen messages are read.")
+    imap_done_folder: str = _key("", "Folder each message acted on is moved to (created when missing); empty: it is flagged seen where it is. Messages not understood are left unseen for a person.")
+    imap_timeout: float = _key(60.0, "Seconds one IMAP read or write may wait for the server.")
+    poll_minutes: int = _key(10, "The daemon reads the mailbox every N minutes (when imap_host is set); 0: only `finews-feeds bounces`.")
+    webhook_max_age_seconds: int = _key(300, "A provider webhook whose signed timestamp is older (or further in the future) than this is refused as a replay; signing key: FINEWS_MAILGUN_SIGNING_KEY.")
+
+
+@dataclass(frozen=True)
 class Config:
     site: SiteConfig = field(default_factory=SiteConfig)
     collector: CollectorConfig = field(default_factory=CollectorConfig)
@@ -198,9 +217,12 @@ class Config:
     web: WebConfig = field(default_factory=WebConfig)
     outbox: OutboxConfig = field(default_factory=OutboxConfig)
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
+    bounces: BouncesConfig = field(default_factory=BouncesConfig)
     #: Secrets, from the environment only.
     smtp_password: str = field(default="", repr=False)
     secret_key: str = field(default="", repr=False)
+    imap_password: str = field(default="", repr=False)
+    mailgun_signing_key: str = field(default="", repr=False)
     #: The file the values came from, if any.
     path: Path | None = None
 
@@ -223,6 +245,7 @@ SECTIONS: dict[str, type] = {
     "web": WebConfig,
     "outbox": OutboxConfig,
     "scheduler": SchedulerConfig,
+    "bounces": BouncesConfig,
 }
 
 
@@ -321,6 +344,15 @@ def _validate(config: Config) -> None:
     mailbox = config.digest.unsubscribe_mailbox
     if mailbox and not re.fullmatch(r"[^@\s<>,;:\"?&]+@[^@\s<>,;:\"?&]+\.[^@\s<>,;:\"?&.]+", mailbox):
         raise ConfigError(f"digest.unsubscribe_mailbox = {mailbox!r}: expected a bare address, e.g. unsubscribe@example.com")
+    bounce_address = config.bounces.address
+    if bounce_address and not re.fullmatch(r"[A-Za-z0-9._-]+@[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)+", bounce_address):
+        raise ConfigError(f"bounces.address = {bounce_address!r}: expected a plain ASCII address without + or =, "
+                          "e.g. bounces@list.example", hint="VERP appends +recipient to its local part")
+    if config.bounces.poll_minutes and config.bounces.imap_host and not config.bounces.imap_username:
+        raise ConfigError(f"bounces.imap_username = '': expected the login of the mailbox on {config.bounces.imap_host}",
+                          hint="the password comes from FINEWS_IMAP_PASSWORD")
+    if config.bounces.imap_port > 65535:
+        raise ConfigError(f"bounces.imap_port = {config.bounces.imap_port!r}: expected a port number up to 65535")
     if config.digest.list_id and not LIST_ID.fullmatch(config.digest.list_id):
         raise ConfigError(f"digest.list_id = {config.digest.list_id!r}: expected a name and an id in angle brackets, "
                           "e.g. finews digest <digest.finews.example>",
@@ -582,6 +614,8 @@ def layer_config(
         categories=categories,
         smtp_password=environ.get("FINEWS_SMTP_PASSWORD", ""),
         secret_key=environ.get("FINEWS_SECRET_KEY", ""),
+        imap_password=environ.get("FINEWS_IMAP_PASSWORD", ""),
+        mailgun_signing_key=environ.get("FINEWS_MAILGUN_SIGNING_KEY", ""),
         path=path,
         **sections,
     )
@@ -658,7 +692,9 @@ def describe_effective(effective: Effective) -> str:
         else:
             lines.append(f"{setting.key} = {_toml_value(value)}  # {where}")
     lines += ["", "# Secrets, from the environment only:"]
-    for name, value in (("FINEWS_SECRET_KEY", config.secret_key), ("FINEWS_SMTP_PASSWORD", config.smtp_password)):
+    for name, value in (("FINEWS_SECRET_KEY", config.secret_key), ("FINEWS_SMTP_PASSWORD", config.smtp_password),
+                        ("FINEWS_IMAP_PASSWORD", config.imap_password),
+                        ("FINEWS_MAILGUN_SIGNING_KEY", config.mailgun_signing_key)):
         lines.append(f"# {name} = {MASK if value else '(not set)'}")
     return "\n".join(lines) + "\n"
 

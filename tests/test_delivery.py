@@ -798,8 +798,8 @@ def test_the_send_command_shows_a_progress_bar_on_a_terminal(sink: Sink, port: i
 
 def test_a_configured_unsubscribe_mailbox_is_offered_after_the_one_click_link() -> None:
     config = make_config(25, digest={"unsubscribe_mailbox": "leave@news.example.org"})
-    headers = list_headers(config, make_site(), "https://subscribe.example.org/unsubscribe/T")
-    assert headers["List-Unsubscribe"] == ("<https://subscribe.example.org/unsubscribe/T>, "
-                                           "<mailto:leave@news.example.org?subject=unsubscribe>")
+    headers = list_headers(config, make_site(), "https://subscribe.example.org/unsubscribe/T.x-y_z", "T.x-y_z")
+    assert headers["List-Unsubscribe"] == ("<https://subscribe.example.org/unsubscribe/T.x-y_z>, "
+                                           "<mailto:leave@news.example.org?subject=unsubscribe%20T.x-y_z>")
     assert headers["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
     assert list_headers(make_config(25), make_site(), "https://x.example/u/T")["List-Unsubscribe"] == "<https://x.example/u/T>"

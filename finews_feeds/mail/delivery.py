@@ -32,7 +32,7 @@ from email.message import EmailMessage
 from email.policy import Policy
 from email.utils import make_msgid, parseaddr
 from typing import Protocol
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 from zoneinfo import ZoneInfo
 
 from ..config import Config
@@ -44,6 +44,7 @@ from .confirmation import ConfirmationRenderer
 from .digest import DigestRenderer, Recipient, Selection, Variant, posts_of_day, web_base_url
 from .mailer import ConnectionFailure, PermanentFailure, SmtpTransport, TemporaryFailure, transport_from_config
 from .message import build_message, domain_of, format_address, message_id
+from .reports import unsubscribe_subject, verp_address
 from .store import Claim, Store, new_owner
 from .tokens import make_token, secret_of
 
@@ -179,13 +180,16 @@ def confirm_url(config: Config, token: str) -> str:
     return f"{web_base_url(config)}/confirm/{token}"
 
 
-def list_headers(config: Config, site: Site, unsubscribe: str) -> dict[str, str]:
+def list_headers(config: Config, site: Site, unsubscribe: str, token: str = "") -> dict[str, str]:
     """The bulk-mail headers Gmail and Yahoo require (RFC 2369, RFC 8058, RFC 2919). A mailto
     is offered only for ``digest.unsubscribe_mailbox``: a request mailed where nobody acts on
-    it would leave the subscriber subscribed."""
+    it would leave the subscriber subscribed. Its subject carries the subscriber's signed
+    unsubscribe ``token`` (:func:`.reports.unsubscribe_subject`), which the mailbox reader
+    (:mod:`.mailbox`) acts on: a From address alone is too easily forged to act on."""
     mailbox = config.digest.unsubscribe_mailbox
+    mailto = f"mailto:{mailbox}?subject={quote(unsubscribe_subject(token))}"
     return {
-        "List-Unsubscribe": f"<{unsubscribe}>" + (f", <mailto:{mailbox}?subject=unsubscribe>" if mailbox else ""),
+        "List-Unsubscribe": f"<{unsubscribe}>" + (f", <{mailto}>" if mailbox else ""),
         "List-Unsubscribe-Post": "List-Unsubscribe=One-Click",
         "List-Id": list_id(config, site),
     }
@@ -216,9 +220,10 @@ def digest_message(
     config: Config, site: Site, variant: Variant, secret: str, email: str, name: str, msg_id: str, when: datetime
 ) -> EmailMessage:
     """The message of one subscriber: personal unsubscribe token in both the header and the body."""
-    unsubscribe = unsubscribe_url(config, make_token(secret, "unsubscribe", email))
+    token = make_token(secret, "unsubscribe", email)
+    unsubscribe = unsubscribe_url(config, token)
     html, text = variant.personalize(Recipient(email=email, name=name, unsubscribe_url=unsubscribe))
-    headers = list_headers(config, site, unsubscribe)
+    headers = list_headers(config, site, unsubscribe, token)
     msg = build_message(
         subject=variant.subject, html=html, text=text, sender=config.digest.from_, to=format_address(name, email),
         reply_to=config.digest.reply_to, message_id=msg_id, date=when, headers=headers,
@@ -324,7 +329,6 @@ class _Run:
         self.progress = progress
         self.secret = secret_of(config)
         self.domain = domain_of(config.digest.from_)
-        self.envelope_from = parseaddr(config.digest.from_)[1]
         self.variants: dict[str, Variant | None] = {}
         self.limiter = RateLimiter(config.smtp.rate_per_second, lambda: now().timestamp(), sleep)
         self.serial = len(transports) == 1
@@ -607,7 +611,7 @@ class _Run:
                 return _Outcome(job, "unbuildable", f"cannot build the message: {exc}")
         self.limiter.wait()
         try:
-            transport.send(job.msg, sender=self.envelope_from, recipients=(sub.email,))
+            transport.send(job.msg, sender=envelope_sender(self.config, sub.email), recipients=(sub.email,))
         except PermanentFailure as exc:
             return _Outcome(job, "permanent", exc.message, exc.code)
         except TemporaryFailure as exc:
@@ -741,8 +745,14 @@ def confirmation_message_id(config: Config) -> str:
     return make_msgid("confirm", domain=domain_of(config.digest.from_))
 
 
-def envelope_sender(config: Config) -> str:
-    return parseaddr(config.digest.from_)[1]
+def envelope_sender(config: Config, recipient: str = "") -> str:
+    """MAIL FROM (the Return-Path) of a message to ``recipient``: ``bounces.address`` with the
+    recipient encoded in it (VERP) when set, else the From address."""
+    if not config.bounces.address:
+        return parseaddr(config.digest.from_)[1]
+    if config.bounces.verp and recipient:
+        return verp_address(config.bounces.address, recipient)
+    return config.bounces.address
 
 
 def send_confirmation(
@@ -767,7 +777,7 @@ def send_confirmation(
         email, name, categories, tags = sub.email, sub.name, sub.categories, sub.tags
     msg_id = confirmation_message_id(config)
     msg = confirmation_message(config, email, name, msg_id, when, categories=categories, tags=tags)
-    transport.send(msg, sender=envelope_sender(config), recipients=(email,))
+    transport.send(msg, sender=envelope_sender(config, email), recipients=(email,))
     return msg_id
 
 

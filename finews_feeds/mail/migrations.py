@@ -21,6 +21,7 @@ from sqlalchemy import (
     Date,
     DateTime,
     Dialect,
+    Float,
     ForeignKey,
     Index,
     Integer,
@@ -150,6 +151,33 @@ outbox = Table(
 )
 
 
+#: What came back about a subscriber after the SMTP session (bounces, complaints, mailed
+#: unsubscribe requests), one row per report and recipient, append-only. ``key`` makes processing
+#: idempotent: the same report read twice (a mailbox poll that died before flagging it, a
+#: webhook retried) finds its row and changes nothing.
+events = Table(
+    "events",
+    METADATA,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    # The report's id (its Message-ID, a provider's event id, or a hash of its bytes) and the recipient.
+    Column("key", String(512), nullable=False, unique=True),
+    Column("subscriber_id", Integer, ForeignKey("subscribers.id", ondelete="CASCADE"), nullable=False),
+    Column("email", String(320), nullable=False),
+    # hard, soft, delayed, complaint or unsubscribe (reports.KINDS).
+    Column("kind", String(16), nullable=False),
+    # Where it came from: imap, mailgun, file.
+    Column("source", String(16), nullable=False),
+    Column("status", String(16), nullable=False, default=""),
+    Column("detail", Text, nullable=False, default=""),
+    # The Message-ID of our message the report is about, when it says.
+    Column("message_id", String(255), nullable=False, default=""),
+    # How much it counts towards smtp.bounce_after (0 for a second report about one message).
+    Column("weight", Float, nullable=False, default=0.0),
+    Column("created_at", UtcDateTime, nullable=False),
+    Index("ix_events_subscriber", "subscriber_id", "created_at"),
+)
+
+
 def _v1(conn: Connection) -> None:
     """Subscribers, per-day runs and the delivery ledger."""
     METADATA.create_all(conn, tables=[subscribers, runs, deliveries])
@@ -169,11 +197,17 @@ def _v3(conn: Connection) -> None:
         conn.execute(text(f"ALTER TABLE deliveries ADD COLUMN lease_until {kind}"))
 
 
+def _v4(conn: Connection) -> None:
+    """Bounce, complaint and unsubscribe reports (the events table)."""
+    METADATA.create_all(conn, tables=[events])
+
+
 #: (version, step); append only.
 MIGRATIONS: list[tuple[int, Callable[[Connection], None]]] = [
     (1, _v1),
     (2, _v2),
     (3, _v3),
+    (4, _v4),
 ]
 LATEST = MIGRATIONS[-1][0]
 

@@ -263,7 +263,7 @@ class OutboxWorker:
             self.store.finish_outbox(row.id, self.owner, "failed", now, error)
             return
         try:
-            transport.send(msg, sender=envelope_sender(self.config), recipients=(sub.email,))
+            transport.send(msg, sender=envelope_sender(self.config, sub.email), recipients=(sub.email,))
         except PermanentFailure as exc:
             log.error("outbox: %s mail to %s refused, not retried: %s", row.kind, row.email, exc.message,
                       extra={"kind": row.kind, "address": row.email, "code": exc.code})

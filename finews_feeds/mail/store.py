@@ -39,7 +39,7 @@ from sqlalchemy.exc import ArgumentError, IntegrityError, OperationalError, SQLA
 from ..clock import utc_now
 from ..errors import DatabaseConnectionLost, StoreError, SubscriberError
 from .addresses import MAX_NAME_CHARS, normalize_email, normalize_names
-from .migrations import UtcDateTime, deliveries, outbox, runs, subscribers, upgrade
+from .migrations import UtcDateTime, deliveries, events, outbox, runs, subscribers, upgrade
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +61,8 @@ OUTBOX_KINDS = ("subscribe", "confirm")
 #: `skipped` (no longer needed), `failed` (a 5xx) and `expired` (past the queue's lifetime) are final.
 OUTBOX_STATES = ("queued", "done", "sent", "skipped", "failed", "expired")
 FINISHED_OUTBOX_STATES = OUTBOX_STATES[1:]
+#: What a report recorded by :meth:`Store.record_event` did.
+EVENT_OUTCOMES = ("recorded", "bounced", "unsubscribed", "duplicate", "unknown")
 #: The values that end a worker's lease on an outbox row.
 _RELEASED: dict[str, Any] = {"lease_owner": None, "lease_until": None}
 
@@ -945,6 +947,78 @@ class Store:
 
     def outbox_counts(self) -> dict[str, int]:
         return self._counts(outbox.c.state, OUTBOX_STATES)
+
+    # -- reports after the SMTP session (events) -------------------------------------------------
+
+    def sent_to(self, message_id: str) -> str | None:
+        """The address our message ``message_id`` (a digest or a confirmation mail) went to, or None."""
+        if not message_id:
+            return None
+        with self._tx() as conn:
+            found = conn.execute(select(subscribers.c.email).join(deliveries, deliveries.c.subscriber_id == subscribers.c.id)
+                                 .where(deliveries.c.message_id == message_id).limit(1)).scalar()
+            if found is None:
+                found = conn.execute(select(outbox.c.email).where(outbox.c.message_id == message_id).limit(1)).scalar()
+        return str(found) if found is not None else None
+
+    def record_event(self, email: str, kind: str, key: str, source: str, *, status: str = "", detail: str = "",
+                     message_id: str = "", bounce_after: int = 0, soft_weight: float = 0.5, window_days: int = 0,
+                     now: datetime | None = None) -> str:
+        """Record one report about ``email`` and act on it, in one transaction; returns one of
+        :data:`EVENT_OUTCOMES`.
+
+        ``key`` is the report's identity: a key seen before changes nothing (``duplicate``). A
+        complaint or an unsubscribe request unsubscribes at once. A hard bounce counts 1 towards
+        ``bounce_after``, a soft one ``soft_weight`` (a second report about the same message
+        counts 0); an active subscriber is `bounced` once the permanent failures at send time
+        plus the reports of the last ``window_days`` (0: all) since they last confirmed reach
+        ``bounce_after`` (0: never). ``unknown``: no such subscriber, nothing recorded.
+        """
+        now = _now(now)
+        try:
+            with self._tx() as conn:
+                row = _find(conn, email)
+                if row is None:
+                    return "unknown"
+                if conn.execute(select(events.c.id).where(events.c.key == key)).first() is not None:
+                    return "duplicate"
+                weight = {"hard": 1.0, "soft": soft_weight}.get(kind, 0.0)
+                if weight and message_id and conn.execute(select(events.c.id).where(
+                        events.c.subscriber_id == row.id, events.c.message_id == message_id,
+                        events.c.weight > 0)).first() is not None:
+                    weight = 0.0
+                conn.execute(events.insert().values(
+                    key=key, subscriber_id=row.id, email=row.email, kind=kind, source=source, status=status[:16],
+                    detail=detail, message_id=message_id[:255], weight=weight, created_at=now))
+                if kind in ("complaint", "unsubscribe"):
+                    if row.status in ("active", "pending"):
+                        conn.execute(subscribers.update().where(subscribers.c.id == row.id)
+                                     .values(status="unsubscribed", unsubscribed_at=now))
+                        return "unsubscribed"
+                    return "recorded"
+                if not weight or row.status != "active" or bounce_after <= 0:
+                    return "recorded"
+                since = row.confirmed_at or row.created_at
+                if window_days > 0:
+                    since = max(since, now - timedelta(days=window_days))
+                reported = conn.execute(select(func.coalesce(func.sum(events.c.weight), 0.0)).where(
+                    events.c.subscriber_id == row.id, events.c.created_at >= since)).scalar()
+                if row.permanent_failures + float(reported or 0.0) >= bounce_after:
+                    conn.execute(subscribers.update().where(subscribers.c.id == row.id)
+                                 .values(status="bounced", bounced_at=now))
+                    return "bounced"
+                return "recorded"
+        except IntegrityError:
+            # The same report recorded by another process in the same instant.
+            return "duplicate"
+
+    def subscriber_events(self, email: str) -> list[dict[str, Any]]:
+        """The reports recorded about ``email``, oldest first."""
+        with self._tx() as conn:
+            rows = conn.execute(select(events).where(events.c.subscriber_id.in_(
+                select(subscribers.c.id).where(subscribers.c.email_key == email.strip().lower())))
+                .order_by(events.c.id)).all()
+        return [dict(row._mapping) for row in rows]
 
 
 def _reason(exc: SQLAlchemyError) -> str:
