@@ -343,6 +343,38 @@ def subscribers_export(state: State, file: Path) -> None:
     click.echo(f"exported {count} subscribers to {file}")
 
 
+# -- bounces (issue 16) -------------------------------------------------------------------------
+
+
+@cli.command("bounces")
+@click.option("--once", is_flag=True, help="Read the mailbox once and exit (default: every bounces.poll_minutes until Ctrl-C).")
+@click.option("--file", "files", multiple=True, type=click.File("rb"), metavar="FILE",
+              help="Act on this saved report message (.eml; - for standard input) instead of reading the mailbox; repeatable.")
+@click.pass_obj
+@handle_errors
+def bounces_command(state: State, once: bool, files: tuple[Any, ...]) -> None:
+    """Act on bounces, complaints and mailed unsubscribe requests: from the bounces mailbox (IMAP) or from files."""
+    import threading
+
+    from .mail.mailbox import process_files, run_bounces
+    from .mail.store import Store
+
+    config = state.config()
+    if files:
+        with Store.open(config.database.url) as store:
+            for line in process_files(config, store, [(getattr(f, "name", "<stdin>"), f.read()) for f in files]):
+                click.echo(line)
+        return
+    stop = threading.Event()
+    try:
+        report = run_bounces(config, once=once, stop=stop, echo=click.echo)
+    except KeyboardInterrupt:
+        stop.set()
+        return
+    if report.failed:
+        sys.exit(1)
+
+
 # -- daemon (issue 6) ---------------------------------------------------------------------------
 
 

@@ -84,3 +84,9 @@ class TokenError(FinewsError):
     """A signed token was forged, tampered with or is for another purpose."""
 
     exit_code = 9
+
+
+class MailboxError(FinewsError):
+    """The bounces mailbox cannot be reached, or refused a login or a command."""
+
+    exit_code = 10

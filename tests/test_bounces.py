@@ -176,3 +176,84 @@ def test_removing_a_subscriber_removes_their_events(store: Store) -> None:
     store.add_subscriber("ann@example.org", confirmed=True, now=T0)
     assert store.subscriber_events("ann@example.org") == []
     assert store.sent_to(ANN_ID) is None
+
+
+def _dsn_for(received: bytes, recipient: str, status: str = "5.1.1") -> bytes:
+    """A Postfix-shaped DSN returning the headers of ``received`` (the message as our relay got it)."""
+    headers = received.split(b"\r\n\r\n", 1)[0]
+    return (b"From: MAILER-DAEMON@mx.example.org (Mail Delivery System)\r\n"
+            b"Subject: Undelivered Mail Returned to Sender\r\nMessage-ID: <dsn-1@mx.example.org>\r\n"
+            b"MIME-Version: 1.0\r\nContent-Type: multipart/report; report-type=delivery-status; boundary=\"B\"\r\n\r\n"
+            b"--B\r\nContent-Type: text/plain\r\n\r\n" + f"<{recipient}>: said 550 {status}".encode() + b"\r\n"
+            b"--B\r\nContent-Type: message/delivery-status\r\n\r\nReporting-MTA: dns; mx.example.org\r\n\r\n"
+            + f"Final-Recipient: rfc822; {recipient}\r\nAction: failed\r\nStatus: {status}\r\n".encode()
+            + b"\r\n--B\r\nContent-Type: text/rfc822-headers\r\n\r\n" + headers + b"\r\n\r\n--B--\r\n")
+
+
+def test_digests_go_out_with_verp_and_a_tokened_mailto_and_their_bounce_finds_the_subscriber(tmp_path: Path) -> None:
+    from smtp_fakes import Sink, make_collection, running
+
+    from finews_feeds.mail.delivery import send_digest
+    from finews_feeds.mail.mailer import transport_from_config
+
+    sink = Sink()
+    with running(sink) as port, Store.open(f"sqlite:///{tmp_path}/db.sqlite3") as store:
+        cfg = make_config(port, bounces={"address": "bounces@news.example.org"},
+                          digest={"unsubscribe_mailbox": "leave@news.example.org"}, smtp={"bounce_after": 1})
+        active(store, "Ann@Example.org")
+        report = send_digest(cfg, store, lambda: transport_from_config(cfg), date(2022, 4, 20), make_collection(),
+                             lambda: T0)
+        assert report.sent == 1
+        [received] = sink.messages
+        assert received.mail_from == "bounces+Ann=example.org@news.example.org"  # as stored: the domain lower-cased
+        token = make_token(SECRET, "unsubscribe", "ann@example.org")
+        assert f"<mailto:leave@news.example.org?subject=unsubscribe%20{token}>" in received.message["List-Unsubscribe"]
+        # The relay's DSN names someone else in its report: the signed token in the returned headers wins.
+        parsed = parse_report(_dsn_for(received.data, "someone-else@example.org"), "bounces@news.example.org")
+        assert parsed.tokens == (token,)
+        outcomes = apply_report(cfg, store, parsed, "imap", T0)
+        assert [(o.email, o.result, o.how) for o in outcomes] == [("ann@example.org", "bounced", "token")]
+
+
+def test_confirmation_mail_goes_out_with_verp_too(tmp_path: Path) -> None:
+    from smtp_fakes import Sink, running
+
+    from finews_feeds.mail.delivery import send_confirmation
+    from finews_feeds.mail.mailer import transport_from_config
+
+    sink = Sink()
+    with running(sink) as port, Store.open(f"sqlite:///{tmp_path}/db.sqlite3") as store:
+        cfg = make_config(port, bounces={"address": "bounces@news.example.org"})
+        store.add_subscriber("new@example.org", now=T0)
+        transport = transport_from_config(cfg)
+        try:
+            send_confirmation(cfg, store, transport, "new@example.org", T0)
+        finally:
+            transport.close()
+        assert [m.mail_from for m in sink.messages] == ["bounces+new=example.org@news.example.org"]
+
+
+def test_the_bounces_command_acts_on_saved_reports(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from finews_feeds.cli import cli
+
+    db = f"sqlite:///{tmp_path}/db.sqlite3"
+    with Store.open(db) as store:
+        active(store, "ann@example.org", "dave@yahoo.com")
+    conf = tmp_path / "finews.toml"
+    conf.write_text(f'[database]\nurl = "{db}"\n[bounces]\naddress = "bounces@news.example.org"\n'
+                    '[smtp]\nbounce_after = 1\n', encoding="utf-8")
+    env = {"FINEWS_SECRET_KEY": SECRET, "FINEWS_CONFIG": None}
+    files = [str(DATA / "postfix-user-unknown.eml"), str(DATA / "yahoo-arf.eml"), str(DATA / "postfix-user-unknown.eml")]
+    args = ["--config", str(conf), "bounces", *[a for f in files for a in ("--file", f)]]
+    result = CliRunner().invoke(cli, args, env=env)
+    assert result.exit_code == 0, result.output
+    assert result.output.splitlines() == [
+        f"{files[0]}: dsn <4KjB2D1Z3Nz9sRq.1650497405@mail.news.example.org>: hard ann@example.org: bounced",
+        f"{files[1]}: arf <20220421024056.7843.3721@arf.mail.yahoo.com>: complaint dave@yahoo.com: unsubscribed",
+        f"{files[2]}: dsn <4KjB2D1Z3Nz9sRq.1650497405@mail.news.example.org>: hard ann@example.org: duplicate",
+    ]
+    ooo = CliRunner().invoke(cli, ["--config", str(conf), "bounces", "--file", "-"], env=env,
+                             input=b"Subject: out of office\r\n\r\nBack soon\r\n")
+    assert (ooo.exit_code, ooo.output) == (0, "<stdin>: not a report (unknown); nothing done\n")

@@ -39,6 +39,7 @@ from ..feeds.build import BuildReport, run_build
 from ..mail.confirmation import ConfirmationRenderer
 from ..mail.delivery import send_digest
 from ..mail.digest import DigestRenderer, covered_day, publish_archive, write_preview
+from ..mail.mailbox import poll_mailbox
 from ..mail.mailer import transport_from_config
 from ..mail.outbox import OutboxWorker
 from ..mail.store import Store
@@ -48,6 +49,7 @@ from ..site.collector import Collection, collect_site
 from ..site.jekyll import resolve_site
 from ..site.walk import entered, walked
 from .scheduler import (
+    add_bounces_job,
     create_scheduler,
     digest_zone,
     request_rebuild,
@@ -81,6 +83,8 @@ class DaemonStatus:
     started_at: datetime
     last_build: dict[str, Any] | None = None
     last_send: dict[str, Any] | None = None
+    #: The last read of the bounces mailbox (None until one ran, or when none is configured).
+    last_bounces: dict[str, Any] | None = None
     builds: int = 0
     #: The build in progress: when it started (for the report) and its start on the monotonic clock.
     build_started_at: datetime | None = None
@@ -104,6 +108,10 @@ class DaemonStatus:
         with self._lock:
             self.last_send = result
 
+    def record_bounces(self, result: dict[str, Any]) -> None:
+        with self._lock:
+            self.last_bounces = result
+
     def snapshot(self, mono: float) -> dict[str, Any]:
         """The status at ``mono`` (the monotonic clock's now)."""
         with self._lock:
@@ -117,6 +125,7 @@ class DaemonStatus:
                 "build_running": running,
                 "last_build": self.last_build,
                 "last_send": self.last_send,
+                "last_bounces": self.last_bounces,
             }
 
 
@@ -441,6 +450,20 @@ class Daemon:
         if (report.aborted or report.temporary_failures) and not report.stopped:
             self._retry(fired, attempt + 1)
 
+    def poll_bounces(self) -> None:
+        """The mailbox job: bounces, complaints and mailed unsubscribe requests (docs/bounces.md). A
+        failure is logged and shown in /healthz; the next poll reads what this one left."""
+        if self.stop.is_set():
+            return
+        try:
+            result = poll_mailbox(self.config, self.store, now=self.clock, stop=self.stop)
+        except FinewsError as exc:
+            log.error("%s", exc.message)
+            self.status.record_bounces({"ok": False, "finished_at": iso(self.clock()), "error": exc.message})
+            return
+        self.status.record_bounces({"ok": True, "finished_at": iso(self.clock()), "read": result.read,
+                                    "skipped": result.skipped, "outcomes": dict(result.outcomes)})
+
     def _retry(self, fired: datetime, attempt: int) -> None:
         if self.stop.is_set():
             return
@@ -508,6 +531,8 @@ class Daemon:
         self.scheduler = create_scheduler(
             config, self.zone, rebuild=self.rebuilder.request, digest=self.digest, clock=self.clock, digest_at=digest_at,
         )
+        # The scheduler runs on the real clock, whatever the daemon's clock says (tests set it).
+        add_bounces_job(self.scheduler, config, self.poll_bounces, utc_now())
         # Subscribe forms and confirmation mail go through the outbox, worked in a thread of its
         # own, so no web request ever waits on SMTP (the pool of the web server stays free).
         self.outbox = OutboxWorker(config, self.store, lambda: transport_from_config(config), clock=self.clock,

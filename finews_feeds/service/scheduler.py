@@ -40,6 +40,8 @@ DIGEST_JOB = "digest"
 DIGEST_NOW_JOB = "digest-now"
 #: Another attempt at a digest run that could not reach everyone (SMTP down, 4xx replies).
 DIGEST_RETRY_JOB = "digest-retry"
+#: Reading the bounces mailbox (bounces, complaints, mailed unsubscribe requests).
+BOUNCES_JOB = "bounces"
 
 STATE_NAMES = {0: "stopped", 1: "running", 2: "paused"}
 
@@ -204,6 +206,16 @@ def create_scheduler(
 
     scheduler.add_listener(missed_run, EVENT_JOB_MISSED)
     return scheduler
+
+
+def add_bounces_job(scheduler: BackgroundScheduler, config: Config, poll: Callable[[], None], now: datetime) -> bool:
+    """Read the bounces mailbox at start and every ``bounces.poll_minutes``, when one is configured."""
+    minutes = config.bounces.poll_minutes
+    if not config.bounces.imap_host or minutes <= 0:
+        return False
+    scheduler.add_job(poll, IntervalTrigger(minutes=minutes), id=BOUNCES_JOB, name="read the bounces mailbox",
+                      next_run_time=now)
+    return True
 
 
 def retry_time(fired: datetime, now: datetime, attempt: int, first: float, grace: timedelta) -> datetime | None:

@@ -69,6 +69,7 @@ from .forms import MAX_CHOICES, read_form, split_tags, text_field
 from .guards import BodyLimitMiddleware, RateLimiter, cross_site, origin_of
 from .pages import TOKEN_PAGE_HEADERS, FeedList, LatestDigest, SiteTitle, message, page
 from .static import FeedFiles, GzipCache, NegotiatedGZipMiddleware
+from .webhooks import mailgun_route
 
 log = logging.getLogger(__name__)
 
@@ -293,6 +294,8 @@ def create_app(
         Route("/digests/{path:path}", digest_page, methods=["GET"]),
         Route("/static/{name}", stylesheet, methods=["GET"]),
         Route("/healthz", healthz, methods=["GET"]),
+        # Bounces and complaints from the mail provider (docs/bounces.md); 404 without its key.
+        mailgun_route(config, store, clock),
     ]
     handlers: dict[Any, Callable[[Request, Exception], Response | Awaitable[Response]]] = {
         HTTPException: http_error,
