@@ -16,7 +16,7 @@ from finews_feeds.mail.bounces import apply_report, identify
 from finews_feeds.mail.delivery import envelope_sender
 from finews_feeds.mail.reports import Finding, Report, parse_report
 from finews_feeds.mail.store import Store
-from finews_feeds.mail.tokens import make_token
+from finews_feeds.mail.tokens import make_token, read_token
 
 DATA = Path(__file__).parent / "data" / "reports"
 T0 = datetime(2022, 4, 21, 0, 0, tzinfo=UTC)
@@ -206,8 +206,11 @@ def test_digests_go_out_with_verp_and_a_tokened_mailto_and_their_bounce_finds_th
         assert report.sent == 1
         [received] = sink.messages
         assert received.mail_from == "bounces+Ann=example.org@news.example.org"  # as stored: the domain lower-cased
-        token = make_token(SECRET, "unsubscribe", "ann@example.org")
-        assert f"<mailto:leave@news.example.org?subject=unsubscribe%20{token}>" in received.message["List-Unsubscribe"]
+        header = str(received.message["List-Unsubscribe"])
+        link, mailto = header.split(", ")
+        token = link.removeprefix("<https://subscribe.example.org/unsubscribe/").removesuffix(">")
+        assert mailto == f"<mailto:leave@news.example.org?subject=unsubscribe%20{token}>"
+        assert read_token(SECRET, "unsubscribe", token) == "ann@example.org"
         # The relay's DSN names someone else in its report: the signed token in the returned headers wins.
         parsed = parse_report(_dsn_for(received.data, "someone-else@example.org"), "bounces@news.example.org")
         assert parsed.tokens == (token,)
