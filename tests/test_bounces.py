@@ -262,7 +262,7 @@ def test_the_bounces_command_acts_on_saved_reports(tmp_path: Path) -> None:
     assert (ooo.exit_code, ooo.output) == (0, "<stdin>: not a report (unknown); nothing done\n")
 
 
-def test_a_version_2_database_gets_the_events_table_and_keeps_its_subscribers(
+def test_a_version_3_database_gets_the_events_table_and_keeps_its_subscribers(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from sqlalchemy import text
 
@@ -270,14 +270,14 @@ def test_a_version_2_database_gets_the_events_table_and_keeps_its_subscribers(
 
     with database_url("sqlite", tmp_path) as url:
         with monkeypatch.context() as patch:
-            patch.setattr(migrations, "MIGRATIONS", migrations.MIGRATIONS[:2])
-            patch.setattr(migrations, "LATEST", 2)
+            patch.setattr(migrations, "MIGRATIONS", migrations.MIGRATIONS[:3])
+            patch.setattr(migrations, "LATEST", 3)
             with Store.open(url) as old:
                 active(old, "ann@example.org")
                 with old.engine.connect() as conn:
                     assert not conn.dialect.has_table(conn, "events")
         with Store.open(url) as new:
             with new.engine.connect() as conn:
-                assert conn.execute(text("SELECT version FROM finews_schema")).scalar() == migrations.LATEST == 3
+                assert conn.execute(text("SELECT version FROM finews_schema")).scalar() == migrations.LATEST == 4
             assert apply_report(config(), new, report("hard", "<r@mx>"), "imap", T0)[0].result == "recorded"
             assert [e["kind"] for e in new.subscriber_events("ann@example.org")] == ["hard"]
