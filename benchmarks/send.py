@@ -341,6 +341,9 @@ def main() -> None:
     parser.add_argument("--max-seconds", type=float, default=120.0, help="stop a scenario (SIGTERM) after this")
     parser.add_argument("--startup-runs", type=int, default=3)
     parser.add_argument("--profile-subscribers", type=int, default=2000)
+    parser.add_argument("--worker-connections", type=int, default=16,
+                        help="connections of each worker in pg-1x16 / pg-2x16 (fewer: the relay's latency is the limit, "
+                             "not this machine's two cores)")
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args()
     if args.quick:
@@ -367,11 +370,13 @@ def main() -> None:
                 bench.scenario("relay32", "50 ms sink, SQLite, 1 worker, 32 connections", "sqlite", RELAY_DELAY, 32)
             one = two = None
             if "pg-1x16" in chosen:
-                one = bench.scenario("pg-1x16", "50 ms sink, PostgreSQL, 1 worker x 16 connections", "postgresql",
-                                     RELAY_DELAY, 16)
+                c = args.worker_connections
+                one = bench.scenario("pg-1x16", f"50 ms sink, PostgreSQL, 1 worker x {c} connections", "postgresql",
+                                     RELAY_DELAY, c)
             if "pg-2x16" in chosen:
-                two = bench.scenario("pg-2x16", "50 ms sink, PostgreSQL, 2 workers x 16 connections", "postgresql",
-                                     RELAY_DELAY, 16, workers=2)
+                c = args.worker_connections
+                two = bench.scenario("pg-2x16", f"50 ms sink, PostgreSQL, 2 workers x {c} connections", "postgresql",
+                                     RELAY_DELAY, c, workers=2)
             if one and two:
                 print(f"two workers / one worker: {two.rate / one.rate:.2f}x; recipients with two copies: "
                       f"{two.duplicated}", flush=True)
