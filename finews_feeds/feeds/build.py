@@ -38,6 +38,7 @@ from ..site.cache import CacheDamaged, PostCache, is_damage
 from ..site.collector import Collection, cache_folder, open_cache, refresh
 from ..site.jekyll import resolve_site
 from . import render
+from .gone import record_gone
 from .plan import ARCHIVE_FOLDER, FEED_FOLDERS, FILE_NAMES, PAGE_SEPARATOR, FeedOptions, FeedPlan, FeedSpec, plan
 from .writer import FeedRecord, Manifest, OutputDir, load_manifest, record_intent, save_manifest
 
@@ -408,9 +409,12 @@ def _write(prepared: _Prepared, out: OutputDir, job: _Job, posts: Posts, *, full
                 report.written.append(rel)
             else:
                 report.files_unchanged += 1
-    for rel in sorted(old.all_files() - manifest.all_files()):
+    removed = sorted(old.all_files() - manifest.all_files())
+    for rel in removed:
         if out.remove(rel):
             report.files_removed += 1
+    # Before the manifest: a build killed after this still left the record a 410 needs.
+    record_gone(out, removed, manifest.all_files())
     report.feeds_removed = sum(1 for key in old.feeds if key not in manifest.feeds and PAGE_SEPARATOR not in key)
     save_manifest(out, manifest, written=bool(report.files_written or report.files_removed))
     report.written.sort()

@@ -12,11 +12,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from markupsafe import Markup
 from starlette.responses import HTMLResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from ..feeds.plan import FILE_NAMES
-from ..feeds.render import OPML
+from ..feeds.render import HEAD_SNIPPET, OPML
 from ..feeds.slugs import quote_path
 from ..feeds.writer import MANIFEST, Manifest
 from ..look import ENVIRONMENT
@@ -81,6 +82,28 @@ class FeedList:
         self._lock = threading.Lock()
         self._manifest_key: tuple[int, int] | None = None
         self._folders: dict[str, str] = {}
+        self._head_key: tuple[int, int] | None = None
+        self._head = Markup("")
+
+    def discovery(self) -> Markup:
+        """The ``<link rel="alternate">`` lines of the site's and the categories' feeds (and the
+        OPML file) for a page's ``<head>``: the snippet the build writes for the site's own pages
+        (``_feeds_head.html``), so browsers' and readers' feed discovery finds the same feeds on
+        the subscribe page. Empty before the first build; read again when it changes."""
+        path = self.output / HEAD_SNIPPET
+        try:
+            stat = path.stat()
+            key = (stat.st_mtime_ns, stat.st_size)
+            with self._lock:
+                if self._head_key == key:
+                    return self._head
+            # Written by the build, every value escaped there.
+            head = Markup(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError):
+            return Markup("")
+        with self._lock:
+            self._head_key, self._head = key, head
+        return head
 
     def category_folders(self) -> dict[str, str]:
         """Category name -> folder of its feeds, from the last build's manifest (names are

@@ -22,13 +22,25 @@ from starlette.exceptions import HTTPException
 from starlette.middleware.gzip import GZipMiddleware
 from starlette.responses import FileResponse, Response
 from starlette.staticfiles import NotModifiedResponse, StaticFiles
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from ..feeds.gone import GONE, decode, feed_folder
 from ..feeds.plan import FILE_NAMES
 from ..feeds.writer import MANIFEST
 
 #: Smallest body worth compressing (as Starlette's GZipMiddleware).
 GZIP_MINIMUM = 500
+
+#: A current feed (and the listings): readers poll it and a rebuild changes it within minutes of
+#: a new post, so caches keep it five minutes and then must ask again (ETag / Last-Modified make
+#: that a 304). GitHub Pages and Netlify use 10 and 0 minutes for every file; a news site's readers
+#: want the new post soon, hence the shorter time.
+CURRENT_CACHE = "public, max-age=300, must-revalidate"
+#: An archive document (RFC 5005 ``<feed folder>/archive/<N>/...``): once written it never
+#: changes, so caches and readers keep it for a year without asking again.
+ARCHIVE_CACHE = "public, max-age=31536000, immutable"
+#: A feed that is gone (410): readers that see it stop polling; caches may keep the answer a day.
+GONE_CACHE = "public, max-age=86400"
 
 # Registered types that Python's mimetypes does not know (it calls rss.xml "application/xml").
 MEDIA_TYPES = {
@@ -72,19 +84,45 @@ def accepts_gzip(header: str) -> bool:
     return False
 
 
+def merged_vary(values: list[bytes]) -> bytes:
+    """One Vary value naming each field once, in the order first named (``*`` alone wins)."""
+    names: dict[str, str] = {}
+    for value in values:
+        for name in value.decode("latin-1").split(","):
+            if name.strip():
+                names.setdefault(name.strip().lower(), name.strip())
+    if "*" in names:
+        return b"*"
+    return ", ".join(names.values()).encode("latin-1")
+
+
 class NegotiatedGZipMiddleware:
-    """Starlette's GZipMiddleware, but ``gzip;q=0`` means no (it looks for the word "gzip" only)."""
+    """Starlette's GZipMiddleware, but ``gzip;q=0`` means no (it looks for the word "gzip" only),
+    and one Vary header per answer: its identity path appends ``Accept-Encoding`` to a Vary that
+    already names it (``Vary: Accept-Encoding, Accept-Encoding``), and the feeds add ``Accept``."""
 
     def __init__(self, app: ASGIApp, minimum_size: int = GZIP_MINIMUM) -> None:
         self.gzip = GZipMiddleware(app, minimum_size=minimum_size, compresslevel=6)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http":
-            headers = scope.get("headers", [])
-            offered = b",".join(v for k, v in headers if k == b"accept-encoding").decode("latin-1")
-            if offered and not accepts_gzip(offered):
-                scope = {**scope, "headers": [(k, v) for k, v in headers if k != b"accept-encoding"]}
-        await self.gzip(scope, receive, send)
+        if scope["type"] != "http":
+            await self.gzip(scope, receive, send)
+            return
+        headers = scope.get("headers", [])
+        offered = b",".join(v for k, v in headers if k == b"accept-encoding").decode("latin-1")
+        if offered and not accepts_gzip(offered):
+            scope = {**scope, "headers": [(k, v) for k, v in headers if k != b"accept-encoding"]}
+
+        async def one_vary(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                raw = list(message.get("headers", []))
+                vary = [value for key, value in raw if key.lower() == b"vary"]
+                if vary:
+                    kept = [(key, value) for key, value in raw if key.lower() != b"vary"]
+                    message = {**message, "headers": [*kept, (b"vary", merged_vary(vary))]}
+            await send(message)
+
+        await self.gzip(scope, receive, one_vary)
 
 
 class GzipCache:
@@ -123,14 +161,59 @@ class GzipCache:
         return packed
 
 
-class FeedFiles(StaticFiles):
-    """``StaticFiles`` over ``feeds.output``, answering with ``cache_control`` and gzip from ``packed``."""
+def is_archive(rel: str) -> bool:
+    """Whether a served path is an archive document: ``archive/<N>/...`` in the site's folder or in
+    a category's or tag's (``categories/<slug>/archive/<N>/...``)."""
+    parts = rel.split("/")
+    at = 0 if parts[0] == "archive" else 2 if len(parts) > 3 and parts[0] in ("categories", "tags") else -1
+    return at >= 0 and len(parts) > at + 2 and parts[at] == "archive"
 
-    def __init__(self, directory: str | os.PathLike[str], cache_control: str, packed: GzipCache) -> None:
+
+class GoneFolders:
+    """The build's record of removed feed folders (:mod:`finews_feeds.feeds.gone`), read again
+    only when the file changes."""
+
+    def __init__(self, output: Path) -> None:
+        self.path = output / GONE
+        self._key: tuple[int, int] | None = None
+        self._folders: frozenset[str] = frozenset()
+        self._lock = threading.Lock()
+
+    def folders(self) -> frozenset[str]:
+        try:
+            stat = self.path.stat()
+        except OSError:
+            return frozenset()
+        key = (stat.st_mtime_ns, stat.st_size)
+        with self._lock:
+            if key == self._key:
+                return self._folders
+        try:
+            folders = decode(self.path.read_bytes())
+        except OSError:
+            return frozenset()
+        with self._lock:
+            self._key, self._folders = key, folders
+        return folders
+
+    def __contains__(self, rel: str) -> bool:
+        folder = feed_folder(rel)
+        return folder is not None and folder in self.folders()
+
+
+class FeedFiles(StaticFiles):
+    """``StaticFiles`` over ``feeds.output``, answering with ``cache_control`` (``archive_cache``
+    for archive documents, when given) and gzip from ``packed``; with ``gone``, 410 for the files
+    of a feed the build removed."""
+
+    def __init__(self, directory: str | os.PathLike[str], cache_control: str, packed: GzipCache, *,
+                 archive_cache: str | None = None, gone: bool = False) -> None:
         # The folder may not exist yet: the daemon serves before its first build ends.
         super().__init__(directory=directory, check_dir=False, follow_symlink=False)
         self.cache_control = cache_control
+        self.archive_cache = archive_cache
         self.packed = packed
+        self.gone = GoneFolders(Path(directory)) if gone else None
 
     async def check_config(self) -> None:
         # StaticFiles raises (a 500) while the folder is missing; until the first build every
@@ -147,7 +230,13 @@ class FeedFiles(StaticFiles):
         # also redirect the slash-less form to an absolute URL made from the Host header.
         if path == "." or scope["path"].endswith("/"):
             path = os.path.join(path, "index.html")
-        response = await super().get_response(path, scope)
+        try:
+            response = await super().get_response(path, scope)
+        except HTTPException as exc:
+            if exc.status_code == 404 and self.gone is not None and PurePosixPath(path).as_posix() in self.gone:
+                raise HTTPException(410, "这个订阅源已停止：它的分类或标签已没有文章。请取消订阅。",
+                                    headers={"Cache-Control": GONE_CACHE}) from None
+            raise
         if not isinstance(response, FileResponse) or response.stat_result is None:
             return response
         headers = Headers(scope=scope)
@@ -163,10 +252,18 @@ class FeedFiles(StaticFiles):
 
     def file_response(self, full_path: str | os.PathLike[str], stat_result: os.stat_result, scope: Scope,
                       status_code: int = 200) -> Response:
-        headers = {"Cache-Control": self.cache_control, "Vary": "Accept-Encoding", "X-Content-Type-Options": "nosniff"}
+        cache = self.cache_control
+        if self.archive_cache is not None and self.directory is not None:
+            # StaticFiles gives the resolved path (follow_symlink=False).
+            rel = os.path.relpath(full_path, os.path.realpath(self.directory)).replace(os.sep, "/")
+            if is_archive(rel):
+                cache = self.archive_cache
+        headers = {"Cache-Control": cache, "Vary": "Accept-Encoding", "X-Content-Type-Options": "nosniff"}
         response = FileResponse(full_path, status_code=status_code, headers=headers, stat_result=stat_result,
                                 media_type=media_type(str(full_path)))
-        # StaticFiles compares the client's tags without their W/ to its own, strong, tag.
+        # StaticFiles compares the client's tags without their W/ to its own, strong, tag; with
+        # no If-None-Match it compares If-Modified-Since to Last-Modified (If-None-Match wins,
+        # RFC 9110 13.2.2: a reader sending both gets 200 when the tag moved, whatever the date).
         not_modified = self.is_not_modified(response.headers, Headers(scope=scope))
         # Weak, as the gzip and identity bodies share it (a strong tag names one sequence of
         # bytes, RFC 9110 8.8.1); so caches revalidate either body with it.

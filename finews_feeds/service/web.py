@@ -68,7 +68,7 @@ from ..mail.tokens import read_token, secret_of
 from .forms import MAX_CHOICES, read_form, split_tags, text_field
 from .guards import BodyLimitMiddleware, RateLimiter, cross_site, origin_of
 from .pages import TOKEN_PAGE_HEADERS, FeedList, LatestDigest, SiteTitle, message, page
-from .static import FeedFiles, GzipCache, NegotiatedGZipMiddleware
+from .static import ARCHIVE_CACHE, CURRENT_CACHE, FeedFiles, GzipCache, NegotiatedGZipMiddleware
 from .webhooks import mailgun_route
 
 log = logging.getLogger(__name__)
@@ -82,8 +82,8 @@ STYLESHEET_HEADERS = {"Cache-Control": "public, max-age=31536000, immutable", "E
                       "X-Content-Type-Options": "nosniff"}
 #: Headlines of the newest digest shown under the subscribe form.
 SAMPLE_HEADLINES = 3
-ERROR_TITLES = {400: "请求无效", 403: "请求被拒绝", 404: "找不到页面", 405: "不允许的方法", 413: "请求过大",
-                415: "请求格式不对"}
+ERROR_TITLES = {400: "请求无效", 403: "请求被拒绝", 404: "找不到页面", 405: "不允许的方法", 410: "订阅源已停止",
+                413: "请求过大", 415: "请求格式不对"}
 
 
 def _client(request: Request) -> str:
@@ -124,7 +124,7 @@ def create_app(
     # (Per address, the outbox worker allows three confirmation mails an hour, whoever asks.)
     origins = frozenset({origin_of(web_base_url(config)), *(origin_of(o) for o in config.web.trusted_origins)})
     packed = GzipCache()
-    feed_files = FeedFiles(output, "public, max-age=300", packed)
+    feed_files = FeedFiles(output, CURRENT_CACHE, packed, archive_cache=ARCHIVE_CACHE, gone=True)
     digest_files = FeedFiles(output, "public, max-age=3600", packed)
     feed_list = FeedList(output)
     latest = LatestDigest(output / ARCHIVE_FOLDER)
@@ -138,7 +138,8 @@ def create_app(
                 "day": newest.day.isoformat(), "date_text": date_text(newest.day), "count": newest.count,
                 "headlines": newest.headlines[:SAMPLE_HEADLINES]}
             return {"categories": chosen, "feeds": feed_list.feeds(config.site.title or "全部文章", chosen),
-                    "more": feed_list.more(), "sample": sample}
+                    "more": feed_list.more(), "sample": sample,
+                    "discovery": feed_list.discovery()}
 
         return page("home.html", "订阅每日精选", tags=tags is not None, **await run_in_threadpool(look))
 
@@ -191,7 +192,8 @@ def create_app(
         # GET and HEAD change nothing: mail scanners fetch every link of a message.
         token = request.path_params["token"]
         email = token_email("confirm", token, CONFIRM_MAX_AGE)
-        return page("confirm.html", "确认订阅", headers=TOKEN_PAGE_HEADERS, email=email, token=token)
+        return page("confirm.html", "确认订阅", headers=TOKEN_PAGE_HEADERS, email=email, token=token,
+                    discovery=feed_list.discovery())
 
     async def confirm(request: Request) -> Response:
         refused = refuse_cross_site(request)
@@ -214,7 +216,7 @@ def create_app(
         token = request.path_params["token"]
         email = token_email("unsubscribe", token)
         return page("unsubscribe.html", "退订每日精选", headers=TOKEN_PAGE_HEADERS, email=email, token=token,
-                    one_click=ONE_CLICK)
+                    one_click=ONE_CLICK, discovery=feed_list.discovery())
 
     async def unsubscribe(request: Request) -> Response:
         email = token_email("unsubscribe", request.path_params["token"])
