@@ -39,13 +39,14 @@ from ..site.collector import Collection, cache_folder, open_cache, refresh
 from ..site.jekyll import resolve_site
 from . import render
 from .gone import record_gone
+from .page import page_path, render_page
 from .plan import ARCHIVE_FOLDER, FEED_FOLDERS, FILE_NAMES, PAGE_SEPARATOR, FeedOptions, FeedPlan, FeedSpec, plan
 from .writer import FeedRecord, Manifest, OutputDir, load_manifest, record_intent, save_manifest
 
 log = logging.getLogger(__name__)
 
 #: Bump when the rendered output changes for the same input, so old manifests do not match.
-RENDER_VERSION = "4"
+RENDER_VERSION = "5"
 #: Feeds to render from which a pool of worker processes pays for itself.
 PARALLEL_FROM = 100
 
@@ -203,7 +204,13 @@ def _render_batch(job: _Job, batch: Sequence[Work], posts: Posts | None = None) 
         results = []
         for spec, shown in batch:
             result = _Result(spec.key, [], [])
-            for rel, data in render.render_feed(spec, job.options, [entries[p.path] for p in shown]).items():
+            data_of = [entries[p.path] for p in shown]
+            # The feed's browser view (page.py) is written, and counted, with its files; archive
+            # pages have none (they are documents for readers walking the history).
+            files = render.render_feed(spec, job.options, data_of)
+            if not spec.page:
+                files.update(render_page(spec, job.options, data_of))
+            for rel, data in files.items():
                 (result.written if out.write(rel, data) else result.unchanged).append(rel)
             results.append(result)
         return results
@@ -340,7 +347,7 @@ def _prepare(posts: Posts, site: Site, options: FeedOptions, out: OutputDir, *, 
         manifest.cache_id, manifest.generation, manifest.due = posts.cache.id, posts.generation, posts.next_due()
     work: list[Work] = []  #: archive pages to render, with their posts' paths newest first
     for spec in feeds.specs:
-        files = [spec.path(fmt) for fmt in options.formats]
+        files = [spec.path(fmt) for fmt in options.formats] + ([page_path(spec)] if options.formats else [])
         if spec.key in feeds.entries:
             manifest.feeds[spec.key] = FeedRecord(signature(spec, feeds.entries[spec.key], options), files)
             for number, members in enumerate(feeds.pages.get(spec.key, ()), 1):

@@ -25,6 +25,7 @@ from starlette.staticfiles import NotModifiedResponse, StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ..feeds.gone import GONE, decode, feed_folder
+from ..feeds.page import page_for
 from ..feeds.plan import FILE_NAMES
 from ..feeds.writer import MANIFEST
 
@@ -82,6 +83,54 @@ def accepts_gzip(header: str) -> bool:
             except ValueError:
                 return False
     return False
+
+
+#: What a feed reader asks for: when none of these is preferred to text/html, a person is asking.
+FEED_TYPES = ("application/rss+xml", "application/atom+xml", "application/feed+json", "application/xml", "text/xml",
+              "application/json", "application/rdf+xml")
+
+
+def media_ranges(header: str) -> list[tuple[str, float]]:
+    """The media ranges of an Accept header with their q-values (RFC 9110 12.5.1), lower-cased; a
+    range with a q-value that is not a number counts as q=0."""
+    ranges = []
+    for item in header.split(","):
+        name, *params = (part.strip() for part in item.split(";"))
+        if "/" not in name:
+            continue
+        quality = 1.0
+        for param in params:
+            key, _, value = param.partition("=")
+            if key.strip().lower() == "q":
+                try:
+                    quality = min(max(float(value.strip()), 0.0), 1.0)
+                except ValueError:
+                    quality = 0.0
+        ranges.append((name.lower(), quality))
+    return ranges
+
+
+def quality(ranges: list[tuple[str, float]], media: str) -> float:
+    """The q-value ``ranges`` give ``media``: that of its most specific range (``type/sub``, then
+    ``type/*``, then ``*/*``; RFC 9110 12.5.1), 0 when none covers it."""
+    kind = media.split("/", 1)[0]
+    best, found = -1, 0.0
+    for name, q in ranges:
+        rank = 3 if name == media else 2 if name == f"{kind}/*" else 1 if name == "*/*" else 0
+        if rank > best and rank > 0:
+            best, found = rank, q
+        elif rank == best and rank > 0:
+            found = max(found, q)
+    return found
+
+
+def prefers_html(accept: str) -> bool:
+    """Whether an Accept header prefers ``text/html`` to every feed type: browsers
+    (``text/html,…,application/xml;q=0.9,*/*;q=0.8``) do, feed readers (feed types first, or
+    ``*/*`` alone, or nothing) do not; a tie goes to the feed."""
+    ranges = media_ranges(accept)
+    html = quality(ranges, "text/html")
+    return html > 0 and html > max(quality(ranges, media) for media in FEED_TYPES)
 
 
 def merged_vary(values: list[bytes]) -> bytes:
@@ -204,16 +253,18 @@ class GoneFolders:
 class FeedFiles(StaticFiles):
     """``StaticFiles`` over ``feeds.output``, answering with ``cache_control`` (``archive_cache``
     for archive documents, when given) and gzip from ``packed``; with ``gone``, 410 for the files
-    of a feed the build removed."""
+    of a feed the build removed; with ``pages``, a current feed's page to a browser
+    (:func:`prefers_html`), the feed to everyone else, and ``Vary: Accept, Accept-Encoding``."""
 
     def __init__(self, directory: str | os.PathLike[str], cache_control: str, packed: GzipCache, *,
-                 archive_cache: str | None = None, gone: bool = False) -> None:
+                 archive_cache: str | None = None, gone: bool = False, pages: bool = False) -> None:
         # The folder may not exist yet: the daemon serves before its first build ends.
         super().__init__(directory=directory, check_dir=False, follow_symlink=False)
         self.cache_control = cache_control
         self.archive_cache = archive_cache
         self.packed = packed
         self.gone = GoneFolders(Path(directory)) if gone else None
+        self.pages = pages
 
     async def check_config(self) -> None:
         # StaticFiles raises (a 500) while the folder is missing; until the first build every
@@ -230,16 +281,27 @@ class FeedFiles(StaticFiles):
         # also redirect the slash-less form to an absolute URL made from the Host header.
         if path == "." or scope["path"].endswith("/"):
             path = os.path.join(path, "index.html")
-        try:
-            response = await super().get_response(path, scope)
-        except HTTPException as exc:
-            if exc.status_code == 404 and self.gone is not None and PurePosixPath(path).as_posix() in self.gone:
-                raise HTTPException(410, "这个订阅源已停止：它的分类或标签已没有文章。请取消订阅。",
-                                    headers={"Cache-Control": GONE_CACHE}) from None
-            raise
+        headers = Headers(scope=scope)
+        # A current feed is two documents at one URL: the feed, and its page for a browser.
+        page = page_for(PurePosixPath(path).as_posix()) if self.pages else None
+        response = None
+        if page is not None and prefers_html(headers.get("accept", "")):
+            try:
+                response = await super().get_response(page, scope)
+            except HTTPException:
+                response = None  # no page (written by builds since issue 17): the feed itself
+        if response is None:
+            try:
+                response = await super().get_response(path, scope)
+            except HTTPException as exc:
+                if exc.status_code == 404 and self.gone is not None and PurePosixPath(path).as_posix() in self.gone:
+                    raise HTTPException(410, "这个订阅源已停止：它的分类或标签已没有文章。请取消订阅。",
+                                        headers={"Cache-Control": GONE_CACHE}) from None
+                raise
+        if page is not None:
+            response.headers["Vary"] = "Accept, Accept-Encoding"
         if not isinstance(response, FileResponse) or response.stat_result is None:
             return response
-        headers = Headers(scope=scope)
         head = scope["method"] == "HEAD"
         zipped = response.stat_result.st_size >= GZIP_MINIMUM and accepts_gzip(headers.get("accept-encoding", ""))
         if "range" in headers or (head and not zipped):

@@ -124,7 +124,7 @@ def create_app(
     # (Per address, the outbox worker allows three confirmation mails an hour, whoever asks.)
     origins = frozenset({origin_of(web_base_url(config)), *(origin_of(o) for o in config.web.trusted_origins)})
     packed = GzipCache()
-    feed_files = FeedFiles(output, CURRENT_CACHE, packed, archive_cache=ARCHIVE_CACHE, gone=True)
+    feed_files = FeedFiles(output, CURRENT_CACHE, packed, archive_cache=ARCHIVE_CACHE, gone=True, pages=True)
     digest_files = FeedFiles(output, "public, max-age=3600", packed)
     feed_list = FeedList(output)
     latest = LatestDigest(output / ARCHIVE_FOLDER)
