@@ -153,7 +153,39 @@ def build_command(state: State, site_dir: Path | None, out_dir: Path | None, ful
     click.echo(report.summary())
     for error in report.rejected:
         click.echo(f"rejected {error.path}: {error.message}", err=True)
+    if config.feeds.websub_hub:
+        _announce(config, config.feeds.websub_build_wait)
     sys.exit(report.exit_code(strict))
+
+
+def _announce(config: Config, wait: float) -> bool:
+    """Tell the WebSub hub what is queued, for ``wait`` seconds at most; whether all went."""
+    from .feeds.hub import QUEUE, announce_queued
+
+    sent = announce_queued(config.feeds, wait)
+    if sent.sent or sent.refused:
+        click.echo(f"websub: {sent.sent} feed URLs announced to {config.feeds.websub_hub}"
+                   + (f", {sent.refused} refused by the hub" if sent.refused else ""))
+    if sent.left:
+        click.echo(f"warning: {sent.left} WebSub announcements left queued in "
+                   f"{Path(config.feeds.output) / QUEUE}; the daemon or `finews-feeds websub` sends them", err=True)
+    return not sent.left and not sent.refused
+
+
+@cli.command("websub")
+@click.option("--out", "out_dir", type=click.Path(path_type=Path, file_okay=False), help="The feeds folder (feeds.output).")
+@click.option("--wait", type=float, default=60.0, show_default=True,
+              help="Seconds to keep trying announcements the hub did not take before leaving them queued.")
+@click.pass_obj
+@handle_errors
+def websub_command(state: State, out_dir: Path | None, wait: float) -> None:
+    """Announce to the WebSub hub the changed feeds that builds left queued (exit 1 if some remain)."""
+    from .errors import ConfigError
+
+    config = state.config(feeds={"output": str(out_dir) if out_dir else None})
+    if not config.feeds.websub_hub:
+        raise ConfigError("feeds.websub_hub is not set: there is no hub to announce to")
+    sys.exit(0 if _announce(config, wait) else 1)
 
 
 @cli.command("digest")

@@ -96,7 +96,13 @@ class FeedsConfig:
     tag_limit: int = _key(0, "Entries per tag feed; 0: same as limit.")
     formats: list[str] = _key(["rss", "atom", "json"], "Formats written: rss, atom, json.", ("rss", "atom", "json"))  # noqa: RUF009
     full_content: bool = _key(True, "Put each post's full HTML in the feed; false: summary only.")
-    websub_hub: str = _key("", "URL of a WebSub hub announced in every feed (rel=hub); empty: none.")
+    websub_hub: str = _key("", "URL of a WebSub hub announced in every feed (rel=hub) and told of every feed a build changes (hub.mode=publish); empty: none.")
+    # W3C WebSub leaves the publisher's request to the hub open; Google's hub takes several
+    # hub.url values in one POST, not every hub does.
+    websub_batch: int = _key(1, "Most feed URLs announced to the hub in one POST (several hub.url values); 1: one URL a request, which every hub accepts.")
+    websub_timeout: float = _key(10.0, "Seconds one request to the WebSub hub may take.")
+    websub_retry_backoff: float = _key(30.0, "Seconds before an announcement the hub did not take (no answer, 408, 429, 5xx) is tried again; doubled each time, at most an hour.")
+    websub_build_wait: float = _key(15.0, "Seconds `build` spends announcing changed feeds to the hub before leaving the rest queued for the daemon or `finews-feeds websub`.")
     tags: bool = _key(True, "Write a feed for every tag.")
     stylesheet: bool = _key(True, "Write an XSL stylesheet and reference it from RSS and Atom files.")
     # RFC 5005 archived feeds: the whole history of a feed, in pages that never change once full
@@ -381,6 +387,16 @@ def _validate(config: Config) -> None:
         raise ConfigError(f"digest.lease_seconds = {config.digest.lease_seconds!r}: expected more than "
                           f"smtp.send_deadline_seconds ({config.smtp.send_deadline_seconds!r})",
                           hint="a lease that ends while its message is still being sent lets another worker send it again")
+    hub = config.feeds.websub_hub
+    if hub and not re.fullmatch(r"https?://[^/\s?#]+(/\S*)?", hub):
+        raise ConfigError(f"feeds.websub_hub = {hub!r}: expected an http(s) URL, e.g. https://pubsubhubbub.appspot.com/")
+    if config.feeds.websub_batch < 1:
+        raise ConfigError(f"feeds.websub_batch = {config.feeds.websub_batch!r}: expected 1 or more")
+    for key in ("websub_timeout", "websub_retry_backoff"):
+        if getattr(config.feeds, key) <= 0:
+            raise ConfigError(f"feeds.{key} = {getattr(config.feeds, key)!r}: expected more than 0")
+    if config.feeds.websub_build_wait < 0:
+        raise ConfigError(f"feeds.websub_build_wait = {config.feeds.websub_build_wait!r}: expected 0 or more")
     for origin in config.web.trusted_origins:
         if not re.fullmatch(r"https?://[^/\s?#]+", origin):
             raise ConfigError(f"web.trusted_origins = {config.web.trusted_origins!r}: {origin!r} is not an origin",

@@ -120,12 +120,12 @@ def test_demo_site_feeds_hold_the_right_entries_in_every_format(demo_build: tupl
 def test_demo_site_writes_listings_and_category_display_names(demo_build: tuple[Path, buildmod.BuildReport, Config]) -> None:
     out, report, _ = demo_build
     assert sorted(p.name for p in out.iterdir()) == [
-        LOCK, MANIFEST, "_feeds_head.html", "_feeds_head_tags.html", "atom.xml", "categories", "feed.json", "feed.xsl",
-        "feeds.opml", "index.html", "rss.xml", "tags",
+        LOCK, MANIFEST, "_feeds_head.html", "_feeds_head_tags.html", "atom.xml", "categories", "feed.html", "feed.json",
+        "feed.xsl", "feeds.opml", "index.html", "rss.xml", "tags",
     ]
     parsed = parse((out / "categories" / "cailianshe" / "atom.xml").read_bytes())
     assert parsed.feed.title == "finews 财经新闻 · 财联社新闻"
-    assert report.files_written == 94 * 3 + 5
+    assert report.files_written == 94 * 4 + 5  # three formats and a page a feed, five listings
 
 
 def test_a_rebuild_without_changes_writes_nothing_and_keeps_mtimes(demo_build: tuple[Path, buildmod.BuildReport, Config]) -> None:
@@ -154,6 +154,7 @@ def test_one_new_post_rewrites_only_the_feeds_that_contain_it_then_its_removal_r
     feeds = ["", "categories/cailianshe/", "tags/财联社新闻/", "tags/全新标签/"]
     assert report.written == sorted(
         [f"{f}{n}" for f in feeds for n in ("atom.xml", "feed.json", "rss.xml")]
+        + [f"{f}index.html" for f in feeds[1:]] + ["feed.html"]  # the feeds' pages (page.py)
         + ["_feeds_head_tags.html", "feeds.opml", "index.html"]
     )
     assert (report.feeds_written, report.feeds_unchanged, report.feeds_removed) == (4, 91, 0)
@@ -166,7 +167,7 @@ def test_one_new_post_rewrites_only_the_feeds_that_contain_it_then_its_removal_r
 
     post.unlink()
     report = buildmod.run_build(config)
-    assert (report.feeds_written, report.feeds_removed, report.files_removed) == (3, 1, 3)
+    assert (report.feeds_written, report.feeds_removed, report.files_removed) == (3, 1, 4)  # 3 formats and its page
     assert not (tmp_path / "out" / "tags" / "全新标签").exists()
     assert "feeds: 94 (3 written, 91 unchanged, 1 removed)" in report.summary()
 
@@ -201,7 +202,7 @@ def test_formats_dropped_from_the_config_are_removed(tmp_path: Path) -> None:
     buildmod.run_build(config_for(SAMPLE, tmp_path))
     report = buildmod.run_build(config_for(SAMPLE, tmp_path, formats=["atom"]))
     assert report.files_removed == 6
-    assert sorted(p.name for p in (tmp_path / "out" / "tags" / "财联社新闻").iterdir()) == ["atom.xml"]
+    assert sorted(p.name for p in (tmp_path / "out" / "tags" / "财联社新闻").iterdir()) == ["atom.xml", "index.html"]
 
 
 # --------------------------------------------------------------------------- golden files
@@ -514,6 +515,8 @@ def small_site(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return site
 
 
+# Some 200 builds in subprocesses: minutes on a machine whose two cores are shared by up to 8 agents.
+@pytest.mark.timeout(900)
 def test_a_build_killed_or_out_of_disk_at_any_write_is_repaired_by_the_next_plain_build(tmp_path: Path,
                                                                                         small_site: Path) -> None:
     site = tmp_path / "site"
@@ -537,7 +540,7 @@ def test_a_build_killed_or_out_of_disk_at_any_write_is_repaired_by_the_next_plai
     assert build("--full").returncode == 0
     with_post = published(tmp_path / "out")
     assert with_post.keys() - without.keys() == {"tags/撤回专用标签/rss.xml", "tags/撤回专用标签/atom.xml",
-                                                "tags/撤回专用标签/feed.json"}
+                                                "tags/撤回专用标签/feed.json", "tags/撤回专用标签/index.html"}
 
     interrupted_while_writing = 0
     for mode in ("kill", "enospc"):

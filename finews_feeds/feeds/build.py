@@ -39,7 +39,8 @@ from ..site.collector import Collection, cache_folder, open_cache, refresh
 from ..site.jekyll import resolve_site
 from . import render
 from .gone import record_gone
-from .page import page_path, render_page
+from .hub import queue_written
+from .page import FOLDER_PAGE, SITE_PAGE, page_path, render_page
 from .plan import ARCHIVE_FOLDER, FEED_FOLDERS, FILE_NAMES, PAGE_SEPARATOR, FeedOptions, FeedPlan, FeedSpec, plan
 from .writer import FeedRecord, Manifest, OutputDir, load_manifest, record_intent, save_manifest
 
@@ -74,6 +75,8 @@ class BuildReport:
     #: categories and tags of the site (names), for the subscribe form
     categories: list[str] = field(default_factory=list)
     tags: list[str] = field(default_factory=list)
+    #: feed URLs queued for the WebSub hub (``feeds.websub_hub``)
+    announced: int = 0
 
     def exit_code(self, strict: bool = False) -> int:
         """0, or 1 when ``strict`` and the collector rejected files."""
@@ -272,6 +275,10 @@ def run_build(config: Config, *, full: bool = False, now: datetime | None = None
                 report = _run(cache, site, options, out, moment, full=full, touched=None, use_pool=parallel)
         finally:
             cache.close()
+        if config.feeds.websub_hub:
+            # Queued (durably) before the lock goes: the next build cannot come between a feed
+            # written and its announcement. Sent later, off the build's path (hub.py).
+            report.announced = queue_written(out.root, report.written, options.base_url, time.time())
     report.seconds = time.perf_counter() - started
     log.info("feeds built: %s", report.summary(), extra=report.fields())
     return report
@@ -434,13 +441,16 @@ def _recovered(old: Manifest, out: OutputDir) -> Manifest:
     if not old.unreadable:
         return old
     names = set(FILE_NAMES.values())
-    found: dict[str, FeedRecord] = {"site:": FeedRecord("", [name for name in sorted(names) if out.exists(name)])}
+    found: dict[str, FeedRecord] = {"site:": FeedRecord("", [name for name in sorted(names | {SITE_PAGE})
+                                                             if out.exists(name)])}
     folders = [f"{kind}/{folder}" for kind in FEED_FOLDERS for folder in out.folders(kind)]
+    feed_folders = set(folders)  # these hold a page besides the feed's files; archive folders do not
     # Archive pages: <feed folder>/archive/<N>/, the site's under the output folder itself.
     folders += [f"{prefix}{ARCHIVE_FOLDER}/{page}" for prefix in ("", *(f"{folder}/" for folder in folders))
                 for page in out.folders(f"{prefix}{ARCHIVE_FOLDER}") if page.isdigit()]
     for folder in folders:
-        files = [f"{folder}/{name}" for name in sorted(names) if out.exists(f"{folder}/{name}")]
+        wanted = names | {FOLDER_PAGE} if folder in feed_folders else names
+        files = [f"{folder}/{name}" for name in sorted(wanted) if out.exists(f"{folder}/{name}")]
         found[f"found:{folder}"] = FeedRecord("", files)
     found.update(old.feeds)  # an intent's files
     listings = [name for name in render.LISTING_FILES if out.exists(name)]

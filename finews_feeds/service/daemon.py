@@ -36,6 +36,7 @@ from ..clock import iso, utc_now
 from ..config import Config
 from ..errors import ConfigError, FinewsError
 from ..feeds.build import BuildReport, run_build
+from ..feeds.hub import HubQueue, HubSettings, HubWorker
 from ..mail.confirmation import ConfirmationRenderer
 from ..mail.delivery import send_digest
 from ..mail.digest import DigestRenderer, covered_day, publish_archive, write_preview
@@ -209,6 +210,7 @@ def build_result(report: BuildReport, now: datetime) -> dict[str, Any]:
         "rejected_files": len(report.rejected),
         "seconds": round(report.seconds, 3),
         "incremental": report.incremental,  # only the feeds that changed were planned
+        "announced": report.announced,  # feed URLs queued for the WebSub hub
     }
 
 
@@ -299,6 +301,10 @@ class Daemon:
         self._touched: set[str] = set()
         self._walk_next = False
         self._touched_lock = threading.Lock()
+        # WebSub announcements queued by builds (and left by the last run) go out from a thread
+        # of their own, so neither a build nor the web server waits on the hub.
+        self.hub = (HubWorker(HubQueue(config.feeds.output), HubSettings.from_config(config.feeds))
+                    if config.feeds.websub_hub else None)
 
     def collect(self) -> Collection:
         # Two readers of one cold site (the start-up build and a caught-up digest) take turns:
@@ -369,6 +375,8 @@ class Daemon:
             return None
         self.status.record_build(build_result(report, self.clock()))
         self._remember_categories(report.categories, report.tags)
+        if self.hub is not None and report.announced:
+            self.hub.wake()  # the build queued them; the worker's thread sends
 
     def _walk_after_failure(self) -> None:
         # The paths this build took are not in the cache: the next one walks the site.
@@ -563,6 +571,8 @@ class Daemon:
                 log.error("digest archive not written: %s", exc)
             self.scheduler.start()
             self.outbox.start()
+            if self.hub is not None:
+                self.hub.start()
             server_thread.start()
             if config.scheduler.watch:
                 try:
@@ -592,6 +602,10 @@ class Daemon:
     def _stop(self, server: Any, server_thread: threading.Thread, observer: Any, return_code: int) -> int:
         self.stop.set()
         self.outbox.stop()
+        if self.hub is not None:
+            # An announcement in flight finishes (at most feeds.websub_timeout); what is left
+            # stays queued for the next start.
+            self.hub.stop()
         deadline = time.monotonic() + STOP_TIMEOUT
         if observer is not None:
             observer.stop()
