@@ -119,7 +119,7 @@ def next_due(queue: Sequence[Pending]) -> float | None:
 def backoff(attempts: int, first: float) -> float:
     """Seconds before the next try after ``attempts`` failed ones: ``first``, doubled each time, at
     most :data:`MAX_BACKOFF`."""
-    return min(first * 2 ** max(0, attempts - 1), MAX_BACKOFF)
+    return min(first * 2.0 ** max(0, attempts - 1), MAX_BACKOFF)
 
 
 def settle(queue: Sequence[Pending], tried: Sequence[Pending], outcome: Outcome, now: float,
