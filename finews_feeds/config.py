@@ -111,6 +111,7 @@ class FeedsConfig:
     archives: bool = _key(True, "Publish the whole history of the site and category feeds as RFC 5005 archive pages (<feed folder>/archive/<N>/), linked from the feed.")
     archive_page_size: int = _key(0, "Entries per archive page; 0: the feed's own limit. At most the feed's limit (the feed shows what no full page holds yet); changing it rewrites every page.")
     tag_archives: bool = _key(False, "Archive the tag feeds too (many small pages for posts the site and category archives already hold).")
+    pages: bool = _key(True, "Write an HTML page of each feed for browsers (index.html in a category's or tag's folder, feed.html for the site's); the daemon shows it to a browser that opens a feed URL.")
     # jekyll-feed's author is the post's (`author`, the first of `authors`, looked up in
     # _data/authors), else the site's (`author` in _config.yml); this key says what stands in when
     # neither names one. The bundled config sets "source" for the finews demo site.

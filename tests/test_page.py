@@ -269,3 +269,13 @@ def test_write_feed_page_screenshots(tmp_path: Path) -> None:
                 thread.join(10)
     finally:
         browser.close()
+
+
+def test_no_pages_with_feeds_pages_false_and_those_written_before_are_removed(tmp_path: Path) -> None:
+    out = tmp_path / "feeds"
+    build_feeds(make_collection(), make_config(1, feeds={"output": str(out)}))
+    assert (out / "categories" / "yicai" / "index.html").is_file()
+    report = build_feeds(make_collection(), make_config(1, feeds={"output": str(out), "pages": False}))
+    assert report.files_removed == 4  # the site's feed.html and three folders' index.html
+    assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*.html")) == [
+        "_feeds_head.html", "_feeds_head_tags.html", "index.html"]

@@ -354,7 +354,7 @@ def _prepare(posts: Posts, site: Site, options: FeedOptions, out: OutputDir, *, 
         manifest.cache_id, manifest.generation, manifest.due = posts.cache.id, posts.generation, posts.next_due()
     work: list[Work] = []  #: archive pages to render, with their posts' paths newest first
     for spec in feeds.specs:
-        files = [spec.path(fmt) for fmt in options.formats] + ([page_path(spec)] if options.formats else [])
+        files = [spec.path(fmt) for fmt in options.formats] + ([page_path(spec)] if options.formats and options.pages else [])
         if spec.key in feeds.entries:
             manifest.feeds[spec.key] = FeedRecord(signature(spec, feeds.entries[spec.key], options), files)
             for number, members in enumerate(feeds.pages.get(spec.key, ()), 1):

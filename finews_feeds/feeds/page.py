@@ -64,7 +64,7 @@ def _environment() -> jinja2.Environment:
 def render_page(spec: FeedSpec, options: FeedOptions, entries: Sequence[Any]) -> dict[str, bytes]:
     """``{page_path(spec): the page}`` for ``entries`` (:class:`~finews_feeds.feeds.render.EntryData`)."""
     formats = [(fmt, LABELS[fmt], MEDIA_TYPES[fmt], spec.url(options, fmt)) for fmt in options.formats]
-    if not formats:
+    if not formats or not options.pages:
         return {}
     context = {
         "spec": spec,

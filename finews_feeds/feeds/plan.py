@@ -56,6 +56,7 @@ class FeedOptions:
     full_content: bool = True
     websub_hub: str = ""
     stylesheet: bool = True
+    pages: bool = True  #: ``feeds.pages``: an HTML page per feed (page.py)
     limit: int = 50
     category_limit: int = 50
     tag_limit: int = 50
@@ -90,6 +91,7 @@ class FeedOptions:
             full_content=feeds.full_content,
             websub_hub=feeds.websub_hub,
             stylesheet=feeds.stylesheet,
+            pages=feeds.pages,
             limit=feeds.limit,
             category_limit=feeds.category_limit or feeds.limit,
             tag_limit=feeds.tag_limit or feeds.limit,
