@@ -8,7 +8,7 @@ take several ``hub.url`` values in one POST (Google's hub does); ``feeds.websub_
 many to send at once (1 by default: every hub takes that). The topic is the feed's own URL, as
 its ``rel="self"`` link gives it.
 
-Announcements go through a durable queue, ``.finews-websub.json`` in the output folder, written
+Announcements go through a durable queue, ``.finews-websub/queue.json`` in the output folder, written
 atomically (:func:`finews_feeds.files.atomic_write`, synced) under a lock of its own:
 
 - the build adds the URLs of the feed files it wrote (:func:`queue_written`), inside the build's
@@ -53,8 +53,11 @@ from ..files import atomic_write
 from .plan import FEED_FOLDERS, FILE_NAMES
 from .slugs import join_url
 
-QUEUE = ".finews-websub.json"
-QUEUE_LOCK = ".finews-websub.lock"
+#: The queue, relative to the output folder: in a folder of its own, as the build sweeps the
+#: output folder's temporary files when it takes its lock (a queue being rewritten by the
+#: daemon's worker at that moment would lose its new version); a dot-folder, never served.
+QUEUE = ".finews-websub/queue.json"
+QUEUE_LOCK = ".finews-websub/queue.lock"
 QUEUE_VERSION = 1
 #: The longest wait between two tries of one announcement.
 MAX_BACKOFF = 3600.0
@@ -182,7 +185,7 @@ class HubQueue:
 
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:
-        self.folder.mkdir(parents=True, exist_ok=True)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.folder / QUEUE_LOCK, os.O_RDWR | os.O_CREAT, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
