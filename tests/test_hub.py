@@ -18,6 +18,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import parse_qs
 
+import feedparser
 import httpx
 import pytest
 from smtp_fakes import SECRET, free_port, make_collection, make_config, wait_until
@@ -344,6 +345,16 @@ def test_announcements_pending_when_the_daemon_stops_are_sent_after_its_restart(
             assert wait_until(lambda: hub.urls() == SITE_URLS, timeout=60), (tmp_path / "up.log").read_text()
             assert wait_until(lambda: queue.pending() == [], timeout=30)
             assert all(len(form["hub.url"]) <= 3 for form in hub.requests)
+            # The daemon's own HTTP, as a reader and a browser see it.
+            feed = f"http://127.0.0.1:{web_port}/feeds/categories/yicai/atom.xml"
+            first_get = feedparser.parse(feed)
+            assert (first_get.status, [e.title for e in first_get.entries]) == (200, ["一财快讯", "人民币汇率小幅走高"])
+            assert feedparser.parse(feed, etag=first_get.etag).status == 304
+            assert feedparser.parse(feed, modified=first_get.modified).status == 304
+            page = httpx.get(feed, headers={"Accept": "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8"})
+            assert (page.headers["content-type"], page.headers["vary"]) == ("text/html; charset=utf-8",
+                                                                            "Accept, Accept-Encoding")
+            assert "一财快讯" in page.text
             second.send_signal(signal.SIGTERM)
             assert second.wait(30) == 0
         finally:
