@@ -68,7 +68,9 @@ def _absolute(url: str, base: str) -> str | None:
             parts = urlsplit(url)
     except ValueError:  # e.g. an invalid IPv6 host
         return None
-    if parts.scheme not in WEB_SCHEMES or not parts.hostname:
+    # A C0 control or a space in the host is a forbidden host code point (WHATWG URL): a browser
+    # refuses the URL, or a reader that drops controls reads one without a host (`http://\x08/`).
+    if parts.scheme not in WEB_SCHEMES or not parts.hostname or any(c <= " " for c in parts.hostname):
         return None
     # urljoin drops an empty fragment or query (`0 #`), which can leave a space at the end: kept
     # percent-encoded, as a browser sends it, so that the URL reads the same once more.

@@ -7,7 +7,7 @@ from urllib.parse import urlsplit
 
 import pytest
 from hostile_urls import HOSTILE_URLS, readings
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from finews_feeds.urls import is_web_url, web_url
@@ -73,6 +73,7 @@ def test_a_disguised_scheme_is_refused_in_every_reading(url: str, base: str) -> 
                  st.tuples(st.sampled_from(["https://", "http://", "//", "/", "", " h&#116;tps://"]),
                            st.text(max_size=30)).map("".join)),
        st.sampled_from([BASE, "http://localhost:4000/", ""]))
+@example("HTTP://\x08/", BASE)  # a host of a control character, which a reader may drop
 def test_whatever_it_keeps_is_http_with_a_host_in_every_reading(url: str, base: str) -> None:
     kept = web_url(url, base)
     if kept is None:
