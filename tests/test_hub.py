@@ -299,7 +299,8 @@ def test_build_leaves_announcements_queued_when_the_hub_is_down_and_the_websub_c
         sent = run(config, "websub", "--wait", "20")
         assert (sent.returncode, sent.stdout) == (0, f"websub: 9 feed URLs announced to {hub.url}\n")
         assert hub.urls() == SITE_URLS
-        assert [len(form["hub.url"]) for form in hub.requests] == [4, 1, 4]
+        # Batches of at most 4: which URLs share one depends on when each failed try made it due.
+        assert max(len(form["hub.url"]) for form in hub.requests) == 4
     assert decode((tmp_path / "feeds" / QUEUE).read_bytes()) == []
     unset = subprocess.run([str(EXECUTABLE), "websub", "--out", str(tmp_path / "feeds")], capture_output=True,
                            text=True, env=environment(), cwd=tmp_path)
