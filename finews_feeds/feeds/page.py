@@ -75,6 +75,8 @@ def render_page(spec: FeedSpec, options: FeedOptions, entries: Sequence[Any]) ->
         "opml_url": join_url(options.base_url, "feeds.opml"),
         "all_url": options.base_url + "/",
         "entries": [{"title": e.title, "url": e.url, "date": e.published.strftime("%Y-%m-%d %H:%M"),
-                     "summary": e.summary, "terms": [t for t in e.terms if t != spec.name]} for e in entries],
+                     "summary": e.summary,
+                     # Display names (issue 17, item 4); the feed's own category or tag is not repeated.
+                     "terms": [t.label for t in e.terms if t.term != spec.name]} for e in entries],
     }
     return {page_path(spec): _environment().get_template("feed.html.j2").render(context).encode("utf-8")}
