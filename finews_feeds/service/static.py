@@ -37,9 +37,11 @@ GZIP_MINIMUM = 500
 #: that a 304). GitHub Pages and Netlify use 10 and 0 minutes for every file; a news site's readers
 #: want the new post soon, hence the shorter time.
 CURRENT_CACHE = "public, max-age=300, must-revalidate"
-#: An archive document (RFC 5005 ``<feed folder>/archive/<N>/...``): once written it never
-#: changes, so caches and readers keep it for a year without asking again.
-ARCHIVE_CACHE = "public, max-age=31536000, immutable"
+#: An archive document (RFC 5005 ``<feed folder>/archive/<N>/...``): a full page does not change
+#: when posts are added, so caches keep it a week; not ``immutable`` and not a year, because a
+#: retracted or back-dated old post rewrites its page and the later ones (docs/feeds.md), and a
+#: retraction must leave caches within days. After the week a revalidation is a 304.
+ARCHIVE_CACHE = "public, max-age=604800"
 #: A feed that is gone (410): readers that see it stop polling; caches may keep the answer a day.
 GONE_CACHE = "public, max-age=86400"
 
