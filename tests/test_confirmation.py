@@ -17,7 +17,7 @@ from finews_feeds.mail.confirmation import ConfirmationRenderer
 from finews_feeds.mail.delivery import send_confirmation
 from finews_feeds.mail.mailer import transport_from_config
 from finews_feeds.mail.store import Store
-from finews_feeds.mail.tokens import make_token
+from finews_feeds.mail.tokens import make_token, read_token
 
 T0 = datetime(2022, 4, 21, 7, 30, tzinfo=UTC)
 LINK = "https://subscribe.example.org/confirm/" + make_token(SECRET, "confirm", "new@example.org")
@@ -66,9 +66,13 @@ def test_the_confirmation_mail_has_the_site_title_charset_lang_inlined_css_and_a
                                                                     'text/html; charset="utf-8"']
     token = str(text_part.get_content()).split("https://subscribe.example.org/confirm/", 1)[1].split()[0]
     link = f"https://subscribe.example.org/confirm/{token}"
+    manage_token = str(text_part.get_content()).split("https://subscribe.example.org/manage/", 1)[1].split()[0]
+    manage = f"https://subscribe.example.org/manage/{manage_token}"
+    assert read_token(SECRET, "manage", manage_token) == "new@example.org"
     assert str(text_part.get_content()).replace("\r\n", "\n") == (
         "财经早知道 · 每日精选\n\n李雷，您好！\n\n请打开下面的链接，确认订阅财经早知道每日精选（cailianshe、#A股）：\n\n"
-        f"{link}\n\n链接 7 天内有效。如果您没有订阅，请忽略这封邮件，我们不会再给您发信。\n\n--\n"
+        f"{link}\n\n链接 7 天内有效。如果您没有订阅，请忽略这封邮件，我们不会再给您发信。\n\n"
+        f"订阅后，您可以随时在这里更改栏目和标签、改为每周一封、暂停或退订：\n{manage}\n\n--\n"
         "本邮件发送至 new@example.org。\n财经早知道 · 上海市黄浦区 1 号\n"
     )
     html = str(html_part.get_content())
@@ -78,6 +82,7 @@ def test_the_confirmation_mail_has_the_site_title_charset_lang_inlined_css_and_a
     assert doc.findtext(".//title") == "请确认订阅 财经早知道 每日精选"
     button = doc.xpath("//a[@class='btn']")[0]
     assert (button.get("href"), button.text) == (link, "确认订阅")
+    assert [(a.get("href"), a.text) for a in doc.xpath("//a[starts-with(@href, $m)]", m=manage)] == [(manage, "管理订阅")]
     assert "background-color:#b3261e" in button.get("style")  # inlined by premailer
     # Only the phone layout's media query is left in a <style>.
     assert [s.text.split("{")[0].strip() for s in doc.xpath("//style")] == ["@media only screen and (max-width: 480px)"]

@@ -111,7 +111,8 @@ def render(config: Config, site: Site, posts: list[Post], selection: Selection =
 
 
 def reader() -> Recipient:
-    return Recipient("reader@example.org", "读者", "https://news.example.com/unsubscribe/TOKEN?x=1&y=2")
+    return Recipient("reader@example.org", "读者", "https://news.example.com/unsubscribe/TOKEN?x=1&y=2",
+                     "https://news.example.com/manage/MANAGE?x=1&y=2")
 
 
 def doc(html: str) -> Any:
@@ -287,11 +288,13 @@ def test_footer_has_unsubscribe_browser_archive_feeds_and_postal_address(tmp_pat
         "Atom": "https://finews.withounder.com/feeds/atom.xml",
         "JSON Feed": "https://finews.withounder.com/feeds/feed.json",
         "退订": "https://news.example.com/unsubscribe/TOKEN?x=1&y=2",
+        "管理订阅": "https://news.example.com/manage/MANAGE?x=1&y=2",
     }
     assert "上海市浦东新区 某路 1 号" in footer.text_content()
     assert "本邮件发送至 reader@example.org。" in footer.text_content()
     assert "退订：https://news.example.com/unsubscribe/TOKEN?x=1&y=2" in text
     assert "往期精选：https://finews.withounder.com/feeds/digests/\n" in text
+    assert "管理订阅（栏目、每日或每周、暂停）：https://news.example.com/manage/MANAGE?x=1&y=2" in text
     assert "上海市浦东新区 某路 1 号" in text
 
 

@@ -418,6 +418,30 @@ def test_a_version_2_ledger_gets_the_lease_column_and_keeps_its_rows(url: str) -
         assert [c.subscriber.email for c in new.claim_batch(DAY, owner, T0)] == ["a@example.org"]
 
 
+def test_a_version_4_database_gets_the_preference_columns_with_daily_defaults(url: str,
+                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    from finews_feeds.mail import migrations
+
+    with monkeypatch.context() as patch:
+        patch.setattr(migrations, "MIGRATIONS", migrations.MIGRATIONS[:4])
+        patch.setattr(migrations, "LATEST", 4)
+        with Store.open(url) as old, old.engine.begin() as conn:
+            # Version 1 creates today's tables: take the columns of version 5 away to have a real version 4.
+            for table, column in (("subscribers", "frequency"), ("subscribers", "weekday"),
+                                  ("subscribers", "paused_until"), ("deliveries", "kind")):
+                conn.execute(text(f"ALTER TABLE {table} DROP COLUMN {column}"))
+            conn.execute(text("INSERT INTO subscribers (email, email_key, name, status, categories, tags, created_at, "
+                              "permanent_failures) VALUES ('a@example.org', 'a@example.org', '', 'active', '', '', "
+                              ":t, 0)"), {"t": T0.replace(tzinfo=None)})
+    with Store.open(url) as new:
+        with new.engine.connect() as conn:
+            assert conn.execute(text("SELECT version FROM finews_schema")).scalar() == LATEST
+        [sub] = new.list_subscribers()
+        assert (sub.email, sub.frequency, sub.weekday, sub.paused_until) == ("a@example.org", "daily", 0, None)
+        assert new.prepare_day(DAY, T0) == 1
+        assert [d.kind for d in new.ledger(DAY)] == ["daily"]
+
+
 def test_a_subscribe_form_is_queued_as_given_and_claimed_by_one_worker_until_its_lease_runs_out(store: Store) -> None:
     row_id = store.queue_subscribe(" Ann@Example.COM ", name="Ann", categories=["yicai", "cailianshe"], tags=["A股"],
                                    now=T0)
@@ -454,7 +478,7 @@ def test_a_deferred_row_comes_due_at_its_next_attempt_with_its_attempts_counted(
     assert store.outbox_counts() == {"queued": 0, "done": 0, "sent": 1, "skipped": 0, "failed": 0, "expired": 0}
 
 
-def test_accepting_a_form_depends_on_the_address_state_and_allows_three_confirmations_an_hour(store: Store) -> None:
+def test_accepting_a_form_depends_on_the_address_state_and_allows_three_mails_an_hour(store: Store) -> None:
     store.add_subscriber("active@example.org", confirmed=True, now=T0)
     store.add_subscriber("gone@example.org", confirmed=True, categories=["yicai"], now=T0)
     store.unsubscribe("gone@example.org", T0)
@@ -466,12 +490,16 @@ def test_accepting_a_form_depends_on_the_address_state_and_allows_three_confirma
         return store.accept_subscribe(row, owner, when, f"<{row.id}@example.org>", per_hour=3)
 
     assert accept("new@example.org", T0, categories=["yicai"]) == "confirm"
-    assert accept("active@example.org", T0) == "active"
+    # An active address keeps its choices and gets the link to its manage page instead.
+    assert accept("active@example.org", T0, categories=["yicai"]) == "manage"
     assert accept("gone@example.org", T0, tags=["A股"]) == "confirm"
     assert accept("New@example.org", T0 + timedelta(minutes=1), categories=["cailianshe"]) == "confirm"
     assert accept("new@example.org", T0 + timedelta(minutes=2)) == "confirm"
     assert accept("new@example.org", T0 + timedelta(minutes=3)) == "limited"
     assert accept("new@example.org", T0 + timedelta(minutes=61)) == "confirm"  # the first is an hour old
+    assert accept("active@example.org", T0 + timedelta(minutes=2)) == "manage"
+    assert accept("active@example.org", T0 + timedelta(minutes=3)) == "manage"
+    assert accept("active@example.org", T0 + timedelta(minutes=4)) == "limited"
     subs = {s.email: (s.status, s.categories, s.tags) for s in store.list_subscribers()}
     assert subs == {"active@example.org": ("active", (), ()), "gone@example.org": ("pending", (), ("A股",)),
                     "new@example.org": ("pending", (), ())}
@@ -480,8 +508,10 @@ def test_accepting_a_form_depends_on_the_address_state_and_allows_three_confirma
                      ("New@example.org", "queued", T0 + timedelta(minutes=1)),  # counted as one address
                      ("new@example.org", "queued", T0 + timedelta(minutes=2)),
                      ("new@example.org", "queued", T0 + timedelta(minutes=61))]
+    assert [(r.email, r.created_at) for r in store.outbox_rows("manage")] == [
+        ("active@example.org", T0 + timedelta(minutes=n)) for n in (0, 2, 3)]
     assert [r.last_error for r in store.outbox_rows("subscribe")] == [
-        "confirm", "active", "confirm", "confirm", "confirm", "limited", "confirm"]
+        "confirm", "manage", "confirm", "confirm", "confirm", "limited", "confirm", "manage", "manage", "limited"]
 
 
 def test_two_workers_claiming_at_once_never_get_the_same_row(url: str) -> None:

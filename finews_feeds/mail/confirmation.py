@@ -1,9 +1,12 @@
-"""The confirmation mail of the double opt-in, rendered from templates as the digest is.
+"""The subscription mails, rendered from templates as the digest is: the confirmation mail of the
+double opt-in, and the mail with the link to the manage page (what an active subscriber who
+submits the subscribe form again gets).
 
-``confirm.html.j2`` (CSS inlined by premailer, ``lang`` and charset set) and ``confirm.txt.j2``
-are looked for in ``digest.templates`` first, then in the package, so an operator overrides
-them the way they override the digest. The subject is ``digest.confirm_subject``. Everything
-here is pure: the caller signs the link and builds and sends the message.
+``confirm.html.j2`` / ``manage.html.j2`` (CSS inlined by premailer, ``lang`` and charset set)
+and ``confirm.txt.j2`` / ``manage.txt.j2`` are looked for in ``digest.templates`` first, then
+in the package, so an operator overrides them the way they override the digest. The subjects
+are ``digest.confirm_subject`` and ``digest.manage_subject``. Everything here is pure: the
+caller signs the links and builds and sends the message.
 """
 
 from __future__ import annotations
@@ -22,6 +25,8 @@ from .message import header_text
 
 HTML_TEMPLATE = "confirm.html.j2"
 TEXT_TEMPLATE = "confirm.txt.j2"
+MANAGE_HTML_TEMPLATE = "manage.html.j2"
+MANAGE_TEXT_TEMPLATE = "manage.txt.j2"
 #: How long a confirm link stays valid, in days (the web app refuses older tokens).
 VALID_DAYS = 7
 
@@ -39,6 +44,8 @@ class ConfirmView:
     greeting: str
     email: str
     confirm_url: str
+    #: The subscriber's manage page (signed link): choices, daily or weekly, pause, their data.
+    manage_url: str
     #: The categories and tags asked for, for the text; "" for everything.
     selection_text: str
     valid_days: int
@@ -52,9 +59,23 @@ class ConfirmationMail:
     text: str
 
 
+@dataclass(frozen=True)
+class ManageView:
+    """What the manage-link templates see (as ``m``)."""
+
+    site_title: str
+    site_url: str
+    language: str
+    subject: str
+    greeting: str
+    email: str
+    manage_url: str
+    postal_address: str
+
+
 class ConfirmationRenderer:
-    """Renders confirmation mails; the templates are loaded once. Safe to share between threads
-    (each render makes its own premailer)."""
+    """Renders confirmation and manage-link mails; the templates are loaded once. Safe to share
+    between threads (each render makes its own premailer)."""
 
     def __init__(self, config: Config, site: Site) -> None:
         self.config = config
@@ -63,6 +84,8 @@ class ConfirmationRenderer:
         try:
             self.html_template = env.get_template(HTML_TEMPLATE)
             self.text_template = env.get_template(TEXT_TEMPLATE)
+            self.manage_html_template = env.get_template(MANAGE_HTML_TEMPLATE)
+            self.manage_text_template = env.get_template(MANAGE_TEXT_TEMPLATE)
         except jinja2.TemplateNotFound as exc:
             raise DigestError(
                 f"confirmation template {exc.name} not found in {template_dirs(config.digest.templates)}",
@@ -73,7 +96,7 @@ class ConfirmationRenderer:
                               f"{exc.message}") from None
 
     def view(self, email: str, name: str, confirm_url: str, categories: Sequence[str] = (),
-             tags: Sequence[str] = ()) -> ConfirmView:
+             tags: Sequence[str] = (), manage_url: str = "") -> ConfirmView:
         site = self.site
         name = header_text(_CONTROL.sub("", name))[:80]
         names = [site.category_title(c) for c in categories] + [f"#{t}" for t in tags]
@@ -85,18 +108,43 @@ class ConfirmationRenderer:
             greeting=f"{name}，您好！" if name else "您好！",
             email=header_text(email),
             confirm_url=confirm_url,
+            manage_url=manage_url,
             selection_text="、".join(names),
             valid_days=VALID_DAYS,
             postal_address=self.config.digest.postal_address.strip(),
         )
 
     def render(self, email: str, name: str, confirm_url: str, categories: Sequence[str] = (),
-               tags: Sequence[str] = ()) -> ConfirmationMail:
+               tags: Sequence[str] = (), manage_url: str = "") -> ConfirmationMail:
         """The subject, the HTML (CSS inlined) and the text of the mail to ``email``."""
-        view = self.view(email, name, confirm_url, categories, tags)
+        view = self.view(email, name, confirm_url, categories, tags, manage_url)
         try:
             html = self.html_template.render(c=view)
             text = self.text_template.render(c=view)
         except jinja2.TemplateError as exc:
             raise DigestError(f"confirmation template failed: {exc}") from None
+        return ConfirmationMail(subject=view.subject, html=inline_css(html), text=tidy_text(text))
+
+    def manage_view(self, email: str, name: str, manage_url: str) -> ManageView:
+        site = self.site
+        name = header_text(_CONTROL.sub("", name))[:80]
+        return ManageView(
+            site_title=site.title,
+            site_url=site.url + "/",
+            language=site.language,
+            subject=header_text(self.config.digest.manage_subject.format(site_title=site.title)),
+            greeting=f"{name}，您好！" if name else "您好！",
+            email=header_text(email),
+            manage_url=manage_url,
+            postal_address=self.config.digest.postal_address.strip(),
+        )
+
+    def render_manage(self, email: str, name: str, manage_url: str) -> ConfirmationMail:
+        """The mail with the link to ``email``'s manage page: subject, HTML (CSS inlined) and text."""
+        view = self.manage_view(email, name, manage_url)
+        try:
+            html = self.manage_html_template.render(m=view)
+            text = self.manage_text_template.render(m=view)
+        except jinja2.TemplateError as exc:
+            raise DigestError(f"manage-link template failed: {exc}") from None
         return ConfirmationMail(subject=view.subject, html=inline_css(html), text=tidy_text(text))

@@ -180,6 +180,11 @@ def confirm_url(config: Config, token: str) -> str:
     return f"{web_base_url(config)}/confirm/{token}"
 
 
+def manage_url(config: Config, secret: str, email: str) -> str:
+    """``email``'s preference centre: a signed link that does not expire (see :mod:`.tokens`)."""
+    return f"{web_base_url(config)}/manage/{make_token(secret, 'manage', email)}"
+
+
 def list_headers(config: Config, site: Site, unsubscribe: str, token: str = "") -> dict[str, str]:
     """The bulk-mail headers Gmail and Yahoo require (RFC 2369, RFC 8058, RFC 2919). A mailto
     is offered only for ``digest.unsubscribe_mailbox``: a request mailed where nobody acts on
@@ -219,10 +224,12 @@ class FoldedHeader(str):
 def digest_message(
     config: Config, site: Site, variant: Variant, secret: str, email: str, name: str, msg_id: str, when: datetime
 ) -> EmailMessage:
-    """The message of one subscriber: personal unsubscribe token in both the header and the body."""
+    """The message of one subscriber: personal unsubscribe token in both the header and the body, and the
+    link to their manage page in the body."""
     token = make_token(secret, "unsubscribe", email)
     unsubscribe = unsubscribe_url(config, token)
-    html, text = variant.personalize(Recipient(email=email, name=name, unsubscribe_url=unsubscribe))
+    html, text = variant.personalize(Recipient(email=email, name=name, unsubscribe_url=unsubscribe,
+                                               manage_url=manage_url(config, secret, email)))
     headers = list_headers(config, site, unsubscribe, token)
     msg = build_message(
         subject=variant.subject, html=html, text=text, sender=config.digest.from_, to=format_address(name, email),
@@ -731,7 +738,21 @@ def confirmation_message(config: Config, email: str, name: str, msg_id: str, whe
     from the confirm templates (``renderer``: one made for the config's site when not given)."""
     secret = secret_of(config)
     link = confirm_url(config, make_token(secret, "confirm", email))
-    mail = (renderer or ConfirmationRenderer(config, resolve_site(config))).render(email, name, link, categories, tags)
+    mail = (renderer or ConfirmationRenderer(config, resolve_site(config))).render(
+        email, name, link, categories, tags, manage_url(config, secret, email))
+    msg = build_message(
+        subject=mail.subject, html=mail.html, text=mail.text, sender=config.digest.from_,
+        to=format_address(name, email), reply_to=config.digest.reply_to, message_id=msg_id, date=when,
+    )
+    _keep_whole(msg, "Message-ID")
+    return msg
+
+
+def manage_message(config: Config, email: str, name: str, msg_id: str, when: datetime,
+                   renderer: ConfirmationRenderer | None = None) -> EmailMessage:
+    """The mail with the link to ``email``'s manage page (an active subscriber submitted the form again)."""
+    link = manage_url(config, secret_of(config), email)
+    mail = (renderer or ConfirmationRenderer(config, resolve_site(config))).render_manage(email, name, link)
     msg = build_message(
         subject=mail.subject, html=mail.html, text=mail.text, sender=config.digest.from_,
         to=format_address(name, email), reply_to=config.digest.reply_to, message_id=msg_id, date=when,

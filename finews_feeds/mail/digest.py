@@ -56,7 +56,8 @@ TEXT_TEMPLATE = "digest.txt.j2"
 GREETING = "__FINEWS_GREETING__"
 SENT_TO = "__FINEWS_SENT_TO__"
 UNSUBSCRIBE_URL = "__FINEWS_UNSUBSCRIBE_URL__"
-PLACEHOLDERS = (GREETING, SENT_TO, UNSUBSCRIBE_URL)
+MANAGE_URL = "__FINEWS_MANAGE_URL__"
+PLACEHOLDERS = (GREETING, SENT_TO, UNSUBSCRIBE_URL, MANAGE_URL)
 #: Where a template allows invisible spaces after the greeting (after a line break in HTML, at
 #: the end of the line in text): personalisation pads there so the rest of the body stays
 #: aligned for base64 and its encoding is shared by every subscriber (see message.PreparedBody).
@@ -144,6 +145,8 @@ class Recipient:
     email: str
     name: str = ""
     unsubscribe_url: str = ""
+    #: The subscriber's preference centre (signed link); "" gives the variant's default page.
+    manage_url: str = ""
 
 
 # --------------------------------------------------------------------------------------------
@@ -206,6 +209,7 @@ class DigestView:
     pad: str = PAD
     sent_to: str = SENT_TO
     unsubscribe_url: str = UNSUBSCRIBE_URL
+    manage_url: str = MANAGE_URL
 
 
 # --------------------------------------------------------------------------------------------
@@ -229,6 +233,8 @@ class Variant:
     headlines: tuple[Headline, ...] = ()
     #: The time of its newest article; None without articles.
     newest: datetime | None = None
+    #: Used when a recipient has no manage URL of their own (the web copy): the page that says how to get one.
+    default_manage_url: str = ""
     _html_body: PreparedBody = field(init=False, repr=False, compare=False)
     _text_body: PreparedBody = field(init=False, repr=False, compare=False)
 
@@ -242,13 +248,22 @@ class Variant:
         The strings are :class:`~finews_feeds.message.WireText`: build_message encodes them from
         the variant's shared encoding instead of from scratch."""
         greeting, sent_to, unsubscribe = _personal_fields(recipient, self.default_unsubscribe_url)
+        manage = _link(recipient.manage_url.strip() or self.default_manage_url, "manage")
         html = self._html_body.fill({
             GREETING: html_lib.escape(greeting, quote=False),
             SENT_TO: html_lib.escape(sent_to, quote=False),
             UNSUBSCRIBE_URL: html_lib.escape(unsubscribe, quote=True),
+            MANAGE_URL: html_lib.escape(manage, quote=True),
         })
-        text = self._text_body.fill({GREETING: greeting, SENT_TO: sent_to, UNSUBSCRIBE_URL: unsubscribe})
+        text = self._text_body.fill({GREETING: greeting, SENT_TO: sent_to, UNSUBSCRIBE_URL: unsubscribe,
+                                     MANAGE_URL: manage})
         return html, text
+
+
+def _link(url: str, what: str) -> str:
+    if url and urlsplit(url).scheme.lower() not in ("http", "https"):
+        raise ValueError(f"{what} URL {url!r} is not an http(s) URL")
+    return url
 
 
 def _personal_fields(recipient: Recipient, default_unsubscribe_url: str) -> tuple[str, str, str]:
@@ -312,6 +327,11 @@ def web_base_url(config: Config) -> str:
 def default_unsubscribe_url(config: Config) -> str:
     """The unsubscribe page without a personal token, for the web copy and previews."""
     return f"{web_base_url(config)}/unsubscribe"
+
+
+def default_manage_url(config: Config) -> str:
+    """The manage page without a personal token (it says how to get one), for the web copy and previews."""
+    return f"{web_base_url(config)}/manage"
 
 
 def inline_css(html: str) -> str:
@@ -433,7 +453,7 @@ class DigestRenderer:
         newest = max((p.date for p in posts if selection.matches(p)), default=None)
         return Variant(day=day, selection=selection, subject=view.subject, count=view.count, html=html, text=text,
                        default_unsubscribe_url=default_unsubscribe_url(self.config), headlines=headlines,
-                       newest=newest)
+                       newest=newest, default_manage_url=default_manage_url(self.config))
 
     def render_view(self, view: DigestView) -> tuple[str, str]:
         """The inlined HTML and the text of a view, placeholders still in."""

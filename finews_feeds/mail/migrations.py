@@ -7,6 +7,12 @@ statements written out in full) and never edits an earlier one: a database creat
 release can be brought forward.
 
 The :data:`METADATA` tables describe the current schema and are what :mod:`store` queries.
+
+A table that holds anything about one subscriber names them in a ``subscriber_id`` column (the
+subscriber's id) or an ``email_key`` column (the lower-cased address): the subscriber's own data
+download and "delete everything" (:meth:`Store.subscriber_data`, :meth:`Store.erase_subscriber`)
+find their rows in every table by these two names, so a table added later is covered without
+further code.
 """
 
 from __future__ import annotations
@@ -83,6 +89,12 @@ subscribers = Table(
     Column("bounced_at", UtcDateTime),
     # Permanent (5xx) failures since the last successful send.
     Column("permanent_failures", Integer, nullable=False, default=0),
+    # daily or weekly (version 5).
+    Column("frequency", String(8), nullable=False, default="daily", server_default="daily"),
+    # The weekday a weekly digest arrives, 0 = Monday (version 5).
+    Column("weekday", Integer, nullable=False, default=0, server_default="0"),
+    # No digest is prepared for the subscriber before this time (version 5).
+    Column("paused_until", UtcDateTime),
     Index("ix_subscribers_status", "status"),
 )
 
@@ -116,6 +128,8 @@ deliveries = Table(
     Column("created_at", UtcDateTime, nullable=False),
     Column("updated_at", UtcDateTime, nullable=False),
     Column("sent_at", UtcDateTime),
+    # daily (the day's digest) or weekly (the seven days ending with `day`) (version 5).
+    Column("kind", String(8), nullable=False, default="daily", server_default="daily"),
     Index("ix_deliveries_day_state", "day", "state"),
 )
 
@@ -202,12 +216,34 @@ def _v4(conn: Connection) -> None:
     METADATA.create_all(conn, tables=[events])
 
 
+def _v5(conn: Connection) -> None:
+    """The preference centre: daily or weekly on a weekday, a pause; the ledger row's kind.
+
+    Version 1 creates its tables from the current :data:`METADATA`, so a database made new has
+    these columns already: only those missing are added.
+    """
+    stamp = "TIMESTAMP WITHOUT TIME ZONE" if conn.dialect.name == "postgresql" else "DATETIME"
+    wanted = {
+        "subscribers": [("frequency", "VARCHAR(8) NOT NULL DEFAULT 'daily'"),
+                        ("weekday", "INTEGER NOT NULL DEFAULT 0"),
+                        ("paused_until", stamp)],
+        "deliveries": [("kind", "VARCHAR(8) NOT NULL DEFAULT 'daily'")],
+    }
+    inspector = inspect(conn)
+    for table, columns in wanted.items():
+        have = {column["name"] for column in inspector.get_columns(table)}
+        for name, kind in columns:
+            if name not in have:
+                conn.execute(text(f"ALTER TABLE {table} ADD COLUMN {name} {kind}"))
+
+
 #: (version, step); append only.
 MIGRATIONS: list[tuple[int, Callable[[Connection], None]]] = [
     (1, _v1),
     (2, _v2),
     (3, _v3),
     (4, _v4),
+    (5, _v5),
 ]
 LATEST = MIGRATIONS[-1][0]
 

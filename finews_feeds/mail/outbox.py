@@ -6,8 +6,9 @@ validates the form and queues one outbox row, the same for every address (see
 threads of its own (not the web server's pool; one for forms, one for mail, so a stalled server
 holds up no form), and:
 
-- acts on a subscribe row (:meth:`Store.accept_subscribe`: the subscriber made or updated, a
-  confirmation mail queued unless the address is active or had its three this hour);
+- acts on a subscribe row (:meth:`Store.accept_subscribe`: the subscriber made or updated and
+  a confirmation mail queued, or for an address already active the link to its manage page,
+  unless the address had its three mails this hour);
 - sends a mail row through the SMTP transport (build the message, then send it) and records
   `sent` only after the server's 250. A 5xx is `failed`; a 4xx or no connection is tried again
   after ``outbox.backoff_seconds`` × 2ⁿ (at most ``outbox.max_backoff_seconds``), and a mail
@@ -37,7 +38,7 @@ from ..logs import subscriber_event
 from ..models import Site
 from ..site.jekyll import resolve_site
 from .confirmation import ConfirmationRenderer
-from .delivery import confirmation_message, confirmation_message_id, envelope_sender
+from .delivery import confirmation_message, confirmation_message_id, envelope_sender, manage_message
 from .mailer import ConnectionFailure, PermanentFailure, SmtpTransport, TemporaryFailure
 from .store import OutboxRow, Store, new_owner
 
@@ -52,13 +53,18 @@ SWEEP_EVERY = timedelta(minutes=10)
 #: Wait before a subscribe form that met a concurrent insert of the same address is acted on again.
 RETRY_FORM = timedelta(seconds=1)
 FORM_KINDS = ("subscribe",)
-MAIL_KINDS = ("confirm",)
+MAIL_KINDS = ("confirm", "manage")
+#: Who a mail of each kind is still wanted for: a confirmation while the address is pending, the link
+#: to the manage page while it is active.
+WANTED_STATUS = {"confirm": "pending", "manage": "active"}
 #: What a subscribe form came to, as logged (the address only at DEBUG, see logs.subscriber_event).
 SUBSCRIBE_OUTCOMES = {
     "confirm": "subscribe: confirmation mail queued",
-    "active": "subscribe: already an active subscriber; nothing sent",
-    "limited": f"subscribe: {CONFIRMATIONS_PER_HOUR} confirmation mails this hour already; none sent",
+    "manage": "subscribe: already an active subscriber; the link to the manage page queued",
+    "limited": f"subscribe: {CONFIRMATIONS_PER_HOUR} subscription mails this hour already; none sent",
 }
+#: What a sent mail of each kind is logged as.
+SENT_EVENTS = {"confirm": "confirmation mail sent", "manage": "manage-link mail sent"}
 
 
 def _log_expired(row: OutboxRow, attempts: int, now: datetime, error: str) -> None:
@@ -225,7 +231,7 @@ class OutboxWorker:
         except SubscriberError as exc:
             self.store.defer_outbox(row.id, self.owner, exc.message, now + RETRY_FORM, now)
             return
-        if outcome == "confirm":
+        if outcome in MAIL_KINDS:
             self._wake_mail.set()
         if outcome == "lost":
             log.warning("subscribe: another worker took this form over (outbox.lease_seconds)")
@@ -248,14 +254,17 @@ class OutboxWorker:
     def _send(self, row: OutboxRow, transport: SmtpTransport) -> None:
         now = self.clock()
         sub = self.store.get_subscriber(row.email)
-        if sub is None or sub.status != "pending":
-            # Confirmed through an earlier mail, or gone: this one is no longer wanted.
+        if sub is None or sub.status != WANTED_STATUS.get(row.kind):
+            # Confirmed through an earlier mail, unsubscribed since, or gone: this one is no longer wanted.
             status = sub.status if sub is not None else "removed"
             self.store.finish_outbox(row.id, self.owner, "skipped", now, f"subscriber is {status}")
             return
         try:
-            msg = confirmation_message(self.config, sub.email, sub.name, row.message_id, now, self.confirmations,
-                                       sub.categories, sub.tags)
+            if row.kind == "manage":
+                msg = manage_message(self.config, sub.email, sub.name, row.message_id, now, self.confirmations)
+            else:
+                msg = confirmation_message(self.config, sub.email, sub.name, row.message_id, now, self.confirmations,
+                                           sub.categories, sub.tags)
         except (ValueError, TypeError, UnicodeError, LookupError) as exc:
             error = f"cannot build the message: {exc}"
             log.error("outbox: %s mail to %s: %s", row.kind, row.email, error,
@@ -282,7 +291,8 @@ class OutboxWorker:
             return
         self._down_until = None
         if self.store.finish_outbox(row.id, self.owner, "sent", self.clock()):
-            subscriber_event(log, "confirmation mail sent", row.email, kind=row.kind, attempts=row.attempts + 1)
+            subscriber_event(log, SENT_EVENTS.get(row.kind, "mail sent"), row.email, kind=row.kind,
+                             attempts=row.attempts + 1)
         else:
             log.warning("outbox: %s mail to %s was sent after its lease ran out (outbox.lease_seconds)",
                         row.kind, row.email, extra={"kind": row.kind, "address": row.email})

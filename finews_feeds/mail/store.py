@@ -31,7 +31,21 @@ from datetime import date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Connection, Engine, Row, and_, bindparam, case, create_engine, event, func, or_, select, text
+from sqlalchemy import (
+    Connection,
+    Engine,
+    Row,
+    Table,
+    and_,
+    bindparam,
+    case,
+    create_engine,
+    event,
+    func,
+    or_,
+    select,
+    text,
+)
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, IntegrityError, OperationalError, SQLAlchemyError
@@ -39,11 +53,15 @@ from sqlalchemy.exc import ArgumentError, IntegrityError, OperationalError, SQLA
 from ..clock import utc_now
 from ..errors import DatabaseConnectionLost, StoreError, SubscriberError
 from .addresses import MAX_NAME_CHARS, normalize_email, normalize_names
-from .migrations import UtcDateTime, deliveries, events, outbox, runs, subscribers, upgrade
+from .migrations import METADATA, UtcDateTime, deliveries, events, outbox, runs, subscribers, upgrade
 
 log = logging.getLogger(__name__)
 
 STATUSES = ("pending", "active", "unsubscribed", "bounced")
+#: How often a subscriber gets the digest: each day's, or the week's on their weekday.
+FREQUENCIES = ("daily", "weekly")
+#: Kinds of ledger row: a day's digest, or the digest of the seven days ending with the row's day.
+DELIVERY_KINDS = ("daily", "weekly")
 #: Ledger states of one (day, subscriber).
 LEDGER_STATES = ("pending", "sending", "sent", "failed-temporary", "failed-permanent", "skipped")
 #: States a run still has work for: `sending` is a message a crashed run may or may not have sent.
@@ -56,7 +74,10 @@ LEDGER_LEASE = timedelta(minutes=5)
 STALE_CLAIM = timedelta(minutes=15)
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 #: What the outbox holds: subscribe forms to act on, and confirmation mails to send.
-OUTBOX_KINDS = ("subscribe", "confirm")
+#: ("manage": the link to the preference centre, for an active subscriber who submitted the form again.)
+OUTBOX_KINDS = ("subscribe", "confirm", "manage")
+#: The mails :meth:`Store.accept_subscribe` queues, counted together for the per-address hourly limit.
+SUBSCRIBE_MAILS = ("confirm", "manage")
 #: Outbox states: `queued` until done; `done` (a form acted on), `sent` (after the server's 250),
 #: `skipped` (no longer needed), `failed` (a 5xx) and `expired` (past the queue's lifetime) are final.
 OUTBOX_STATES = ("queued", "done", "sent", "skipped", "failed", "expired")
@@ -97,6 +118,12 @@ class Subscriber:
     unsubscribed_at: datetime | None
     bounced_at: datetime | None = None
     permanent_failures: int = 0
+    frequency: str = "daily"  #: daily or weekly
+    weekday: int = 0  #: the weekday a weekly digest arrives, 0 = Monday
+    paused_until: datetime | None = None  #: nothing is sent before this time
+
+    def paused(self, now: datetime) -> bool:
+        return self.paused_until is not None and self.paused_until > now
 
     def as_dict(self) -> dict[str, Any]:
         def iso(value: datetime | None) -> str | None:
@@ -113,6 +140,9 @@ class Subscriber:
             "unsubscribed_at": iso(self.unsubscribed_at),
             "bounced_at": iso(self.bounced_at),
             "permanent_failures": self.permanent_failures,
+            "frequency": self.frequency,
+            "weekday": self.weekday,
+            "paused_until": iso(self.paused_until),
         }
 
 
@@ -130,6 +160,7 @@ class Delivery:
     created_at: datetime
     updated_at: datetime
     sent_at: datetime | None
+    kind: str = "daily"  #: daily, or weekly (the seven days ending with ``day``)
 
 
 @dataclass(frozen=True, slots=True)
@@ -167,6 +198,7 @@ def _subscriber(row: Row[Any]) -> Subscriber:
         categories=_split(m["categories"]), tags=_split(m["tags"]),
         created_at=m["created_at"], confirmed_at=m["confirmed_at"], unsubscribed_at=m["unsubscribed_at"],
         bounced_at=m["bounced_at"], permanent_failures=m["permanent_failures"],
+        frequency=m["frequency"], weekday=m["weekday"], paused_until=m["paused_until"],
     )
 
 
@@ -175,7 +207,7 @@ def _delivery(row: Row[Any]) -> Delivery:
     return Delivery(
         day=m["day"], subscriber_id=m["subscriber_id"], email=m["email"], state=m["state"],
         attempts=m["attempts"], last_error=m["last_error"], message_id=m["message_id"],
-        created_at=m["created_at"], updated_at=m["updated_at"], sent_at=m["sent_at"],
+        created_at=m["created_at"], updated_at=m["updated_at"], sent_at=m["sent_at"], kind=m["kind"],
     )
 
 
@@ -212,6 +244,7 @@ def _subscriber_values(address: str, name: str, categories: Iterable[str], tags:
         "unsubscribed_at": None,
         "bounced_at": None,
         "permanent_failures": 0,
+        "paused_until": None,
     }
 
 
@@ -386,14 +419,81 @@ class Store:
             row = conn.execute(select(subscribers).where(subscribers.c.id == row.id)).one()
         return _subscriber(row)
 
-    def remove_subscriber(self, email: str) -> Subscriber:
-        """Delete a subscriber, their ledger and outbox rows (erasure); :class:`SubscriberError` if unknown."""
+    def update_preferences(self, email: str, *, categories: Iterable[str], tags: Iterable[str], frequency: str,
+                           weekday: int) -> Subscriber:
+        """What the manage page saves: the selection (both empty = everything), daily or weekly, the weekday."""
+        if frequency not in FREQUENCIES:
+            raise SubscriberError(f"frequency {frequency!r} is not one of {', '.join(FREQUENCIES)}")
+        if not 0 <= weekday <= 6:
+            raise SubscriberError(f"weekday {weekday} is not 0 (Monday) to 6 (Sunday)")
+        values = {"categories": _join(normalize_names(categories, "category")),
+                  "tags": _join(normalize_names(tags, "tag")), "frequency": frequency, "weekday": weekday}
+        return self._update(email, **values)
+
+    def pause(self, email: str, until: datetime | None) -> Subscriber:
+        """Send nothing to ``email`` before ``until`` (None: resume now)."""
+        if until is not None and until.tzinfo is None:
+            raise ValueError("until must be an aware datetime")
+        return self._update(email, paused_until=until)
+
+    def resubscribe(self, email: str, now: datetime | None = None) -> Subscriber:
+        """An unsubscribed or bounced subscriber back to `active` from their manage link (the link, sent to
+        their mailbox, is the proof a confirmation mail would ask for); other states stay as they are."""
+        now = _now(now)
         with self._tx() as conn:
             row = self._require(conn, email)
-            conn.execute(deliveries.delete().where(deliveries.c.subscriber_id == row.id))
-            conn.execute(outbox.delete().where(outbox.c.email_key == row.email_key))
+            if row.status in ("unsubscribed", "bounced"):
+                conn.execute(subscribers.update().where(subscribers.c.id == row.id).values(
+                    status="active", confirmed_at=row.confirmed_at or now, unsubscribed_at=None, bounced_at=None,
+                    permanent_failures=0))
+            row = conn.execute(select(subscribers).where(subscribers.c.id == row.id)).one()
+        return _subscriber(row)
+
+    def _update(self, email: str, **values: Any) -> Subscriber:
+        with self._tx() as conn:
+            row = self._require(conn, email)
+            conn.execute(subscribers.update().where(subscribers.c.id == row.id).values(**values))
+            row = conn.execute(select(subscribers).where(subscribers.c.id == row.id)).one()
+        return _subscriber(row)
+
+    def subscriber_data(self, email: str, now: datetime | None = None) -> dict[str, Any] | None:
+        """Everything stored about ``email`` (GDPR art. 15), as JSON-ready data; None when unknown.
+
+        ``subscriber`` is their row; then, per table that names a subscriber (a ``subscriber_id`` or
+        ``email_key`` column, see :mod:`.migrations`), a list of its rows under the table's name:
+        ``deliveries`` (the ledger), ``outbox`` (forms and mails), and any table added later.
+        """
+        now = _now(now)
+        with self._tx() as conn:
+            row = _find(conn, email)
+            if row is None:
+                return None
+            data: dict[str, Any] = {"format": EXPORT_FORMAT, "exported_at": now.isoformat(),
+                                    "subscriber": _exported(subscribers.name, row)}
+            for table, where in _personal_tables(row):
+                order = [c for c in table.primary_key.columns] or list(table.columns)[:1]
+                data[table.name] = [_exported(table.name, r) for r in conn.execute(
+                    select(table).where(where).order_by(*order))]
+        return data
+
+    def erase_subscriber(self, email: str) -> Subscriber | None:
+        """Delete ``email``'s row and every row of every table that names them (GDPR art. 17); the
+        deleted subscriber, or None when unknown. One transaction: all of it goes, or nothing."""
+        with self._tx() as conn:
+            row = _find(conn, email)
+            if row is None:
+                return None
+            for table, where in _personal_tables(row):
+                conn.execute(table.delete().where(where))
             conn.execute(subscribers.delete().where(subscribers.c.id == row.id))
         return _subscriber(row)
+
+    def remove_subscriber(self, email: str) -> Subscriber:
+        """Delete a subscriber, their ledger and outbox rows (erasure); :class:`SubscriberError` if unknown."""
+        removed = self.erase_subscriber(email)
+        if removed is None:
+            raise SubscriberError(f"{email.strip()} is not a subscriber")
+        return removed
 
     def list_subscribers(self, status: str | None = None) -> list[Subscriber]:
         if status is not None and status not in STATUSES:
@@ -870,11 +970,13 @@ class Store:
         """Act on a subscribe form in one transaction; returns what was done.
 
         A new, unsubscribed or bounced address becomes `pending` with the form's choices, a
-        pending one gets the new choices; both get a confirmation mail queued, at most
-        ``per_hour`` an hour per address (counted over the outbox, so every daemon sharing the
-        database counts the same). An active address is left as it is. The outcomes:
-        ``confirm`` (a mail queued), ``limited`` (none: the address had ``per_hour`` already),
-        ``active`` (nothing to do) and ``lost`` (the lease ran out and another worker has it).
+        pending one gets the new choices; both get a confirmation mail queued. An active address
+        is left as it is (a form is no proof of owning the address) and gets a mail with the link
+        to its manage page instead, where its owner changes what they get. At most ``per_hour``
+        of these mails an hour per address (counted over the outbox, so every daemon sharing the
+        database counts the same). The outcomes: ``confirm`` or ``manage`` (that mail queued),
+        ``limited`` (none: the address had ``per_hour`` already) and ``lost`` (the lease ran out
+        and another worker has it).
         """
         payload = request.payload
         key = request.email.lower()
@@ -893,15 +995,14 @@ class Store:
                 elif existing.status == "pending":
                     conn.execute(subscribers.update().where(subscribers.c.id == existing.id).values(
                         categories=values["categories"], tags=values["tags"]))
-                outcome = "active" if existing is not None and existing.status == "active" else "confirm"
-                if outcome == "confirm":
-                    recent = conn.execute(select(func.count()).select_from(outbox).where(
-                        outbox.c.email_key == key, outbox.c.kind == "confirm",
-                        outbox.c.created_at > now - timedelta(hours=1))).scalar()
-                    if int(recent or 0) >= per_hour:
-                        outcome = "limited"
-                    else:
-                        _queue(conn, "confirm", request.email, {}, message_id, now)
+                outcome = "manage" if existing is not None and existing.status == "active" else "confirm"
+                recent = conn.execute(select(func.count()).select_from(outbox).where(
+                    outbox.c.email_key == key, outbox.c.kind.in_(SUBSCRIBE_MAILS),
+                    outbox.c.created_at > now - timedelta(hours=1))).scalar()
+                if int(recent or 0) >= per_hour:
+                    outcome = "limited"
+                else:
+                    _queue(conn, outcome, request.email, {}, message_id, now)
                 conn.execute(outbox.update().where(outbox.c.id == request.id).values(
                     state="done", attempts=outbox.c.attempts + 1, last_error=outcome, finished_at=now,
                     updated_at=now, **_RELEASED))
@@ -1019,6 +1120,38 @@ class Store:
                 select(subscribers.c.id).where(subscribers.c.email_key == email.strip().lower())))
                 .order_by(events.c.id)).all()
         return [dict(row._mapping) for row in rows]
+
+
+#: The first key of a subscriber's data download, naming its layout.
+EXPORT_FORMAT = "finews-feeds subscriber data, version 1"
+#: Columns holding JSON text, given in a download as the values they hold.
+_JSON_COLUMNS = {"subscribers": ("categories", "tags"), "outbox": ("payload",)}
+
+
+def _personal_tables(row: Row[Any]) -> list[tuple[Table, Any]]:
+    """Every table but ``subscribers`` that names the subscriber of ``row``, with the condition that finds
+    their rows: by ``subscriber_id``, else by ``email_key`` (the convention of :mod:`.migrations`)."""
+    found: list[tuple[Table, Any]] = []
+    for table in METADATA.sorted_tables:
+        if table.name == subscribers.name:
+            continue
+        if "subscriber_id" in table.c:
+            found.append((table, table.c.subscriber_id == row.id))
+        elif "email_key" in table.c:
+            found.append((table, table.c.email_key == row.email_key))
+    return found
+
+
+def _exported(table: str, row: Row[Any]) -> dict[str, Any]:
+    """A row as JSON-ready data: times in ISO 8601, JSON text columns as what they hold."""
+    out: dict[str, Any] = {}
+    for key, value in row._mapping.items():
+        if isinstance(value, datetime | date):
+            value = value.isoformat()
+        elif key in _JSON_COLUMNS.get(table, ()) and isinstance(value, str):
+            value = json.loads(value) if value else ([] if table == "subscribers" else {})
+        out[str(key)] = value
+    return out
 
 
 def _reason(exc: SQLAlchemyError) -> str:

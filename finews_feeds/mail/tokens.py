@@ -1,20 +1,29 @@
-"""Signed tokens for unsubscribe and confirm links.
+"""Signed tokens for unsubscribe, confirm and manage links, and the manage page's form field.
 
 A token is the subscriber's address signed with ``FINEWS_SECRET_KEY`` and salted with its
-purpose, so a confirm token cannot be replayed as an unsubscribe token (or the reverse) and
-nobody without the secret can make one for an address they merely know. Tokens carry a
-timestamp so confirm links can expire; unsubscribe links are read without ``max_age`` because
-an old digest in someone's mailbox must still let them leave.
+purpose, so a confirm token cannot be replayed as an unsubscribe or manage token (or the
+reverse) and nobody without the secret can make one for an address they merely know. Tokens
+carry a timestamp so confirm links can expire; unsubscribe and manage links are read without
+``max_age`` because an old digest in someone's mailbox must still let them leave or change
+what they get (listmonk's and Ghost's manage links do not expire either).
+
+The manage page's forms carry a second, short-lived token (:func:`form_token`): the manage
+token signed again for the page's forms, valid :data:`FORM_MAX_AGE` seconds. It is the CSRF
+field of a site without cookies: a page elsewhere cannot make one without the secret.
 """
 
 from __future__ import annotations
+
+import hashlib
 
 from itsdangerous import BadSignature, SignatureExpired, URLSafeTimedSerializer
 
 from ..config import Config
 from ..errors import ConfigError, TokenError
 
-PURPOSES = ("unsubscribe", "confirm")
+PURPOSES = ("unsubscribe", "confirm", "manage")
+#: How long a manage page's form stays good for a POST (a page left open for a day is reloaded).
+FORM_MAX_AGE = 24 * 3600
 
 
 def secret_of(config: Config) -> str:
@@ -56,3 +65,29 @@ def read_token(secret: str, purpose: str, token: str, max_age: int | None = None
     if not isinstance(value, str) or "@" not in value:
         raise TokenError(f"this {purpose} link is not valid")
     return value
+
+
+def _form_serializer(secret: str) -> URLSafeTimedSerializer:
+    return URLSafeTimedSerializer(_checked(secret), salt="finews-feeds.manage-form")
+
+
+def _digest_of(token: str) -> str:
+    # The form field names its link by a hash, so the page does not carry the link twice.
+    return hashlib.sha256(token.encode("utf-8")).hexdigest()[:32]
+
+
+def form_token(secret: str, manage_token: str) -> str:
+    """The CSRF field of the manage page of ``manage_token`` (good for :data:`FORM_MAX_AGE` seconds)."""
+    return _form_serializer(secret).dumps(_digest_of(manage_token))
+
+
+def check_form_token(secret: str, manage_token: str, value: str, max_age: int = FORM_MAX_AGE) -> None:
+    """:class:`TokenError` unless ``value`` is a form token of ``manage_token``'s page younger than ``max_age``."""
+    try:
+        named = _form_serializer(secret).loads(value, max_age=max_age)
+    except SignatureExpired:
+        raise TokenError("this page has been open too long", hint="reload it and try again") from None
+    except BadSignature:
+        raise TokenError("this form was not sent from this page") from None
+    if named != _digest_of(manage_token):
+        raise TokenError("this form was not sent from this page")

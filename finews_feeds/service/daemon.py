@@ -546,7 +546,7 @@ class Daemon:
         self.outbox = OutboxWorker(config, self.store, lambda: transport_from_config(config), clock=self.clock,
                                    site=self.site)
         app = create_app(config, store=self.store, wake_outbox=self.outbox.wake, health=self.health,
-                         categories=self.categories, tags=self.tags, clock=self.clock)
+                         categories=self.categories, tags=self.tags, clock=self.clock, zone=self.zone)
         server = uvicorn.Server(uvicorn.Config(
             app, log_config=None, lifespan="off", server_header=False, access_log=False,
             timeout_graceful_shutdown=3, proxy_headers=True,

@@ -12,6 +12,8 @@ Rules that matter here:
   the form and queues one outbox row. Making the subscriber, deciding whether to mail and
   mailing happen later in the daemon's outbox worker (:mod:`outbox`), so neither the answer,
   its headers nor its timing tell whether an address is known, and no request waits on SMTP.
+- ``/manage/{token}`` is the subscriber's preference centre (:mod:`.manage`): choices, daily or
+  weekly, a pause, unsubscribe, their data and "delete everything", behind the signed link.
 - ``GET /confirm/{token}`` and ``GET /unsubscribe/{token}`` change nothing (mail scanners
   prefetch links): they show a button, and only its ``POST`` confirms; the one-click
   ``POST`` with ``List-Unsubscribe=One-Click`` unsubscribes at once, with 200 and no redirect
@@ -41,9 +43,10 @@ import re
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from collections.abc import Set as AbstractSet
-from datetime import date, datetime
+from datetime import date, datetime, tzinfo
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
@@ -67,6 +70,7 @@ from ..mail.store import Store
 from ..mail.tokens import read_token, secret_of
 from .forms import MAX_CHOICES, read_form, split_tags, text_field
 from .guards import BodyLimitMiddleware, RateLimiter, cross_site, origin_of
+from .manage import manage_routes
 from .pages import TOKEN_PAGE_HEADERS, FeedList, LatestDigest, SiteTitle, message, page
 from .static import ARCHIVE_CACHE, CURRENT_CACHE, FeedFiles, GzipCache, NegotiatedGZipMiddleware
 from .webhooks import mailgun_route
@@ -106,6 +110,7 @@ def create_app(
     clock: Callable[[], datetime] = utc_now,
     monotonic: Callable[[], float] = time.monotonic,
     site_title: str | None = None,
+    zone: tzinfo | None = None,
 ) -> Starlette:
     """The Starlette app.
 
@@ -116,6 +121,8 @@ def create_app(
     tags a subscriber may name (the form then has a tags field); default: no tags field.
     ``site_title`` heads every page; default: ``site.title`` of the config (the daemon gives the
     site's, which may come from ``_config.yml``).
+    ``zone`` is the one times are shown in (a pause's end); default: ``digest.timezone``, else
+    ``site.timezone``, else Asia/Shanghai.
     """
 
     secret = secret_of(config)
@@ -290,6 +297,9 @@ def create_app(
         Route("/unsubscribe", unsubscribe_help, methods=["GET"]),
         Route("/unsubscribe/{token}", unsubscribe_page, methods=["GET"]),
         Route("/unsubscribe/{token}", unsubscribe, methods=["POST"]),
+        *manage_routes(store=store, secret=secret, categories=choices, tags=tags, clock=clock,
+                       refuse_cross_site=refuse_cross_site,
+                       zone=zone or ZoneInfo(config.digest.timezone or config.site.timezone or "Asia/Shanghai")),
         Route("/feeds", feeds_root, methods=["GET"]),
         Mount("/feeds", app=feed_files),
         Route("/digests", archive_root, methods=["GET"]),
