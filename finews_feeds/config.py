@@ -414,11 +414,19 @@ def _validate(config: Config) -> None:
         if key == "limit" and config.feeds.limit < 1:
             raise ConfigError(f"feeds.limit = {config.feeds.limit!r}: expected at least 1")
     _check_archive_page_size(config.feeds)
+    for key in ("confirm_subject", "manage_subject"):
+        value = getattr(config.digest, key)
+        try:
+            value.format(site_title="")
+        except (KeyError, IndexError, ValueError) as exc:
+            raise ConfigError(f"digest.{key} = {value!r}: bad template field {exc}", hint="field: {site_title}") from None
     try:
-        config.digest.confirm_subject.format(site_title="")
+        config.digest.weekly_subject.format(site_title="", start="", date="", count=0, top_title="")
     except (KeyError, IndexError, ValueError) as exc:
-        raise ConfigError(f"digest.confirm_subject = {config.digest.confirm_subject!r}: bad template field {exc}",
-                          hint="field: {site_title}") from None
+        raise ConfigError(
+            f"digest.weekly_subject = {config.digest.weekly_subject!r}: bad template field {exc}",
+            hint="fields: {site_title}, {start}, {date}, {count}, {top_title}",
+        ) from None
     try:
         config.digest.subject.format(site_title="", date="", count=0, top_title="")
     except (KeyError, IndexError, ValueError) as exc:

@@ -50,6 +50,7 @@ from finews_feeds.mail.mailer import (
 from finews_feeds.mail.message import message_id
 from finews_feeds.mail.store import Store
 from finews_feeds.mail.tokens import read_token
+from finews_feeds.models import PostSet
 
 DAY = date(2022, 4, 20)
 T0 = datetime(2022, 4, 21, 7, 30, tzinfo=UTC)
@@ -803,3 +804,48 @@ def test_a_configured_unsubscribe_mailbox_is_offered_after_the_one_click_link() 
                                            "<mailto:leave@news.example.org?subject=unsubscribe%20T.x-y_z>")
     assert headers["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
     assert list_headers(make_config(25), make_site(), "https://x.example/u/T")["List-Unsubscribe"] == "<https://x.example/u/T>"
+
+
+@pytest.mark.parametrize("kind", [
+    "sqlite",
+    pytest.param("postgresql", marks=[
+        pytest.mark.postgres,
+        pytest.mark.skipif(not postgres_available(), reason="PostgreSQL at 127.0.0.1:5432 is not reachable"),
+    ]),
+])
+def test_a_weekly_subscriber_gets_the_weeks_digest_on_their_weekday_once_across_days_and_reruns(
+        sink: Sink, port: int, tmp_path: Path, kind: str) -> None:
+    base = make_collection()  # three posts on Wednesday 2022-04-20
+    posts = [dataclasses.replace(p, path=f"{p.path}.{n}", date=p.date - timedelta(days=n), url=f"{p.url}?{n}")
+             for n in range(9) for p in base.posts]
+    collection = PostSet(base.site, posts, base.content)
+    config = make_config(port)  # digest.covers = previous_day: the run for the 20th arrives on Thursday
+    days = [DAY - timedelta(days=n) for n in range(6, -3, -1)]  # Thursday 14th to Friday 22nd
+    with database_url(kind, tmp_path) as url, Store.open(url) as store:
+        add_active(store, "daily@example.org", "weekly@example.org", "paused@example.org")
+        store.update_preferences("weekly@example.org", categories=("yicai",), tags=(), frequency="weekly", weekday=3)
+        store.update_preferences("paused@example.org", categories=(), tags=(), frequency="weekly", weekday=3)
+        store.pause("paused@example.org", T0 + timedelta(days=30))
+        for day in days:
+            for _ in range(2):  # every day's run twice: the rerun sends nothing
+                report = send_digest(config, store, lambda: transport_from_config(config), day, collection,
+                                     lambda: T0)
+                assert report.ok
+        weekly_rows = [(d.day, d.kind, d.state) for day in days for d in store.ledger(day)
+                       if d.email == "weekly@example.org"]
+        assert weekly_rows == [(DAY, "weekly", "sent")]
+    by = sink.by_recipient()
+    assert len(by["daily@example.org"]) == 7  # one a day while there are posts (digest.send_empty is off)
+    assert "paused@example.org" not in by
+    [weekly] = by["weekly@example.org"]
+    msg = weekly.message
+    assert str(make_header(decode_header(msg["Subject"]))) == (
+        "finews 财经新闻 每周精选 · 2022年4月14日至2022年4月20日 · 7篇")
+    text, html = parts(msg)
+    sections = [line for line in text.splitlines() if line.startswith("=== ")]
+    assert sections == [f"=== 2022年4月{d}日 {w} · 1 篇 ===" for d, w in
+                        zip(range(20, 13, -1), ("星期三", "星期二", "星期一", "星期日", "星期六", "星期五", "星期四"),
+                            strict=True)]
+    titles = [line.split("  ", 1)[1] for line in text.splitlines() if line[:3] == "20:" and "  " in line]
+    assert titles == ["一财快讯：人民币汇率"] * 7 and "央行开展逆回购操作" not in text
+    assert "/manage/" in html

@@ -14,7 +14,7 @@ import sys
 import time
 from collections.abc import Iterator
 from dataclasses import replace
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -46,6 +46,7 @@ from finews_feeds.mail.digest import (
     digest_day,
     lead_fragment,
     posts_of_day,
+    posts_of_week,
     write_preview,
 )
 from finews_feeds.models import Post, PostSet, Site
@@ -704,3 +705,67 @@ def test_hostile_images_of_a_site_reach_no_digest(tmp_path: Path) -> None:
         else:
             assert len(sources) == len(HOSTILE_URLS)
             assert all(src.startswith("https://finews.withounder.com/") for src in sources)
+
+
+# -- the weekly digest -----------------------------------------------------------------------------
+
+
+def weekly(config: Config, site: Site, posts: list[Post], selection: Selection) -> Variant:
+    week = PostSet(site, posts, content=no_content)
+    variant = DigestRenderer(config, site, no_content, week=lambda last: posts_of_week(week, last, SHANGHAI)).render(
+        DAY, posts_of_day(week, DAY, SHANGHAI), selection)
+    assert variant is not None
+    return variant
+
+
+def test_a_weekly_digest_holds_the_seven_days_ending_with_the_day_by_day_newest_first_then_by_category(
+        config: Config, site: Site) -> None:
+    posts = [
+        make_post(1, "cailianshe", day=DAY, hour=9), make_post(2, "jrj", day=DAY, hour=8),
+        make_post(3, "cailianshe", day=DAY - timedelta(days=2), hour=10),
+        make_post(4, "sina", day=DAY - timedelta(days=6), hour=23, minute=59),  # the week's first day
+        make_post(5, "sina", day=DAY - timedelta(days=7), hour=23, minute=59),  # the day before it: not in
+        make_post(6, "jrj", day=DAY + timedelta(days=1), hour=0),  # after the day: not in
+    ]
+    variant = weekly(config, site, posts, Selection(weekly=True))
+    assert (variant.subject, variant.count) == ("finews 财经新闻 每周精选 · 2022年4月14日至2022年4月20日 · 4篇", 4)
+    page = doc(variant.html)
+    assert page.find_class("brand")[0].text_content() == "finews 财经新闻 · 每周精选"
+    assert page.find_class("date")[0].text_content() == "2022年4月14日至2022年4月20日 · 共 4 篇"
+    order = [(e.get("class"), e.text_content().split(" ")[0]) for e in page.xpath("//td[@class='day' or @class='cat']")]
+    assert order == [("day", "2022年4月20日"), ("cat", "财联社新闻"), ("cat", "金融界"),
+                     ("day", "2022年4月18日"), ("cat", "财联社新闻"),
+                     ("day", "2022年4月14日"), ("cat", "新浪财经")]
+    assert [a.text_content() for a in page.find_class("t")] == ["标题1", "标题2", "标题3", "标题4"]
+    assert "以下是2022年4月14日至2022年4月20日的4篇文章。" in page.find_class("hi")[0].text_content()
+    _, text = variant.personalize(reader())
+    days = [line for line in text.splitlines() if line.startswith("=== ")]
+    assert days == ["=== 2022年4月20日 星期三 · 2 篇 ===", "=== 2022年4月18日 星期一 · 1 篇 ===",
+                    "=== 2022年4月14日 星期四 · 1 篇 ==="]
+    assert text.index("【财联社新闻】1 篇") < text.index("【金融界】1 篇") < text.index(days[1])
+    # The selection still chooses, and a daily variant of the same choice is another variant.
+    only = weekly(config, site, posts, Selection(categories=frozenset({"sina"}), weekly=True))
+    assert [a.text_content() for a in doc(only.html).find_class("t")] == ["标题4"]
+    assert Selection(weekly=True).key() != Selection().key()
+
+
+def test_a_weekly_selection_without_the_weeks_posts_is_an_error_not_a_daily_digest(config: Config, site: Site) -> None:
+    with pytest.raises(DigestError, match="a weekly digest needs the week's posts"):
+        DigestRenderer(config, site, no_content).render(DAY, [make_post(1)], Selection(weekly=True))
+
+
+def test_a_busy_week_stays_under_gmail_clipping_with_fewer_per_category(
+        config: Config, site: Site, caplog: pytest.LogCaptureFixture) -> None:
+    posts = [make_post(d * 1000 + n, ("cailianshe", "jrj", "sina", "yicai")[n % 4], day=DAY - timedelta(days=d),
+                       hour=n % 24, minute=n % 60, summary="这是一段用来占位置的摘要文字。" * 6)
+             for d in range(7) for n in range(60)]
+    caplog.set_level(logging.WARNING, logger="finews_feeds.mail.digest")
+    variant = weekly(config, site, posts, Selection(weekly=True))
+    assert variant.count == 420
+    assert len(variant.html.encode("utf-8")) <= 100_000
+    page = doc(variant.html)
+    assert len(page.find_class("day")) == 7 and len(page.find_class("cat")) == 28
+    shown = len(page.find_class("t"))
+    assert shown < 7 * 4 * 10  # fewer than the 10 per category a day's digest shows
+    assert shown + sum(int(m.text_content().split()[1]) for m in page.find_class("more")) == 420
+    assert "Gmail clips at 102 KB" in caplog.text

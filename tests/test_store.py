@@ -598,3 +598,146 @@ def test_a_batch_larger_than_an_in_list_is_committed_whole(store: Store) -> None
     assert set(statuses.values()) == {"active"} and len(statuses) == 1203
     store.mark_sent_batch(DAY, ids, T0)
     assert store.ledger_counts(DAY)["sent"] == 1203
+
+
+# -- the preference centre: daily or weekly, pauses, the subscriber's own data --------------------
+
+
+def rows_by_address(store: Store, days: list[date]) -> dict[str, list[tuple[date, str]]]:
+    found: dict[str, list[tuple[date, str]]] = {}
+    for day in days:
+        for row in store.ledger(day):
+            found.setdefault(row.email, []).append((row.day, row.kind))
+    return found
+
+
+def test_weekly_subscribers_get_one_weekly_row_on_their_weekday_once_a_week_across_days_and_reruns(
+        store: Store) -> None:
+    first = date(2026, 3, 1)  # a Sunday: its digest arrives on Monday 2 March
+    store.add_subscriber("daily@example.org", confirmed=True, now=T0)
+    for email, weekday in (("monday@example.org", 0), ("thursday@example.org", 3)):
+        store.add_subscriber(email, confirmed=True, now=T0)
+        store.update_preferences(email, categories=(), tags=(), frequency="weekly", weekday=weekday)
+    days = [first + timedelta(days=n) for n in range(16)]
+    for day in days:
+        run_at = datetime(day.year, day.month, day.day, 23, 30, tzinfo=UTC)
+        arrives = (day + timedelta(days=1)).weekday()
+        for _ in range(2):  # a rerun of the day adds nothing
+            store.prepare_day(day, run_at, weekly_on=arrives)
+        if day == date(2026, 3, 8):
+            # Monday's weekly went out in the 8th's run; moved to Tuesday, the next is a week later, not tomorrow.
+            store.update_preferences("monday@example.org", categories=(), tags=(), frequency="weekly", weekday=1)
+    rows = rows_by_address(store, days)
+    assert rows["daily@example.org"] == [(day, "daily") for day in days]
+    assert rows["thursday@example.org"] == [(date(2026, 3, 4), "weekly"), (date(2026, 3, 11), "weekly")]
+    assert rows["monday@example.org"] == [(date(2026, 3, 1), "weekly"), (date(2026, 3, 8), "weekly"),
+                                          (date(2026, 3, 16), "weekly")]
+    # Without weekly_on (a caller that sends no weekly digests) no weekly row is made.
+    assert store.prepare_day(date(2026, 3, 23), T0) == 1
+
+
+def test_a_paused_subscriber_gets_no_row_until_the_pause_ends_and_a_pause_since_preparing_skips_the_send(
+        store: Store) -> None:
+    store.add_subscriber("p@example.org", confirmed=True, now=T0)
+    store.add_subscriber("q@example.org", confirmed=True, now=T0)
+    paused = store.pause("p@example.org", T0 + timedelta(days=3))
+    assert (paused.paused_until, paused.paused(T0), paused.paused(T0 + timedelta(days=3))) == (
+        T0 + timedelta(days=3), True, False)
+    for n in range(5):
+        store.prepare_day(DAY + timedelta(days=n), T0 + timedelta(days=n), weekly_on=0)
+    rows = rows_by_address(store, [DAY + timedelta(days=n) for n in range(5)])
+    assert [day for day, _ in rows["p@example.org"]] == [DAY + timedelta(days=3), DAY + timedelta(days=4)]
+    assert len(rows["q@example.org"]) == 5
+    # Paused after the day was prepared: the row is skipped when its turn comes.
+    later = DAY + timedelta(days=10)
+    store.prepare_day(later, T0 + timedelta(days=10))
+    q = store.get_subscriber("q@example.org")
+    assert q is not None
+    store.pause("q@example.org", T0 + timedelta(days=12))
+    assert store.start_sending(later, q.id, "<m@example.org>", T0 + timedelta(days=10)) == "paused"
+    assert [(d.email, d.state, d.last_error) for d in store.ledger(later) if d.email == "q@example.org"] == [
+        ("q@example.org", "skipped", "subscriber is paused")]
+    assert store.pause("q@example.org", None).paused_until is None
+    # The same in a batch (what a send does).
+    again = later + timedelta(days=1)
+    store.prepare_day(again, T0 + timedelta(days=11))
+    store.pause("q@example.org", T0 + timedelta(days=12))
+    assert store.start_sending_batch(again, [(q.id, "<n@example.org>")], T0 + timedelta(days=11)) == {q.id: "paused"}
+    assert [(d.state, d.last_error) for d in store.ledger(again) if d.email == "q@example.org"] == [
+        ("skipped", "subscriber is paused")]
+
+
+def test_preferences_are_checked_and_saved_and_a_resubscribe_from_the_link_needs_no_confirmation(
+        store: Store) -> None:
+    store.add_subscriber("a@example.org", confirmed=True, categories=["yicai"], now=T0)
+    with pytest.raises(SubscriberError, match="frequency 'monthly' is not one of daily, weekly"):
+        store.update_preferences("a@example.org", categories=(), tags=(), frequency="monthly", weekday=0)
+    with pytest.raises(SubscriberError, match="weekday 7 is not 0"):
+        store.update_preferences("a@example.org", categories=(), tags=(), frequency="weekly", weekday=7)
+    with pytest.raises(SubscriberError, match=r"nobody@example\.org is not a subscriber"):
+        store.update_preferences("nobody@example.org", categories=(), tags=(), frequency="daily", weekday=0)
+    sub = store.update_preferences("A@example.org", categories=["cailianshe", "jrj"], tags=["IPO"],
+                                   frequency="weekly", weekday=4)
+    assert (sub.categories, sub.tags, sub.frequency, sub.weekday, sub.status) == (
+        ("cailianshe", "jrj"), ("IPO",), "weekly", 4, "active")
+    store.unsubscribe("a@example.org", T0 + timedelta(days=1))
+    back = store.resubscribe("a@example.org", T0 + timedelta(days=2))
+    assert (back.status, back.confirmed_at, back.unsubscribed_at, back.categories, back.frequency) == (
+        "active", T0, None, ("cailianshe", "jrj"), "weekly")
+    store.add_subscriber("p@example.org", now=T0)
+    assert store.resubscribe("p@example.org", T0).status == "pending"  # only a confirmation makes it active
+
+
+def everything_about(store: Store, sub: Subscriber) -> list[str]:
+    """Every row of every table that holds the subscriber's id or address, named by table."""
+    from finews_feeds.mail.migrations import METADATA
+
+    found = []
+    with store.engine.connect() as conn:
+        for table in METADATA.sorted_tables:
+            for row in conn.execute(table.select()):
+                values = row._mapping
+                if (values.get("subscriber_id") == sub.id or (table.name == "subscribers" and values["id"] == sub.id)
+                        or any(isinstance(v, str) and sub.email.lower() in v.lower() for v in values.values())):
+                    found.append(table.name)
+    return found
+
+
+def test_a_subscribers_data_holds_every_row_about_them_and_erasing_leaves_none(store: Store) -> None:
+    store.add_subscriber("Ann@example.org", name="Ann", confirmed=True, categories=["yicai"], now=T0)
+    store.add_subscriber("bob@example.org", confirmed=True, now=T0)
+    ann = store.get_subscriber("ann@example.org")
+    assert ann is not None
+    store.prepare_day(DAY, T0)
+    store.mark_sent(DAY, ann.id, T0 + timedelta(minutes=1))
+    store.queue_subscribe("ann@example.org", name="Ann", categories=["cailianshe"], now=T0 + timedelta(hours=1))
+    store.queue_mail("manage", "bob@example.org", "<b@example.org>", now=T0)
+    data = store.subscriber_data("ANN@example.org", T0 + timedelta(days=1))
+    assert data is not None
+    assert list(data) == ["format", "exported_at", "subscriber", "deliveries", "outbox"]
+    assert (data["format"], data["exported_at"]) == ("finews-feeds subscriber data, version 1",
+                                                     "2026-03-02T08:00:00+00:00")
+    assert data["subscriber"] == {
+        "id": ann.id, "email": "Ann@example.org", "email_key": "ann@example.org", "name": "Ann", "status": "active",
+        "categories": ["yicai"], "tags": [], "created_at": "2026-03-01T08:00:00+00:00",
+        "confirmed_at": "2026-03-01T08:00:00+00:00", "unsubscribed_at": None, "bounced_at": None,
+        "permanent_failures": 0, "frequency": "daily", "weekday": 0, "paused_until": None,
+    }
+    assert [(d["day"], d["email"], d["state"], d["kind"], d["sent_at"]) for d in data["deliveries"]] == [
+        ("2026-02-28", "Ann@example.org", "sent", "daily", "2026-03-01T08:01:00+00:00")]
+    assert sorted(data["deliveries"][0]) == sorted([
+        "day", "subscriber_id", "email", "state", "attempts", "last_error", "message_id", "run_owner", "created_at",
+        "updated_at", "sent_at", "kind"])
+    [queued] = data["outbox"]
+    assert (queued["kind"], queued["email"], queued["payload"]) == (
+        "subscribe", "ann@example.org", {"name": "Ann", "categories": ["cailianshe"], "tags": []})
+    assert store.subscriber_data("nobody@example.org") is None
+
+    assert sorted(everything_about(store, ann)) == ["deliveries", "outbox", "subscribers"]
+    erased = store.erase_subscriber("ann@example.org")
+    assert erased is not None and erased.email == "Ann@example.org"
+    assert everything_about(store, ann) == []
+    assert store.get_subscriber("ann@example.org") is None
+    assert store.erase_subscriber("ann@example.org") is None
+    bob = store.get_subscriber("bob@example.org")
+    assert bob is not None and sorted(everything_about(store, bob)) == ["deliveries", "outbox", "subscribers"]

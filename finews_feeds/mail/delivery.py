@@ -1,4 +1,5 @@
-"""Send a day's digest to every active subscriber exactly once, whatever fails on the way.
+"""Send a day's digest to every active subscriber exactly once, whatever fails on the way (a weekly
+subscriber, on their weekday, the week's: see :meth:`Store.prepare_day`).
 
 The ledger (see :mod:`store`) holds one row per (day, subscriber). A run:
 
@@ -41,7 +42,16 @@ from ..models import Post, Posts, Site
 from ..site.collector import collect_site
 from ..site.jekyll import resolve_site
 from .confirmation import ConfirmationRenderer
-from .digest import DigestRenderer, Recipient, Selection, Variant, posts_of_day, web_base_url
+from .digest import (
+    DigestRenderer,
+    Recipient,
+    Selection,
+    Variant,
+    arrival_day,
+    posts_of_day,
+    posts_of_week,
+    web_base_url,
+)
 from .mailer import ConnectionFailure, PermanentFailure, SmtpTransport, TemporaryFailure, transport_from_config
 from .message import build_message, domain_of, format_address, message_id
 from .reports import unsubscribe_subject, verp_address
@@ -376,7 +386,7 @@ class _Run:
         if sub.status != "active":
             skipped[sub.id] = f"subscriber is {sub.status}"
             return None
-        variant = self.variant(Selection(frozenset(sub.categories), frozenset(sub.tags)))
+        variant = self.variant(selection_of(claim))
         if variant is None:
             skipped[sub.id] = "no article matches the subscriber's categories and tags"
             return None
@@ -630,6 +640,12 @@ class _Run:
         return _Outcome(job, "sent")
 
 
+def selection_of(claim: Claim) -> Selection:
+    """What a ledger row sends: the subscriber's categories and tags, the day's digest or (a `weekly` row) the week's."""
+    sub = claim.subscriber
+    return Selection(frozenset(sub.categories), frozenset(sub.tags), weekly=claim.delivery.kind == "weekly")
+
+
 def _stopped(exc: StoreError, day: date) -> StoreError:
     """``exc`` saying which send it stopped, and that running it again is safe."""
     return type(exc)(f"the send of the {day} digest stopped: {exc.message}",
@@ -672,7 +688,8 @@ def send_digest(
     report = DeliveryReport(day=day)
     zone = ZoneInfo(config.digest.timezone) if config.digest.timezone else collection.site.timezone
     posts = posts_of_day(collection, day, zone)
-    renderer = renderer or DigestRenderer(config, collection.site, collection.content)
+    renderer = renderer or DigestRenderer(config, collection.site, collection.content,
+                                          week=lambda last: posts_of_week(collection, last, zone))
 
     started = time.monotonic()
     owner = new_owner()
@@ -696,7 +713,8 @@ def send_digest(
     finished = False
     transports: list[SmtpTransport] = []
     try:
-        store.prepare_day(day, now())
+        # Weekly subscribers are due when the mail arrives on their weekday.
+        store.prepare_day(day, now(), weekly_on=arrival_day(day, config.digest.covers).weekday())
         counts = store.ledger_counts(day)
         report.total = sum(counts.values())
         report.already_sent = counts["sent"]

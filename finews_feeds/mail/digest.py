@@ -1,4 +1,5 @@
-"""The daily digest: a day's posts as an inlined-CSS HTML email and its text part.
+"""The digest: a day's posts (or, for weekly subscribers, a week's, grouped by day then category)
+as an inlined-CSS HTML email and its text part.
 
 Rendering (Jinja) and CSS inlining (premailer) are slow, so they run once per *variant*, the
 digest for one category/tag selection; a subscriber's own fields (greeting, address, unsubscribe
@@ -70,6 +71,8 @@ HTML_BUDGET = 100_000
 #: Category heading for posts without a category.
 UNCATEGORIZED_TITLE = "其他"
 WEEKDAYS = ("星期一", "星期二", "星期三", "星期四", "星期五", "星期六", "星期日")
+#: Days a weekly digest covers: the run's day and the six before it.
+WEEK_DAYS = 7
 
 #: What may survive of a post's HTML in an email: text-level markup and links, nothing active.
 LEAD_TAGS = {"p", "br", "strong", "b", "em", "i", "a"}
@@ -102,6 +105,11 @@ def covered_day(now: datetime, zone: ZoneInfo, covers: str) -> date:
     raise ConfigError(f"digest.covers = {covers!r}: expected previous_day or same_day")
 
 
+def arrival_day(day: date, covers: str) -> date:
+    """The day the digest covering ``day`` is sent (its weekday is a weekly subscriber's choice)."""
+    return day + timedelta(days=1) if covers == "previous_day" else day
+
+
 def digest_day(config: Config, now: datetime) -> date:
     """The day the digest run at ``now`` covers, in the digest's zone (default: the site's)."""
     zone_name = config.digest.timezone
@@ -119,12 +127,24 @@ def posts_of_day(posts: Posts, day: date, zone: ZoneInfo) -> list[Post]:
     return chosen
 
 
+def posts_of_week(posts: Posts, last: date, zone: ZoneInfo) -> list[Post]:
+    """The posts of the seven days ending with ``last`` (in ``zone``), newest first: a weekly digest's."""
+    first = last - timedelta(days=WEEK_DAYS - 1)
+    start = datetime.combine(first, time(), zone)
+    chosen = [p for p in posts.between(start, datetime.combine(last + timedelta(days=1), time(), zone))
+              if first <= p.date.astimezone(zone).date() <= last]
+    chosen.sort(key=lambda p: (p.date, p.path), reverse=True)
+    return chosen
+
+
 @dataclass(frozen=True)
 class Selection:
-    """A subscriber's choice: categories and tags; both empty means everything."""
+    """A subscriber's choice: categories and tags (both empty means everything), and whether they get
+    the week's digest (the seven days ending with the run's day) rather than the day's."""
 
     categories: frozenset[str] = frozenset()
     tags: frozenset[str] = frozenset()
+    weekly: bool = False
 
     @property
     def everything(self) -> bool:
@@ -137,7 +157,8 @@ class Selection:
 
     def key(self) -> str:
         """Same selection, same key, whatever the order the names were given in."""
-        return json.dumps([sorted(self.categories), sorted(self.tags)], ensure_ascii=False, separators=(",", ":"))
+        names = [sorted(self.categories), sorted(self.tags)]
+        return json.dumps([*names, "weekly"] if self.weekly else names, ensure_ascii=False, separators=(",", ":"))
 
 
 @dataclass(frozen=True)
@@ -180,6 +201,17 @@ class DigestGroup:
 
 
 @dataclass(frozen=True)
+class DigestDay:
+    """One day's part of a digest: its category groups (a daily digest has one, without a heading)."""
+
+    day: date
+    date_text: str
+    weekday: str
+    count: int
+    groups: tuple[DigestGroup, ...]
+
+
+@dataclass(frozen=True)
 class FeedLink:
     label: str
     url: str
@@ -198,6 +230,7 @@ class DigestView:
     subject: str
     preheader: str
     count: int
+    #: Every category group, in the order shown (a weekly digest's days one after the other).
     groups: tuple[DigestGroup, ...]
     selection_text: str  #: what the subscriber chose, for the footer; "" for everything
     archive_url: str
@@ -205,6 +238,11 @@ class DigestView:
     archive_index_url: str
     feeds: tuple[FeedLink, ...]
     postal_address: str
+    #: The parts by day: one for a daily digest; for a weekly one each day with articles, newest first.
+    days: tuple[DigestDay, ...] = ()
+    weekly: bool = False
+    #: The first day covered, as text (a weekly digest's start; the day itself for a daily one).
+    start_text: str = ""
     greeting: str = GREETING
     pad: str = PAD
     sent_to: str = SENT_TO
@@ -410,12 +448,19 @@ def lead_fragment(content: str, base_url: str) -> tuple[str, str]:
 
 
 class DigestRenderer:
-    """Renders variants of the digest. One per thread: premailer is not thread-safe."""
+    """Renders variants of the digest. One per thread: premailer is not thread-safe.
 
-    def __init__(self, config: Config, site: Site, content: ContentSource) -> None:
+    ``week(day)`` gives the posts of the seven days ending with ``day`` (:func:`posts_of_week`), for
+    weekly selections; without it a weekly selection is a :class:`DigestError`.
+    """
+
+    def __init__(self, config: Config, site: Site, content: ContentSource,
+                 week: Callable[[date], Sequence[Post]] | None = None) -> None:
         self.config = config
         self.site = site
         self.content = content
+        self.week = week
+        self.zone = ZoneInfo(config.digest.timezone) if config.digest.timezone else site.timezone
         self.env = make_environment(config.digest.templates)
         try:
             self.html_template = self.env.get_template(HTML_TEMPLATE)
@@ -429,9 +474,14 @@ class DigestRenderer:
             raise DigestError(f"digest template {exc.filename or exc.name}, line {exc.lineno}: {exc.message}") from None
 
     def render(self, day: date, posts: Sequence[Post], selection: Selection) -> Variant | None:
-        """The variant of ``selection`` for ``day``; ``posts`` are all posts of the day.
+        """The variant of ``selection`` for ``day``; ``posts`` are all posts of the day (a weekly
+        selection takes the week's from ``week``).
 
         None when nothing matches and ``digest.send_empty`` is false."""
+        if selection.weekly:
+            if self.week is None:
+                raise DigestError("a weekly digest needs the week's posts (DigestRenderer(week=...))")
+            posts = self.week(day)
         cap = self.config.digest.max_per_category
         view = self.view(day, posts, selection, cap)
         if view.count == 0 and not self.config.digest.send_empty:
@@ -470,18 +520,41 @@ class DigestRenderer:
         config, site = self.config, self.site
         chosen = [p for p in posts if selection.matches(p)]
         chosen.sort(key=lambda p: (p.date, p.path), reverse=True)
-        groups = self._groups(chosen, selection, config.digest.max_per_category if cap is None else cap)
+        limit = config.digest.max_per_category if cap is None else cap
+        if selection.weekly:
+            # By day (newest first), then by category within each day, each capped as a day's digest is.
+            by_day: dict[date, list[Post]] = {}
+            for post in chosen:
+                by_day.setdefault(post.date.astimezone(self.zone).date(), []).append(post)
+            days = []
+            lead = True
+            for when in sorted(by_day, reverse=True):
+                day_groups = self._groups(by_day[when], selection, limit, lead=lead)
+                lead = False
+                days.append(DigestDay(when, date_text(when), WEEKDAYS[when.weekday()], len(by_day[when]), day_groups))
+            groups = tuple(g for part in days for g in part.groups)
+            start = day - timedelta(days=WEEK_DAYS - 1)
+            span = f"{date_text(start)}至{date_text(day)}"
+            template = config.digest.weekly_subject
+        else:
+            groups = self._groups(chosen, selection, limit)
+            days = [DigestDay(day, date_text(day), WEEKDAYS[day.weekday()], len(chosen), groups)]
+            start = day
+            span = date_text(day)
+            template = config.digest.subject
         count = len(chosen)
         subject = header_text(
-            config.digest.subject.format(
+            template.format(
                 site_title=site.title,
                 date=date_text(day),
                 count=count,
                 top_title=groups[0].items[0].title if groups else "",
+                **({"start": date_text(start)} if selection.weekly else {}),
             )
         )
         titles = [item.title for group in groups for item in group.items][:3]
-        preheader = f"{date_text(day)}共 {count} 篇" + ("：" + "；".join(titles) if titles else "：今日暂无新文章")
+        preheader = f"{span}共 {count} 篇" + ("：" + "；".join(titles) if titles else
+                                                 ("：本周暂无新文章" if selection.weekly else "：今日暂无新文章"))
         if len(preheader) > 110:
             preheader = preheader[:109] + "…"
         feeds_url = feeds_base_url(config, site)
@@ -505,6 +578,9 @@ class DigestRenderer:
                 FeedLink("JSON Feed", f"{feeds_url}/feed.json"),
             ),
             postal_address=config.digest.postal_address.strip(),
+            days=tuple(days),
+            weekly=selection.weekly,
+            start_text=date_text(start),
         )
 
     def _selection_text(self, selection: Selection) -> str:
@@ -527,12 +603,13 @@ class DigestRenderer:
                     return name
         return post.categories[0] if post.categories else ""
 
-    def _groups(self, posts: Sequence[Post], selection: Selection, cap: int) -> tuple[DigestGroup, ...]:
+    def _groups(self, posts: Sequence[Post], selection: Selection, cap: int, *,
+                lead: bool = True) -> tuple[DigestGroup, ...]:
         by_slug: dict[str, list[Post]] = {}
         for post in posts:
             by_slug.setdefault(self._group_of(post, selection), []).append(post)
         groups: list[DigestGroup] = []
-        first = True
+        first = lead
         for slug in sorted(by_slug, key=self._category_key):
             members = by_slug[slug]
             shown = members[:cap] if cap > 0 else members

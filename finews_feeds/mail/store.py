@@ -682,23 +682,40 @@ class Store:
 
     # -- ledger --------------------------------------------------------------------------------
 
-    def prepare_day(self, day: date, now: datetime | None = None) -> int:
-        """Give every active subscriber without one a `pending` row for ``day``; returns how many were added."""
+    def prepare_day(self, day: date, now: datetime | None = None, weekly_on: int | None = None) -> int:
+        """Give every subscriber due a digest in ``day``'s run and without a row a `pending` one; returns how many
+        were added.
+
+        Due: active and not paused at ``now``; daily subscribers every day, weekly ones when the run
+        is on their weekday (``weekly_on``, 0 = Monday: the weekday the run's mail arrives, which
+        the caller knows from ``digest.covers``; None: no weekly digests in this run). A weekly row
+        (kind ``weekly``: the seven days ending with ``day``) is not added when the subscriber has
+        one for any of the six days before, so a weekday changed after a weekly digest went out
+        gives no second one that week. Rows are keyed by (day, subscriber) as before, so a rerun of
+        the day adds nothing.
+        """
         now = _now(now)
+        c = subscribers.c
+        have = select(deliveries.c.subscriber_id).where(deliveries.c.day == day)
+        due = and_(c.status == "active", c.id.not_in(have), or_(c.paused_until.is_(None), c.paused_until <= now))
+        kinds = [("daily", c.frequency != "weekly")]
+        if weekly_on is not None:
+            recent = select(deliveries.c.subscriber_id).where(
+                deliveries.c.kind == "weekly", deliveries.c.day >= day - timedelta(days=6), deliveries.c.day < day)
+            kinds.append(("weekly", and_(c.frequency == "weekly", c.weekday == weekly_on, c.id.not_in(recent))))
+        added = 0
         with self._tx() as conn:
-            have = select(deliveries.c.subscriber_id).where(deliveries.c.day == day)
-            missing = conn.execute(
-                select(subscribers.c.id, subscribers.c.email)
-                .where(subscribers.c.status == "active", subscribers.c.id.not_in(have))
-                .order_by(subscribers.c.id)
-            ).all()
-            if missing:
-                conn.execute(deliveries.insert(), [
-                    {"day": day, "subscriber_id": sid, "email": email, "state": "pending", "attempts": 0,
-                     "last_error": "", "message_id": "", "run_owner": None, "created_at": now, "updated_at": now}
-                    for sid, email in missing
-                ])
-        return len(missing)
+            for kind, wanted in kinds:
+                missing = conn.execute(select(c.id, c.email).where(due, wanted).order_by(c.id)).all()
+                if missing:
+                    conn.execute(deliveries.insert(), [
+                        {"day": day, "subscriber_id": sid, "email": email, "state": "pending", "attempts": 0,
+                         "last_error": "", "message_id": "", "run_owner": None, "created_at": now,
+                         "updated_at": now, "kind": kind}
+                        for sid, email in missing
+                    ])
+                added += len(missing)
+        return added
 
     def claim_next(self, day: date, owner: str, now: datetime | None = None) -> Claim | None:
         """Take the next open row of ``day`` this run has not taken yet (each row at most once per run)."""
@@ -747,7 +764,7 @@ class Store:
 
     def start_sending(self, day: date, subscriber_id: int, message_id: str, now: datetime | None = None,
                       owner: str | None = None, lease: timedelta = LEDGER_LEASE) -> str:
-        """:meth:`mark_sending` if the subscriber is still active, else record the row `skipped`.
+        """:meth:`mark_sending` if the subscriber is still active and not paused, else record the row `skipped`.
 
         One transaction, so someone who unsubscribed a moment ago is not sent to. Returns the
         subscriber's status (``"active"`` when the message may go). With ``owner``, the row must
@@ -757,8 +774,11 @@ class Store:
         """
         now = _now(now)
         with self._tx() as conn:
-            status = conn.execute(select(subscribers.c.status).where(subscribers.c.id == subscriber_id)).scalar()
-            status = str(status or "removed")
+            row = conn.execute(select(subscribers.c.status, subscribers.c.paused_until)
+                               .where(subscribers.c.id == subscriber_id)).first()
+            status = str(row.status) if row is not None else "removed"
+            if status == "active" and row is not None and row.paused_until is not None and row.paused_until > now:
+                status = "paused"  # since the day was prepared: nothing goes out until the pause ends
             if status == "active":
                 values: dict[str, Any] = {"state": "sending", "message_id": message_id}
             else:
@@ -780,8 +800,9 @@ class Store:
                             lease: timedelta = LEDGER_LEASE) -> dict[int, str]:
         """:meth:`start_sending` for many rows in one transaction (one commit, one fsync).
 
-        ``rows`` are (subscriber id, Message-ID); each row whose subscriber is still active is
-        committed `sending` with its Message-ID, any other `skipped` ("subscriber is <status>").
+        ``rows`` are (subscriber id, Message-ID); each row whose subscriber is still active (and not
+        paused) is committed `sending` with its Message-ID, any other `skipped` ("subscriber is
+        <status>", the status ``paused`` for a pause).
         ``skipped`` (subscriber id -> reason) records rows the caller skips itself in the same
         commit. The statuses are read ``FOR SHARE`` on PostgreSQL (SQLite's write lock does the
         same): an unsubscribe that commits first is seen, one that comes later waits for this
@@ -812,10 +833,13 @@ class Store:
                 renew["lease_until"] = now + lease
             statuses: dict[int, str] = {}
             for chunk in _chunks(ids):
-                query = select(subscribers.c.id, subscribers.c.status).where(subscribers.c.id.in_(chunk))
+                query = (select(subscribers.c.id, subscribers.c.status, subscribers.c.paused_until)
+                         .where(subscribers.c.id.in_(chunk)))
                 if self.dialect == "postgresql":
                     query = query.with_for_update(read=True)
-                statuses.update({int(sid): str(status) for sid, status in conn.execute(query)})
+                # Paused since the day was prepared: nothing goes out until the pause ends.
+                statuses.update({int(sid): "paused" if status == "active" and until is not None and until > now
+                                 else str(status) for sid, status, until in conn.execute(query)})
             sending = [{"d": day, "sid": sid, "mid": mid} for sid, mid in rows if statuses.get(sid) == "active"]
             skips = [{"d": day, "sid": sid, "why": f"subscriber is {statuses.get(sid, 'removed')}"}
                      for sid, _ in rows if statuses.get(sid) != "active"]
@@ -1132,7 +1156,7 @@ def _personal_tables(row: Row[Any]) -> list[tuple[Table, Any]]:
     """Every table but ``subscribers`` that names the subscriber of ``row``, with the condition that finds
     their rows: by ``subscriber_id``, else by ``email_key`` (the convention of :mod:`.migrations`)."""
     found: list[tuple[Table, Any]] = []
-    for table in METADATA.sorted_tables:
+    for table in sorted(METADATA.tables.values(), key=lambda t: t.name):
         if table.name == subscribers.name:
             continue
         if "subscriber_id" in table.c:
