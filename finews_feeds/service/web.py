@@ -187,7 +187,9 @@ def create_app(
         except SubscriberError as exc:
             return message("邮箱地址无效", exc.message, link=("/", "返回"), status=400)
         wake_outbox()
-        return message("请查收确认邮件", f"如果 {email} 可以订阅，我们已向它发送了一封确认邮件。请点击邮件中的链接完成订阅。")
+        # One answer for every address: a known one is mailed its manage link, a new one a confirmation.
+        return message("请查收确认邮件", f"如果 {email} 可以订阅，我们已向它发送了一封确认邮件。请点击邮件中的链接完成订阅。"
+                       "如果这个地址已经订阅，邮件里是管理订阅的链接。")
 
     def token_email(purpose: str, token: str, max_age: int | None = None) -> str:
         try:
