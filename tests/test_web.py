@@ -269,10 +269,13 @@ def test_the_answer_to_subscribe_does_not_tell_whether_an_address_is_known(web: 
     bodies = {a.text.replace("known@example.org", "X").replace("fresh@example.org", "X") for a in answers}
     assert len(bodies) == 1
     assert {tuple(sorted(a.headers.keys())) for a in answers} == {tuple(sorted(answers[0].headers.keys()))}
-    # The new address gets a confirmation (again when it asks again); the active one gets nothing.
-    assert wait_until(lambda: len(web.sink.messages) == 2)
+    # The new address gets a confirmation (again when it asks again); the active one its manage link.
+    assert wait_until(lambda: len(web.sink.messages) == 3)
     assert web.settled()
-    assert [m.rcpt_tos for m in web.sink.messages] == [["fresh@example.org"], ["fresh@example.org"]]
+    assert sorted((m.rcpt_tos[0], m.message["Subject"]) for m in web.sink.messages) == [
+        ("fresh@example.org", "请确认订阅 finews 财经新闻 每日精选"),
+        ("fresh@example.org", "请确认订阅 finews 财经新闻 每日精选"),
+        ("known@example.org", "管理您的 finews 财经新闻 每日精选订阅")]
     assert web.statuses() == {"known@example.org": "active", "fresh@example.org": "pending"}
 
 
@@ -772,9 +775,9 @@ def test_subscribe_takes_as_long_for_an_active_address_as_for_a_new_one(web: Web
     # waited for a commit more (measured: medians 3 and 5 ms, 37-41 % apart, z of 9 to 10).
     assert abs(known - fresh) <= 0.25 * max(known, fresh), (known, fresh, z)
     assert abs(z) < 5, (known, fresh, z)
-    # And the work the answer did not wait for was done: the new addresses got their mail.
+    # And the work the answer did not wait for was done: every address got its mail.
     assert web.settled()
-    assert wait_until(lambda: len(web.sink.messages) == samples + 1)
+    assert wait_until(lambda: len(web.sink.messages) == 2 * samples + 1)  # the known ones: their manage link
     assert sorted(web.statuses().values()).count("active") == samples
 
 
