@@ -59,7 +59,7 @@ def test_the_digest_renders_from_a_copy_of_the_package_alone(tmp_path: Path) -> 
         cwd=run, env=env, capture_output=True, text=True, timeout=120,
     )
     assert result.returncode == 0, result.stderr
-    assert result.stdout.splitlines()[0] == "2022-04-20: 31 articles, 36697 bytes of HTML"
+    assert result.stdout.splitlines()[0] == "2022-04-20: 31 articles, 36855 bytes of HTML"
     assert "每日精选" in (run / "digest.html").read_text(encoding="utf-8")
     assert (run / "feeds" / "digests" / "2022-04-20.html").is_file()
     # The archive's page template and stylesheet come from the package too.
