@@ -726,8 +726,8 @@ def test_a_subscribers_data_holds_every_row_about_them_and_erasing_leaves_none(s
     assert [(d["day"], d["email"], d["state"], d["kind"], d["sent_at"]) for d in data["deliveries"]] == [
         ("2026-02-28", "Ann@example.org", "sent", "daily", "2026-03-01T08:01:00+00:00")]
     assert sorted(data["deliveries"][0]) == sorted([
-        "day", "subscriber_id", "email", "state", "attempts", "last_error", "message_id", "run_owner", "created_at",
-        "updated_at", "sent_at", "kind"])
+        "day", "subscriber_id", "email", "state", "attempts", "last_error", "message_id", "run_owner", "lease_until",
+        "created_at", "updated_at", "sent_at", "kind"])
     [queued] = data["outbox"]
     assert (queued["kind"], queued["email"], queued["payload"]) == (
         "subscribe", "ann@example.org", {"name": "Ann", "categories": ["cailianshe"], "tags": []})
