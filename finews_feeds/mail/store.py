@@ -708,13 +708,18 @@ class Store:
             for kind, wanted in kinds:
                 missing = conn.execute(select(c.id, c.email).where(due, wanted).order_by(c.id)).all()
                 if missing:
-                    conn.execute(deliveries.insert(), [
+                    insert = deliveries.insert()
+                    if self.dialect == "postgresql":
+                        # Workers sharing the day prepare it at once: a row another one added meanwhile stays.
+                        insert = pg_insert(deliveries).on_conflict_do_nothing(
+                            index_elements=["day", "subscriber_id"]).returning(deliveries.c.subscriber_id)
+                    done = conn.execute(insert, [
                         {"day": day, "subscriber_id": sid, "email": email, "state": "pending", "attempts": 0,
                          "last_error": "", "message_id": "", "run_owner": None, "created_at": now,
                          "updated_at": now, "kind": kind}
                         for sid, email in missing
                     ])
-                added += len(missing)
+                    added += len(done.all()) if self.dialect == "postgresql" else len(missing)
         return added
 
     def claim_next(self, day: date, owner: str, now: datetime | None = None) -> Claim | None:
