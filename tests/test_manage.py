@@ -239,7 +239,7 @@ def test_the_data_download_is_everything_stored_about_the_subscriber_as_json(web
     assert answer.headers["content-disposition"] == 'attachment; filename="finews-subscriber-data.json"'
     assert (answer.headers["cache-control"], answer.headers["referrer-policy"]) == ("no-store", "no-referrer")
     data = json.loads(answer.content)
-    assert list(data) == ["format", "exported_at", "subscriber", "deliveries", "outbox"]
+    assert list(data) == ["format", "exported_at", "subscriber", "deliveries", "events", "outbox"]
     assert sorted(data["subscriber"]) == sorted([
         "id", "email", "email_key", "name", "status", "categories", "tags", "created_at", "confirmed_at",
         "unsubscribed_at", "bounced_at", "permanent_failures", "frequency", "weekday", "paused_until"])

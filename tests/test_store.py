@@ -714,7 +714,7 @@ def test_a_subscribers_data_holds_every_row_about_them_and_erasing_leaves_none(s
     store.queue_mail("manage", "bob@example.org", "<b@example.org>", now=T0)
     data = store.subscriber_data("ANN@example.org", T0 + timedelta(days=1))
     assert data is not None
-    assert list(data) == ["format", "exported_at", "subscriber", "deliveries", "outbox"]
+    assert list(data) == ["format", "exported_at", "subscriber", "deliveries", "events", "outbox"]
     assert (data["format"], data["exported_at"]) == ("finews-feeds subscriber data, version 1",
                                                      "2026-03-02T08:00:00+00:00")
     assert data["subscriber"] == {
