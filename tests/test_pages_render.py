@@ -3,7 +3,7 @@ feeds and ten days of digests, rendered by headless Chromium at a phone's 375 px
 1280 px.
 
 Skipped where Chromium is absent (`.ci/run` installs it). With FINEWS_UPDATE_SCREENSHOTS=1 it also
-writes docs/subscribe-{mobile,desktop}.png and docs/archive-{mobile,desktop}.png for the README.
+writes docs/subscribe-, manage- and archive-{mobile,desktop}.png for the README.
 """
 
 from __future__ import annotations
@@ -38,9 +38,15 @@ PAGES = {
     "archive page 2": "/digests/page/2/",
     "confirm": f"/confirm/{make_token(SECRET, 'confirm', LONG_ADDRESS)}",
     "unsubscribe": f"/unsubscribe/{make_token(SECRET, 'unsubscribe', LONG_ADDRESS)}",
+    "manage": f"/manage/{make_token(SECRET, 'manage', LONG_ADDRESS)}",
     "a message": "/unsubscribe",
     "an error": "/nowhere",
 }
+
+
+#: Screenshot heights: each page whole at 375 px, its first screen or so at 1280 px.
+SHOT_HEIGHTS = {("subscribe", "mobile"): 1300, ("subscribe", "desktop"): 1000, ("manage", "mobile"): 1150,
+                ("manage", "desktop"): 1250, ("archive", "mobile"): 1300, ("archive", "desktop"): 1000}
 
 
 def demo_config(tmp: Path, port: int) -> Config:
@@ -68,6 +74,9 @@ def base(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     finally:
         collection.close()
     with Store.open(config.database.url) as store:
+        # The manage page of a reader of two categories who takes the weekly digest.
+        store.add_subscriber(LONG_ADDRESS, "读者", ("cailianshe", "yicai"), confirmed=True, now=datetime(2022, 4, 1, tzinfo=UTC))
+        store.update_preferences(LONG_ADDRESS, categories=("cailianshe", "yicai"), tags=(), frequency="weekly", weekday=4)
         yield from serve(create_app(config, store=store, site_title=collection.site.title), port)
 
 
@@ -90,7 +99,7 @@ def test_every_page_fits_a_375px_phone_without_sideways_scrolling(browser: Chrom
     assert right <= 375, f"{name}: an element reaches {right}px at 375px"
 
 
-@pytest.mark.parametrize("name", ["subscribe", "archive"])
+@pytest.mark.parametrize("name", ["subscribe", "manage", "archive"])
 def test_on_a_desktop_the_page_is_a_centred_column_in_the_digest_colours(browser: Chromium, base: str, name: str) -> None:
     session = browser.open(base + PAGES[name], 1280, 900, mobile=False)
     scroll, right, _ = (int(v) for v in browser.evaluate(session, PROBE))
@@ -105,8 +114,10 @@ def test_on_a_desktop_the_page_is_a_centred_column_in_the_digest_colours(browser
 
 @pytest.mark.skipif(os.environ.get("FINEWS_UPDATE_SCREENSHOTS") != "1", reason="set FINEWS_UPDATE_SCREENSHOTS=1")
 def test_write_screenshots(browser: Chromium, base: str) -> None:
-    for page, path in (("subscribe", "/"), ("archive", "/digests/")):
-        for width, height, kind in ((375, 1300, "mobile"), (1280, 1000, "desktop")):
+    for page in ("subscribe", "manage", "archive"):
+        path = PAGES[page]
+        for width, kind in ((375, "mobile"), (1280, "desktop")):
+            height = SHOT_HEIGHTS[page, kind]
             session = browser.open(base + path, width, height, mobile=width < 500)
             target = DOCS / f"{page}-{kind}.png"
             browser.screenshot(session, target)
