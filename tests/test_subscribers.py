@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import os
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -175,7 +175,8 @@ def test_import_reports_bad_rows_and_importing_twice_changes_nothing(config_file
     invoke(config_file, "subscribers", "export", str(export2))
     assert export1.read_bytes() == export2.read_bytes()
     lines = export1.read_text(encoding="utf-8").splitlines()
-    assert lines[0] == "email,name,status,categories,tags,created_at,confirmed_at,unsubscribed_at"
+    assert lines[0] == ("email,name,status,categories,tags,created_at,confirmed_at,unsubscribed_at,frequency,weekday,"
+                        "paused_until")
     assert [line.split(",")[:5] for line in lines[1:]] == [
         ["a@example.org", "Ann", "active", "", "A股"], ["b@example.org", "", "active", "", ""]]
 
@@ -187,6 +188,8 @@ def test_an_export_imports_into_another_database_unchanged(config_file: Path, tm
         store.add_subscriber("b@example.org", now=T0)
         store.add_subscriber("c@example.org", confirmed=True, now=T0)
         store.unsubscribe("c@example.org", T0)
+        store.update_preferences("c@example.org", categories=(), tags=(), frequency="weekly", weekday=6)
+        store.pause("b@example.org", T0 + timedelta(days=9))
         before = [s.as_dict() for s in store.list_subscribers()]
     export = tmp_path / "all.csv"
     invoke(config_file, "subscribers", "export", str(export))

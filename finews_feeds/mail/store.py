@@ -539,6 +539,7 @@ class Store:
                     categories=_join(sub.categories), tags=_join(sub.tags),
                     created_at=sub.created_at or now, confirmed_at=sub.confirmed_at,
                     unsubscribed_at=sub.unsubscribed_at, bounced_at=sub.bounced_at, permanent_failures=0,
+                    frequency=sub.frequency, weekday=sub.weekday, paused_until=sub.paused_until,
                 ))
                 added += 1
         return added, present

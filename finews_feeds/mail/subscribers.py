@@ -1,8 +1,10 @@
 """Subscribers as CSV: import and export (addresses are checked by :mod:`.addresses`).
 
 CSV columns: ``email`` (required), ``name``, ``status``, ``categories``, ``tags`` (comma
-separated inside the field), ``created_at``, ``confirmed_at``, ``unsubscribed_at`` (ISO 8601).
-An export imports back to the same subscribers.
+separated inside the field), ``created_at``, ``confirmed_at``, ``unsubscribed_at`` (ISO 8601),
+``frequency`` (daily or weekly; default daily), ``weekday`` (of a weekly digest, 0 = Monday to
+6 = Sunday; default 0), ``paused_until`` (ISO 8601; empty: not paused). An export imports back
+to the same subscribers.
 """
 
 from __future__ import annotations
@@ -17,9 +19,10 @@ from pathlib import Path
 from ..errors import SubscriberError
 from ..files import atomic_write
 from .addresses import MAX_NAME_CHARS, normalize_email, normalize_names
-from .store import Store, Subscriber
+from .store import FREQUENCIES, Store, Subscriber
 
-COLUMNS = ("email", "name", "status", "categories", "tags", "created_at", "confirmed_at", "unsubscribed_at")
+COLUMNS = ("email", "name", "status", "categories", "tags", "created_at", "confirmed_at", "unsubscribed_at",
+           "frequency", "weekday", "paused_until")
 IMPORT_STATUSES = ("pending", "active", "unsubscribed", "bounced")
 
 
@@ -86,6 +89,12 @@ def parse_csv(text: str, now: datetime, confirmed: bool = False) -> tuple[list[S
             name = row.get("name", "")
             if len(name) > MAX_NAME_CHARS:
                 raise SubscriberError(f"name is longer than {MAX_NAME_CHARS} characters")
+            frequency = row.get("frequency", "").lower() or "daily"
+            if frequency not in FREQUENCIES:
+                raise SubscriberError(f"frequency {frequency!r} is not one of {', '.join(FREQUENCIES)}")
+            weekday = row.get("weekday", "") or "0"
+            if weekday not in ("0", "1", "2", "3", "4", "5", "6"):
+                raise SubscriberError(f"weekday {weekday!r} is not 0 (Monday) to 6 (Sunday)")
             confirmed_at = _parse_time(row.get("confirmed_at", ""), "confirmed_at")
             unsubscribed_at = _parse_time(row.get("unsubscribed_at", ""), "unsubscribed_at")
             sub = Subscriber(
@@ -96,6 +105,8 @@ def parse_csv(text: str, now: datetime, confirmed: bool = False) -> tuple[list[S
                 confirmed_at=confirmed_at or (now if status == "active" else None),
                 unsubscribed_at=unsubscribed_at or (now if status == "unsubscribed" else None),
                 bounced_at=now if status == "bounced" else None,
+                frequency=frequency, weekday=int(weekday),
+                paused_until=_parse_time(row.get("paused_until", ""), "paused_until"),
             )
         except SubscriberError as exc:
             bad.append(BadRow(line, exc.message))
@@ -131,6 +142,7 @@ def to_csv(subscribers: Sequence[Subscriber]) -> str:
             sub.created_at.isoformat(),
             sub.confirmed_at.isoformat() if sub.confirmed_at else "",
             sub.unsubscribed_at.isoformat() if sub.unsubscribed_at else "",
+            sub.frequency, str(sub.weekday), sub.paused_until.isoformat() if sub.paused_until else "",
         ])
     return out.getvalue()
 
