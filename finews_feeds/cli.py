@@ -248,35 +248,52 @@ def digest_command(state: State, site_dir: Path | None, day: Any, html_path: Pat
 
 
 def _send_digest(config: Config, day: Any, workers: int = 1) -> int:
-    """Send with a progress bar on a terminal and a summary; a stop signal ends after the message in flight."""
+    """Send with a progress bar on a terminal (sent/total, rate, ETA), a plain line every 10 s
+    otherwise, and a report; a stop signal ends after the messages in flight."""
     import signal
     import threading
+    import time
     from datetime import UTC, datetime
 
+    from .mail.delivery import PROGRESS_LOG_SECONDS, SendProgress
     from .mail.workers import send_day_workers
 
     stop = threading.Event()
     bars: list[Any] = []
+    tracker = SendProgress(day)
+    said = [time.monotonic()]
+    terminal = sys.stderr.isatty()
 
     def on_signal(signum: int, _frame: Any) -> None:
-        click.echo(f"\nstopping after the message in flight ({signal.Signals(signum).name})", err=True)
+        click.echo(f"\nstopping after the messages in flight ({signal.Signals(signum).name})", err=True)
         stop.set()
 
     def progress(done: int, total: int) -> None:
-        if not sys.stderr.isatty() or total < 1:
+        if total < 1:
+            return
+        if not terminal:
+            if time.monotonic() - said[0] >= PROGRESS_LOG_SECONDS:
+                said[0] = time.monotonic()
+                click.echo(tracker.line(), err=True)
             return
         if not bars:
-            bars.append(click.progressbar(length=total, label="sending", file=sys.stderr, show_pos=True))
-        bars[0].update(done - bars[0].pos)
+            bars.append(click.progressbar(length=total, label="sending", file=sys.stderr, show_pos=True,
+                                          item_show_func=lambda text: text))
+        figures = tracker.snapshot()
+        # A rate over less than a second says nothing; click adds the ETA once it knows one.
+        rate = f"{figures['rate']:.0f} msgs/s" if figures["seconds"] >= 1 and figures["rate"] else None
+        bars[0].update(done - bars[0].pos, rate)
 
     previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
-        report = send_day_workers(config, day, workers, lambda: datetime.now(UTC), stop, progress)
+        report = send_day_workers(config, day, workers, lambda: datetime.now(UTC), stop, progress, tracker=tracker)
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
         if bars:
             bars[0].render_finish()
+    if report.open:
+        click.echo(report.timing_line())
     for line in report.summary_lines():
         click.echo(line)
     if report.aborted:

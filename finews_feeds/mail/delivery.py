@@ -23,6 +23,7 @@ from __future__ import annotations
 import heapq
 import logging
 import queue
+import re
 import threading
 import time
 from collections import Counter, deque
@@ -32,7 +33,7 @@ from datetime import UTC, date, datetime, timedelta
 from email.message import EmailMessage
 from email.policy import Policy
 from email.utils import make_msgid, parseaddr
-from typing import Protocol
+from typing import Any, Protocol
 from urllib.parse import quote, urlsplit
 from zoneinfo import ZoneInfo
 
@@ -109,12 +110,24 @@ class DeliveryReport:
     def ok(self) -> bool:
         return not self.permanent_failures and not self.aborted
 
+    @property
+    def rate(self) -> float:
+        """Messages sent a second over the run's whole duration (claim, rendering and commits included)."""
+        return self.sent / self.seconds if self.seconds > 0 else 0.0
+
+    def timing_line(self) -> str:
+        """How long the run took and how fast it sent (printed before :meth:`summary_lines`)."""
+        return (f"digest {self.day}: {self.sent} sent in {self.seconds:.1f} s ({self.rate:.0f} msgs/s) over "
+                f"{self.connections} SMTP connection{'s' if self.connections != 1 else ''}")
+
     def fields(self) -> dict[str, object]:
         """The counts of the run, as the fields of a JSON log line."""
         return {
             "day": self.day.isoformat(), "sent": self.sent, "skipped": sum(self.skipped.values()),
             "retried": self.retried, "failed": sum(self.failed.values()), "already_sent": self.already_sent,
             "resent": self.resent, "total": self.total, "seconds": round(self.seconds, 3),
+            "rate": round(self.rate, 1), "connections": self.connections,
+            "failed_by_reason": dict(self.failed),
         }
 
     def summary_lines(self) -> list[str]:
@@ -142,6 +155,66 @@ class DeliveryReport:
         if self.busy:
             lines.append(f"  not sent: another process is sending this digest ({self.busy})")
         return lines
+
+
+#: How often a send in progress says how far it is in the log (and the CLI off a terminal).
+PROGRESS_LOG_SECONDS = 10.0
+
+
+class SendProgress:
+    """How far a send is: written by the run's ledger thread, read by anyone (the daemon's /healthz,
+    the CLI's progress line). Rate and ETA count from the first message's start, so the claim,
+    the wait for another sender and the rendering of the first variant do not skew them."""
+
+    def __init__(self, day: date, clock: Callable[[], float] = time.monotonic) -> None:
+        self.day = day
+        self.clock = clock
+        self.total = 0
+        self.done = 0
+        self.sent = 0
+        self.started: float | None = None
+        self._lock = threading.Lock()
+
+    def begin(self, total: int) -> None:
+        with self._lock:
+            self.total, self.done, self.sent, self.started = total, 0, 0, self.clock()
+
+    def update(self, done: int, sent: int) -> None:
+        with self._lock:
+            self.done, self.sent = done, sent
+
+    def snapshot(self) -> dict[str, Any]:
+        """``day``, ``done`` (subscribers dealt with) of ``total`` (open at the start), ``sent``,
+        ``seconds`` since the start, ``rate`` (messages dealt with a second) and ``eta_seconds`` (None
+        until there is a rate)."""
+        with self._lock:
+            total, done, sent, started = self.total, self.done, self.sent, self.started
+        seconds = self.clock() - started if started is not None else 0.0
+        rate = done / seconds if seconds > 0 and done else 0.0
+        eta = round((total - done) / rate, 1) if rate else None
+        return {"day": self.day.isoformat(), "done": done, "total": total, "sent": sent,
+                "seconds": round(seconds, 3), "rate": round(rate, 1), "eta_seconds": eta}
+
+    def line(self) -> str:
+        """One line for a log or a terminal: ``digest 2022-04-20: 1200/20000, 812 msgs/s, about 21 s left``."""
+        figures = self.snapshot()
+        text = f"digest {figures['day']}: {figures['done']}/{figures['total']}"
+        if figures["rate"]:
+            text += f", {figures['rate']:.0f} msgs/s"
+        if figures["eta_seconds"] is not None:
+            text += f", about {_duration(figures['eta_seconds'])} left"
+        return text
+
+
+def _duration(seconds: float) -> str:
+    seconds = max(0, round(seconds))
+    if seconds < 60:
+        return f"{seconds} s"
+    minutes, seconds = divmod(seconds, 60)
+    if minutes < 60:
+        return f"{minutes} min {seconds:02d} s"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours} h {minutes:02d} min"
 
 
 class RateLimiter:
@@ -245,15 +318,30 @@ def digest_message(
         subject=variant.subject, html=html, text=text, sender=config.digest.from_, to=format_address(name, email),
         reply_to=config.digest.reply_to, message_id=msg_id, date=when, headers=headers,
     )
-    _keep_whole(msg, "List-Unsubscribe", "Message-ID")
+    _keep_whole(msg, "List-Unsubscribe", "Message-ID", known={"List-Unsubscribe": headers["List-Unsubscribe"],
+                                                              "Message-ID": msg_id})
     return msg
 
 
-def _keep_whole(msg: EmailMessage, *names: str) -> None:
+#: Values whose header reads back exactly as given, so :func:`_keep_whole` need not parse them back
+#: through the header registry: a text of visible ASCII words with single spaces, no encoded word;
+#: a Message-ID without spaces or nested brackets.
+_PLAIN_VALUES = {"List-Unsubscribe": re.compile(r"[!-~]+(?: [!-~]+)*"), "Message-ID": re.compile(r"<[!-;=?-~]+>")}
+
+
+def _keep_whole(msg: EmailMessage, *names: str, known: dict[str, str] | None = None) -> None:
     """Write these headers on one line each (plus folds after commas): a Message-ID folded onto its own line
-    is read with a leading space by some parsers, and an encoded List-Unsubscribe is no link at all."""
+    is read with a leading space by some parsers, and an encoded List-Unsubscribe is no link at all.
+
+    ``known``: the values the headers were set from; a plain one is used as it is instead of being
+    parsed back (the registry's parse of a Message-ID is a quarter of a message's build)."""
     for name in names:
-        value = str(msg[name] or "")
+        given = (known or {}).get(name)
+        plain = _PLAIN_VALUES.get(name)
+        if given is not None and plain is not None and plain.fullmatch(given) and "=?" not in given:
+            value = given
+        else:
+            value = str(msg[name] or "")
         if value and value.isascii():
             msg.replace_header(name, FoldedHeader(name, value))
 
@@ -326,7 +414,7 @@ class _Run:
     def __init__(self, config: Config, store: Store, transports: list[SmtpTransport], day: date, site: Site,
                  posts: list[Post], renderer: Renderer, now: Callable[[], datetime], owner: str,
                  stop: threading.Event | None, sleep: Callable[[float], None], report: DeliveryReport,
-                 progress: Callable[[int, int], None] | None, wait: bool = True) -> None:
+                 progress: Callable[[int, int], None] | None, tracker: SendProgress, wait: bool = True) -> None:
         self.config = config
         #: How long the rows this worker claims or starts stay its own (PostgreSQL, several workers).
         self.lease = timedelta(seconds=config.digest.lease_seconds)
@@ -344,6 +432,8 @@ class _Run:
         self.sleep = sleep
         self.report = report
         self.progress = progress
+        self.tracker = tracker
+        self.logged_at = time.monotonic()
         self.secret = secret_of(config)
         self.domain = domain_of(config.digest.from_)
         self.variants: dict[str, Variant | None] = {}
@@ -376,9 +466,15 @@ class _Run:
         return self.stop is not None and self.stop.is_set()
 
     def finished_one(self, count: int = 1) -> None:
+        if not count:
+            return
         self.done += count
-        if self.progress is not None and count:
+        self.tracker.update(self.done, self.report.sent)
+        if self.progress is not None:
             self.progress(self.done, self.report.open)
+        if time.monotonic() - self.logged_at >= PROGRESS_LOG_SECONDS:
+            self.logged_at = time.monotonic()
+            log.info("%s", self.tracker.line(), extra=self.tracker.snapshot())
 
     def prepare(self, claim: Claim, skipped: dict[int, str]) -> _Job | None:
         """The job of a claimed row, or None when the row is skipped (its reason put in ``skipped``)."""
@@ -671,13 +767,15 @@ def send_digest(
     renderer: Renderer | None = None,
     sleep: Callable[[float], None] | None = None,
     wait: bool = True,
+    tracker: SendProgress | None = None,
 ) -> DeliveryReport:
     """Send ``day``'s digest to every active subscriber who has not had it yet.
 
     ``stop`` set: the message in flight is finished and recorded, then the run returns.
     ``wait``: when another process is sending this day, wait for it (then send what it left);
     otherwise return at once with ``report.busy`` naming it. ``progress(done, total)`` is called
-    after each subscriber. Raises :class:`DeliveryError` when the run cannot go on at all
+    after each group commit (after each subscriber on one connection); ``tracker`` is kept up to
+    date with the figures of the send (for /healthz), and they are logged every 10 s. Raises :class:`DeliveryError` when the run cannot go on at all
     (login refused, ...); the ledger keeps everything done until then.
     """
     secret_of(config)  # fail before claiming anything when FINEWS_SECRET_KEY is missing
@@ -722,9 +820,11 @@ def send_digest(
         report.open = counts["pending"] + counts["sending"] + counts["failed-temporary"]
         pool = max(1, min(config.smtp.connections, report.open // MESSAGES_PER_CONNECTION))
         transports = [transport_factory() for _ in range(pool)]
+        tracker = tracker or SendProgress(day)
         run = _Run(config, store, transports, day, collection.site, posts, renderer, now, owner, stop, sleep, report,
-                   progress, wait)
+                   progress, tracker, wait)
         report.connections = pool
+        tracker.begin(report.open)
         if progress is not None:
             progress(0, report.open)
         finished = run.run()
@@ -744,8 +844,9 @@ def send_digest(
     except StoreError as exc:
         raise _stopped(exc, day) from None
     report.seconds = time.monotonic() - started
-    log.info("digest %s: sent %d, skipped %d, failed %d", day, report.sent, sum(report.skipped.values()),
-             sum(report.failed.values()), extra=report.fields())
+    log.info("digest %s: sent %d, skipped %d, failed %d in %.1f s (%.0f msgs/s)", day, report.sent,
+             sum(report.skipped.values()), sum(report.failed.values()), report.seconds, report.rate,
+             extra=report.fields())
     return report
 
 
@@ -827,9 +928,11 @@ def send_day(
     stop: threading.Event | None = None,
     progress: Callable[[int, int], None] | None = None,
     collect: Callable[[Config], Posts] | None = None,
+    tracker: SendProgress | None = None,
 ) -> DeliveryReport:
     """Collect the site, open the store and SMTP from config, and send ``day``'s digest (the CLI's ``--send``)."""
     secret_of(config)
     collection = (collect or collect_site)(config)
     with Store.open(config.database.url) as store:
-        return send_digest(config, store, lambda: transport_from_config(config), day, collection, now, stop, progress)
+        return send_digest(config, store, lambda: transport_from_config(config), day, collection, now, stop, progress,
+                           tracker=tracker)

@@ -14,9 +14,13 @@ field of a site without cookies: a page elsewhere cannot make one without the se
 
 from __future__ import annotations
 
+import functools
 import hashlib
+from typing import Any
 
 from itsdangerous import BadSignature, SignatureExpired, URLSafeTimedSerializer
+from itsdangerous.encoding import base64_encode
+from itsdangerous.url_safe import URLSafeSerializerMixin
 
 from ..config import Config
 from ..errors import ConfigError, TokenError
@@ -41,11 +45,32 @@ def _checked(secret: str) -> str:
     return secret
 
 
+#: Payloads up to this many bytes of JSON (an address) are not offered to zlib.
+SHORT_PAYLOAD = 128
+
+
+class _Serializer(URLSafeTimedSerializer):
+    """itsdangerous's URL-safe timed serializer, without its zlib attempt on a short payload.
+
+    zlib.compress sets up a deflate state of some 256 KB for every call: about 0.2-0.5 ms here, the
+    largest single cost of building a digest message, to shorten an address that deflate almost
+    never shortens (its output has 6 bytes of frame). A payload that did compress would still be
+    read: loads() takes the plain form and the compressed one alike, so every token made before or
+    after this reads the same."""
+
+    def dump_payload(self, obj: Any) -> bytes:
+        json = super(URLSafeSerializerMixin, self).dump_payload(obj)
+        if len(json) > SHORT_PAYLOAD:
+            return super().dump_payload(obj)
+        return base64_encode(json)
+
+
+@functools.lru_cache(maxsize=16)  # one per secret and purpose: a digest run signs thousands with one
 def _serializer(secret: str, purpose: str) -> URLSafeTimedSerializer:
     _checked(secret)
     if purpose not in PURPOSES:
         raise ValueError(f"unknown token purpose {purpose!r}; expected one of {', '.join(PURPOSES)}")
-    return URLSafeTimedSerializer(secret, salt=f"finews-feeds.{purpose}")
+    return _Serializer(secret, salt=f"finews-feeds.{purpose}")
 
 
 def make_token(secret: str, purpose: str, email: str) -> str:

@@ -31,7 +31,7 @@ from sqlalchemy.engine import make_url
 from .. import errors
 from ..config import Config
 from ..errors import ConfigError, FinewsError
-from .delivery import DeliveryReport, send_day
+from .delivery import DeliveryReport, SendProgress, send_day
 from .store import OPEN_STATES, Store
 
 log = logging.getLogger(__name__)
@@ -72,6 +72,7 @@ def merge_reports(day: date, reports: list[DeliveryReport]) -> DeliveryReport:
         merged.stopped = merged.stopped or r.stopped
         merged.aborted = merged.aborted or r.aborted
         merged.seconds = max(merged.seconds, r.seconds)
+        merged.connections += r.connections
     return merged
 
 
@@ -121,8 +122,10 @@ def send_day_workers(
     now: Callable[[], datetime],
     stop: threading.Event | None = None,
     progress: Callable[[int, int], None] | None = None,
+    tracker: SendProgress | None = None,
 ) -> DeliveryReport:
     """Send ``day``'s digest from ``workers`` processes (from this one when 1); their reports added up.
+    ``tracker`` gets the figures of the send (with several workers: read from the ledger).
 
     Raises the first worker's error (a :class:`FinewsError` with its message, hint and exit code)
     once all have ended; a worker killed by a signal is reported in ``aborted`` unless the others
@@ -130,7 +133,7 @@ def send_day_workers(
     """
     check_workers(config, workers)
     if workers == 1:
-        return send_day(config, day, now, stop, progress)
+        return send_day(config, day, now, stop, progress, tracker=tracker)
     started = time.monotonic()
     context = multiprocessing.get_context("spawn")
     results: Any = context.Queue()
@@ -160,7 +163,11 @@ def send_day_workers(
                 still = sum(counts[state] for state in OPEN_STATES)
                 if start_open is None and any(counts.values()):
                     start_open = still
+                    if tracker is not None:
+                        tracker.begin(start_open)
                 if start_open is not None:
+                    if tracker is not None:
+                        tracker.update(max(0, start_open - still), max(0, start_open - still))
                     progress(max(0, start_open - still), start_open)
             if not any(proc.is_alive() for proc in procs):
                 break

@@ -38,7 +38,7 @@ from ..errors import ConfigError, FinewsError
 from ..feeds.build import BuildReport, run_build
 from ..feeds.hub import HubQueue, HubSettings, HubWorker
 from ..mail.confirmation import ConfirmationRenderer
-from ..mail.delivery import send_digest
+from ..mail.delivery import SendProgress, send_digest
 from ..mail.digest import DigestRenderer, covered_day, publish_archive, write_preview
 from ..mail.mailbox import poll_mailbox
 from ..mail.mailer import transport_from_config
@@ -90,6 +90,8 @@ class DaemonStatus:
     #: The build in progress: when it started (for the report) and its start on the monotonic clock.
     build_started_at: datetime | None = None
     build_started_mono: float | None = None
+    #: The digest send in progress, if any (its figures in /healthz as ``send_running``).
+    sending: SendProgress | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def build_started(self, at: datetime, mono: float) -> None:
@@ -113,6 +115,10 @@ class DaemonStatus:
         with self._lock:
             self.last_bounces = result
 
+    def send_started(self, progress: SendProgress | None) -> None:
+        with self._lock:
+            self.sending = progress
+
     def snapshot(self, mono: float) -> dict[str, Any]:
         """The status at ``mono`` (the monotonic clock's now)."""
         with self._lock:
@@ -120,10 +126,12 @@ class DaemonStatus:
             if self.build_started_at is not None and self.build_started_mono is not None:
                 running = {"started_at": iso(self.build_started_at),
                            "seconds": round(mono - self.build_started_mono, 3)}
+            sending = self.sending
             return {
                 "started_at": iso(self.started_at),
                 "builds": self.builds,
                 "build_running": running,
+                "send_running": sending.snapshot() if sending is not None else None,
                 "last_build": self.last_build,
                 "last_send": self.last_send,
                 "last_bounces": self.last_bounces,
@@ -228,6 +236,10 @@ def send_result(report: Any, now: datetime) -> dict[str, Any]:
         "stopped": report.stopped,
         "aborted": report.aborted,
         "busy": report.busy,
+        "failed_by_reason": dict(report.failed),
+        "seconds": round(report.seconds, 3),
+        "rate": round(report.rate, 1),
+        "connections": report.connections,
     }
 
 
@@ -428,10 +440,15 @@ class Daemon:
                     write_preview(self.config, day, now=self.clock(), collect=lambda _config: collection)
                 except (FinewsError, OSError) as exc:  # the archive page is a nicety; the mail is not
                     log.error("web copy of the %s digest not written: %s", day, exc, extra={"day": day.isoformat()})
-                report = send_digest(
-                    self.config, self.store, lambda: transport_from_config(self.config), day, collection,
-                    self.clock, self.stop,
-                )
+                tracker = SendProgress(day)
+                self.status.send_started(tracker)
+                try:
+                    report = send_digest(
+                        self.config, self.store, lambda: transport_from_config(self.config), day, collection,
+                        self.clock, self.stop, tracker=tracker,
+                    )
+                finally:
+                    self.status.send_started(None)
             finally:
                 collection.close()
         except FinewsError as exc:
