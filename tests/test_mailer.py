@@ -277,3 +277,21 @@ def test_config_errors_for_half_set_dkim_and_a_missing_password() -> None:
     with pytest.raises(ConfigError, match="FINEWS_SMTP_PASSWORD is not set"):
         transport_from_config(make_config(25, smtp={"username": "digest"}))
     assert transport_from_config(make_config(0, smtp={"security": "tls"})).port == 465
+
+
+@pytest.mark.parametrize("algorithm", ["sha256", "sha1"])
+def test_the_dkim_rsa_signature_made_by_openssl_is_the_one_dkimpy_makes(tmp_path: Path, algorithm: str) -> None:
+    import hashlib
+
+    import dkim.crypto
+
+    from finews_feeds.mail import mailer
+
+    key = tmp_path / "dkim.pem"
+    subprocess.run(["openssl", "genrsa", "-traditional", "-out", str(key), "2048"], check=True, capture_output=True)
+    private = dkim.crypto.parse_pem_private_key(key.read_bytes())
+    for text in (b"", b"a header block", "一封信".encode() * 500):
+        ours = mailer._openssl_rsa_sign(dkim.HashThrough(hashlib.new(algorithm, text)), private)
+        theirs = mailer._DKIMPY_RSA_SIGN(dkim.HashThrough(hashlib.new(algorithm, text)), private)
+        assert ours == bytes(theirs) and len(ours) == 256
+    assert dkim.RSASSA_PKCS1_v1_5_sign is mailer._openssl_rsa_sign

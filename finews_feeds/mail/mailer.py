@@ -25,18 +25,23 @@ reopened and the message sent at once, without counting as a failure.
 
 from __future__ import annotations
 
+import functools
 import logging
 import smtplib
 import socket
 import ssl
+import threading
 import time
 from dataclasses import dataclass
 from email.message import EmailMessage
 from email.utils import getaddresses, parseaddr
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import dkim
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import padding, rsa
+from cryptography.hazmat.primitives.asymmetric.utils import Prehashed
 
 from ..config import Config
 from ..errors import ConfigError, DeliveryError
@@ -184,6 +189,49 @@ class _DeadlineSMTP_SSL(_DeadlineMixin, smtplib.SMTP_SSL):
                  context: ssl.SSLContext) -> None:
         self.deadline = deadline
         super().__init__(host, port, local_hostname=local_hostname, timeout=timeout, context=context)
+
+
+_OPENSSL_KEYS: dict[tuple[int, int], rsa.RSAPrivateKey] = {}
+_OPENSSL_KEYS_LOCK = threading.Lock()
+_DIGESTS: dict[str, hashes.HashAlgorithm] = {"sha256": hashes.SHA256(), "sha1": hashes.SHA1()}
+
+
+def _openssl_rsa_sign(hash: Any, private_key: dict[str, int]) -> bytes:
+    """dkimpy's RSASSA-PKCS1-v1_5 signature of ``hash``, made by OpenSSL (``cryptography``).
+
+    dkimpy signs with Python's own ``pow`` on 1024-bit halves of the key: about 4 ms a message on
+    this machine (47 ms when it is busy), holding the interpreter lock, which made DKIM the limit of
+    a send. OpenSSL makes the same signature (PKCS#1 v1.5 is deterministic: the very same bytes, a
+    test compares them) in a fraction of that, outside the lock. dkimpy keeps everything else:
+    canonicalisation, the header, the body hash."""
+    digest = _DIGESTS.get(str(getattr(hash, "name", "")))
+    if digest is None:
+        return bytes(_DKIMPY_RSA_SIGN(hash, private_key))
+    key_id = (private_key["modulus"], private_key["privateExponent"])
+    with _OPENSSL_KEYS_LOCK:
+        key = _OPENSSL_KEYS.get(key_id)
+        if key is None:
+            public = rsa.RSAPublicNumbers(private_key["publicExponent"], private_key["modulus"])
+            key = rsa.RSAPrivateNumbers(
+                p=private_key["prime1"], q=private_key["prime2"], d=private_key["privateExponent"],
+                dmp1=private_key["exponent1"], dmq1=private_key["exponent2"], iqmp=private_key["coefficient"],
+                public_numbers=public,
+            ).private_key()
+            _OPENSSL_KEYS[key_id] = key
+    return key.sign(hash.digest(), padding.PKCS1v15(), Prehashed(digest))
+
+
+@functools.lru_cache(maxsize=8)
+def _parsed_pem_key(data: bytes) -> dict[str, int]:
+    """dkimpy's parse of a PEM key, once per key rather than once per message (a fifth of a signature)."""
+    return dict(_DKIMPY_PARSE_PEM(data))
+
+
+# dkimpy looks both functions up in its own namespace at each signature; these give the same bytes.
+_DKIMPY_RSA_SIGN = dkim.RSASSA_PKCS1_v1_5_sign
+_DKIMPY_PARSE_PEM = dkim.parse_pem_private_key
+dkim.RSASSA_PKCS1_v1_5_sign = _openssl_rsa_sign
+dkim.parse_pem_private_key = _parsed_pem_key
 
 
 @dataclass(frozen=True)
