@@ -214,3 +214,26 @@ def test_a_pool_send_killed_at_a_random_point_and_rerun_sends_everyone_once_but_
         with Store.open(db) as store:
             assert {d.state for d in store.ledger(DAY)} == {"sent"}
         assert len(sink.messages) - before == count - (before - len(twice))
+
+
+def test_a_bug_in_a_connection_thread_ends_the_run_with_its_error_and_a_rerun_sends_everyone_once(
+        sink: Sink, port: int, store: Store) -> None:
+    from email.message import EmailMessage
+
+    from smtp_fakes import outcome_within
+
+    from finews_feeds.mail.mailer import SmtpTransport
+
+    class Broken(SmtpTransport):
+        def send(self, msg: EmailMessage | bytes, *, sender: str = "", recipients: tuple[str, ...] = ()) -> None:
+            raise RuntimeError("a bug")
+
+    emails = add(store, 2 * MESSAGES_PER_CONNECTION)
+    config = make_config(port, smtp={"connections": 2})
+    result = outcome_within(60, lambda: send_digest(config, store, lambda: Broken("127.0.0.1", port, security="none"),
+                                                    DAY, make_collection(), lambda: T0))
+    assert isinstance(result, RuntimeError) and str(result) == "a bug"
+    assert store.try_claim_run(DAY, "next-run", T0) is None  # the claim was released
+    store.release_run(DAY, "next-run", T0, finished=False)
+    assert send(config, store).sent == 100
+    assert counts(sink) == dict.fromkeys(emails, 1)
