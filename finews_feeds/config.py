@@ -32,7 +32,8 @@ from .errors import ConfigError
 log = logging.getLogger(__name__)
 
 #: Environment variables read for secrets; they are never accepted in a file or a flag.
-SECRET_VARIABLES = ("FINEWS_SMTP_PASSWORD", "FINEWS_SECRET_KEY", "FINEWS_IMAP_PASSWORD", "FINEWS_MAILGUN_SIGNING_KEY")
+SECRET_VARIABLES = ("FINEWS_SMTP_PASSWORD", "FINEWS_SECRET_KEY", "FINEWS_IMAP_PASSWORD", "FINEWS_MAILGUN_SIGNING_KEY",
+                    "FINEWS_POSTMARK_WEBHOOK_PASSWORD")
 #: Environment variable naming the config file when ``--config`` is not given.
 CONFIG_VARIABLE = "FINEWS_CONFIG"
 #: ``FINEWS_`` variables read by the project's benchmarks and tests, not by the tool: they share
@@ -211,6 +212,7 @@ class BouncesConfig:
     imap_done_folder: str = _key("", "Folder each message acted on is moved to (created when missing); empty: it is flagged seen where it is. Messages not understood are left unseen for a person.")
     imap_timeout: float = _key(60.0, "Seconds one IMAP read or write may wait for the server.")
     poll_minutes: int = _key(10, "The daemon reads the mailbox every N minutes (when imap_host is set); 0: only `finews-feeds bounces`.")
+    postmark_username: str = _key("postmark", "User name Postmark's webhooks send (HTTP Basic, in the webhook URL https://postmark:PASSWORD@host/webhooks/postmark); the password comes from FINEWS_POSTMARK_WEBHOOK_PASSWORD.")
     webhook_max_age_seconds: int = _key(300, "A provider webhook whose signed timestamp is older (or further in the future) than this is refused as a replay; signing key: FINEWS_MAILGUN_SIGNING_KEY.")
 
 
@@ -232,6 +234,7 @@ class Config:
     secret_key: str = field(default="", repr=False)
     imap_password: str = field(default="", repr=False)
     mailgun_signing_key: str = field(default="", repr=False)
+    postmark_webhook_password: str = field(default="", repr=False)
     #: The file the values came from, if any.
     path: Path | None = None
 
@@ -643,6 +646,7 @@ def layer_config(
         secret_key=environ.get("FINEWS_SECRET_KEY", ""),
         imap_password=environ.get("FINEWS_IMAP_PASSWORD", ""),
         mailgun_signing_key=environ.get("FINEWS_MAILGUN_SIGNING_KEY", ""),
+        postmark_webhook_password=environ.get("FINEWS_POSTMARK_WEBHOOK_PASSWORD", ""),
         path=path,
         **sections,
     )
@@ -721,7 +725,8 @@ def describe_effective(effective: Effective) -> str:
     lines += ["", "# Secrets, from the environment only:"]
     for name, value in (("FINEWS_SECRET_KEY", config.secret_key), ("FINEWS_SMTP_PASSWORD", config.smtp_password),
                         ("FINEWS_IMAP_PASSWORD", config.imap_password),
-                        ("FINEWS_MAILGUN_SIGNING_KEY", config.mailgun_signing_key)):
+                        ("FINEWS_MAILGUN_SIGNING_KEY", config.mailgun_signing_key),
+                        ("FINEWS_POSTMARK_WEBHOOK_PASSWORD", config.postmark_webhook_password)):
         lines.append(f"# {name} = {MASK if value else '(not set)'}")
     return "\n".join(lines) + "\n"
 

@@ -230,9 +230,9 @@ def test_the_config_in_effect_is_printed_with_sources_and_secrets_masked(tmp_pat
     assert "port = 9000  # file" in lines
     assert 'host = "127.0.0.1"  # default' in lines
     assert 'url = "postgresql+psycopg://finews:********@db.example/finews"  # environment FINEWS_DATABASE_URL' in lines
-    assert lines[-5:] == ["# Secrets, from the environment only:", "# FINEWS_SECRET_KEY = ********",
+    assert lines[-6:] == ["# Secrets, from the environment only:", "# FINEWS_SECRET_KEY = ********",
                           "# FINEWS_SMTP_PASSWORD = ********", "# FINEWS_IMAP_PASSWORD = (not set)",
-                          "# FINEWS_MAILGUN_SIGNING_KEY = (not set)"]
+                          "# FINEWS_MAILGUN_SIGNING_KEY = (not set)", "# FINEWS_POSTMARK_WEBHOOK_PASSWORD = (not set)"]
     assert "s3cret" not in text and "hunter2" not in text and "k" * 32 not in text
     assert tomllib.loads(text)["web"]["port"] == 9000  # still TOML: the sources are comments
-    assert describe_effective(layer_config({}, {})).splitlines()[-3] == "# FINEWS_SMTP_PASSWORD = (not set)"
+    assert describe_effective(layer_config({}, {})).splitlines()[-4] == "# FINEWS_SMTP_PASSWORD = (not set)"

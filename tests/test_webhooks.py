@@ -1,4 +1,5 @@
-"""The Mailgun webhook over real HTTP (uvicorn on a free port): signatures, replays, idempotency."""
+"""The Mailgun and Postmark webhooks over real HTTP (uvicorn on a free port): signatures and credentials,
+replays, idempotency."""
 
 from __future__ import annotations
 
@@ -35,8 +36,12 @@ class Hook:
                           headers={"Content-Type": "application/json"}, timeout=10)
 
 
+POSTMARK_PASSWORD = "pm-hook-secret"
+
+
 def with_key(config: Config, key: str) -> Config:
-    return config.__class__(**{**config.__dict__, "mailgun_signing_key": key})
+    return config.__class__(**{**config.__dict__, "mailgun_signing_key": key,
+                               "postmark_webhook_password": POSTMARK_PASSWORD})
 
 
 @pytest.fixture
@@ -81,6 +86,11 @@ def test_a_complaint_unsubscribes(hook: Hook) -> None:
     response = hook.post(signed({"event": "complained", "id": "ev-c", "recipient": "bob@example.org"}, "c" * 50, T0))
     assert response.json() == {"ok": True, "outcomes": [{"kind": "complaint", "result": "unsubscribed"}]}
     assert hook.store.get_subscriber("bob@example.org").status == "unsubscribed"
+
+
+def test_a_mailgun_unsubscribe_event_unsubscribes(hook: Hook) -> None:
+    response = hook.post(signed({"event": "unsubscribed", "id": "ev-u", "recipient": "bob@example.org"}, "u" * 50, T0))
+    assert response.json() == {"ok": True, "outcomes": [{"kind": "unsubscribe", "result": "unsubscribed"}]}
 
 
 def test_events_we_do_not_act_on_are_accepted_and_ignored(hook: Hook) -> None:
@@ -139,6 +149,8 @@ def test_without_a_signing_key_there_is_no_webhook(tmp_path: Path) -> None:
         for base in serve(create_app(config, store=store), port):
             response = httpx.post(f"{base}/webhooks/mailgun", json=signed(failed("ev"), "i" * 50, T0), timeout=10)
             assert response.status_code == 404
+            response = httpx.post(f"{base}/webhooks/postmark", json=postmark_bounce(1), auth=("postmark", ""), timeout=10)
+            assert response.status_code == 404
 
 
 def test_the_signature_check_itself() -> None:
@@ -148,3 +160,53 @@ def test_the_signature_check_itself() -> None:
     assert check_mailgun_signature(KEY, good, 1529006854.0, 300) == ""
     assert check_mailgun_signature(KEY, {**good, "signature": good["signature"].upper()}, 1529006854.0, 300) == ""
     assert check_mailgun_signature(KEY, {**good, "timestamp": "x"}, 0, 300).startswith("the signature does not match")
+
+
+def postmark_bounce(bounce_id: int, kind: str = "HardBounce", email: str = "ann@example.org") -> dict[str, Any]:
+    """A Postmark bounce webhook body, as its documentation's example is shaped."""
+    return {"RecordType": "Bounce", "ID": bounce_id, "Type": kind, "TypeCode": 1, "Name": "Hard bounce", "Tag": "",
+            "MessageID": "883953f4-6105-42a2-a16a-77a8eac79483", "Metadata": {}, "ServerID": 23,
+            "MessageStream": "outbound",
+            "Description": "The server was unable to deliver your message (ex: unknown user, mailbox not found).",
+            "Details": "smtp;550 5.1.1 The email account that you tried to reach does not exist.", "Email": email,
+            "From": "digest@news.example.org", "BouncedAt": "2022-04-21T07:30:54.9070259Z", "DumpAvailable": True,
+            "Inactive": True, "CanActivate": True, "Subject": "finews digest"}
+
+
+def postmark(hook: Hook, body: Any, auth: tuple[str, str] | None = ("postmark", POSTMARK_PASSWORD)) -> httpx.Response:
+    return httpx.post(f"{hook.base}/webhooks/postmark", json=body, auth=auth, timeout=10)
+
+
+def test_a_postmark_hard_bounce_with_the_right_credentials_bounces_once(hook: Hook) -> None:
+    first = postmark(hook, postmark_bounce(4323372036854775807))
+    assert (first.status_code, first.json()) == (200, {"ok": True, "outcomes": [{"kind": "hard", "result": "bounced"}]})
+    assert postmark(hook, postmark_bounce(4323372036854775807)).json()["outcomes"] == [
+        {"kind": "hard", "result": "duplicate"}]
+    [event] = hook.store.subscriber_events("ann@example.org")
+    assert (event["source"], event["status"], event["key"]) == (
+        "postmark", "5.1.1", "postmark:Bounce:4323372036854775807 ann@example.org hard")
+
+
+def test_postmark_complaints_unsubscribes_and_ignored_types(hook: Hook) -> None:
+    complaint = {**postmark_bounce(7, "SpamComplaint", "bob@example.org"), "RecordType": "SpamComplaint"}
+    assert postmark(hook, complaint).json()["outcomes"] == [{"kind": "complaint", "result": "unsubscribed"}]
+    assert postmark(hook, postmark_bounce(8, "AutoResponder")).json() == {"ok": True, "ignored": "Bounce/AutoResponder"}
+    change = {"RecordType": "SubscriptionChange", "MessageID": "m1", "ChangedAt": "2022-04-21T08:00:00Z",
+              "Recipient": "ann@example.org", "SuppressSending": True, "SuppressionReason": "HardBounce"}
+    assert postmark(hook, change).json()["ok"] is True
+    assert hook.store.get_subscriber("ann@example.org").status == "active"  # the Bounce event counts, not this
+    manual = {**change, "SuppressionReason": "ManualSuppression"}
+    assert postmark(hook, manual).json()["outcomes"] == [{"kind": "unsubscribe", "result": "unsubscribed"}]
+
+
+@pytest.mark.parametrize("auth", [None, ("postmark", "wrong"), ("someone", POSTMARK_PASSWORD)])
+def test_postmark_without_the_right_credentials_is_refused(hook: Hook, auth: tuple[str, str] | None) -> None:
+    response = postmark(hook, postmark_bounce(9), auth)
+    assert (response.status_code, response.headers["www-authenticate"]) == (401, 'Basic realm="finews webhooks"')
+    assert hook.store.subscriber_events("ann@example.org") == []
+
+
+def test_postmark_bodies_that_are_no_event(hook: Hook) -> None:
+    assert httpx.post(f"{hook.base}/webhooks/postmark", content=b"{", auth=("postmark", POSTMARK_PASSWORD),
+                      timeout=10).status_code == 400
+    assert postmark(hook, {"Type": "HardBounce"}).status_code == 400

@@ -11,7 +11,8 @@ Whom, most trusted first:
 4. the recipient the report states.
 
 A mailed unsubscribe request is acted on only with a valid token (1): its From address is too
-easily forged to unsubscribe someone by. A report about an address that is no subscriber is
+easily forged to unsubscribe someone by. A provider's unsubscribe event (an authenticated webhook)
+names its recipient, which is believed. A report about an address that is no subscriber is
 recorded nowhere (there is no one to act on) and says so.
 """
 
@@ -60,7 +61,8 @@ def identify(report: Report, secret: str, sent_to: Callable[[str], str | None]) 
     shared = [(by_token, "token"), (report.verp, "verp"), (by_ledger, "message-id")]
     out: list[tuple[str, str]] = []
     for finding in report.findings:
-        if finding.kind == "unsubscribe":
+        if report.format == "unsubscribe":
+            # A mailed request: anyone can write any From, so only our signed token names someone.
             out.append((by_token, "token") if by_token else ("", ""))
             continue
         # We send one recipient per message, so the message's own clues name everyone it reports on.

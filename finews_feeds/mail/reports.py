@@ -1,7 +1,7 @@
 """Reading what comes back after the SMTP session: delivery status notifications (DSN, RFC 3464),
 complaint feedback reports (ARF, RFC 5965, and Microsoft's JMRP, which is ARF in all but its
 MIME type), unsubscribe requests mailed to the ``List-Unsubscribe`` mailto, provider webhook
-events (Mailgun), and VERP addresses.
+events (Mailgun, Postmark), and VERP addresses.
 
 Pure: bytes (or a decoded JSON object) in, a :class:`Report` out, and :func:`parse_report` never
 raises, whatever the bytes (a hypothesis test holds it to that): a mailbox that receives
@@ -34,7 +34,7 @@ from typing import Any
 #: What one finding says happened to one recipient.
 KINDS = ("hard", "soft", "delayed", "complaint", "unsubscribe")
 #: Report formats: what the message (or webhook event) as a whole was recognised as.
-FORMATS = ("dsn", "arf", "jmrp", "failed-recipients", "unsubscribe", "mailgun", "unknown")
+FORMATS = ("dsn", "arf", "jmrp", "failed-recipients", "unsubscribe", "mailgun", "postmark", "unknown")
 #: ARF feedback types that are a person's complaint (RFC 5965 section 7.3; auth-failure and dmarc
 #: reports are about authentication, not about a subscriber, and not-spam is the opposite).
 COMPLAINT_TYPES = ("abuse", "fraud", "virus")
@@ -375,3 +375,37 @@ def mailgun_report(event: Mapping[str, Any]) -> Report:
         finding = Finding("unsubscribe", recipient)
     return Report("mailgun" if finding else "unknown", report_id=f"mailgun:{event_id}",
                   findings=(finding,) if finding else (), original_message_id=original)
+
+
+#: Postmark bounce types (its ``Type``) and what they are here; the others (AutoResponder,
+#: AddressChange, Subscribe, ...) are no failure of delivery and are not acted on.
+POSTMARK_KINDS = {
+    "HardBounce": "hard", "BadEmailAddress": "hard",
+    "SoftBounce": "soft", "Transient": "soft", "DnsError": "soft", "Blocked": "soft", "DMARCPolicy": "soft",
+    "SpamComplaint": "complaint", "Unsubscribe": "unsubscribe",
+}
+
+
+def postmark_report(event: Mapping[str, Any]) -> Report:
+    """One Postmark webhook body (``RecordType`` Bounce, SpamComplaint or SubscriptionChange) as a report.
+
+    A SubscriptionChange is acted on only for ``ManualSuppression`` (the recipient left through
+    Postmark's own unsubscribe link): its other reasons repeat a Bounce or SpamComplaint event
+    Postmark sends as well, which must not count twice."""
+    record = str(event.get("RecordType", ""))
+    recipient = _address_field(str(event.get("Email", "") or event.get("Recipient", "")))
+    finding: Finding | None = None
+    if record in ("Bounce", "SpamComplaint"):
+        kind = POSTMARK_KINDS.get(str(event.get("Type", "")))
+        if kind is not None:
+            words = f"{event.get('Description', '') or ''} {event.get('Details', '') or ''}"
+            code = _STATUS.search(words)
+            finding = Finding(kind, recipient, code.group(0) if code else "", _detail(words))
+    elif (record == "SubscriptionChange" and event.get("SuppressSending") is True
+          and event.get("SuppressionReason") == "ManualSuppression"):
+        finding = Finding("unsubscribe", recipient, "", "ManualSuppression")
+    event_id = str(event.get("ID", "") or "")[:200]
+    if record == "SubscriptionChange":
+        event_id = f"change:{event.get('MessageID', '')}:{event.get('ChangedAt', '')}"[:200]
+    return Report("postmark" if finding else "unknown", report_id=f"postmark:{record}:{event_id}",
+                  findings=(finding,) if finding else ())

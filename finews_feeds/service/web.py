@@ -73,7 +73,7 @@ from .guards import BodyLimitMiddleware, RateLimiter, cross_site, origin_of
 from .manage import manage_routes
 from .pages import TOKEN_PAGE_HEADERS, FeedList, LatestDigest, SiteTitle, message, page
 from .static import ARCHIVE_CACHE, CURRENT_CACHE, FeedFiles, GzipCache, NegotiatedGZipMiddleware
-from .webhooks import mailgun_route
+from .webhooks import mailgun_route, postmark_route
 
 log = logging.getLogger(__name__)
 
@@ -310,6 +310,7 @@ def create_app(
         Route("/healthz", healthz, methods=["GET"]),
         # Bounces and complaints from the mail provider (docs/bounces.md); 404 without its key.
         mailgun_route(config, store, clock),
+        postmark_route(config, store, clock),
     ]
     handlers: dict[Any, Callable[[Request, Exception], Response | Awaitable[Response]]] = {
         HTTPException: http_error,

@@ -1,4 +1,4 @@
-"""Provider webhooks for bounces and complaints: ``POST /webhooks/mailgun``.
+"""Provider webhooks for bounces and complaints: ``POST /webhooks/mailgun`` and ``POST /webhooks/postmark``.
 
 Mailgun signs each event (its "Securing webhooks"): ``signature.signature`` is the hex HMAC-SHA256
 of ``timestamp + token`` under the account's webhook signing key (``FINEWS_MAILGUN_SIGNING_KEY``;
@@ -14,10 +14,18 @@ without it the route is 404). The signature does not cover the body, so besides 
 Answers: 200 once recorded (or for an event kind we do not act on), 403 for a bad or stale
 signature (Mailgun retries for hours, time enough to fix a wrong key), 400 for a body that is no
 Mailgun event, and 503 when the database is away (retried too).
+
+Postmark signs nothing; its webhooks authenticate with HTTP Basic credentials in the webhook's
+URL (``https://postmark:PASSWORD@host/webhooks/postmark``), which is what is checked here
+(``bounces.postmark_username``, ``FINEWS_POSTMARK_WEBHOOK_PASSWORD``; without the password the
+route is 404). A replayed request can only repeat its own event, which is recorded under
+Postmark's id and counts once. Wrong credentials: 401 (Postmark retries).
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hashlib
 import hmac
 import json
@@ -36,7 +44,7 @@ from starlette.routing import Route
 
 from ..config import Config
 from ..mail.bounces import apply_report
-from ..mail.reports import mailgun_report
+from ..mail.reports import mailgun_report, postmark_report
 from ..mail.store import Store
 
 log = logging.getLogger(__name__)
@@ -117,3 +125,44 @@ def mailgun_route(config: Config, store: Store, clock: Callable[[], datetime]) -
         return JSONResponse({"ok": True, "outcomes": [{"kind": o.kind, "result": o.result} for o in outcomes]})
 
     return Route("/webhooks/mailgun", mailgun, methods=["POST"])
+
+
+def basic_credentials(header: str) -> tuple[str, str] | None:
+    """(user, password) of an ``Authorization: Basic`` header, or None."""
+    scheme, _, value = header.partition(" ")
+    if scheme.lower() != "basic":
+        return None
+    try:
+        user, sep, password = base64.b64decode(value.strip(), validate=True).decode("utf-8").partition(":")
+    except (binascii.Error, UnicodeDecodeError):
+        return None
+    return (user, password) if sep else None
+
+
+def postmark_route(config: Config, store: Store, clock: Callable[[], datetime]) -> Route:
+    """The ``POST /webhooks/postmark`` route."""
+    password = config.postmark_webhook_password
+    user = config.bounces.postmark_username
+
+    async def postmark(request: Request) -> Response:
+        if not password:
+            raise HTTPException(404)
+        given = basic_credentials(request.headers.get("authorization", ""))
+        if given is None or not (hmac.compare_digest(given[0].encode(), user.encode())
+                                 & hmac.compare_digest(given[1].encode(), password.encode())):
+            log.warning("postmark webhook refused: wrong or missing credentials")
+            return JSONResponse({"ok": False, "error": "wrong or missing credentials"}, status_code=401,
+                                headers={"WWW-Authenticate": 'Basic realm="finews webhooks"'})
+        try:
+            event = json.loads(await request.body())
+        except (ValueError, UnicodeDecodeError):
+            raise HTTPException(400, "expected a JSON body") from None
+        if not isinstance(event, dict) or not event.get("RecordType"):
+            raise HTTPException(400, "expected a Postmark webhook object with a RecordType")
+        report = postmark_report(event)
+        if not report.understood:
+            return JSONResponse({"ok": True, "ignored": f"{event.get('RecordType')}/{event.get('Type', '')}"[:60]})
+        outcomes = await run_in_threadpool(apply_report, config, store, report, "postmark", clock())
+        return JSONResponse({"ok": True, "outcomes": [{"kind": o.kind, "result": o.result} for o in outcomes]})
+
+    return Route("/webhooks/postmark", postmark, methods=["POST"])
