@@ -400,17 +400,19 @@ def test_100000_posts_walked_by_two_clients_and_one_new_post_touches_two_files(t
     settings = {"formats": ["atom", "json"], "full_content": False, "tags": False, "limit": 500,
                 "archive_page_size": 0}
     build(tmp_path, big_site(99_999), **settings)
-    # The 100,000th post fills page 200: the feeds and that page are written, nothing else.
+    # The 100,000th post fills page 200: the feeds, their browser page (feed.html) and that archive page are
+    # written, and the feed list (its counts); nothing else.
     posts = big_site(100_000)
     report = build(tmp_path, posts, **settings)
-    assert report.written == ["archive/200/atom.xml", "archive/200/feed.json", "atom.xml", "feed.json", "index.html"]
+    assert report.written == ["archive/200/atom.xml", "archive/200/feed.json", "atom.xml", "feed.html", "feed.json",
+                              "index.html"]
     expected = Counter(p.id for p in posts)
     json_documents = walk_atoma_json(tmp_path, f"{BASE}/feed.json")
     assert len(json_documents) == 1 + 200
     assert recovered(json_documents) == expected
     assert recovered(walk_feedparser(tmp_path, f"{BASE}/atom.xml")) == expected
     report = build(tmp_path, big_site(100_001), **settings)
-    assert report.written == ["atom.xml", "feed.json", "index.html"]
+    assert report.written == ["atom.xml", "feed.html", "feed.json", "index.html"]
 
 
 def test_a_damaged_feed_index_puts_no_post_on_a_page_of_a_feed_it_is_not_in(tmp_path: Path,
