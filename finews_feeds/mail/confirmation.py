@@ -98,14 +98,13 @@ class ConfirmationRenderer:
     def view(self, email: str, name: str, confirm_url: str, categories: Sequence[str] = (),
              tags: Sequence[str] = (), manage_url: str = "") -> ConfirmView:
         site = self.site
-        name = header_text(_CONTROL.sub("", name))[:80]
         names = [site.category_title(c) for c in categories] + [f"#{t}" for t in tags]
         return ConfirmView(
             site_title=site.title,
             site_url=site.url + "/",
             language=site.language,
             subject=header_text(self.config.digest.confirm_subject.format(site_title=site.title)),
-            greeting=f"{name}，您好！" if name else "您好！",
+            greeting=_greeting(name),
             email=header_text(email),
             confirm_url=confirm_url,
             manage_url=manage_url,
@@ -118,22 +117,16 @@ class ConfirmationRenderer:
                tags: Sequence[str] = (), manage_url: str = "") -> ConfirmationMail:
         """The subject, the HTML (CSS inlined) and the text of the mail to ``email``."""
         view = self.view(email, name, confirm_url, categories, tags, manage_url)
-        try:
-            html = self.html_template.render(c=view)
-            text = self.text_template.render(c=view)
-        except jinja2.TemplateError as exc:
-            raise DigestError(f"confirmation template failed: {exc}") from None
-        return ConfirmationMail(subject=view.subject, html=inline_css(html), text=tidy_text(text))
+        return _render(self.html_template, self.text_template, "confirmation", view.subject, c=view)
 
     def manage_view(self, email: str, name: str, manage_url: str) -> ManageView:
         site = self.site
-        name = header_text(_CONTROL.sub("", name))[:80]
         return ManageView(
             site_title=site.title,
             site_url=site.url + "/",
             language=site.language,
             subject=header_text(self.config.digest.manage_subject.format(site_title=site.title)),
-            greeting=f"{name}，您好！" if name else "您好！",
+            greeting=_greeting(name),
             email=header_text(email),
             manage_url=manage_url,
             postal_address=self.config.digest.postal_address.strip(),
@@ -142,9 +135,21 @@ class ConfirmationRenderer:
     def render_manage(self, email: str, name: str, manage_url: str) -> ConfirmationMail:
         """The mail with the link to ``email``'s manage page: subject, HTML (CSS inlined) and text."""
         view = self.manage_view(email, name, manage_url)
-        try:
-            html = self.manage_html_template.render(m=view)
-            text = self.manage_text_template.render(m=view)
-        except jinja2.TemplateError as exc:
-            raise DigestError(f"manage-link template failed: {exc}") from None
-        return ConfirmationMail(subject=view.subject, html=inline_css(html), text=tidy_text(text))
+        return _render(self.manage_html_template, self.manage_text_template, "manage-link", view.subject, m=view)
+
+
+def _greeting(name: str) -> str:
+    # A name from a web form: control characters and header-breaking text removed, length bounded.
+    name = header_text(_CONTROL.sub("", name))[:80]
+    return f"{name}，您好！" if name else "您好！"
+
+
+def _render(html_template: jinja2.Template, text_template: jinja2.Template, what: str, subject: str,
+            **context: object) -> ConfirmationMail:
+    """Both parts of one mail from its templates: the HTML with its CSS inlined, the text tidied."""
+    try:
+        html = html_template.render(**context)
+        text = text_template.render(**context)
+    except jinja2.TemplateError as exc:
+        raise DigestError(f"{what} template failed: {exc}") from None
+    return ConfirmationMail(subject=subject, html=inline_css(html), text=tidy_text(text))
