@@ -140,10 +140,20 @@ def _address(arg: str, prefix: str) -> str:
     return rest.strip().split(" ", 1)[0].strip("<>")
 
 
+class Pipelining:
+    """aiosmtpd's handler hook that offers PIPELINING (RFC 2920), as Postfix, Exim and Haraka do:
+    aiosmtpd reads commands line by line from a buffer, so it answers pipelined ones in order."""
+
+    async def handle_EHLO(self, server: SMTP, session: Any, envelope: Any, hostname: str,
+                          responses: list[str]) -> list[str]:
+        session.host_name = hostname
+        return [*responses[:-1], "250-PIPELINING", responses[-1]]
+
+
 class SinkController(Controller):
     def __init__(self, counts: Counts, delay: float, port: int) -> None:
         self.counts, self.delay = counts, delay
-        super().__init__(object(), hostname="127.0.0.1", port=port, ready_timeout=10)
+        super().__init__(Pipelining(), hostname="127.0.0.1", port=port, ready_timeout=10)
 
     def factory(self) -> SMTP:
         server = WholeDataSMTP(self.handler, hostname="sink.local", data_size_limit=None)

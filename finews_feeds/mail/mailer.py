@@ -177,6 +177,53 @@ class _DeadlineMixin(smtplib.SMTP):
             self.file = _DeadlineReader(self.sock, self.deadline, self._per_operation())
         return super().getreply()
 
+    def data(self, msg: ReadableBuffer | str) -> tuple[int, bytes]:
+        """smtplib's DATA with the dots stuffed by ``bytes.replace``.
+
+        smtplib stuffs them with a multi-line regular expression that visits every byte: about a
+        millisecond for a 47 KB digest, a quarter of a send's time under the interpreter lock
+        (py-spy, 10,000 subscribers); the same bytes come out of ``replace`` in microseconds."""
+        if isinstance(msg, str):
+            return super().data(msg)
+        self.putcmd("data")
+        code, reply = self.getreply()
+        if code != 354:
+            raise smtplib.SMTPDataError(code, reply)
+        return self._send_body(bytes(msg))
+
+    def envelope(self, sender: str, options: list[str], recipients: tuple[str, ...]) -> list[tuple[str, int, bytes]]:
+        """MAIL FROM, each RCPT TO and DATA in one write (RFC 2920 PIPELINING), then their replies in order
+        as ``(command, code, text)``; the reading stops after a 421, with which the server closes.
+
+        One round trip instead of one per command: with the body's, two a message instead of four
+        (as Postfix's client does whenever the server offers it). Nothing of the body is sent here."""
+        if any(option.upper() == "SMTPUTF8" for option in options):
+            self.command_encoding = "utf-8"  # what smtplib's mail() does for that option
+        extra = "".join(" " + option for option in options)
+        commands = [("MAIL", f"MAIL FROM:{smtplib.quoteaddr(sender)}{extra}")]
+        commands += [("RCPT", f"RCPT TO:{smtplib.quoteaddr(rcpt)}") for rcpt in recipients]
+        commands.append(("DATA", "DATA"))
+        if any("\r" in line or "\n" in line for _, line in commands):
+            raise ValueError("command and arguments contain prohibited newline characters")
+        self.deadline.stage = "MAIL"
+        self.send("".join(line + "\r\n" for _, line in commands))
+        replies: list[tuple[str, int, bytes]] = []
+        for command, _ in commands:
+            self.deadline.stage = command
+            code, text = self.getreply()
+            replies.append((command, code, text))
+            if code == 421:
+                break
+        return replies
+
+    def _send_body(self, data: bytes) -> tuple[int, bytes]:
+        """The message after a 354 (RFC 5321 4.5.2: a line that starts with a dot gets one more), then its reply."""
+        stuffed = (b"." + data if data.startswith(b".") else data).replace(b"\n.", b"\n..")
+        if not stuffed.endswith(b"\r\n"):
+            stuffed += b"\r\n"
+        self.send(stuffed + b".\r\n")
+        return self.getreply()
+
 
 class _DeadlineSMTP(_DeadlineMixin):
     def __init__(self, host: str, port: int, *, deadline: Deadline, timeout: float, local_hostname: str | None) -> None:
@@ -327,7 +374,7 @@ class SmtpTransport:
     def _context(self) -> ssl.SSLContext:
         return self.ssl_context or ssl.create_default_context()
 
-    def connect(self) -> smtplib.SMTP:
+    def connect(self) -> _DeadlineMixin:
         if self._smtp is not None:
             return self._smtp
         where = f"{self.host}:{self.port}"
@@ -444,8 +491,14 @@ class SmtpTransport:
                 options.append("SMTPUTF8")
             if smtp.has_extn("8bitmime"):
                 options.append("BODY=8BITMIME")
+        # One recipient only: with several, a DATA accepted after some refusals would have to be followed
+        # by the message, to the others, where the command-by-command path sends nothing.
+        pipelined = smtp.has_extn("pipelining") and len(recipients) == 1
         try:
-            code, reply = smtp.mail(sender, options)
+            if pipelined:
+                replies = smtp.envelope(sender, options, recipients)
+            else:
+                code, reply = smtp.mail(sender, options)
         except smtplib.SMTPServerDisconnected:
             # Nothing of this message went out: a server that closed an idle connection is no failure.
             self._drop()
@@ -454,18 +507,45 @@ class SmtpTransport:
                 self._send_once(data, sender, recipients, retry_idle_drop=False)
                 return
             raise
-        if code != 250:
-            raise self._refused(code, reply, "MAIL FROM")
-        for rcpt in recipients:
-            code, reply = smtp.rcpt(rcpt)
-            if code not in (250, 251):
-                raise self._refused(code, reply, f"RCPT TO {rcpt}")
-        try:
-            code, reply = smtp.data(data)
-        except smtplib.SMTPDataError as exc:  # DATA itself refused (no 354)
-            raise self._refused(exc.smtp_code, exc.smtp_error, "DATA") from None
+        if pipelined:
+            self._check_envelope(smtp, replies, recipients)
+            code, reply = smtp._send_body(data)
+        else:
+            if code != 250:
+                raise self._refused(code, reply, "MAIL FROM")
+            for rcpt in recipients:
+                code, reply = smtp.rcpt(rcpt)
+                if code not in (250, 251):
+                    raise self._refused(code, reply, f"RCPT TO {rcpt}")
+            try:
+                code, reply = smtp.data(data)
+            except smtplib.SMTPDataError as exc:  # DATA itself refused (no 354)
+                raise self._refused(exc.smtp_code, exc.smtp_error, "DATA") from None
         if code != 250:
             raise self._refused(code, reply, "end of DATA")
+
+    def _check_envelope(self, smtp: _DeadlineMixin, replies: list[tuple[str, int, bytes]],
+                        recipients: tuple[str, ...]) -> None:
+        """Raise the first refusal among the pipelined replies, as the command-by-command path would."""
+        rcpts = iter(recipients)
+        for command, code, reply in replies:
+            if command == "MAIL" and code != 250:
+                stage = "MAIL FROM"
+            elif command == "RCPT" and code not in (250, 251):
+                stage = f"RCPT TO {next(rcpts)}"
+            elif command == "RCPT":
+                next(rcpts)
+                continue
+            elif command == "DATA" and code != 354:
+                stage = "DATA"
+            else:
+                continue
+            if replies[-1][0] == "DATA" and replies[-1][1] == 354:
+                # A server that took DATA despite the refusal now waits for a message; closing the
+                # connection is the one way to be sure none is delivered.
+                self._drop()
+                raise _failure(code, reply, stage)
+            raise self._refused(code, reply, stage)
 
     def _refused(self, code: int, reply: bytes | str, stage: str) -> SendFailure:
         """The failure of a refusal at ``stage``, with the connection left fit for the next message:

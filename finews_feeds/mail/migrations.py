@@ -110,6 +110,12 @@ runs = Table(
     Column("attempts", Integer, nullable=False, default=0),
 )
 
+#: Ledger states of a row still to be sent, and that condition as SQL text. The claim's query and the
+#: partial index behind it use this one text: the planners (PostgreSQL's, SQLite's) take a partial
+#: index only for a query that states the index's own condition, which a bound parameter does not.
+OPEN_STATES = ("pending", "sending", "failed-temporary")
+OPEN_ROW = "state IN (" + ", ".join(f"'{state}'" for state in OPEN_STATES) + ")"
+
 deliveries = Table(
     "deliveries",
     METADATA,
@@ -131,6 +137,10 @@ deliveries = Table(
     # daily (the day's digest) or weekly (the seven days ending with `day`) (version 5).
     Column("kind", String(8), nullable=False, default="daily", server_default="daily"),
     Index("ix_deliveries_day_state", "day", "state"),
+    # The open rows of a day in claiming order (version 6): without it each batch's claim walks past
+    # every row already sent, a time that grows with the list (3 ms at 20,000; at a million, most
+    # of a second a batch).
+    Index("ix_deliveries_open", "day", "subscriber_id", postgresql_where=text(OPEN_ROW), sqlite_where=text(OPEN_ROW)),
 )
 
 #: The outbox: work the web app hands to the daemon's worker (subscribe requests) and the
@@ -237,6 +247,13 @@ def _v5(conn: Connection) -> None:
                 conn.execute(text(f"ALTER TABLE {table} ADD COLUMN {name} {kind}"))
 
 
+def _v6(conn: Connection) -> None:
+    """The ledger's partial index of open rows, which the claim of each batch reads (issue 14)."""
+    for index in deliveries.indexes:
+        if index.name == "ix_deliveries_open":
+            index.create(conn, checkfirst=True)
+
+
 #: (version, step); append only.
 MIGRATIONS: list[tuple[int, Callable[[Connection], None]]] = [
     (1, _v1),
@@ -244,6 +261,7 @@ MIGRATIONS: list[tuple[int, Callable[[Connection], None]]] = [
     (3, _v3),
     (4, _v4),
     (5, _v5),
+    (6, _v6),
 ]
 LATEST = MIGRATIONS[-1][0]
 

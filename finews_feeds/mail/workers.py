@@ -32,7 +32,8 @@ from .. import errors
 from ..config import Config
 from ..errors import ConfigError, FinewsError
 from .delivery import DeliveryReport, SendProgress, send_day
-from .store import OPEN_STATES, Store
+from .migrations import OPEN_STATES
+from .store import Store
 
 log = logging.getLogger(__name__)
 
