@@ -67,9 +67,19 @@ class Sink:
     #: message number (1-based) whose 250 is held back for `hold_seconds` (the kill test kills meanwhile)
     hold_message: int | None = None
     hold_seconds: float = 0.0
+    #: offer PIPELINING (RFC 2920) in the EHLO reply, as Postfix, Exim and Haraka do
+    pipelining: bool = False
     connections: set[Any] = field(default_factory=set)
     per_session: dict[Any, int] = field(default_factory=dict)
     lock: threading.Lock = field(default_factory=threading.Lock)
+
+    async def handle_EHLO(self, server: Any, session: Any, envelope: Any, hostname: str,
+                          responses: list[str]) -> list[str]:
+        session.host_name = hostname
+        if not self.pipelining:
+            return responses
+        # aiosmtpd reads commands line by line from a buffer, so it answers pipelined ones in order.
+        return [*responses[:-1], "250-PIPELINING", responses[-1]]
 
     async def handle_MAIL(self, server: Any, session: Any, envelope: Any, address: str, options: list[str]) -> str:
         self.connections.add(session.peer)

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import smtplib
 import ssl
 import subprocess
+import sys
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import dkim
 import pytest
+import smtp_fakes
 from aiosmtpd.smtp import AuthResult, LoginPassword
 from smtp_fakes import Sink, TricklingServer, free_port, make_config, outcome_within, running, wait_until
 
@@ -32,6 +35,55 @@ def message(to: str = "reader@example.org", n: int = 1) -> Any:
         headers={"List-Unsubscribe": "<https://x.example.org/u/t>", "List-Unsubscribe-Post": "List-Unsubscribe=One-Click",
                  "List-Id": "finews <digest.news.example.org>"},
     )
+
+
+@pytest.fixture(autouse=True, params=[False, True], ids=["command-by-command", "pipelining"])
+def pipelining(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> bool:
+    """Every test against the aiosmtpd sink twice: a server without PIPELINING, and one that offers it."""
+    if request.param:
+        def offering(sink: Sink, *args: Any, **kwargs: Any) -> Any:
+            sink.pipelining = True
+            return smtp_fakes.running(sink, *args, **kwargs)
+
+        monkeypatch.setattr(sys.modules[__name__], "running", offering)
+    return bool(request.param)
+
+
+def test_a_message_takes_two_writes_with_pipelining_and_four_without(pipelining: bool,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    writes: list[bytes] = []
+    plain_send = smtplib.SMTP.send
+
+    def counted(self: smtplib.SMTP, data: Any) -> None:
+        writes.append(data if isinstance(data, bytes) else data.encode())
+        plain_send(self, data)
+
+    monkeypatch.setattr(smtplib.SMTP, "send", counted)
+    sink = Sink()
+    with running(sink) as port, transport(port) as smtp:
+        smtp.connect()
+        writes.clear()
+        smtp.send(message("a@example.org"))
+        sent = list(writes)
+    assert [r.rcpt_tos for r in sink.messages] == [["a@example.org"]]
+    if pipelining:
+        assert sent[0] == b"MAIL FROM:<digest@news.example.org>\r\nRCPT TO:<a@example.org>\r\nDATA\r\n"
+        assert len(sent) == 2 and sent[1].endswith(b"\r\n.\r\n")
+    else:
+        assert [w.split(b":")[0].lower() for w in sent[:3]] == [b"mail from", b"rcpt to", b"data\r\n"]
+        assert len(sent) == 4
+
+
+def test_lines_that_start_with_a_dot_are_stuffed_and_read_back_whole() -> None:
+    sink = Sink()
+    text = ".starts with a dot\n..two\nmiddle . dot\n."
+    msg = build_message(subject="s", html="<p>x</p>", text=text, sender="d@news.example.org", to="a@example.org",
+                        message_id="<dot@news.example.org>", date=datetime(2022, 4, 21, tzinfo=UTC))
+    raw = b"X-Dots: yes\r\n" + msg.as_bytes()
+    raw = raw.replace(b"\r\n\r\n", b"\r\n\r\n.a\r\n..b\r\n", 1)  # dots at the start of body lines
+    with running(sink) as port, transport(port) as smtp:
+        smtp.send(raw, sender="d@news.example.org", recipients=("a@example.org",))
+    assert sink.messages[0].data.replace(b"\n", b"\r\n").replace(b"\r\r\n", b"\r\n") == raw
 
 
 def transport(port: int, **kwargs: Any) -> SmtpTransport:

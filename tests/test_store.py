@@ -442,6 +442,58 @@ def test_a_version_4_database_gets_the_preference_columns_with_daily_defaults(ur
         assert [d.kind for d in new.ledger(DAY)] == ["daily"]
 
 
+def _claim_plan(store: Store, day: date) -> str:
+    """How the database reads the open rows of ``day`` for a claim (the query claim_batch runs)."""
+    from finews_feeds.mail.migrations import OPEN_ROW
+
+    query = (f"SELECT * FROM deliveries WHERE day = :d AND deliveries.{OPEN_ROW} AND (run_owner IS NULL OR "
+             "run_owner != 'x') ORDER BY subscriber_id LIMIT 50")
+    with store.engine.connect() as conn:
+        if store.dialect == "postgresql":
+            conn.execute(text("SET LOCAL enable_seqscan = off"))  # a small table: ask what it could use
+            return " ".join(str(r[0]) for r in conn.execute(text("EXPLAIN " + query), {"d": day}))
+        return " ".join(str(r[-1]) for r in conn.execute(text("EXPLAIN QUERY PLAN " + query), {"d": day}))
+
+
+def test_a_version_5_ledger_gets_the_index_of_open_rows_that_the_claim_reads(url: str,
+                                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    from finews_feeds.mail import migrations
+
+    with monkeypatch.context() as patch:
+        patch.setattr(migrations, "MIGRATIONS", migrations.MIGRATIONS[:5])
+        patch.setattr(migrations, "LATEST", 5)
+        with Store.open(url) as old:
+            with old.engine.begin() as conn:
+                conn.execute(text("DROP INDEX ix_deliveries_open"))
+            old.add_subscriber("a@example.org", confirmed=True, now=T0)
+            old.prepare_day(DAY, T0)
+            assert "ix_deliveries_open" not in _claim_plan(old, DAY)
+    with Store.open(url) as new:
+        with new.engine.connect() as conn:
+            assert conn.execute(text("SELECT version FROM finews_schema")).scalar() == LATEST
+        assert "ix_deliveries_open" in _claim_plan(new, DAY)
+        owner = new_owner()
+        assert [c.subscriber.email for c in new.claim_batch(DAY, owner, T0)] == ["a@example.org"]
+
+
+def test_a_large_day_is_counted_for_the_planner_as_soon_as_it_is_prepared(url: str) -> None:
+    from finews_feeds.mail.store import ANALYZE_AFTER
+
+    with Store.open(url) as store:
+        with store.engine.begin() as conn:
+            conn.execute(text("INSERT INTO subscribers (email, email_key, name, status, categories, tags, created_at, "
+                              "permanent_failures, frequency, weekday) VALUES (:e, :e, '', 'active', '', '', :t, 0, "
+                              "'daily', 0)"),
+                         [{"e": f"r{n}@example.org", "t": T0.replace(tzinfo=None)} for n in range(ANALYZE_AFTER)])
+        assert store.prepare_day(DAY, T0) == ANALYZE_AFTER
+        if store.dialect != "postgresql":
+            return  # SQLite plans from its indexes alone (no ANALYZE has been run: none is needed)
+        with store.engine.connect() as conn:
+            counted = conn.execute(text("SELECT reltuples FROM pg_class WHERE relname = 'deliveries' AND "
+                                        "relnamespace = to_regnamespace(current_schema())")).scalar()
+        assert counted == ANALYZE_AFTER
+
+
 def test_a_subscribe_form_is_queued_as_given_and_claimed_by_one_worker_until_its_lease_runs_out(store: Store) -> None:
     row_id = store.queue_subscribe(" Ann@Example.COM ", name="Ann", categories=["yicai", "cailianshe"], tags=["A股"],
                                    now=T0)
