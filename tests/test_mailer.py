@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import smtplib
+import socket
 import ssl
 import subprocess
 import sys
+import threading
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -84,6 +86,34 @@ def test_lines_that_start_with_a_dot_are_stuffed_and_read_back_whole() -> None:
     with running(sink) as port, transport(port) as smtp:
         smtp.send(raw, sender="d@news.example.org", recipients=("a@example.org",))
     assert sink.messages[0].data.replace(b"\n", b"\r\n").replace(b"\r\r\n", b"\r\n") == raw
+
+
+def test_a_server_that_takes_data_after_refusing_the_recipient_gets_no_message_and_the_connection_closes() -> None:
+    """A broken server answers 354 to a pipelined DATA whose RCPT it refused: the client must not send the body."""
+    after: list[bytes] = []
+    listener = socket.create_server(("127.0.0.1", 0))
+
+    def serve() -> None:
+        conn, _ = listener.accept()
+        with conn, conn.makefile("rb") as reader:
+            conn.sendall(b"220 broken ESMTP\r\n")
+            reader.readline()  # EHLO
+            conn.sendall(b"250-broken\r\n250 PIPELINING\r\n")
+            for reply in (b"250 OK", b"550 5.1.1 no such user", b"354 go ahead"):
+                reader.readline()
+                conn.sendall(reply + b"\r\n")
+            after.append(reader.read())  # until the client closes the connection
+
+    server = threading.Thread(target=serve, daemon=True)
+    server.start()
+    smtp = transport(int(listener.getsockname()[1]))
+    with pytest.raises(PermanentFailure) as caught:
+        smtp.send(message("gone@example.org"))
+    server.join(10)
+    listener.close()
+    assert caught.value.message == "550 5.1.1 no such user (at RCPT TO gone@example.org)"
+    assert after == [b""]  # not a byte of the message, and the connection closed
+    assert smtp._smtp is None
 
 
 def transport(port: int, **kwargs: Any) -> SmtpTransport:

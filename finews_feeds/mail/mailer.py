@@ -527,18 +527,10 @@ class SmtpTransport:
     def _check_envelope(self, smtp: _DeadlineMixin, replies: list[tuple[str, int, bytes]],
                         recipients: tuple[str, ...]) -> None:
         """Raise the first refusal among the pipelined replies, as the command-by-command path would."""
-        rcpts = iter(recipients)
-        for command, code, reply in replies:
-            if command == "MAIL" and code != 250:
-                stage = "MAIL FROM"
-            elif command == "RCPT" and code not in (250, 251):
-                stage = f"RCPT TO {next(rcpts)}"
-            elif command == "RCPT":
-                next(rcpts)
-                continue
-            elif command == "DATA" and code != 354:
-                stage = "DATA"
-            else:
+        stages = ["MAIL FROM", *(f"RCPT TO {rcpt}" for rcpt in recipients), "DATA"]
+        wanted = [(250,), *[(250, 251)] * len(recipients), (354,)]
+        for (_, code, reply), stage, good in zip(replies, stages, wanted, strict=False):
+            if code in good:
                 continue
             if replies[-1][0] == "DATA" and replies[-1][1] == 354:
                 # A server that took DATA despite the refusal now waits for a message; closing the

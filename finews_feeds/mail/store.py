@@ -789,13 +789,13 @@ class Store:
                     .limit(limit).with_for_update(skip_locked=True))
 
         with self._tx() as conn:
-            rows = list(conn.execute(query([])).all())
+            rows = conn.execute(query([])).all()
             if len(rows) < limit and self.dialect == "postgresql":
                 # Rows leased to workers that are gone, only when the free rows run short: finding those
                 # workers reads every open row of the day (2-4 ms at 20,000), too much for every batch.
                 gone = self._gone_owners(conn, day, owner, now)
                 if gone:
-                    rows = list(conn.execute(query(gone)).all())
+                    rows = conn.execute(query(gone)).all()
             if not rows:
                 return []
             ids = [row.subscriber_id for row in rows]
