@@ -153,6 +153,7 @@ class SmtpConfig:
     username: str = _key("", "Login user; empty: no login. The password comes from FINEWS_SMTP_PASSWORD.")
     rate_per_second: float = _key(10.0, "Most messages sent per second; 0: no limit.")
     connections: int = _key(8, "Most SMTP connections one digest run keeps open to the relay at once (one sending thread each; the rate limit holds across all of them). A run opens one per 50 open messages up to this. 8 keeps well under the 20 a Postfix relay accepts from one client by default (smtpd_client_connection_count_limit, default_destination_concurrency_limit) while hiding a remote relay's latency; raise it for a relay of your own (listmonk's max_conns).")
+    processes: int = _key(0, "Processes that build and send a digest run's messages, sharing smtp.connections: 1: the run's own process (one interpreter lock for the ledger, the messages and SMTP); 2 or more: that many sender processes while the run's own keeps the ledger; 0: one per CPU core for a send of 2,000 messages or more, else 1.")
     max_retries: int = _key(5, "Retries of a temporary failure (4xx, dropped connection) before giving up for this run.")
     retry_backoff: float = _key(1.0, "First wait before a retry, in seconds; doubled at each retry.")
     timeout: float = _key(30.0, "Seconds one read or write on the connection may wait for the server before it counts as a connection error.")
@@ -377,6 +378,8 @@ def _validate(config: Config) -> None:
         raise ConfigError(f"web.port = {config.web.port!r}: expected a port number up to 65535")
     if config.smtp.port > 65535:
         raise ConfigError(f"smtp.port = {config.smtp.port!r}: expected a port number up to 65535")
+    if config.smtp.processes < 0:
+        raise ConfigError(f"smtp.processes = {config.smtp.processes!r}: expected 0 (one per CPU core) or more")
     if config.smtp.connections < 1:
         raise ConfigError(f"smtp.connections = {config.smtp.connections!r}: expected 1 or more")
     if config.smtp.send_deadline_seconds <= 0:

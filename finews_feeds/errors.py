@@ -6,6 +6,9 @@ gets a traceback.
 
 from __future__ import annotations
 
+import sys
+from dataclasses import dataclass
+
 
 class FinewsError(Exception):
     """Base of every error this package raises for a user to act on."""
@@ -90,3 +93,34 @@ class MailboxError(FinewsError):
     """The bounces mailbox cannot be reached, or refused a login or a command."""
 
     exit_code = 10
+
+
+@dataclass(frozen=True)
+class ErrorRecord:
+    """An error as another process can send it back (an exception's hint does not survive pickling):
+    its class name, message, hint and exit code."""
+
+    kind: str
+    message: str
+    hint: str | None
+    exit_code: int
+
+    @classmethod
+    def of(cls, exc: BaseException) -> ErrorRecord:
+        if isinstance(exc, FinewsError):
+            return cls(type(exc).__name__, exc.message, exc.hint, exc.exit_code)
+        # Not one of ours: a bug, named with its type so the report says what it was.
+        return cls("FinewsError", f"{type(exc).__name__}: {exc}", None, FinewsError.exit_code)
+
+    def restore(self) -> FinewsError:
+        """The error as its own class where it can be made again, with its exit code."""
+        kind = getattr(sys.modules[__name__], self.kind, FinewsError)
+        try:
+            error = kind(self.message, hint=self.hint) if isinstance(kind, type) and issubclass(kind, FinewsError) \
+                else None
+        except TypeError:
+            error = None
+        if error is None:
+            error = FinewsError(self.message, hint=self.hint)
+        error.exit_code = self.exit_code
+        return error

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import heapq
 import logging
-import queue
+import os
 import re
 import threading
 import time
@@ -56,6 +56,15 @@ from .digest import (
 from .mailer import ConnectionFailure, PermanentFailure, SmtpTransport, TemporaryFailure, transport_from_config
 from .message import build_message, domain_of, format_address, message_id
 from .reports import unsubscribe_subject, verp_address
+from .senders import (
+    PROCESSES_FROM_MESSAGES,
+    Job,
+    Outcome,
+    ProcessSenders,
+    RateLimiter,
+    Senders,
+    ThreadSenders,
+)
 from .store import Claim, Store, new_owner
 from .tokens import make_token, secret_of
 
@@ -105,6 +114,8 @@ class DeliveryReport:
     seconds: float = 0.0
     #: SMTP connections the run used at once.
     connections: int = 0
+    #: Sender processes that built and sent the messages (0: the run's own process did).
+    processes: int = 0
 
     @property
     def ok(self) -> bool:
@@ -118,7 +129,8 @@ class DeliveryReport:
     def timing_line(self) -> str:
         """How long the run took and how fast it sent (printed before :meth:`summary_lines`)."""
         return (f"digest {self.day}: {self.sent} sent in {self.seconds:.1f} s ({self.rate:.0f} msgs/s) over "
-                f"{self.connections} SMTP connection{'s' if self.connections != 1 else ''}")
+                f"{self.connections} SMTP connection{'s' if self.connections != 1 else ''}"
+                + (f" from {self.processes} sender processes" if self.processes else ""))
 
     def fields(self) -> dict[str, object]:
         """The counts of the run, as the fields of a JSON log line."""
@@ -126,7 +138,7 @@ class DeliveryReport:
             "day": self.day.isoformat(), "sent": self.sent, "skipped": sum(self.skipped.values()),
             "retried": self.retried, "failed": sum(self.failed.values()), "already_sent": self.already_sent,
             "resent": self.resent, "total": self.total, "seconds": round(self.seconds, 3),
-            "rate": round(self.rate, 1), "connections": self.connections,
+            "rate": round(self.rate, 1), "connections": self.connections, "processes": self.processes,
             "failed_by_reason": dict(self.failed),
         }
 
@@ -215,31 +227,6 @@ def _duration(seconds: float) -> str:
         return f"{minutes} min {seconds:02d} s"
     hours, minutes = divmod(minutes, 60)
     return f"{hours} h {minutes:02d} min"
-
-
-class RateLimiter:
-    """At most ``rate`` messages a second, on an injectable clock (seconds) and sleep.
-
-    Shared by every connection of a run, so ``smtp.rate_per_second`` is the run's rate, not each
-    connection's: each caller takes the next free slot under a lock and sleeps outside it.
-    """
-
-    def __init__(self, rate: float, clock: Callable[[], float], sleep: Callable[[float], None]) -> None:
-        self.interval = 1.0 / rate if rate > 0 else 0.0
-        self.clock = clock
-        self.sleep = sleep
-        self.next_at: float | None = None
-        self._lock = threading.Lock()
-
-    def wait(self) -> None:
-        if not self.interval:
-            return
-        with self._lock:
-            now = self.clock()
-            at = now if self.next_at is None or self.next_at <= now else self.next_at
-            self.next_at = at + self.interval
-        if at > now:
-            self.sleep(at - now)
 
 
 def list_id(config: Config, site: Site) -> str:
@@ -371,32 +358,6 @@ GROUP_COMMIT_SECONDS = 0.02
 _POLL_SECONDS = 0.05
 
 
-@dataclass
-class _Job:
-    """One subscriber's message on its way: committed `sending`, queued for or on a connection."""
-
-    claim: Claim
-    variant: Variant
-    msg_id: str
-    #: Attempts made so far in this run (0 before the first).
-    attempt: int = 0
-    #: The message, built on its first attempt and reused by its retries.
-    msg: EmailMessage | None = None
-    #: The last temporary failure, while the job waits for its retry.
-    error: str = ""
-
-
-@dataclass
-class _Outcome:
-    job: _Job
-    #: sent, temporary, permanent, unbuildable (the message cannot be built) or fatal (the run cannot go on)
-    kind: str
-    error: str = ""
-    code: int | None = None
-    connection: bool = False
-    exc: BaseException | None = None
-
-
 class _Run:
     """One run: a ledger thread (the caller's) and a pool of sending threads; :func:`send_digest` is its only user.
 
@@ -411,7 +372,7 @@ class _Run:
     order: its window is one message, and a retry waits out its backoff before anything else.
     """
 
-    def __init__(self, config: Config, store: Store, transports: list[SmtpTransport], day: date, site: Site,
+    def __init__(self, config: Config, store: Store, senders: Senders, connections: int, day: date, site: Site,
                  posts: list[Post], renderer: Renderer, now: Callable[[], datetime], owner: str,
                  stop: threading.Event | None, sleep: Callable[[float], None], report: DeliveryReport,
                  progress: Callable[[int, int], None] | None, tracker: SendProgress, wait: bool = True) -> None:
@@ -421,7 +382,7 @@ class _Run:
         #: Whether to wait for rows other workers hold (to take them over if those workers fail).
         self.wait = wait
         self.store = store
-        self.transports = transports
+        self.senders = senders
         self.day = day
         self.site = site
         self.posts = posts
@@ -434,19 +395,15 @@ class _Run:
         self.progress = progress
         self.tracker = tracker
         self.logged_at = time.monotonic()
-        self.secret = secret_of(config)
         self.domain = domain_of(config.digest.from_)
         self.variants: dict[str, Variant | None] = {}
-        self.limiter = RateLimiter(config.smtp.rate_per_second, lambda: now().timestamp(), sleep)
-        self.serial = len(transports) == 1
-        window = 1 if self.serial else len(transports) * WINDOW_PER_CONNECTION
+        self.serial = connections == 1
+        window = 1 if self.serial else connections * WINDOW_PER_CONNECTION
         if config.smtp.rate_per_second > 0:
             # No more than about a second of messages ahead: a stop drains what is committed `sending`.
-            window = min(window, max(len(transports), int(config.smtp.rate_per_second)))
+            window = min(window, max(connections, int(config.smtp.rate_per_second)))
         self.window = window
         self.batch = 1 if self.serial else max(1, window // 2)
-        self.jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
-        self.outcomes: queue.SimpleQueue[_Outcome] = queue.SimpleQueue()
         self.done = 0
         self.fatal: BaseException | None = None
 
@@ -476,7 +433,7 @@ class _Run:
             self.logged_at = time.monotonic()
             log.info("%s", self.tracker.line(), extra=self.tracker.snapshot())
 
-    def prepare(self, claim: Claim, skipped: dict[int, str]) -> _Job | None:
+    def prepare(self, claim: Claim, skipped: dict[int, str]) -> Job | None:
         """The job of a claimed row, or None when the row is skipped (its reason put in ``skipped``)."""
         sub, row = claim.subscriber, claim.delivery
         if sub.status != "active":
@@ -491,9 +448,9 @@ class _Run:
             log.warning("%s: resending the %s digest left `sending` by an interrupted run (%s)",
                         sub.email, self.day, row.message_id, extra=self.fields(sub.email))
             self.report.resent += 1
-        return _Job(claim, variant, row.message_id or message_id(self.day, sub.email, self.domain))
+        return Job(claim, variant, row.message_id or message_id(self.day, sub.email, self.domain))
 
-    def start(self, jobs: list[_Job], skipped: dict[int, str]) -> int:
+    def start(self, jobs: list[Job], skipped: dict[int, str]) -> int:
         """Commit ``jobs`` `sending` (and ``skipped``) in one transaction, then queue the active ones."""
         if jobs:
             # A run whose claim went with its database session must not send on (another may have the day).
@@ -504,7 +461,7 @@ class _Run:
         for reason in skipped.values():
             self.report.skipped[reason] += 1
         finished = len(skipped)
-        started = 0
+        started: list[Job] = []
         for job in jobs:
             status = statuses[job.claim.subscriber.id]
             if status == "taken":
@@ -516,46 +473,33 @@ class _Run:
                 self.report.skipped[f"subscriber is {status}"] += 1
                 finished += 1
                 continue
-            self.jobs.put(job)
-            started += 1
+            started.append(job)
+        self.senders.put(started)
         self.finished_one(finished)
-        return started
+        return len(started)
 
     def run(self) -> bool:
         """Send every open row; True when the run went through its whole list."""
-        threads = [threading.Thread(target=self.connection, args=(transport,), name=f"smtp-{n}", daemon=True)
-                   for n, transport in enumerate(self.transports)]
-        for thread in threads:
-            thread.start()
         try:
             return self.loop()
         finally:
-            # Messages queued but not begun stay `sending` in the ledger: the next run sends them.
-            while True:
-                try:
-                    self.jobs.get_nowait()
-                except queue.Empty:
-                    break
-            for _ in threads:
-                self.jobs.put(None)
-            for thread in threads:
-                thread.join()
+            self.senders.close()
 
     def loop(self) -> bool:
         claims: deque[Claim] = deque()
         exhausted = False
-        retries: list[tuple[float, int, _Job]] = []  # (due on the monotonic clock, order, job)
+        retries: list[tuple[float, int, Job]] = []  # (due on the monotonic clock, order, job)
         order = 0
         #: Messages committed `sending` whose outcome is not committed yet (the duplicate window).
         outstanding = 0
         #: Outcomes back from the connections, for the next group commit; since when the first waits.
-        uncommitted: list[_Outcome] = []
+        uncommitted: list[Outcome] = []
         first_at = 0.0
         while True:
             halted = self.stopping() or bool(self.report.aborted) or self.fatal is not None
             # Refill a whole batch at a time: one commit for many rows.
             while not halted and self.window - outstanding >= self.batch:
-                jobs: list[_Job] = []
+                jobs: list[Job] = []
                 skipped: dict[int, str] = {}
                 while retries and len(jobs) < self.batch and retries[0][0] <= time.monotonic():
                     jobs.append(heapq.heappop(retries)[2])
@@ -596,7 +540,7 @@ class _Run:
                     wait = min(wait, max(0.0, retries[0][0] - time.monotonic()))
                 if uncommitted:
                     wait = min(wait, max(0.0, first_at + GROUP_COMMIT_SECONDS - time.monotonic()))
-                came = self.collect(wait)
+                came = self.senders.collect(wait)
                 if came and not uncommitted:
                     first_at = time.monotonic()
                 uncommitted += came
@@ -626,20 +570,7 @@ class _Run:
         self.sleep(CLAIM_POLL_SECONDS)
         return not self.stopping()
 
-    def collect(self, wait: float) -> list[_Outcome]:
-        """The outcomes that came back: the first waited for up to ``wait`` seconds, then all that are there."""
-        out: list[_Outcome] = []
-        try:
-            out.append(self.outcomes.get(timeout=wait) if wait > 0 else self.outcomes.get_nowait())
-        except queue.Empty:
-            return out
-        while True:
-            try:
-                out.append(self.outcomes.get_nowait())
-            except queue.Empty:
-                return out
-
-    def record(self, outcomes: list[_Outcome]) -> list[tuple[_Job, float]]:
+    def record(self, outcomes: list[Outcome]) -> list[tuple[Job, float]]:
         """Commit ``outcomes`` (the `sent` ones in one transaction); returns the jobs to retry, with their backoff."""
         if not outcomes:
             return []
@@ -648,7 +579,7 @@ class _Run:
         self.store.mark_sent_batch(self.day, sent, now)
         self.report.sent += len(sent)
         finished = len(sent)
-        retry: list[tuple[_Job, float]] = []
+        retry: list[tuple[Job, float]] = []
         retries = self.config.smtp.max_retries
         for outcome in outcomes:
             job, sub = outcome.job, outcome.job.claim.subscriber
@@ -672,6 +603,11 @@ class _Run:
                                 self.config.smtp.bounce_after, extra=self.fields(sub.email))
                     self.report.bounced.append(sub.email)
                 finished += 1
+            elif outcome.kind == "lost":
+                # Its sender process died: the server may have taken it, so it stays `sending` (the
+                # next run sends it again, same Message-ID) and this run ends.
+                if self.fatal is None:
+                    self.fatal = outcome.exc
             elif outcome.kind == "fatal":
                 # The run cannot go on (login refused, no STARTTLS): nothing was sent to this one.
                 self.store.mark_temporary(self.day, sub.id, outcome.error, now)
@@ -699,24 +635,23 @@ class _Run:
         self.finished_one(finished)
         return retry
 
-    # -- the sending threads -------------------------------------------------------------------
 
-    def connection(self, transport: SmtpTransport) -> None:
-        """One connection: send what the ledger thread queued, report each outcome back."""
-        try:
-            while True:
-                job = self.jobs.get()
-                if job is None:
-                    return
-                try:
-                    outcome = self.attempt(transport, job)
-                except BaseException as exc:  # a bug: the ledger thread records the row and raises it
-                    outcome = _Outcome(job, "fatal", f"{type(exc).__name__}: {exc}", exc=exc)
-                self.outcomes.put(outcome)
-        finally:
-            transport.close()
+def _utc_now() -> datetime:
+    return datetime.now(UTC)
 
-    def attempt(self, transport: SmtpTransport, job: _Job) -> _Outcome:
+
+class _Composer:
+    """A run's attempt: build one job's message (on its first attempt), wait for the rate limit, send it,
+    and say how it went. Called on each connection's thread, in the run's process or a sender process."""
+
+    def __init__(self, config: Config, site: Site, now: Callable[[], datetime], limiter: RateLimiter) -> None:
+        self.config = config
+        self.site = site
+        self.now = now
+        self.limiter = limiter
+        self.secret = secret_of(config)
+
+    def __call__(self, transport: SmtpTransport, job: Job) -> Outcome:
         sub = job.claim.subscriber
         job.attempt += 1
         if job.msg is None:
@@ -725,17 +660,41 @@ class _Run:
                                          job.msg_id, self.now())
             except (ValueError, TypeError, UnicodeError, LookupError) as exc:
                 # Something in this subscriber's data the message cannot hold: theirs alone, not a bounce.
-                return _Outcome(job, "unbuildable", f"cannot build the message: {exc}")
+                return Outcome(job, "unbuildable", f"cannot build the message: {exc}")
         self.limiter.wait()
         try:
             transport.send(job.msg, sender=envelope_sender(self.config, sub.email), recipients=(sub.email,))
         except PermanentFailure as exc:
-            return _Outcome(job, "permanent", exc.message, exc.code)
+            return Outcome(job, "permanent", exc.message, exc.code)
         except TemporaryFailure as exc:
-            return _Outcome(job, "temporary", exc.message, exc.code, connection=isinstance(exc, ConnectionFailure))
+            return Outcome(job, "temporary", exc.message, exc.code, connection=isinstance(exc, ConnectionFailure))
         except DeliveryError as exc:
-            return _Outcome(job, "fatal", exc.message, exc=exc)
-        return _Outcome(job, "sent")
+            return Outcome(job, "fatal", exc.message, exc=exc)
+        return Outcome(job, "sent")
+
+
+@dataclass(frozen=True)
+class _SenderSetup:
+    """What a sender process needs to build and send a run's messages (pickled to it): the config's
+    transport and a composer on the real clock."""
+
+    config: Config
+    site: Site
+
+    def attempt(self, limiter: RateLimiter) -> _Composer:
+        return _Composer(self.config, self.site, _utc_now, limiter)
+
+    def transport(self) -> SmtpTransport:
+        return transport_from_config(self.config)
+
+
+def sender_processes(config: Config, messages: int, connections: int) -> int:
+    """The processes that build and send a send of ``messages`` on ``connections`` (``smtp.processes``):
+    1 is the run's own, more are sender processes, never more than the connections they share."""
+    wanted = config.smtp.processes
+    if wanted == 0:
+        wanted = (os.cpu_count() or 1) if messages >= PROCESSES_FROM_MESSAGES else 1
+    return max(1, min(wanted, connections))
 
 
 def selection_of(claim: Claim) -> Selection:
@@ -770,8 +729,13 @@ def send_digest(
     sleep: Callable[[float], None] | None = None,
     wait: bool = True,
     tracker: SendProgress | None = None,
+    processes: bool = False,
 ) -> DeliveryReport:
     """Send ``day``'s digest to every active subscriber who has not had it yet.
+
+    ``processes``: a large send's messages may be built and sent by sender processes
+    (``smtp.processes``, see :mod:`.senders`), each with connections from the config, not from
+    ``transport_factory``.
 
     ``stop`` set: the message in flight is finished and recorded, then the run returns.
     ``wait``: when another process is sending this day, wait for it (then send what it left);
@@ -821,9 +785,16 @@ def send_digest(
         report.failed_before = counts["failed-permanent"]
         report.open = counts["pending"] + counts["sending"] + counts["failed-temporary"]
         pool = max(1, min(config.smtp.connections, report.open // MESSAGES_PER_CONNECTION))
-        transports = [transport_factory() for _ in range(pool)]
+        senders: Senders
+        if processes and (count := sender_processes(config, report.open, pool)) > 1:
+            senders = ProcessSenders(_SenderSetup(config, collection.site), count, pool, config.smtp.rate_per_second)
+            report.processes = count
+        else:
+            transports = [transport_factory() for _ in range(pool)]
+            limiter = RateLimiter(config.smtp.rate_per_second, lambda: now().timestamp(), sleep)
+            senders = ThreadSenders(transports, _Composer(config, collection.site, now, limiter))
         tracker = tracker or SendProgress(day)
-        run = _Run(config, store, transports, day, collection.site, posts, renderer, now, owner, stop, sleep, report,
+        run = _Run(config, store, senders, pool, day, collection.site, posts, renderer, now, owner, stop, sleep, report,
                    progress, tracker, wait)
         report.connections = pool
         tracker.begin(report.open)
@@ -937,4 +908,4 @@ def send_day(
     collection = (collect or collect_site)(config)
     with Store.open(config.database.url) as store:
         return send_digest(config, store, lambda: transport_from_config(config), day, collection, now, stop, progress,
-                           tracker=tracker)
+                           tracker=tracker, processes=True)

@@ -32,18 +32,23 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import (
+    ARRAY,
     Boolean,
     Connection,
+    Date,
     Engine,
+    Integer,
     Row,
     Select,
     Table,
     and_,
+    any_,
     bindparam,
     case,
     create_engine,
     event,
     func,
+    literal,
     literal_column,
     or_,
     select,
@@ -732,22 +737,21 @@ class Store:
                 deliveries.c.kind == "weekly", deliveries.c.day >= day - timedelta(days=6), deliveries.c.day < day)
             kinds.append(("weekly", and_(c.frequency == "weekly", c.weekday == weekly_on, c.id.not_in(recent))))
         added = 0
+        columns = ["day", "subscriber_id", "email", "state", "attempts", "last_error", "message_id", "created_at",
+                   "updated_at", "kind"]
         with self._tx() as conn:
             for kind, wanted in kinds:
-                missing = conn.execute(select(c.id, c.email).where(due, wanted).order_by(c.id)).all()
-                if missing:
-                    insert = deliveries.insert()
-                    if self.dialect == "postgresql":
-                        # Workers sharing the day prepare it at once: a row another one added meanwhile stays.
-                        insert = pg_insert(deliveries).on_conflict_do_nothing(
-                            index_elements=["day", "subscriber_id"]).returning(deliveries.c.subscriber_id)
-                    done = conn.execute(insert, [
-                        {"day": day, "subscriber_id": sid, "email": email, "state": "pending", "attempts": 0,
-                         "last_error": "", "message_id": "", "run_owner": None, "created_at": now,
-                         "updated_at": now, "kind": kind}
-                        for sid, email in missing
-                    ])
-                    added += len(done.all()) if self.dialect == "postgresql" else len(missing)
+                # One INSERT ... SELECT: the rows never leave the database (20,000 of them took 1.8 s as
+                # an executemany from here on PostgreSQL, most of it spent rendering the statements).
+                rows = select(literal(day, Date), c.id, c.email, literal("pending"), literal(0), literal(""),
+                              literal(""), literal(now, UtcDateTime), literal(now, UtcDateTime),
+                              literal(kind)).where(due, wanted)
+                if self.dialect == "postgresql":
+                    # Workers sharing the day prepare it at once: a row another one added meanwhile stays.
+                    added += len(conn.execute(pg_insert(deliveries).from_select(columns, rows).on_conflict_do_nothing(
+                        index_elements=["day", "subscriber_id"]).returning(deliveries.c.subscriber_id)).all())
+                else:
+                    added += conn.execute(deliveries.insert().from_select(columns, rows)).rowcount
         if added >= ANALYZE_AFTER and self.dialect == "postgresql":
             # Until autovacuum samples the new rows (a minute or more later) the planner takes the day
             # for a handful of rows and reads the whole day through the (day, state) index for every
@@ -799,12 +803,20 @@ class Store:
             if not rows:
                 return []
             ids = [row.subscriber_id for row in rows]
-            conn.execute(deliveries.update().where(deliveries.c.day == day, deliveries.c.subscriber_id.in_(ids))
+            conn.execute(deliveries.update().where(deliveries.c.day == day, self._among(deliveries.c.subscriber_id, ids))
                          .values(run_owner=owner, lease_until=now + lease if self.dialect == "postgresql" else None))
             subs = {row.id: _subscriber(row) for row in conn.execute(select(subscribers)
-                                                                      .where(subscribers.c.id.in_(ids)))}
+                                                                      .where(self._among(subscribers.c.id, ids)))}
             self._heartbeat(conn, day, now, owner)
         return [Claim(_delivery(row), subs[row.subscriber_id]) for row in rows if row.subscriber_id in subs]
+
+    def _among(self, column: Any, ids: list[int]) -> Any:
+        """``column IN ids``; on PostgreSQL ``= ANY(array)``: one statement text for any number of ids,
+        which psycopg and the server take from their caches instead of parsing a new IN list each batch
+        (that parse was a fifth of the ledger process's time at 20,000 subscribers, py-spy)."""
+        if self.dialect == "postgresql":
+            return column == any_(bindparam(None, ids, type_=ARRAY(Integer)))
+        return column.in_(ids)
 
     def mark_sending(self, day: date, subscriber_id: int, message_id: str, now: datetime | None = None) -> None:
         """Recorded and committed before DATA: if we die now, the next run resends with this Message-ID."""
@@ -868,7 +880,8 @@ class Store:
                 owned: set[int] = set()
                 for chunk in _chunks(list({*ids, *(skipped or {})})):
                     mine = select(deliveries.c.subscriber_id).where(
-                        deliveries.c.day == day, deliveries.c.subscriber_id.in_(chunk), deliveries.c.run_owner == owner)
+                        deliveries.c.day == day, self._among(deliveries.c.subscriber_id, chunk),
+                        deliveries.c.run_owner == owner)
                     if self.dialect == "postgresql":
                         mine = mine.with_for_update()
                     owned.update(int(sid) for (sid,) in conn.execute(mine))
@@ -881,7 +894,7 @@ class Store:
             statuses: dict[int, str] = {}
             for chunk in _chunks(ids):
                 query = (select(subscribers.c.id, subscribers.c.status, subscribers.c.paused_until)
-                         .where(subscribers.c.id.in_(chunk)))
+                         .where(self._among(subscribers.c.id, chunk)))
                 if self.dialect == "postgresql":
                     query = query.with_for_update(read=True)
                 # Paused since the day was prepared: nothing goes out until the pause ends.
@@ -912,10 +925,10 @@ class Store:
         now = _now(now)
         with self._tx() as conn:
             for chunk in _chunks(list(subscriber_ids)):
-                conn.execute(deliveries.update().where(deliveries.c.day == day, deliveries.c.subscriber_id.in_(chunk))
+                conn.execute(deliveries.update().where(deliveries.c.day == day, self._among(deliveries.c.subscriber_id, chunk))
                              .values(state="sent", attempts=deliveries.c.attempts + 1, last_error="", sent_at=now,
                                      updated_at=now))
-                conn.execute(subscribers.update().where(subscribers.c.id.in_(chunk),
+                conn.execute(subscribers.update().where(self._among(subscribers.c.id, chunk),
                                                         subscribers.c.permanent_failures != 0)
                              .values(permanent_failures=0))
 

@@ -22,15 +22,13 @@ import signal
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from typing import Any
 
 from sqlalchemy.engine import make_url
 
-from .. import errors
 from ..config import Config
-from ..errors import ConfigError, FinewsError
+from ..errors import ConfigError, ErrorRecord, FinewsError
 from .delivery import DeliveryReport, SendProgress, send_day
 from .migrations import OPEN_STATES
 from .store import Store
@@ -39,16 +37,6 @@ log = logging.getLogger(__name__)
 
 #: How often the progress is read from the ledger while workers send.
 PROGRESS_SECONDS = 0.5
-
-
-@dataclass(frozen=True)
-class WorkerFailure:
-    """What a worker that raised says about it (an exception's hint does not survive pickling)."""
-
-    kind: str
-    message: str
-    hint: str | None
-    exit_code: int
 
 
 def merge_reports(day: date, reports: list[DeliveryReport]) -> DeliveryReport:
@@ -74,6 +62,7 @@ def merge_reports(day: date, reports: list[DeliveryReport]) -> DeliveryReport:
         merged.aborted = merged.aborted or r.aborted
         merged.seconds = max(merged.seconds, r.seconds)
         merged.connections += r.connections
+        merged.processes += r.processes
     return merged
 
 
@@ -88,19 +77,6 @@ def check_workers(config: Config, workers: int) -> None:
             hint="run without --workers, or keep the subscribers in PostgreSQL to send from several processes")
 
 
-def _error(failure: WorkerFailure) -> FinewsError:
-    """The worker's error as its own class where it can be made again, with its exit code."""
-    cls = getattr(errors, failure.kind, FinewsError)
-    try:
-        error = cls(failure.message, hint=failure.hint) if issubclass(cls, FinewsError) else None
-    except TypeError:
-        error = None
-    if error is None:
-        error = FinewsError(failure.message, hint=failure.hint)
-    error.exit_code = failure.exit_code
-    return error
-
-
 def _worker(config: Config, day: date, results: Any) -> None:
     """One worker process: send, then put its report (or what stopped it) on ``results``."""
     stop = threading.Event()
@@ -113,7 +89,7 @@ def _worker(config: Config, day: date, results: Any) -> None:
     try:
         results.put(send_day(config, day, lambda: datetime.now(UTC), stop))
     except FinewsError as exc:
-        results.put(WorkerFailure(type(exc).__name__, exc.message, exc.hint, exc.exit_code))
+        results.put(ErrorRecord.of(exc))
 
 
 def send_day_workers(
@@ -143,7 +119,7 @@ def send_day_workers(
     for proc in procs:
         proc.start()
     reports: list[DeliveryReport] = []
-    failures: list[WorkerFailure] = []
+    failures: list[ErrorRecord] = []
     forwarded = False
     start_open: int | None = None
     with Store.open(config.database.url) as store:
@@ -187,7 +163,7 @@ def send_day_workers(
     for line in died:
         log.error("%s", line, extra={"day": day.isoformat()})
     if failures:
-        raise _error(failures[0])
+        raise failures[0].restore()
     if died and left and not report.stopped:
         report.aborted = f"{', '.join(died)}; {left} messages not sent yet"
     report.seconds = time.monotonic() - started
