@@ -378,8 +378,6 @@ def _validate(config: Config) -> None:
         raise ConfigError(f"web.port = {config.web.port!r}: expected a port number up to 65535")
     if config.smtp.port > 65535:
         raise ConfigError(f"smtp.port = {config.smtp.port!r}: expected a port number up to 65535")
-    if config.smtp.processes < 0:
-        raise ConfigError(f"smtp.processes = {config.smtp.processes!r}: expected 0 (one per CPU core) or more")
     if config.smtp.connections < 1:
         raise ConfigError(f"smtp.connections = {config.smtp.connections!r}: expected 1 or more")
     if config.smtp.send_deadline_seconds <= 0:
