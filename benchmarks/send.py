@@ -14,7 +14,11 @@ as on a real list; the demo site's day 2022-04-20):
   worker processes with 16 each started together (the ratio of the two, and whether anyone got two
   copies);
 - ``dkim``: sink without delay, SQLite, DKIM with an RSA-2048 key; then the same command on
-  ``--profile-subscribers`` under cProfile (every thread), and where its time goes.
+  ``--profile-subscribers`` under cProfile (every thread), and where its time goes (with
+  ``smtp.processes = 1``: in sender processes the messages' time would be out of the profile's sight).
+
+Every scenario runs with the default ``smtp.processes`` (one sender process per core for a send
+this large, where the installed finews-feeds has them).
 
 Start-up is subtracted and said so: the same command on a database with no subscribers, run in the
 same session (median of three, after a warm-up that fills the collector's cache), is taken off each
@@ -94,10 +98,13 @@ def supports_workers() -> bool:
     return "--workers" in out.stdout
 
 
-def write_config(path: Path, port: int, url: str, connections: int | None = None, dkim: Path | None = None) -> None:
+def write_config(path: Path, port: int, url: str, connections: int | None = None, dkim: Path | None = None,
+                 processes: int | None = None) -> None:
     smtp = ['host = "127.0.0.1"', f"port = {port}", 'security = "none"', "rate_per_second = 0", "timeout = 30"]
     if connections is not None and supports("connections"):
         smtp.append(f"connections = {connections}")
+    if processes is not None and supports("processes"):
+        smtp.append(f"processes = {processes}")
     if dkim is not None:
         smtp += ['dkim_selector = "bench"', 'dkim_domain = "news.example.org"', f'dkim_key_file = "{dkim}"']
     path.write_text("\n".join([
@@ -247,7 +254,8 @@ class Bench:
         sink = self.sink(0.0)
         with database("sqlite", folder) as url:
             config = folder / "finews.toml"
-            write_config(config, sink.port, url, None, self.dkim_key)
+            # One process (smtp.processes = 1), so that the profile holds the messages' time too.
+            write_config(config, sink.port, url, None, self.dkim_key, processes=1)
             fill(url, self.args.profile_subscribers)
             out = folder / "profile.pstats"
             proc = subprocess.run(command(config, profile=out), env=environment(), capture_output=True, text=True,
