@@ -52,7 +52,7 @@ def fill(store: Store, count: int) -> list[str]:
 
 def send(config: Config, store: Store, **options: Any) -> DeliveryReport:
     return send_digest(config, store, lambda: transport_from_config(config), DAY, make_collection(),
-                       lambda: datetime.now(UTC), processes=True, **options)
+                       lambda: datetime.now(UTC), cores=2, **options)
 
 
 def copies(sink: Sink) -> dict[str, list[str]]:
@@ -162,16 +162,19 @@ def test_the_rate_limit_is_one_slot_for_the_limiters_of_every_process() -> None:
     assert waits == [0.25, 0.5] and shared.value == 200.25
 
 
-@pytest.mark.parametrize(("setting", "messages", "connections", "expected"), [
-    (0, PROCESSES_FROM_MESSAGES, 8, min(os.cpu_count() or 1, 8)),
-    (0, PROCESSES_FROM_MESSAGES - 1, 8, 1),
-    (1, 100_000, 8, 1),
-    (3, 150, 8, 3),
-    (4, 150, 3, 3),  # never more processes than connections to share out
-    (2, 10, 1, 1),
+@pytest.mark.parametrize(("setting", "messages", "connections", "cores", "expected"), [
+    (0, PROCESSES_FROM_MESSAGES, 8, 4, 4),  # automatic: one a core of the run's share
+    (0, PROCESSES_FROM_MESSAGES, 8, 1, 1),  # a worker among as many as the cores: its own threads
+    (0, PROCESSES_FROM_MESSAGES - 1, 8, 4, 1),
+    (1, 100_000, 8, 4, 1),
+    (3, 150, 8, 1, 3),
+    (4, 150, 3, 4, 3),  # never more processes than connections to share out
+    (2, 10, 1, 2, 1),
 ])
-def test_how_many_processes_a_send_gets(setting: int, messages: int, connections: int, expected: int) -> None:
-    assert sender_processes(make_config(25, smtp={"processes": setting}), messages, connections) == expected
+def test_how_many_processes_a_send_gets(setting: int, messages: int, connections: int, cores: int,
+                                        expected: int) -> None:
+    config = make_config(25, smtp={"processes": setting})
+    assert sender_processes(config, messages, connections, cores) == expected
 
 
 def test_a_negative_number_of_processes_is_refused_naming_the_key() -> None:

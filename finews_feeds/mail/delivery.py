@@ -14,8 +14,9 @@ The ledger (see :mod:`store`) holds one row per (day, subscriber). A run:
 
 So a run sends only to those not yet sent, and running it again sends nothing. The one window
 for a duplicate is a crash between the server's 250 and the commit of `sent`: that message is
-still `sending`, and the next run sends it again with the same Message-ID (at most one message
-per crash, and mail clients show it once).
+still `sending`, and the next run sends it again with the same Message-ID (at most the run's
+window of messages per crash, one on a single connection: docs/delivery.md; mail clients show
+each once).
 """
 
 from __future__ import annotations
@@ -359,7 +360,8 @@ _POLL_SECONDS = 0.05
 
 
 class _Run:
-    """One run: a ledger thread (the caller's) and a pool of sending threads; :func:`send_digest` is its only user.
+    """One run: a ledger thread (the caller's) and its senders (connection threads, in this process or in
+    sender processes: :mod:`.senders`); :func:`send_digest` is its only user.
 
     The ledger thread claims rows, renders each selection's variant once, commits a batch of rows
     `sending` (the subscribers' statuses read in the same transaction), queues them for the
@@ -688,12 +690,13 @@ class _SenderSetup:
         return transport_from_config(self.config)
 
 
-def sender_processes(config: Config, messages: int, connections: int) -> int:
-    """The processes that build and send a send of ``messages`` on ``connections`` (``smtp.processes``):
-    1 is the run's own, more are sender processes, never more than the connections they share."""
+def sender_processes(config: Config, messages: int, connections: int, cores: int) -> int:
+    """The processes that build and send a send of ``messages`` on ``connections`` (``smtp.processes``;
+    automatic: one per core of the ``cores`` this run has): 1 is the run's own, more are sender
+    processes, never more than the connections they share."""
     wanted = config.smtp.processes
     if wanted == 0:
-        wanted = (os.cpu_count() or 1) if messages >= PROCESSES_FROM_MESSAGES else 1
+        wanted = cores if messages >= PROCESSES_FROM_MESSAGES else 1
     return max(1, min(wanted, connections))
 
 
@@ -729,13 +732,13 @@ def send_digest(
     sleep: Callable[[float], None] | None = None,
     wait: bool = True,
     tracker: SendProgress | None = None,
-    processes: bool = False,
+    cores: int = 0,
 ) -> DeliveryReport:
     """Send ``day``'s digest to every active subscriber who has not had it yet.
 
-    ``processes``: a large send's messages may be built and sent by sender processes
-    (``smtp.processes``, see :mod:`.senders`), each with connections from the config, not from
-    ``transport_factory``.
+    ``cores``: how many CPU cores a large send's sender processes may use (``smtp.processes``, see
+    :mod:`.senders`; they take their connections from the config, not from ``transport_factory``);
+    0: none, the run's own threads send.
 
     ``stop`` set: the message in flight is finished and recorded, then the run returns.
     ``wait``: when another process is sending this day, wait for it (then send what it left);
@@ -786,7 +789,7 @@ def send_digest(
         report.open = counts["pending"] + counts["sending"] + counts["failed-temporary"]
         pool = max(1, min(config.smtp.connections, report.open // MESSAGES_PER_CONNECTION))
         senders: Senders
-        if processes and (count := sender_processes(config, report.open, pool)) > 1:
+        if cores and (count := sender_processes(config, report.open, pool, cores)) > 1:
             senders = ProcessSenders(_SenderSetup(config, collection.site), count, pool, config.smtp.rate_per_second)
             report.processes = count
         else:
@@ -902,10 +905,12 @@ def send_day(
     progress: Callable[[int, int], None] | None = None,
     collect: Callable[[Config], Posts] | None = None,
     tracker: SendProgress | None = None,
+    cores: int | None = None,
 ) -> DeliveryReport:
-    """Collect the site, open the store and SMTP from config, and send ``day``'s digest (the CLI's ``--send``)."""
+    """Collect the site, open the store and SMTP from config, and send ``day``'s digest (the CLI's ``--send``);
+    ``cores``: this send's share of the machine's cores for sender processes (default: all of them)."""
     secret_of(config)
     collection = (collect or collect_site)(config)
     with Store.open(config.database.url) as store:
         return send_digest(config, store, lambda: transport_from_config(config), day, collection, now, stop, progress,
-                           tracker=tracker, processes=True)
+                           tracker=tracker, cores=cores or os.cpu_count() or 1)

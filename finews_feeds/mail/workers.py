@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import multiprocessing
+import os
 import queue
 import signal
 import threading
@@ -77,7 +78,7 @@ def check_workers(config: Config, workers: int) -> None:
             hint="run without --workers, or keep the subscribers in PostgreSQL to send from several processes")
 
 
-def _worker(config: Config, day: date, results: Any) -> None:
+def _worker(config: Config, day: date, results: Any, cores: int) -> None:
     """One worker process: send, then put its report (or what stopped it) on ``results``."""
     stop = threading.Event()
 
@@ -87,7 +88,7 @@ def _worker(config: Config, day: date, results: Any) -> None:
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, on_signal)
     try:
-        results.put(send_day(config, day, lambda: datetime.now(UTC), stop))
+        results.put(send_day(config, day, lambda: datetime.now(UTC), stop, cores=cores))
     except FinewsError as exc:
         results.put(ErrorRecord.of(exc))
 
@@ -114,7 +115,9 @@ def send_day_workers(
     started = time.monotonic()
     context = multiprocessing.get_context("spawn")
     results: Any = context.Queue()
-    procs = [context.Process(target=_worker, args=(config, day, results), name=f"finews-worker-{n + 1}")
+    # The workers share this machine's cores: each starts sender processes (smtp.processes) on its share.
+    cores = max(1, (os.cpu_count() or 1) // workers)
+    procs = [context.Process(target=_worker, args=(config, day, results, cores), name=f"finews-worker-{n + 1}")
              for n in range(workers)]
     for proc in procs:
         proc.start()
