@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from email.message import EmailMessage
 from pathlib import Path
 
 import lxml.html
 import pytest
-from smtp_fakes import SECRET, Sink, make_config, make_site, running
+from smtp_fakes import SECRET, Sink, make_config, make_site
 
 from finews_feeds.config import Config
 from finews_feeds.errors import ConfigError, DigestError
@@ -43,17 +42,6 @@ def mailed(port: int, sink: Sink, config: Config, tmp_path: Path) -> EmailMessag
         send_confirmation(config, store, smtp, "new@example.org", T0)
     [received] = sink.messages
     return received.message
-
-
-@pytest.fixture
-def sink() -> Sink:
-    return Sink()
-
-
-@pytest.fixture
-def port(sink: Sink) -> Iterator[int]:
-    with running(sink) as value:
-        yield value
 
 
 def test_the_confirmation_mail_has_the_site_title_charset_lang_inlined_css_and_a_text_part(

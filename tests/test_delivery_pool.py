@@ -5,7 +5,6 @@ from __future__ import annotations
 import random
 import signal
 import time
-from collections.abc import Iterator
 from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
@@ -19,7 +18,6 @@ from smtp_fakes import (
     make_collection,
     make_config,
     postgres_available,
-    running,
     wait_until,
 )
 from test_delivery import run_cli, write_config
@@ -32,23 +30,6 @@ from finews_feeds.mail.store import Store, Subscriber
 
 DAY = date(2022, 4, 20)
 T0 = datetime(2022, 4, 21, 7, 30, tzinfo=UTC)
-
-
-@pytest.fixture
-def sink() -> Sink:
-    return Sink()
-
-
-@pytest.fixture
-def port(sink: Sink) -> Iterator[int]:
-    with running(sink) as value:
-        yield value
-
-
-@pytest.fixture
-def store(tmp_path: Path) -> Iterator[Store]:
-    with Store.open(f"sqlite:///{tmp_path}/var/finews.sqlite3") as opened:
-        yield opened
 
 
 def add(store: Store, count: int) -> list[str]:

@@ -8,13 +8,11 @@ import multiprocessing
 import os
 import signal
 import threading
-from collections.abc import Iterator
 from datetime import UTC, date, datetime
-from pathlib import Path
 from typing import Any
 
 import pytest
-from smtp_fakes import Sink, make_collection, make_config, running, wait_until
+from smtp_fakes import Sink, make_collection, make_config, wait_until
 
 from finews_feeds.config import Config
 from finews_feeds.errors import ConfigError, DeliveryError, ErrorRecord, FinewsError
@@ -30,18 +28,6 @@ T0 = datetime(2022, 4, 21, 7, 30, tzinfo=UTC)
 @pytest.fixture
 def sink() -> Sink:
     return Sink(pipelining=True)
-
-
-@pytest.fixture
-def port(sink: Sink) -> Iterator[int]:
-    with running(sink) as value:
-        yield value
-
-
-@pytest.fixture
-def store(tmp_path: Path) -> Iterator[Store]:
-    with Store.open(f"sqlite:///{tmp_path}/finews.sqlite3") as value:
-        yield value
 
 
 def fill(store: Store, count: int) -> list[str]:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import subprocess
-from collections.abc import Iterator
 from datetime import UTC, date, datetime
 from email import message_from_bytes, policy
 from email.message import EmailMessage
@@ -13,7 +12,7 @@ from pathlib import Path
 import dkim
 import pytest
 from click.testing import CliRunner
-from smtp_fakes import SECRET, Sink, make_collection, make_config, running
+from smtp_fakes import SECRET, Sink, make_collection, make_config
 
 from finews_feeds.cli import cli
 from finews_feeds.errors import DigestError, SubscriberError
@@ -25,17 +24,6 @@ from finews_feeds.mail.tokens import read_token
 DAY = date(2022, 4, 20)
 T0 = datetime(2022, 4, 21, 7, 30, tzinfo=UTC)
 ROOT = Path(__file__).resolve().parent.parent
-
-
-@pytest.fixture
-def sink() -> Sink:
-    return Sink()
-
-
-@pytest.fixture
-def port(sink: Sink) -> Iterator[int]:
-    with running(sink) as value:
-        yield value
 
 
 @pytest.fixture

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from smtp_fakes import SECRET, Sink, database_url, postgres_available, running, wait_until
+from smtp_fakes import SECRET, Sink, database_url, postgres_available, wait_until
 from sqlalchemy import text
 
 from finews_feeds.config import Config, build_config
@@ -49,12 +49,6 @@ class GatedSink(Sink):
 @pytest.fixture
 def sink() -> GatedSink:
     return GatedSink()
-
-
-@pytest.fixture
-def port(sink: Sink) -> Iterator[int]:
-    with running(sink) as value:
-        yield value
 
 
 @pytest.fixture
