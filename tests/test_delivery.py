@@ -517,8 +517,8 @@ url = "{db}"
 """, encoding="utf-8")
 
 
-def run_cli(config: Path, *args: str, wait: bool = True) -> subprocess.Popen[str]:
-    env = {**os.environ, "FINEWS_SECRET_KEY": SECRET}
+def run_cli(config: Path, *args: str, wait: bool = True, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
+    env = {**os.environ, "FINEWS_SECRET_KEY": SECRET, **(env or {})}
     env.pop("FINEWS_CONFIG", None)
     proc = subprocess.Popen([sys.executable, "-m", "finews_feeds", "--config", str(config), *args], cwd=config.parent,
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

@@ -9,10 +9,12 @@ import os
 import signal
 import threading
 from datetime import UTC, date, datetime
+from pathlib import Path
 from typing import Any
 
 import pytest
 from smtp_fakes import Sink, make_collection, make_config, wait_until
+from test_delivery import run_cli, write_config
 
 from finews_feeds.config import Config
 from finews_feeds.errors import ConfigError, DeliveryError, ErrorRecord, FinewsError
@@ -174,3 +176,51 @@ def test_an_error_record_restores_the_class_message_hint_and_exit_code() -> None
     assert (restored.message, restored.hint, restored.exit_code) == ("login refused", "check the password", 8)
     bug = ErrorRecord.of(KeyError("x")).restore()
     assert type(bug) is FinewsError and bug.message == "KeyError: 'x'"
+
+
+def _children(pid: int) -> list[int]:
+    """The sender processes of ``pid``: its multiprocessing children, not the resource tracker."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            cmdline = (entry / "cmdline").read_bytes().decode(errors="replace")
+        except OSError:
+            continue
+        parent = int(stat.rsplit(")", 1)[1].split()[1])
+        if parent == pid and "spawn_main" in cmdline and "resource_tracker" not in cmdline:
+            found.append(int(entry.name))
+    return found
+
+
+def _running(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads the process table in /proc")
+def test_sender_processes_end_by_themselves_when_their_run_is_killed(
+        sink: Sink, port: int, store: Store, tmp_path: Path) -> None:
+    fill(store, 150)
+    sink.delay = 0.02
+    config = tmp_path / "finews.toml"
+    write_config(config, port, f"sqlite:///{tmp_path}/var/finews.sqlite3")
+    proc = run_cli(config, "digest", "--date", "2022-04-20", "--send", "--out", str(tmp_path / "out"), wait=False,
+                   env={"FINEWS_SMTP_PROCESSES": "2"})
+    try:
+        assert wait_until(lambda: len(_children(proc.pid)) == 2 and len(sink.messages) >= 10, timeout=60)
+        children = _children(proc.pid)
+        proc.kill()
+        proc.wait(30)
+        # Their pipe closed: each finishes the message it is on and ends, no SIGTERM needed.
+        assert wait_until(lambda: not any(_running(pid) for pid in children), timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    sent = {d.email for d in store.ledger(DAY) if d.state == "sent"}
+    assert sent and sent <= set(sink.by_recipient())
