@@ -42,7 +42,7 @@ from .mailer import SmtpTransport
 from .store import Claim
 
 #: Sends of fewer messages than this stay in the run's own process (``smtp.processes = 0``):
-#: a sender process takes about half a second to start (it imports the renderer and the
+#: a sender process takes 0.7 s to start (it imports the renderer and the
 #: transport), which a send of a few seconds does not win back.
 PROCESSES_FROM_MESSAGES = 2000
 #: Longest a sender process holds outcomes before it sends them back together (one write
