@@ -174,11 +174,6 @@ class Daemon:
 
 
 @pytest.fixture
-def sink() -> Sink:
-    return Sink()
-
-
-@pytest.fixture
 def smtp_port(sink: Sink) -> Iterator[int]:
     with running(sink) as port:
         yield port
