@@ -334,6 +334,24 @@ def test_the_digest_arrives_once_with_its_web_copy_served(
     assert per_recipient(sink) == dict.fromkeys(emails, 1)
 
 
+def test_the_daemon_sends_a_large_digest_from_sender_processes_everyone_once(
+    tmp_path: Path, sink: Sink, smtp_port: int, daemons: list[Daemon], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Sender processes started from the daemon's scheduler thread, next to the web app's event loop.
+    monkeypatch.setenv("FINEWS_SMTP_PROCESSES", "2")
+    site = make_site(tmp_path)
+    db = f"sqlite:///{tmp_path}/var/finews.sqlite3"
+    emails = [f"r{n:03d}@example.org" for n in range(120)]
+    add_active(db, emails)
+    port = free_port()
+    daemon = Daemon.with_digest(write_config(tmp_path, site, smtp_port, db, port), port)
+    daemons.append(daemon)
+    result = daemon.wait_sent()
+    assert (result["ok"], result["sent"], result["connections"], result["processes"]) == (True, 120, 2, 2)
+    assert per_recipient(sink) == dict.fromkeys(emails, 1)
+    assert daemon.stop()[0] == 0
+
+
 def test_a_daemon_started_after_the_send_time_catches_up_once(
     tmp_path: Path, sink: Sink, smtp_port: int, daemons: list[Daemon]
 ) -> None:

@@ -240,6 +240,7 @@ def send_result(report: Any, now: datetime) -> dict[str, Any]:
         "seconds": round(report.seconds, 3),
         "rate": round(report.rate, 1),
         "connections": report.connections,
+        "processes": report.processes,
     }
 
 
@@ -445,7 +446,7 @@ class Daemon:
                 try:
                     report = send_digest(
                         self.config, self.store, lambda: transport_from_config(self.config), day, collection,
-                        self.clock, self.stop, tracker=tracker,
+                        self.clock, self.stop, tracker=tracker, cores=os.cpu_count() or 1,
                     )
                 finally:
                     self.status.send_started(None)
