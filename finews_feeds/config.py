@@ -344,6 +344,14 @@ def _section(name: str, cls: type, values: Mapping[str, Any], where_prefix: str,
     return cls(**kwargs)
 
 
+def check_public_url(config: Config) -> None:
+    """``web.public_url`` must be an http(s) URL when set: confirm, unsubscribe and manage links are built
+    from it, and mail clients act only on http(s) links."""
+    if config.web.public_url and urlsplit(config.web.public_url).scheme not in ("http", "https"):
+        raise ConfigError(f"web.public_url = {config.web.public_url!r}: expected an http:// or https:// URL",
+                          hint="unsubscribe links in the digest are built from it")
+
+
 def _validate(config: Config) -> None:
     def zone(where: str, value: str | None) -> None:
         if value:
@@ -376,6 +384,7 @@ def _validate(config: Config) -> None:
         raise ConfigError(f"site.extensions = {config.site.extensions!r}: expected endings like \".md\"")
     if config.web.port > 65535:
         raise ConfigError(f"web.port = {config.web.port!r}: expected a port number up to 65535")
+    check_public_url(config)
     if config.smtp.port > 65535:
         raise ConfigError(f"smtp.port = {config.smtp.port!r}: expected a port number up to 65535")
     if config.smtp.connections < 1:

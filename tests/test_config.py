@@ -91,6 +91,8 @@ def test_secrets_come_from_the_environment_only() -> None:
         ({"digest": {"list_id": "finews <digest.财经.example>"}},
          "digest.list_id = 'finews <digest.财经.example>': expected a name and an id in angle brackets"),
         ({"digest": {"list_id": "finews <digest>"}}, "digest.list_id = 'finews <digest>': expected a name"),
+        ({"web": {"public_url": "sqlite:///var/finews.sqlite3"}},
+         "web.public_url = 'sqlite:///var/finews.sqlite3': expected an http:// or https:// URL"),
     ],
 )
 def test_bad_values_name_the_key_and_the_value(values: dict[str, object], message: str) -> None:

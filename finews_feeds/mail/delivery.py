@@ -38,8 +38,8 @@ from typing import Any, Protocol
 from urllib.parse import quote, urlsplit
 from zoneinfo import ZoneInfo
 
-from ..config import Config
-from ..errors import ConfigError, DeliveryError, StoreError, SubscriberError
+from ..config import Config, check_public_url
+from ..errors import DeliveryError, StoreError, SubscriberError
 from ..models import Post, Posts, Site
 from ..site.collector import collect_site
 from ..site.jekyll import resolve_site
@@ -748,9 +748,7 @@ def send_digest(
     (login refused, ...); the ledger keeps everything done until then.
     """
     secret_of(config)  # fail before claiming anything when FINEWS_SECRET_KEY is missing
-    if urlsplit(web_base_url(config)).scheme not in ("http", "https"):
-        raise ConfigError(f"web.public_url = {config.web.public_url!r}: expected an http:// or https:// URL",
-                          hint="unsubscribe links in the digest are built from it")
+    check_public_url(config)  # Config objects made in code are not validated on the way in
     sleep = sleep or _sleeper(stop)
     report = DeliveryReport(day=day)
     zone = ZoneInfo(config.digest.timezone) if config.digest.timezone else collection.site.timezone

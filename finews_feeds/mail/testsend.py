@@ -16,16 +16,15 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import date, datetime
 from email.utils import make_msgid
-from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo
 
-from ..config import Config
-from ..errors import ConfigError, DigestError, SubscriberError
+from ..config import Config, check_public_url
+from ..errors import DigestError, SubscriberError
 from ..models import Posts
 from ..site.collector import collect_site
 from .addresses import normalize_email
 from .delivery import digest_message, envelope_sender
-from .digest import DigestRenderer, Selection, posts_of_day, web_base_url
+from .digest import DigestRenderer, Selection, posts_of_day
 from .mailer import SmtpTransport, transport_from_config
 from .message import domain_of
 from .store import Store
@@ -66,9 +65,7 @@ def send_test(
     when the selection has no message that day, a :class:`DeliveryError` when the server refuses it.
     """
     secret = secret_of(config)
-    if urlsplit(web_base_url(config)).scheme not in ("http", "https"):
-        raise ConfigError(f"web.public_url = {config.web.public_url!r}: expected an http:// or https:// URL",
-                          hint="unsubscribe links in the digest are built from it")
+    check_public_url(config)  # Config objects made in code are not validated on the way in
     to = normalize_email(to)
     name = ""
     selection = Selection()
