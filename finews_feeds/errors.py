@@ -6,7 +6,6 @@ gets a traceback.
 
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass
 
 
@@ -114,13 +113,12 @@ class ErrorRecord:
 
     def restore(self) -> FinewsError:
         """The error as its own class where it can be made again, with its exit code."""
-        kind = getattr(sys.modules[__name__], self.kind, FinewsError)
+        kind = globals().get(self.kind)
+        if not (isinstance(kind, type) and issubclass(kind, FinewsError)):
+            kind = FinewsError
         try:
-            error = kind(self.message, hint=self.hint) if isinstance(kind, type) and issubclass(kind, FinewsError) \
-                else None
-        except TypeError:
-            error = None
-        if error is None:
+            error = kind(self.message, hint=self.hint)
+        except TypeError:  # a class with arguments of its own (PostError)
             error = FinewsError(self.message, hint=self.hint)
         error.exit_code = self.exit_code
         return error

@@ -45,9 +45,6 @@ from .store import Claim
 #: a sender process takes 0.7 s to start (it imports the renderer and the
 #: transport), which a send of a few seconds does not win back.
 PROCESSES_FROM_MESSAGES = 2000
-#: Longest a sender process holds outcomes before it sends them back together (one write
-#: for all the outcomes that came back meanwhile, instead of one per message).
-_FORWARD_SECONDS = 0.005
 
 
 @dataclass
@@ -215,7 +212,7 @@ class ProcessSenders:
         self.outcomes: queue.SimpleQueue[Outcome] = queue.SimpleQueue()
         self._lock = threading.Lock()
         self._inflight: list[dict[int, Job]] = []
-        self._variants: list[dict[str, Variant]] = []
+        self._variants: list[set[str]] = []  # the variant keys each process has
         self._keys: dict[int, str] = {}  # id(variant) -> its key in the sender processes
         self._jobs: list[Connection] = []
         self._results: list[Connection] = []
@@ -233,7 +230,7 @@ class ProcessSenders:
             self._jobs.append(jobs_in)
             self._results.append(results_out)
             self._inflight.append({})
-            self._variants.append({})
+            self._variants.append(set())
         self._reader = threading.Thread(target=self._read, name="senders", daemon=True)
         self._reader.start()
 
@@ -251,7 +248,7 @@ class ProcessSenders:
                 self._inflight[n][job.claim.subscriber.id] = job
                 key = self._keys.setdefault(id(job.variant), str(len(self._keys)))
                 if key not in self._variants[n]:
-                    self._variants[n][key] = job.variant
+                    self._variants[n].add(key)
                     self._send(n, ("variant", key, job.variant))
                 batches[n].append((job.claim, job.msg_id, key, job.attempt))
         for n, batch in enumerate(batches):
@@ -333,10 +330,8 @@ def _sender_process(setup: SenderSetup, connections: int, rate: float, slot: Any
 
     def forward() -> None:
         while not (finished.is_set() and senders.outcomes.empty()):
-            got = senders.collect(0.05)
+            got = senders.collect(0.05)  # all that came back meanwhile: one write for them
             if got:
-                time.sleep(_FORWARD_SECONDS)
-                got += senders.collect(0)
                 try:
                     results.send([_wire(outcome) for outcome in got])
                 except OSError:
